@@ -1,0 +1,157 @@
+// Package backend is the contract between the sandbox service and the isolation
+// technologies that run agents' code (gVisor, QEMU microVMs).
+//
+// # Terms
+//
+// A Backend creates Sandboxes. A Sandbox is one isolated machine: its own root
+// filesystem (a template with a private writable layer that the host never sees), its
+// own process tree whose PID 1 is the vmexec guest agent, no network, and memory and
+// process limits. The service talks to the guest agent only through Sandbox.Exec, which
+// speaks the agentproto protocol over whatever channel the backend provides.
+//
+// # Lifecycle
+//
+//	Create ──▶ ready (handshake done) ──Exec*──▶ Destroy
+//	                 │
+//	                 └─ dies (limit, crash) ─▶ Exec returns a *DeadError; Destroy still required
+//
+// Create returns only once the guest agent has answered the protocol handshake, so a
+// returned Sandbox is ready to Exec. The context passed to Create bounds start-up only;
+// the sandbox lives until Destroy, whatever happens to that context.
+//
+// # Failure semantics
+//
+//   - Create cleans up everything it allocated when it fails (no processes, mounts or
+//     directories are left behind) and wraps the cause.
+//   - Exec returns the program's own failure (non-zero exit, timeout, limit) as a result
+//     with a verdict, never as an error. It returns an error only when the sandbox could
+//     not run the request: a *DeadError (errors.Is ErrSandboxDead) when the sandbox
+//     itself has died, or the context's error when ctx ended first (the sandbox is then
+//     in an unknown state and should be destroyed).
+//   - Exec calls on one Sandbox must not overlap; the service serialises them.
+//   - Destroy is idempotent and safe to call on a dead sandbox.
+//   - List reports every sandbox the backend finds on the host in its own state,
+//     including those a crashed predecessor left; DestroyID removes one by id.
+//
+// # Optional capabilities
+//
+// Snapshots are a capability a backend may declare by also implementing [Snapshotter];
+// callers ask with a type assertion and must not assume it.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmexec/vmexec/internal/agentproto"
+)
+
+// Errors every backend classifies its failures into.
+var (
+	// ErrSandboxDead means the sandbox stopped running (its limit was hit, or it crashed).
+	ErrSandboxDead = errors.New("sandbox is dead")
+	// ErrNotFound means no sandbox (or snapshot image) with that id exists.
+	ErrNotFound = errors.New("not found")
+	// ErrUnavailable means the backend cannot run here (a missing binary, template or device).
+	ErrUnavailable = errors.New("backend unavailable")
+)
+
+// Backend creates and finds sandboxes of one kind.
+type Backend interface {
+	// Name is the backend's short name ("gvisor", "microvm").
+	Name() string
+	// Create starts a sandbox and waits for its guest agent's handshake.
+	Create(ctx context.Context, spec Spec) (Sandbox, error)
+	// List reports the sandboxes found in the backend's state on this host.
+	List(ctx context.Context) ([]Info, error)
+	// DestroyID stops and removes a sandbox by id, including one this process did not
+	// create (recovery after a crash). It returns nil if it does not exist.
+	DestroyID(ctx context.Context, id string) error
+}
+
+// Spec describes a sandbox to create.
+type Spec struct {
+	// ID names the sandbox; unique among live sandboxes of the backend. Letters,
+	// digits, '-' and '_' only.
+	ID string
+	// RootFS is the template's root filesystem tree, never modified by the sandbox.
+	RootFS string
+	// MemoryBytes caps the whole sandbox's memory (guest processes, its page cache and
+	// the in-memory writable layer).
+	MemoryBytes int64
+	// MaxPIDs caps the sandbox's tasks as seen by the host; a backstop above the
+	// guest's own per-run process limit.
+	MaxPIDs int64
+}
+
+// Validate reports whether the spec can be used.
+func (s Spec) Validate() error {
+	if s.ID == "" {
+		return errors.New("spec: empty id")
+	}
+	for _, r := range s.ID {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return fmt.Errorf("spec: id %q: invalid character %q", s.ID, r)
+		}
+	}
+	if s.RootFS == "" {
+		return errors.New("spec: empty root filesystem")
+	}
+	return nil
+}
+
+// Info describes a sandbox as the backend sees it.
+type Info struct {
+	ID        string    `json:"id"`
+	Backend   string    `json:"backend"`
+	Status    string    `json:"status"` // running, stopped, dead
+	CreatedAt time.Time `json:"created_at"`
+	// PID is the host process id of the sandbox's supervisor, when there is one.
+	PID int `json:"pid,omitempty"`
+}
+
+// Sandbox is one running sandbox.
+type Sandbox interface {
+	ID() string
+	// Exec runs one program through the guest agent. See the package doc for errors.
+	Exec(ctx context.Context, req *agentproto.ExecRequest) (*agentproto.ExecResult, error)
+	// Ping checks that the guest agent answers.
+	Ping(ctx context.Context) error
+	// Info reports the sandbox's state.
+	Info() Info
+	// Destroy stops the sandbox and removes everything it used on the host.
+	Destroy(ctx context.Context) error
+}
+
+// DeadError reports a sandbox that died while (or before) serving a request.
+type DeadError struct {
+	// Verdict is how the run that was in flight ended: agentproto.VerdictMemoryLimit
+	// when the host's memory limit killed the sandbox, else agentproto.VerdictKilled.
+	Verdict string
+	// Detail says what was seen (exit status, the last lines of the sandbox's log).
+	Detail string
+}
+
+func (e *DeadError) Error() string {
+	if e.Detail == "" {
+		return fmt.Sprintf("sandbox is dead (%s)", e.Verdict)
+	}
+	return fmt.Sprintf("sandbox is dead (%s): %s", e.Verdict, e.Detail)
+}
+
+// Is makes errors.Is(err, ErrSandboxDead) true for a *DeadError.
+func (e *DeadError) Is(target error) bool { return target == ErrSandboxDead }
+
+// Snapshotter is the optional capability of saving a sandbox's whole state (files,
+// memory, processes) to an image directory and restoring it.
+type Snapshotter interface {
+	// Snapshot saves sb's state into dir (which it creates); sb keeps running.
+	Snapshot(ctx context.Context, sb Sandbox, dir string) error
+	// Restore replaces sb by a sandbox restored from the image in dir, with the same
+	// id; sb must not be used afterwards. On error sb is destroyed as well.
+	Restore(ctx context.Context, sb Sandbox, dir string, spec Spec) (Sandbox, error)
+	// Fork starts a new sandbox described by spec from the image in dir.
+	Fork(ctx context.Context, dir string, spec Spec) (Sandbox, error)
+}

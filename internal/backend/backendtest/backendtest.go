@@ -1,0 +1,274 @@
+// Package backendtest is the conformance suite every sandbox backend passes: the same
+// tests, run against gVisor and the microVM backend alike, pin down the behaviour the
+// backend.Backend contract promises.
+package backendtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmexec/vmexec/internal/agentproto"
+	"github.com/vmexec/vmexec/internal/backend"
+)
+
+// Env is what the suite needs from the backend under test.
+type Env struct {
+	Backend backend.Backend
+	// RootFS is a template tree with the five languages.
+	RootFS string
+	// Timeout bounds each test; slow backends (TCG) need more.
+	Timeout time.Duration
+	// ImageDir is where snapshot images may be written.
+	ImageDir string
+}
+
+var seq int
+
+func (e *Env) spec(t *testing.T) backend.Spec {
+	seq++
+	return backend.Spec{ID: fmt.Sprintf("conf-%d-%d", os.Getpid(), seq), RootFS: e.RootFS, MemoryBytes: 512 << 20, MaxPIDs: 4096}
+}
+
+func (e *Env) create(t *testing.T, ctx context.Context) backend.Sandbox {
+	t.Helper()
+	sb, err := e.Backend.Create(ctx, e.spec(t))
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	t.Cleanup(func() { sb.Destroy(context.Background()) })
+	return sb
+}
+
+func run(t *testing.T, ctx context.Context, sb backend.Sandbox, lang, code string) *agentproto.ExecResult {
+	t.Helper()
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: lang, Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}})
+	if err != nil {
+		t.Fatalf("exec %s %q: %v", lang, code, err)
+	}
+	return res
+}
+
+func wantOut(t *testing.T, res *agentproto.ExecResult, want string) {
+	t.Helper()
+	if res.Verdict != agentproto.VerdictOK || strings.TrimSpace(string(res.Stdout)) != want {
+		t.Fatalf("got verdict %s exit %d stdout %q stderr %q, want ok %q", res.Verdict, res.ExitCode, res.Stdout, res.Stderr, want)
+	}
+}
+
+// Run runs the conformance suite.
+func Run(t *testing.T, e Env) {
+	if e.Timeout == 0 {
+		e.Timeout = 2 * time.Minute
+	}
+	ctxFor := func(t *testing.T) context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), e.Timeout)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	// A created sandbox answers at once and runs each language's program.
+	t.Run("CreateExec", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		if err := sb.Ping(ctx); err != nil {
+			t.Fatalf("ping: %v", err)
+		}
+		wantOut(t, run(t, ctx, sb, "python", "import math; print(math.factorial(10))"), "3628800")
+		wantOut(t, run(t, ctx, sb, "bash", "echo $((6*7))"), "42")
+		res := run(t, ctx, sb, "python", "import sys; print('bad', file=sys.stderr); sys.exit(3)")
+		if res.ExitCode != 3 || res.Verdict != agentproto.VerdictNonzeroExit || !strings.Contains(string(res.Stderr), "bad") {
+			t.Fatalf("failing program: %+v", res)
+		}
+		if sb.Info().Status != "running" {
+			t.Fatalf("status = %s", sb.Info().Status)
+		}
+	})
+
+	// Files written by one run are there for the next: state persists between turns.
+	t.Run("StatePersists", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		wantOut(t, run(t, ctx, sb, "bash", "echo turn1 > ~/state.txt && echo ok"), "ok")
+		wantOut(t, run(t, ctx, sb, "python", "print(open('/home/user/state.txt').read().strip())"), "turn1")
+	})
+
+	// Two sandboxes share nothing.
+	t.Run("Isolation", func(t *testing.T) {
+		ctx := ctxFor(t)
+		a, b := e.create(t, ctx), e.create(t, ctx)
+		wantOut(t, run(t, ctx, a, "bash", "echo secret > /tmp/a.txt && echo ok"), "ok")
+		wantOut(t, run(t, ctx, b, "bash", "test -e /tmp/a.txt && echo visible || echo absent"), "absent")
+	})
+
+	// The host's files are not visible, and the template is never written.
+	t.Run("HostInvisible", func(t *testing.T) {
+		ctx := ctxFor(t)
+		marker, err := os.CreateTemp("", "vmexec-host-marker-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		marker.WriteString("host secret")
+		marker.Close()
+		defer os.Remove(marker.Name())
+		sb := e.create(t, ctx)
+		code := fmt.Sprintf("cat %s 2>/dev/null || echo unreadable; echo x > /etc/written-by-sandbox && echo wrote", marker.Name())
+		res := run(t, ctx, sb, "bash", code)
+		if strings.Contains(string(res.Stdout), "host secret") || !strings.Contains(string(res.Stdout), "unreadable") {
+			t.Fatalf("host marker readable inside: %q", res.Stdout)
+		}
+		if _, err := os.Stat(filepath.Join(e.RootFS, "etc", "written-by-sandbox")); err == nil {
+			t.Fatal("a write in the sandbox reached the template on the host")
+		}
+	})
+
+	// No network: neither loopback services of the host nor any outside address.
+	t.Run("NoNetwork", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		code := `import socket
+for host, port in [("127.0.0.1", 8080), ("10.0.2.2", 80), ("1.1.1.1", 53)]:
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((host, port)); print("connected", host)
+    except OSError as e:
+        print("failed", host)
+`
+		res := run(t, ctx, sb, "python", code)
+		if strings.Contains(string(res.Stdout), "connected") || strings.Count(string(res.Stdout), "failed") != 3 {
+			t.Fatalf("network reachable: %q %q", res.Stdout, res.Stderr)
+		}
+	})
+
+	// Destroy removes the sandbox from the host; a second Destroy is harmless.
+	t.Run("DestroyAndList", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		if !listed(t, ctx, e.Backend, sb.ID()) {
+			t.Fatalf("%s not in List", sb.ID())
+		}
+		if err := sb.Destroy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.Destroy(ctx); err != nil {
+			t.Fatalf("second destroy: %v", err)
+		}
+		if listed(t, ctx, e.Backend, sb.ID()) {
+			t.Fatalf("%s still listed after destroy", sb.ID())
+		}
+		if _, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "true"}); err == nil {
+			t.Fatal("exec on a destroyed sandbox succeeded")
+		}
+		if err := e.Backend.DestroyID(ctx, "no-such-sandbox"); err != nil {
+			t.Fatalf("DestroyID of unknown id: %v", err)
+		}
+	})
+
+	// A sandbox this process forgot (a crashed daemon's) is found by List and removed
+	// by DestroyID.
+	t.Run("RecoverOrphan", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb, err := e.Backend.Create(ctx, e.spec(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sb.Destroy(context.Background())
+		if err := e.Backend.DestroyID(ctx, sb.ID()); err != nil {
+			t.Fatal(err)
+		}
+		if listed(t, ctx, e.Backend, sb.ID()) {
+			t.Fatal("orphan still listed after DestroyID")
+		}
+	})
+
+	// A bad spec fails cleanly and leaves nothing behind.
+	t.Run("BadSpec", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sp := e.spec(t)
+		sp.RootFS = filepath.Join(t.TempDir(), "missing")
+		sb, err := e.Backend.Create(ctx, sp)
+		if err == nil {
+			sb.Destroy(ctx)
+			t.Fatal("create with a missing root filesystem succeeded")
+		}
+		if listed(t, ctx, e.Backend, sp.ID) {
+			t.Fatalf("failed create left %s behind", sp.ID)
+		}
+		sp.ID = "bad/id"
+		if _, err := e.Backend.Create(ctx, sp); err == nil {
+			t.Fatal("create with an invalid id succeeded")
+		}
+	})
+
+	t.Run("Snapshot", func(t *testing.T) {
+		snap, ok := e.Backend.(backend.Snapshotter)
+		if !ok {
+			t.Skipf("backend %s has no snapshot capability", e.Backend.Name())
+		}
+		ctx := ctxFor(t)
+		sp := e.spec(t)
+		sb, err := e.Backend.Create(ctx, sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { sb.Destroy(context.Background()) }()
+		// The state test: write 1, snapshot, write 2, roll back, read 1 — for a file and
+		// for a background process's in-memory counter.
+		wantOut(t, run(t, ctx, sb, "bash", `echo 1 > ~/v.txt
+cat > ~/counter.py <<'PY'
+import time, os
+n = 0
+while True:
+    n += 1
+    open('/home/user/count.tmp', 'w').write(str(n)); os.replace('/home/user/count.tmp', '/home/user/count')
+    time.sleep(0.05)
+PY
+nohup python3 ~/counter.py >/dev/null 2>&1 &
+sleep 0.5; echo started`), "started")
+		img := filepath.Join(e.ImageDir, sp.ID+"-snap")
+		if err := snap.Snapshot(ctx, sb, img); err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		wantOut(t, run(t, ctx, sb, "bash", "echo 2 > ~/v.txt; pkill -f counter.py; sleep 0.2; cat ~/v.txt"), "2")
+		sb, err = snap.Restore(ctx, sb, img, sp)
+		if err != nil {
+			t.Fatalf("restore: %v", err)
+		}
+		wantOut(t, run(t, ctx, sb, "bash", "cat ~/v.txt"), "1")
+		res := run(t, ctx, sb, "bash", "a=$(cat ~/count); sleep 0.5; b=$(cat ~/count); [ \"$b\" -gt \"$a\" ] && echo counting")
+		wantOut(t, res, "counting")
+
+		// Fork: an independent copy from the same image.
+		fsp := e.spec(t)
+		fork, err := snap.Fork(ctx, img, fsp)
+		if err != nil {
+			t.Fatalf("fork: %v", err)
+		}
+		defer fork.Destroy(context.Background())
+		wantOut(t, run(t, ctx, fork, "bash", "cat ~/v.txt; echo 3 > ~/v.txt"), "1")
+		wantOut(t, run(t, ctx, sb, "bash", "cat ~/v.txt"), "1")
+
+		if _, err := snap.Restore(ctx, nil, filepath.Join(e.ImageDir, "missing"), e.spec(t)); !errors.Is(err, backend.ErrNotFound) {
+			t.Fatalf("restore from a missing image: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+func listed(t *testing.T, ctx context.Context, b backend.Backend, id string) bool {
+	t.Helper()
+	infos, err := b.List(ctx)
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	for _, i := range infos {
+		if i.ID == id {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,206 @@
+// Package gvisor is the default sandbox backend: each sandbox is a gVisor (runsc)
+// container whose init process is the vmexec guest agent.
+//
+// Each sandbox is supervised by one foreground `runsc run` process. The agent's stdin and
+// stdout are that process's pipes, which carry the agentproto protocol; its stderr (and
+// runsc's own) goes to console.log in the sandbox's bundle directory. The container has
+// no network (--network=none), and its root is the template tree with a writable
+// in-memory overlay (--overlay2=root:memory), so the host filesystem is never visible and
+// the template is never written. Memory is capped through the OCI memory limit, which the
+// host cgroup enforces.
+//
+// Layout under Config.StateDir:
+//
+//	runsc/           runsc's --root (its container state)
+//	bundles/<id>/    config.json and console.log of each sandbox
+package gvisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vmexec/vmexec/internal/backend"
+)
+
+// Name is the backend's name.
+const Name = "gvisor"
+
+// AgentPathInSandbox is where the guest agent binary is bind-mounted.
+const AgentPathInSandbox = "/.vmexec/agent"
+
+// Config configures the gVisor backend.
+type Config struct {
+	// Runsc is the runsc binary.
+	Runsc string
+	// StateDir holds runsc's state and the sandboxes' bundles.
+	StateDir string
+	// AgentPath is the host path of the static vmexec-agent binary.
+	AgentPath string
+	// Platform is runsc's --platform; empty lets runsc choose (systrap).
+	Platform string
+	// StartTimeout bounds the wait for the agent's handshake; default 30s.
+	StartTimeout time.Duration
+	// Logger receives diagnostics; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Backend runs sandboxes with runsc. It implements backend.Backend and
+// backend.Snapshotter.
+type Backend struct {
+	cfg Config
+	log *slog.Logger
+}
+
+var (
+	_ backend.Backend     = (*Backend)(nil)
+	_ backend.Snapshotter = (*Backend)(nil)
+)
+
+// New checks the configuration and the host and returns a Backend. It fails with
+// backend.ErrUnavailable when runsc or the agent binary is missing.
+func New(cfg Config) (*Backend, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 30 * time.Second
+	}
+	if cfg.Runsc == "" {
+		cfg.Runsc = "runsc"
+	}
+	p, err := exec.LookPath(cfg.Runsc)
+	if err != nil {
+		return nil, fmt.Errorf("runsc %q not found (run scripts/setup): %w", cfg.Runsc, backend.ErrUnavailable)
+	}
+	cfg.Runsc = p
+	if fi, err := os.Stat(cfg.AgentPath); err != nil || fi.IsDir() {
+		return nil, fmt.Errorf("guest agent %q not found (build cmd/vmexec-agent): %w", cfg.AgentPath, backend.ErrUnavailable)
+	}
+	if cfg.AgentPath, err = filepath.Abs(cfg.AgentPath); err != nil {
+		return nil, fmt.Errorf("agent path: %w", err)
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("the gvisor backend needs root: %w", backend.ErrUnavailable)
+	}
+	for _, d := range []string{cfg.runscRoot(), cfg.bundles()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+	}
+	return &Backend{cfg: cfg, log: cfg.Logger.With("backend", Name)}, nil
+}
+
+// Name implements backend.Backend.
+func (b *Backend) Name() string { return Name }
+
+func (c Config) runscRoot() string           { return filepath.Join(c.StateDir, "runsc") }
+func (c Config) bundles() string             { return filepath.Join(c.StateDir, "bundles") }
+func (c Config) bundle(id string) string     { return filepath.Join(c.bundles(), id) }
+func (c Config) cgroupPath(id string) string { return "/vmexec/" + id }
+
+// globalArgs are runsc's flags common to every command for this backend's sandboxes.
+func (b *Backend) globalArgs() []string {
+	args := []string{"--root", b.cfg.runscRoot(), "--network=none", "--overlay2=root:memory"}
+	if b.cfg.Platform != "" {
+		args = append(args, "--platform="+b.cfg.Platform)
+	}
+	return args
+}
+
+// runsc runs one short runsc command and returns its combined output.
+func (b *Backend) runsc(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, b.cfg.Runsc, append(b.globalArgs(), args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(lastLines(string(out), 5)))
+	}
+	return out, nil
+}
+
+type listEntry struct {
+	ID      string    `json:"id"`
+	Pid     int       `json:"pid"`
+	Status  string    `json:"status"`
+	Created time.Time `json:"created"`
+}
+
+// List implements backend.Backend: every container in this backend's runsc root, and
+// bundle directories left without one.
+func (b *Backend) List(ctx context.Context) ([]backend.Info, error) {
+	out, err := b.runsc(ctx, "list", "--format=json")
+	if err != nil {
+		return nil, err
+	}
+	var ents []listEntry
+	if s := strings.TrimSpace(string(out)); s != "" && s != "null" {
+		if err := json.Unmarshal([]byte(s), &ents); err != nil {
+			return nil, fmt.Errorf("runsc list: %w", err)
+		}
+	}
+	seen := map[string]bool{}
+	var infos []backend.Info
+	for _, e := range ents {
+		seen[e.ID] = true
+		infos = append(infos, backend.Info{ID: e.ID, Backend: Name, Status: e.Status, CreatedAt: e.Created, PID: e.Pid})
+	}
+	dirs, _ := os.ReadDir(b.cfg.bundles())
+	for _, d := range dirs {
+		if !seen[d.Name()] {
+			infos = append(infos, backend.Info{ID: d.Name(), Backend: Name, Status: "stopped"})
+		}
+	}
+	return infos, nil
+}
+
+// DestroyID implements backend.Backend.
+func (b *Backend) DestroyID(ctx context.Context, id string) error {
+	if _, err := b.runsc(ctx, "delete", "--force", id); err != nil && !isNotExist(err) {
+		return err
+	}
+	if err := os.RemoveAll(b.cfg.bundle(id)); err != nil {
+		return fmt.Errorf("remove bundle: %w", err)
+	}
+	return nil
+}
+
+func isNotExist(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "does not exist") || strings.Contains(s, "not found")
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// oomKilled reports whether the sandbox's memory cgroup recorded the limit being hit.
+func (c Config) oomKilled(id string) bool {
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", c.cgroupPath(id), "memory.oom_control"), // v1
+		filepath.Join("/sys/fs/cgroup", c.cgroupPath(id), "memory.events"),             // v2
+	} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) == 2 && (f[0] == "oom_kill" || f[0] == "oom") && f[1] != "0" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var errExited = errors.New("runsc exited")

@@ -1,0 +1,133 @@
+// Package testenv finds what the integration tests need on this host — runsc, the
+// built template, a freshly built guest agent — and skips a test with a reason that says
+// how to get it when something is missing. scripts/setup installs all of it, so in CI
+// nothing is skipped.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/vmexec/vmexec/internal/template"
+)
+
+// DataDir is where scripts/setup put tools and templates: $VMEXEC_DATA_DIR or
+// /var/lib/vmexec.
+func DataDir() string {
+	if d := os.Getenv("VMEXEC_DATA_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/vmexec"
+}
+
+// Runsc returns the runsc binary or skips.
+func Runsc(t testing.TB) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("VMEXEC_RUNSC"), filepath.Join(DataDir(), "tools", "runsc")} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("runsc"); err == nil {
+		return p
+	}
+	t.Skip("runsc not installed: run scripts/setup (as root)")
+	return ""
+}
+
+// Root skips unless the test runs as root (runsc needs it).
+func Root(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("sandbox tests need root (runsc): run scripts/test as root")
+	}
+}
+
+// Template returns the built default template or skips.
+func Template(t testing.TB) template.Template {
+	t.Helper()
+	s := &template.Store{Dir: filepath.Join(DataDir(), "templates")}
+	tpl, err := s.Get(template.Default)
+	if err != nil {
+		t.Skipf("default template not built (%v): run scripts/setup or `vmexec template build`", err)
+	}
+	return tpl
+}
+
+var (
+	agentOnce sync.Once
+	agentPath string
+	agentErr  error
+	binOnce   sync.Once
+	binPath   string
+	binErr    error
+)
+
+// ModuleRoot is the repository's root directory.
+func ModuleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func build(out, pkg string, static bool) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = ModuleRoot()
+	cmd.Env = os.Environ()
+	if static {
+		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return &buildError{pkg, string(b), err}
+	}
+	return nil
+}
+
+type buildError struct {
+	pkg, out string
+	err      error
+}
+
+func (e *buildError) Error() string { return "go build " + e.pkg + ": " + e.err.Error() + "\n" + e.out }
+
+// Agent builds the guest agent once per test binary and returns its path.
+func Agent(t testing.TB) string {
+	t.Helper()
+	agentOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vmexec-agent-")
+		if err != nil {
+			agentErr = err
+			return
+		}
+		agentPath = filepath.Join(dir, "vmexec-agent")
+		agentErr = build(agentPath, "./cmd/vmexec-agent", true)
+	})
+	if agentErr != nil {
+		t.Fatalf("build guest agent: %v", agentErr)
+	}
+	return agentPath
+}
+
+// Vmexec builds the vmexec binary once per test binary and returns its path.
+func Vmexec(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vmexec-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "vmexec")
+		binErr = build(binPath, "./cmd/vmexec", false)
+	})
+	if binErr != nil {
+		t.Fatalf("build vmexec: %v", binErr)
+	}
+	return binPath
+}
