@@ -108,7 +108,7 @@ func (c Config) cgroupPath(id string) string { return "/vmexec/" + id }
 
 // globalArgs are runsc's flags common to every command for this backend's sandboxes.
 func (b *Backend) globalArgs() []string {
-	args := []string{"--root", b.cfg.runscRoot(), "--network=none", "--overlay2=root:memory"}
+	args := []string{"--root", b.cfg.runscRoot(), "--network=none", "--overlay2=root:memory", "--gofer-network-namespace=new"}
 	if b.cfg.Platform != "" {
 		args = append(args, "--platform="+b.cfg.Platform)
 	}

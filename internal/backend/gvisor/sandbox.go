@@ -43,7 +43,7 @@ func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Sandbo
 
 // start launches `runsc run`, or `runsc restore` from imageDir when it is set, and
 // performs the agent handshake. On any error everything it made is removed.
-func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string) (sb *Sandbox, err error) {
+func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string) (_ *Sandbox, err error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -105,7 +105,7 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 	}
 	inR.Close()
 	outW.Close()
-	sb = &Sandbox{b: b, id: spec.ID, created: time.Now(), cmd: cmd, pipes: []*os.File{inW, outR}, exited: make(chan struct{})}
+	sb := &Sandbox{b: b, id: spec.ID, created: time.Now(), cmd: cmd, pipes: []*os.File{inW, outR}, exited: make(chan struct{})}
 	go func() {
 		sb.waitErr = cmd.Wait()
 		close(sb.exited)

@@ -1,0 +1,67 @@
+// Command vmexec runs AI agents' code in isolated sandboxes: `vmexec serve` is the
+// daemon; every other subcommand is a client of it (or, for `template` and `doctor`, a
+// tool for the host). This package only wires the parts together.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmexec/vmexec/client"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitError carries a process exit code out of a command.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func main() {
+	root := newRoot()
+	if err := root.Execute(); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "vmexec:", err)
+		os.Exit(1)
+	}
+}
+
+type globals struct {
+	url string
+}
+
+func (g *globals) client() *client.Client { return client.New(g.url) }
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "vmexec",
+		Short: "Run AI agents' code in isolated sandboxes",
+		Long: `vmexec runs the code AI agents write — python, javascript, bash, rust, go — in
+gVisor sandboxes, one per agent, whose files persist between turns.
+
+Start the daemon (as root; it builds the sandbox template on first start):
+  vmexec serve
+
+Then run code as an agent:
+  vmexec exec --agent demo --lang python -c 'import math; print(math.factorial(10))'
+  echo 'console.log(6*7)' | vmexec exec --agent demo --lang js
+  vmexec exec --agent demo main.rs          # language from the file's extension
+
+Or over HTTP:
+  curl -s localhost:8080/api/llm/execute -d '{"agent_id":"demo","language":"python","code":"print(2+2)"}'`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.PersistentFlags().StringVar(&g.url, "url", "", "vmexec server URL (default $VMEXEC_URL or "+client.DefaultURL+")")
+	root.AddCommand(newServeCmd(), newExecCmd(g), newSandboxesCmd(g), newTemplateCmd(), newDoctorCmd(g))
+	return root
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vmexec/vmexec/internal/backend/gvisor"
+	"github.com/vmexec/vmexec/internal/config"
+	"github.com/vmexec/vmexec/internal/httpapi"
+	"github.com/vmexec/vmexec/internal/sandbox"
+	"github.com/vmexec/vmexec/internal/template"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		cfgPath string
+		flags   config.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the vmexec daemon (as root)",
+		Long: `Run the daemon: the HTTP API on --addr, sandboxes with gVisor (runsc).
+
+On first start it builds the sandbox template (debootstrap, about a minute) into the
+data dir and reuses it afterwards. It removes sandboxes a crashed predecessor left, and
+destroys all of its sandboxes when it stops (SIGINT or SIGTERM).
+
+Configuration: built-in defaults, then the --config YAML file, then VMEXEC_*
+environment variables (VMEXEC_ADDR, VMEXEC_DATA_DIR, VMEXEC_RUNSC, VMEXEC_AGENT,
+VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), then flags.`,
+		Example: `  sudo vmexec serve
+  sudo vmexec serve --addr 127.0.0.1:9090 --data-dir /srv/vmexec
+  sudo vmexec serve --config /etc/vmexec.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				return err
+			}
+			fl := cmd.Flags()
+			set := func(name string, dst *string, v string) {
+				if fl.Changed(name) {
+					*dst = v
+				}
+			}
+			set("addr", &cfg.Addr, flags.Addr)
+			set("data-dir", &cfg.DataDir, flags.DataDir)
+			set("runsc", &cfg.Runsc, flags.Runsc)
+			set("template-dir", &cfg.TemplateDir, flags.TemplateDir)
+			set("agent", &cfg.Agent, flags.Agent)
+			set("log-level", &cfg.LogLevel, flags.LogLevel)
+			if fl.Changed("pool-size") {
+				cfg.Sandbox.PoolSize = flags.Sandbox.PoolSize
+			}
+			if fl.Changed("idle-timeout") {
+				cfg.Sandbox.IdleTimeout = flags.Sandbox.IdleTimeout
+			}
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("invalid configuration:\n%w", err)
+			}
+			if err := cfg.Resolve(); err != nil {
+				return err
+			}
+			return serve(cfg)
+		},
+	}
+	f := cmd.Flags()
+	d := config.Default()
+	f.StringVar(&cfgPath, "config", "", "YAML configuration file")
+	f.StringVar(&flags.Addr, "addr", d.Addr, "HTTP listen address")
+	f.StringVar(&flags.DataDir, "data-dir", d.DataDir, "templates, tools and sandbox state")
+	f.StringVar(&flags.TemplateDir, "template-dir", "", "built templates (default <data-dir>/templates)")
+	f.StringVar(&flags.Runsc, "runsc", "", "runsc binary (default <data-dir>/tools/runsc, else $PATH)")
+	f.StringVar(&flags.Agent, "agent", "", "guest agent binary (default vmexec-agent beside vmexec, else $PATH)")
+	f.StringVar(&flags.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
+	f.IntVar(&flags.Sandbox.PoolSize, "pool-size", d.Sandbox.PoolSize, "ready sandboxes kept for new agents")
+	f.DurationVar(&flags.Sandbox.IdleTimeout, "idle-timeout", d.Sandbox.IdleTimeout, "destroy sandboxes unused this long")
+	return cmd
+}
+
+func serve(cfg config.Config) error {
+	level, _ := config.ParseLevel(cfg.LogLevel)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	tpls := &template.Store{Dir: cfg.TemplatesDir()}
+	tpl, err := tpls.Ensure(ctx, template.Default, os.Stderr)
+	if err != nil {
+		return fmt.Errorf("sandbox template: %w", err)
+	}
+	be, err := gvisor.New(gvisor.Config{Runsc: cfg.Runsc, StateDir: cfg.GVisorDir(), AgentPath: cfg.Agent, Logger: log})
+	if err != nil {
+		return fmt.Errorf("%w\n(run `vmexec doctor` to see what this host lacks)", err)
+	}
+	svc, err := sandbox.New(cfg.Sandbox, be, tpl.RootFS, log)
+	if err != nil {
+		return err
+	}
+	if err := svc.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := svc.Close(cctx); err != nil {
+			log.Error("destroying sandboxes", "err", err)
+		}
+		log.Info("stopped; all sandboxes destroyed")
+	}()
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{Handler: httpapi.New(svc, httpapi.Options{Version: version, Logger: log}), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("vmexec serving", "addr", "http://"+ln.Addr().String(), "backend", be.Name(), "template", tpl.Name+"-"+tpl.Hash, "data_dir", cfg.DataDir)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("http shutdown", "err", err)
+	}
+	return nil
+}
+
+// lockDataDir makes sure only one daemon uses a data dir.
+func lockDataDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "vmexec.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock data dir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another vmexec serve is using %s (stop it, or use --data-dir)", dir)
+	}
+	return func() { f.Close() }, nil
+}

@@ -1,0 +1,172 @@
+// Package config is the daemon's configuration: a struct with defaults, read from a
+// YAML file, then overridden by VMEXEC_* environment variables, then by flags (which
+// cmd/vmexec applies), validated, and with its paths made absolute once.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/vmexec/vmexec/internal/sandbox"
+)
+
+// Config is everything `vmexec serve` needs.
+type Config struct {
+	// Addr is the HTTP listen address.
+	Addr string `yaml:"addr"`
+	// DataDir holds templates, tools, sandbox state, snapshots and the history database.
+	DataDir string `yaml:"data_dir"`
+	// TemplateDir holds built templates; empty means <data_dir>/templates.
+	TemplateDir string `yaml:"template_dir"`
+	// Runsc is the runsc binary; empty means <data_dir>/tools/runsc, else $PATH.
+	Runsc string `yaml:"runsc"`
+	// Agent is the static guest agent binary; empty means vmexec-agent beside the
+	// vmexec executable, else $PATH.
+	Agent string `yaml:"agent"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+	// Sandbox configures limits, pool and reaping.
+	Sandbox sandbox.Config `yaml:"sandbox"`
+}
+
+// Default returns the built-in defaults.
+func Default() Config {
+	return Config{Addr: "127.0.0.1:8080", DataDir: "/var/lib/vmexec", LogLevel: "info", Sandbox: sandbox.DefaultConfig()}
+}
+
+// Load reads path (if not empty) over the defaults, then applies the environment.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(b)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil && !errors.Is(err, errEOF(err)) {
+			return c, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := c.applyEnv(os.LookupEnv); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+func errEOF(err error) error {
+	if err != nil && err.Error() == "EOF" {
+		return err
+	}
+	return errors.New("not eof")
+}
+
+// applyEnv overrides fields from VMEXEC_* variables.
+func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
+	str := map[string]*string{
+		"VMEXEC_ADDR": &c.Addr, "VMEXEC_DATA_DIR": &c.DataDir, "VMEXEC_RUNSC": &c.Runsc,
+		"VMEXEC_AGENT": &c.Agent, "VMEXEC_TEMPLATE_DIR": &c.TemplateDir, "VMEXEC_LOG_LEVEL": &c.LogLevel,
+	}
+	for k, p := range str {
+		if v, ok := lookup(k); ok && v != "" {
+			*p = v
+		}
+	}
+	if v, ok := lookup("VMEXEC_POOL_SIZE"); ok && v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("VMEXEC_POOL_SIZE=%q: %w", v, err)
+		}
+		c.Sandbox.PoolSize = n
+	}
+	if v, ok := lookup("VMEXEC_IDLE_TIMEOUT"); ok && v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("VMEXEC_IDLE_TIMEOUT=%q: %w", v, err)
+		}
+		c.Sandbox.IdleTimeout = d
+	}
+	return nil
+}
+
+// Validate reports what is wrong, all at once.
+func (c Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("addr %q: want host:port", c.Addr))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is empty"))
+	}
+	if _, err := ParseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Sandbox.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Resolve makes paths absolute and fills the binaries' defaults.
+func (c *Config) Resolve() error {
+	var err error
+	if c.DataDir, err = filepath.Abs(c.DataDir); err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	if c.Runsc == "" {
+		c.Runsc = filepath.Join(c.DataDir, "tools", "runsc")
+		if _, err := os.Stat(c.Runsc); err != nil {
+			c.Runsc = "runsc"
+		}
+	}
+	if c.Agent == "" {
+		c.Agent = DefaultAgentPath()
+	}
+	if c.Agent != "" {
+		if c.Agent, err = filepath.Abs(c.Agent); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
+	return nil
+}
+
+// DefaultAgentPath finds vmexec-agent beside the running executable, else on $PATH.
+func DefaultAgentPath() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "vmexec-agent")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := execLookPath("vmexec-agent"); err == nil {
+		return p
+	}
+	return ""
+}
+
+// ParseLevel parses a log level name.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log_level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// Paths under the data dir.
+func (c Config) TemplatesDir() string {
+	if c.TemplateDir != "" {
+		return c.TemplateDir
+	}
+	return filepath.Join(c.DataDir, "templates")
+}
+func (c Config) GVisorDir() string { return filepath.Join(c.DataDir, "gvisor") }

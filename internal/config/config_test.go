@@ -1,0 +1,55 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Guards precedence: file over defaults, environment over file.
+func TestLoadPrecedence(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vmexec.yaml")
+	os.WriteFile(p, []byte("addr: 127.0.0.1:9999\nsandbox:\n  idle_timeout: 2m\n  pool_size: 1\n"), 0o644)
+	t.Setenv("VMEXEC_ADDR", "127.0.0.1:7777")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "127.0.0.1:7777" {
+		t.Errorf("addr = %s, env should win", c.Addr)
+	}
+	if c.Sandbox.IdleTimeout != 2*time.Minute || c.Sandbox.PoolSize != 1 {
+		t.Errorf("sandbox = %+v", c.Sandbox)
+	}
+	if c.Sandbox.Defaults.TimeoutMS != 30000 {
+		t.Errorf("defaults lost: %+v", c.Sandbox.Defaults)
+	}
+}
+
+// Guards that typos in the config file are reported rather than silently ignored.
+func TestUnknownField(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vmexec.yaml")
+	os.WriteFile(p, []byte("adress: x\n"), 0o644)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "adress") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// Guards that every problem is reported at once, each saying what is expected.
+func TestValidate(t *testing.T) {
+	c := Default()
+	c.Addr = "nope"
+	c.LogLevel = "loud"
+	c.Sandbox.Defaults.TimeoutMS = c.Sandbox.Max.TimeoutMS + 1
+	err := c.Validate()
+	for _, want := range []string{"addr", "log_level", "timeout_ms"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not mention %s", err, want)
+		}
+	}
+	if err := Default().Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+}

@@ -1,0 +1,5 @@
+package config
+
+import "os/exec"
+
+var execLookPath = exec.LookPath

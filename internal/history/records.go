@@ -1,0 +1,126 @@
+package history
+
+import "time"
+
+// Run statuses. A run is "running" only while in flight; the others are
+// final.
+const (
+	StatusRunning = "running"
+	StatusDone    = "done"    // the code ran to a verdict other than blocked
+	StatusBlocked = "blocked" // policy refused the code; it never ran
+	StatusError   = "error"   // the service failed to run the code
+)
+
+// Run verdicts: what happened to the code. The verdict is "" while running.
+const (
+	VerdictOK          = "ok"
+	VerdictNonzeroExit = "nonzero_exit"
+	VerdictTimeout     = "timeout"
+	VerdictOutputLimit = "output_limit"
+	VerdictMemoryLimit = "memory_limit"
+	VerdictKilled      = "killed"
+	VerdictBlocked     = "blocked"
+	VerdictError       = "error"
+)
+
+// Snapshot kinds: why a snapshot was taken.
+const (
+	SnapshotManual   = "manual"    // asked for by the agent or an operator
+	SnapshotPreRun   = "pre_run"   // taken before a run, to roll back to
+	SnapshotFailure  = "failure"   // the state a failed run left, for inspection
+	SnapshotForkBase = "fork_base" // the base a forked sandbox starts from
+)
+
+// Run is one execution attempt of code in a sandbox.
+type Run struct {
+	ID        string
+	AgentID   string
+	SandboxID string
+	Language  string
+	Code      string
+
+	// Status is one of the Status constants.
+	Status string
+	// Verdict is one of the Verdict constants, or "" while running.
+	Verdict string
+
+	ExitCode int
+	// Stdout and Stderr are the captured output, capped by the caller
+	// (see Capped); the Truncated flags say whether output was cut.
+	Stdout, Stderr                   string
+	StdoutTruncated, StderrTruncated bool
+
+	// BlockedRule and BlockedReason name the policy rule that refused the
+	// code and why; empty unless Status is "blocked".
+	BlockedRule, BlockedReason string
+
+	// PreSnapshotID is the snapshot taken before the run, FailureSnapshotID
+	// the one taken of the state a failed run left, RestoredSnapshotID the
+	// one the sandbox was rolled back to; RolledBack says whether that
+	// rollback happened.
+	PreSnapshotID, FailureSnapshotID, RestoredSnapshotID string
+	RolledBack                                           bool
+
+	StartedAt, CompletedAt time.Time
+	DurationMS             int64
+
+	// Metadata is free-form; an empty map is returned as nil.
+	Metadata map[string]string
+}
+
+// Snapshot is the record of a saved sandbox state.
+type Snapshot struct {
+	ID, SandboxID, AgentID, Name, Description string
+	// Kind is one of the Snapshot kind constants.
+	Kind string
+	// RunID is the run the snapshot was taken for, if any.
+	RunID     string
+	Path      string
+	SizeBytes int64
+	// Pinned snapshots are exempt from retention; the store only records
+	// the flag.
+	Pinned    bool
+	CreatedAt time.Time
+}
+
+// Rollback is the record of a sandbox restored to a snapshot.
+type Rollback struct {
+	ID, SandboxID, AgentID, SnapshotID, Reason string
+	// RunID is the run whose failure caused the rollback, if any.
+	RunID string
+	At    time.Time
+}
+
+// RunFilter selects runs for ListRuns and CountRuns. Zero fields do not
+// filter.
+type RunFilter struct {
+	AgentID, SandboxID string
+	// FailuresOnly keeps finished runs whose verdict is not "ok".
+	FailuresOnly bool
+	// Since and Until bound StartedAt to the half-open range
+	// [Since, Until).
+	Since, Until time.Time
+	// Limit is the page size; see DefaultListLimit and MaxListLimit.
+	Limit int
+	// Cursor is the next value returned by a previous ListRuns call.
+	Cursor string
+}
+
+// ValidStatus reports whether status is one of the Status constants.
+func ValidStatus(status string) bool {
+	switch status {
+	case StatusRunning, StatusDone, StatusBlocked, StatusError:
+		return true
+	}
+	return false
+}
+
+// ValidSnapshotKind reports whether kind is one of the Snapshot kind
+// constants.
+func ValidSnapshotKind(kind string) bool {
+	switch kind {
+	case SnapshotManual, SnapshotPreRun, SnapshotFailure, SnapshotForkBase:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,213 @@
+// Package httpapi serves vmexec's HTTP API: the versioned /v1 routes (api/openapi.yaml)
+// and the fcctl-web compatible routes existing clients call. Handlers are thin: they
+// decode, call the sandbox service, and encode. Errors are turned into status codes in
+// exactly one place, writeError.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/sandbox"
+)
+
+// MaxBodyBytes bounds a request body. Code is bounded more tightly by the service.
+const MaxBodyBytes = 4 << 20
+
+// Server is the HTTP front of a sandbox service.
+type Server struct {
+	svc     *sandbox.Service
+	log     *slog.Logger
+	version string
+	mux     *http.ServeMux
+	metrics *metrics
+}
+
+// Options configures a Server.
+type Options struct {
+	Version string
+	Logger  *slog.Logger
+}
+
+// New returns a Server for svc.
+func New(svc *sandbox.Service, opt Options) *Server {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux()}
+	s.metrics = newMetrics()
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	// fcctl-web compatible.
+	s.mux.HandleFunc("GET /health", s.health)
+	s.mux.HandleFunc("POST /api/llm/execute", s.compatExecute)
+	s.mux.HandleFunc("POST /api/vms", s.compatCreateVM)
+	s.mux.HandleFunc("GET /api/vms", s.compatListVMs)
+	s.mux.HandleFunc("GET /api/vms/{id}", s.compatGetVM)
+	s.mux.HandleFunc("DELETE /api/vms/{id}", s.compatDeleteVM)
+	// Versioned.
+	s.mux.HandleFunc("GET /v1/health", s.health)
+	s.mux.HandleFunc("GET /v1/languages", s.languages)
+	s.mux.HandleFunc("POST /v1/exec", s.exec)
+	s.mux.HandleFunc("POST /v1/sandboxes", s.createSandbox)
+	s.mux.HandleFunc("GET /v1/sandboxes", s.listSandboxes)
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}", s.getSandbox)
+	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.deleteSandbox)
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.execIn)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, s.log, fmt.Errorf("no route %s %s: %w", r.Method, r.URL.Path, errNoRoute))
+	})
+}
+
+// ServeHTTP implements http.Handler with panic recovery and request logging.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w, status: 200}
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+			if !rec.wrote {
+				writeJSON(rec, http.StatusInternalServerError, api.Error{Error: "internal error", Code: api.CodeInternal})
+			}
+		}
+		s.metrics.requests.WithLabelValues(r.Method, strconv.Itoa(rec.status)).Inc()
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start))
+	}()
+	r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+	s.mux.ServeHTTP(rec, r)
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status, r.wrote = code, true
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	return r.ResponseWriter.Write(b)
+}
+
+type metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	runs     *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmexec_http_requests_total", Help: "HTTP requests by method and status.",
+		}, []string{"method", "status"}),
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vmexec_runs_total", Help: "Runs by language and verdict.",
+		}, []string{"language", "verdict"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "vmexec_run_duration_seconds", Help: "Run duration inside the sandbox.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}, []string{"language"}),
+	}
+	m.reg.MustRegister(m.requests, m.runs, m.duration, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observe(r *api.ExecResult) {
+	m.runs.WithLabelValues(r.Language, r.Verdict).Inc()
+	m.duration.WithLabelValues(r.Language).Observe(float64(r.DurationMS) / 1000)
+}
+
+var (
+	errNoRoute     = errors.New("no such route")
+	errBadJSON     = errors.New("malformed JSON")
+	errBodyTooLong = errors.New("request body too large")
+)
+
+// decode reads a JSON body into v. Unknown fields are ignored; an empty body is an
+// empty object.
+func decode(r *http.Request, v any) error {
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("body is over %d bytes: %w", mbe.Limit, errBodyTooLong)
+		}
+		return fmt.Errorf("read body: %w", err)
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %v", errBadJSON, err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+// writeError is the one place errors become HTTP statuses. Client errors carry their
+// message; server errors are logged in full and answered with a generic one.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	status, code := http.StatusInternalServerError, api.CodeInternal
+	switch {
+	case errors.Is(err, errBadJSON):
+		status, code = http.StatusBadRequest, api.CodeInvalidJSON
+	case errors.Is(err, errBodyTooLong):
+		status, code = http.StatusRequestEntityTooLarge, api.CodeTooLarge
+	case errors.Is(err, errNoRoute):
+		status, code = http.StatusNotFound, api.CodeNotFound
+	case errors.Is(err, sandbox.ErrInvalid):
+		status, code = http.StatusBadRequest, api.CodeBadRequest
+	case errors.Is(err, sandbox.ErrNotFound):
+		status, code = http.StatusNotFound, api.CodeNotFound
+	case errors.Is(err, sandbox.ErrForbidden):
+		status, code = http.StatusForbidden, api.CodeForbidden
+	case errors.Is(err, sandbox.ErrBusy):
+		status, code = http.StatusTooManyRequests, api.CodeBusy
+	case errors.Is(err, sandbox.ErrLimit):
+		status, code = http.StatusServiceUnavailable, api.CodeLimit
+	case errors.Is(err, sandbox.ErrUnavailable), errors.Is(err, sandbox.ErrClosed):
+		status, code = http.StatusServiceUnavailable, api.CodeUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		status, code = http.StatusGatewayTimeout, api.CodeTimeout
+	case errors.Is(err, context.Canceled):
+		status, code = 499, api.CodeTimeout // client closed the request
+	}
+	msg := err.Error()
+	if status >= 500 && code == api.CodeInternal {
+		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		msg = "internal error; the server log has the details"
+	} else if status >= 500 {
+		log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeJSON(w, status, api.Error{Error: msg, Code: code})
+}
