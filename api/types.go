@@ -85,7 +85,7 @@ type Sandbox struct {
 	Name       string    `json:"name"`
 	AgentID    string    `json:"agent_id,omitempty"`
 	Backend    string    `json:"backend"`
-	Status     string    `json:"status"` // starting, running, dead
+	Status     string    `json:"status"` // running, busy (a run or start in progress), dead
 	MemoryMB   int64     `json:"memory_mb"`
 	Runs       int       `json:"runs"`
 	CreatedAt  time.Time `json:"created_at"`

@@ -50,6 +50,7 @@ var Default = Recipe{
 grep -q '^user:' /etc/group || echo 'user:x:1000:' >> /etc/group
 grep -q '^user:' /etc/passwd || echo 'user:x:1000:1000:vmexec sandbox user:/home/user:/bin/bash' >> /etc/passwd
 grep -q '^user:' /etc/shadow || echo 'user:!:19000:0:99999:7:::' >> /etc/shadow
+printf '127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
 mkdir -p /home/user /.vmexec
 chown 1000:1000 /home/user
 apt-get clean

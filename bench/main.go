@@ -1,0 +1,193 @@
+// Command bench measures vmexec's run latency against baselines taken in the same run,
+// because these machines are noisy: a native `python3 -c 'print(1)'` spawn on the host,
+// and `runsc do` per run. It starts its own daemon (built from this tree) on a free
+// port with a temporary data dir and the installed template, and prints p50/p95 and
+// ratios. Not a test: it passes or fails nothing.
+//
+//	sudo go run ./bench [-n 40]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/client"
+	"github.com/vmexec/vmexec/internal/template"
+)
+
+func main() {
+	n := flag.Int("n", 40, "samples per measurement")
+	dataDir := flag.String("data-dir", envOr("VMEXEC_DATA_DIR", "/var/lib/vmexec"), "where scripts/setup put runsc and the template")
+	flag.Parse()
+	if err := run(*n, *dataDir); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+type series struct {
+	name string
+	d    []time.Duration
+}
+
+func (s series) pct(p float64) time.Duration {
+	d := append([]time.Duration(nil), s.d...)
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	i := int(float64(len(d)-1) * p)
+	return d[i]
+}
+
+func measure(name string, n int, f func(i int) error) (series, error) {
+	s := series{name: name}
+	for i := 0; i < n; i++ {
+		t := time.Now()
+		if err := f(i); err != nil {
+			return s, fmt.Errorf("%s: %w", name, err)
+		}
+		s.d = append(s.d, time.Since(t))
+	}
+	return s, nil
+}
+
+func run(n int, dataDir string) error {
+	runsc := filepath.Join(dataDir, "tools", "runsc")
+	tpl, err := (&template.Store{Dir: filepath.Join(dataDir, "templates")}).Get(template.Default)
+	if err != nil {
+		return fmt.Errorf("%w: run scripts/setup first", err)
+	}
+	tmp, err := os.MkdirTemp("", "vmexec-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	for _, b := range [][]string{{"vmexec", "./cmd/vmexec", "1"}, {"vmexec-agent", "./cmd/vmexec-agent", "0"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(tmp, b[0]), b[1])
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+b[2])
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %v\n%s", b[1], err, out)
+		}
+	}
+
+	results := []series{}
+	native, err := measure("native python3 spawn", n, func(int) error {
+		return exec.Command("python3", "-c", "print(1)").Run()
+	})
+	if err != nil {
+		return err
+	}
+	results = append(results, native)
+	doRoot := filepath.Join(tmp, "runsc-do")
+	rdo, err := measure("runsc do per run", n/2, func(int) error {
+		out, err := exec.Command(runsc, "--root", doRoot, "--network=none", "do", "python3", "-c", "print(1)").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	results = append(results, rdo)
+
+	for _, pool := range []int{2, 0} {
+		d, err := startDaemon(tmp, runsc, tpl.Dir, pool)
+		if err != nil {
+			return err
+		}
+		c := client.New(d.url)
+		ctx := context.Background()
+		execOnce := func(agent string) error {
+			r, err := c.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: "print(1)"})
+			if err == nil && strings.TrimSpace(r.Stdout) != "1" {
+				err = fmt.Errorf("unexpected result %+v", r)
+			}
+			return err
+		}
+		if pool > 0 {
+			if err := execOnce("warm"); err != nil {
+				d.stop()
+				return err
+			}
+			warm, err := measure("warm run via REST", n, func(int) error { return execOnce("warm") })
+			if err != nil {
+				d.stop()
+				return err
+			}
+			results = append(results, warm)
+		}
+		name := fmt.Sprintf("cold: new agent, pool=%d", pool)
+		cold, err := measure(name, n/2, func(i int) error {
+			if pool > 0 {
+				time.Sleep(400 * time.Millisecond) // let the pool refill, as between real agents
+			}
+			return execOnce(fmt.Sprintf("cold-%d-%d", pool, i))
+		})
+		d.stop()
+		if err != nil {
+			return err
+		}
+		results = append(results, cold)
+	}
+
+	base := native.pct(0.5)
+	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
+	for _, s := range results {
+		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+	}
+	return nil
+}
+
+type daemon struct {
+	cmd *exec.Cmd
+	url string
+}
+
+func startDaemon(tmp, runsc, tplDir string, pool int) (*daemon, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir, _ := os.MkdirTemp(tmp, "data-")
+	cmd := exec.Command(filepath.Join(tmp, "vmexec"), "serve", "--addr", addr, "--data-dir", dir, "--template-dir", filepath.Dir(tplDir),
+		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--pool-size", fmt.Sprint(pool), "--log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	d := &daemon{cmd: cmd, url: "http://" + addr}
+	for i := 0; i < 600; i++ {
+		if resp, err := http.Get(d.url + "/health"); err == nil {
+			resp.Body.Close()
+			time.Sleep(time.Second) // let the pool fill
+			return d, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.stop()
+	return nil, fmt.Errorf("daemon did not start")
+}
+
+func (d *daemon) stop() {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.cmd.Wait()
+}
