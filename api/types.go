@@ -41,6 +41,8 @@ type ExecRequest struct {
 	WorkDir   string            `json:"working_dir,omitempty"`
 	Limits    Limits            `json:"limits,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
+	// History overrides the transaction policy for this run only.
+	History *ExecPolicy `json:"history,omitempty"`
 }
 
 // ExecResult is the outcome of one run. A program that fails is still a result (with
@@ -67,6 +69,16 @@ type ExecResult struct {
 	SandboxLost bool `json:"sandbox_lost"`
 	// Error explains a run that could not start or whose sandbox died.
 	Error string `json:"error,omitempty"`
+
+	// The run's transaction: the snapshot taken before it, the one keeping the
+	// state it left when it failed, and the one the sandbox was rolled back to.
+	PreSnapshotID      string `json:"pre_snapshot_id,omitempty"`
+	FailureSnapshotID  string `json:"failure_snapshot_id,omitempty"`
+	RestoredSnapshotID string `json:"restored_snapshot_id,omitempty"`
+	RolledBack         bool   `json:"rolled_back"`
+	// Warnings report a part of the transaction that could not be done (for
+	// example a snapshot that failed); the run's own result is still valid.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Success reports whether the run exited 0 within its limits.
@@ -81,15 +93,21 @@ type CreateSandboxRequest struct {
 
 // Sandbox describes a sandbox.
 type Sandbox struct {
-	ID         string    `json:"id"`
-	Name       string    `json:"name"`
-	AgentID    string    `json:"agent_id,omitempty"`
-	Backend    string    `json:"backend"`
-	Status     string    `json:"status"` // running, busy (a run or start in progress), dead
-	MemoryMB   int64     `json:"memory_mb"`
-	Runs       int       `json:"runs"`
-	CreatedAt  time.Time `json:"created_at"`
-	LastUsedAt time.Time `json:"last_used_at"`
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	AgentID string `json:"agent_id,omitempty"`
+	Backend string `json:"backend"`
+	// Status: running; busy (a run or start in progress); dead (a run ended it; the
+	// next run replaces it); suspended (stopped to save resources or by a daemon
+	// restart; the next run resumes it from its newest snapshot).
+	Status   string `json:"status"`
+	MemoryMB int64  `json:"memory_mb"`
+	Runs     int    `json:"runs"`
+	// Snapshots and SnapshotBytes count the sandbox's snapshot images on disk.
+	Snapshots     int       `json:"snapshots"`
+	SnapshotBytes int64     `json:"snapshot_bytes"`
+	CreatedAt     time.Time `json:"created_at"`
+	LastUsedAt    time.Time `json:"last_used_at"`
 }
 
 // SandboxList is GET /v1/sandboxes.
@@ -126,4 +144,120 @@ const (
 	CodeInternal    = "internal"
 	CodeTimeout     = "timeout"
 	CodeLimit       = "limit"
+	CodeUnsupported = "unsupported"
 )
+
+// ExecPolicy is the transaction policy of runs: the seed's `history` block. Unset
+// fields keep the value of the layer below (server defaults, then the agent's policy,
+// then the request's).
+type ExecPolicy struct {
+	// SnapshotBeforeExecution takes a snapshot before each run (default true).
+	SnapshotBeforeExecution *bool `json:"snapshot_before_execution,omitempty" yaml:"snapshot_before_execution,omitempty"`
+	// AutoRollbackOnFailure returns the sandbox to its pre-run snapshot when a run
+	// fails: non-zero exit, timeout or any limit (default true).
+	AutoRollbackOnFailure *bool `json:"auto_rollback_on_failure,omitempty" yaml:"auto_rollback_on_failure,omitempty"`
+	// SnapshotOnFailure keeps the state a failed run left as a snapshot, for
+	// inspection or a later rollback to it (default true).
+	SnapshotOnFailure *bool `json:"snapshot_on_failure,omitempty" yaml:"snapshot_on_failure,omitempty"`
+	// MaxHistoryEntries keeps at most this many runs per sandbox (default 1000).
+	MaxHistoryEntries *int `json:"max_history_entries,omitempty" yaml:"max_history_entries,omitempty"`
+	// MaxSnapshots keeps at most this many snapshots per sandbox; the oldest
+	// unpinned go first (default 20).
+	MaxSnapshots *int `json:"max_snapshots,omitempty" yaml:"max_snapshots,omitempty"`
+}
+
+// Snapshot kinds.
+const (
+	SnapshotManual   = "manual"
+	SnapshotPreRun   = "pre_run"
+	SnapshotFailure  = "failure"
+	SnapshotForkBase = "fork_base"
+	SnapshotSuspend  = "suspend"
+)
+
+// Snapshot is a saved sandbox state: files, memory and running processes.
+type Snapshot struct {
+	ID          string    `json:"id"`
+	SandboxID   string    `json:"sandbox_id"`
+	AgentID     string    `json:"agent_id,omitempty"`
+	Name        string    `json:"name,omitempty"`
+	Description string    `json:"description,omitempty"`
+	Kind        string    `json:"kind"`
+	RunID       string    `json:"run_id,omitempty"`
+	SizeBytes   int64     `json:"size_bytes"`
+	Pinned      bool      `json:"pinned"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// SnapshotList is GET /v1/sandboxes/{id}/snapshots.
+type SnapshotList struct {
+	Snapshots []Snapshot `json:"snapshots"`
+	// DiskBytes is the disk the sandbox's snapshot images use.
+	DiskBytes int64 `json:"disk_bytes"`
+}
+
+// CreateSnapshotRequest is POST /v1/sandboxes/{id}/snapshots.
+type CreateSnapshotRequest struct {
+	AgentID     string `json:"agent_id,omitempty"`
+	Name        string `json:"name,omitempty"`
+	Description string `json:"description,omitempty"`
+	// Pinned snapshots are never removed by retention.
+	Pinned bool `json:"pinned,omitempty"`
+}
+
+// RollbackRequest is POST /v1/sandboxes/{id}/rollback. Exactly one of SnapshotID and
+// LastSuccess is set.
+type RollbackRequest struct {
+	AgentID    string `json:"agent_id,omitempty"`
+	SnapshotID string `json:"snapshot_id,omitempty"`
+	// LastSuccess rolls back to the state right after the sandbox's last
+	// successful run.
+	LastSuccess bool `json:"last_success,omitempty"`
+}
+
+// RollbackResult says what a rollback restored.
+type RollbackResult struct {
+	SandboxID  string `json:"sandbox_id"`
+	SnapshotID string `json:"snapshot_id"`
+	Message    string `json:"message"`
+}
+
+// ForkRequest is POST /v1/snapshots/{id}/fork: a new sandbox starting from the
+// snapshot, owned by the snapshot's agent.
+type ForkRequest struct {
+	AgentID string `json:"agent_id,omitempty"`
+	Name    string `json:"name,omitempty"`
+}
+
+// Run is one recorded run (or blocked attempt) in the history.
+type Run struct {
+	ID                 string            `json:"id"`
+	AgentID            string            `json:"agent_id"`
+	SandboxID          string            `json:"sandbox_id"`
+	Language           string            `json:"language"`
+	Code               string            `json:"code"`
+	Status             string            `json:"status"` // running, done, blocked, error
+	Verdict            string            `json:"verdict"`
+	ExitCode           int               `json:"exit_code"`
+	Stdout             string            `json:"stdout"`
+	Stderr             string            `json:"stderr"`
+	StdoutTruncated    bool              `json:"stdout_truncated"`
+	StderrTruncated    bool              `json:"stderr_truncated"`
+	BlockedRule        string            `json:"blocked_rule,omitempty"`
+	BlockedReason      string            `json:"blocked_reason,omitempty"`
+	PreSnapshotID      string            `json:"pre_snapshot_id,omitempty"`
+	FailureSnapshotID  string            `json:"failure_snapshot_id,omitempty"`
+	RestoredSnapshotID string            `json:"restored_snapshot_id,omitempty"`
+	RolledBack         bool              `json:"rolled_back"`
+	StartedAt          time.Time         `json:"started_at"`
+	CompletedAt        time.Time         `json:"completed_at"`
+	DurationMS         int64             `json:"duration_ms"`
+	Metadata           map[string]string `json:"metadata,omitempty"`
+}
+
+// RunList is GET /v1/history: newest first.
+type RunList struct {
+	Runs       []Run  `json:"runs"`
+	NextCursor string `json:"next_cursor,omitempty"`
+	Total      int    `json:"total"`
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmexec/vmexec/internal/backend/gvisor"
 	"github.com/vmexec/vmexec/internal/config"
+	"github.com/vmexec/vmexec/internal/history/sqlite"
 	"github.com/vmexec/vmexec/internal/httpapi"
 	"github.com/vmexec/vmexec/internal/sandbox"
 	"github.com/vmexec/vmexec/internal/template"
@@ -115,7 +116,12 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return fmt.Errorf("%w\n(run `vmexec doctor` to see what this host lacks)", err)
 	}
-	svc, err := sandbox.New(cfg.Sandbox, be, tpl.RootFS, log)
+	hist, err := sqlite.Open(ctx, cfg.HistoryPath())
+	if err != nil {
+		return fmt.Errorf("history database: %w", err)
+	}
+	defer hist.Close()
+	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backend: be, RootFS: tpl.RootFS, History: hist, SnapshotDir: cfg.SnapshotDir(), Logger: log})
 	if err != nil {
 		return err
 	}

@@ -170,3 +170,9 @@ func (c Config) TemplatesDir() string {
 	return filepath.Join(c.DataDir, "templates")
 }
 func (c Config) GVisorDir() string { return filepath.Join(c.DataDir, "gvisor") }
+
+// SnapshotDir holds snapshot images.
+func (c Config) SnapshotDir() string { return filepath.Join(c.DataDir, "snapshots") }
+
+// HistoryPath is the SQLite history database.
+func (c Config) HistoryPath() string { return filepath.Join(c.DataDir, "history.db") }

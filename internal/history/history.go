@@ -179,6 +179,27 @@ type Store interface {
 	// At, then ID). None is an empty slice, not an error.
 	ListRollbacks(ctx context.Context, sandboxID string) ([]Rollback, error)
 
+	// PutSandbox stores sb, replacing a record with the same ID. sb.ID is
+	// required (ErrInvalid); a zero CreatedAt is set from the store's clock.
+	PutSandbox(ctx context.Context, sb Sandbox) error
+
+	// ListSandboxes returns every sandbox record, oldest first.
+	ListSandboxes(ctx context.Context) ([]Sandbox, error)
+
+	// DeleteSandbox deletes a sandbox record, or returns ErrNotFound. Its
+	// runs and snapshots are the caller's to remove.
+	DeleteSandbox(ctx context.Context, id string) error
+
+	// PutAgentPolicy stores an agent's execution policy (opaque JSON text).
+	PutAgentPolicy(ctx context.Context, agentID, policy string) error
+
+	// GetAgentPolicy returns the agent's stored policy, or ErrNotFound.
+	GetAgentPolicy(ctx context.Context, agentID string) (string, error)
+
+	// ListAllSnapshots returns every snapshot record, oldest first; startup
+	// uses it to reconcile records with the images on disk.
+	ListAllSnapshots(ctx context.Context) ([]Snapshot, error)
+
 	// Close releases the store's resources. Calls in flight may fail.
 	// Closing twice is harmless.
 	Close() error

@@ -29,7 +29,16 @@ const (
 	SnapshotPreRun   = "pre_run"   // taken before a run, to roll back to
 	SnapshotFailure  = "failure"   // the state a failed run left, for inspection
 	SnapshotForkBase = "fork_base" // the base a forked sandbox starts from
+	SnapshotSuspend  = "suspend"   // taken when a sandbox is stopped, to resume it from
 )
+
+// Sandbox is the durable record of a sandbox: it outlives the daemon, so an agent
+// finds its sandbox (resumed from its newest snapshot) after a restart.
+type Sandbox struct {
+	ID, AgentID, Name, Backend string
+	MemoryMB                   int64
+	CreatedAt                  time.Time
+}
 
 // Run is one execution attempt of code in a sandbox.
 type Run struct {
@@ -119,7 +128,7 @@ func ValidStatus(status string) bool {
 // constants.
 func ValidSnapshotKind(kind string) bool {
 	switch kind {
-	case SnapshotManual, SnapshotPreRun, SnapshotFailure, SnapshotForkBase:
+	case SnapshotManual, SnapshotPreRun, SnapshotFailure, SnapshotForkBase, SnapshotSuspend:
 		return true
 	}
 	return false

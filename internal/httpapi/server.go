@@ -70,6 +70,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/sandboxes/{id}", s.getSandbox)
 	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.deleteSandbox)
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.execIn)
+	s.txnRoutes()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, fmt.Errorf("no route %s %s: %w", r.Method, r.URL.Path, errNoRoute))
@@ -193,6 +194,10 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		status, code = http.StatusForbidden, api.CodeForbidden
 	case errors.Is(err, sandbox.ErrBusy):
 		status, code = http.StatusTooManyRequests, api.CodeBusy
+	case errors.Is(err, sandbox.ErrConflict):
+		status, code = http.StatusConflict, api.CodeConflict
+	case errors.Is(err, sandbox.ErrUnsupported):
+		status, code = http.StatusNotImplemented, api.CodeUnsupported
 	case errors.Is(err, sandbox.ErrLimit):
 		status, code = http.StatusServiceUnavailable, api.CodeLimit
 	case errors.Is(err, sandbox.ErrUnavailable), errors.Is(err, sandbox.ErrClosed):

@@ -27,20 +27,27 @@ type Config struct {
 	QueueDepth int `json:"queue_depth" yaml:"queue_depth"`
 	// HostMaxPIDs is the host-side task cap of a whole sandbox (a backstop).
 	HostMaxPIDs int64 `json:"host_max_pids" yaml:"host_max_pids"`
+	// History is the server's transaction policy; agents and requests may override
+	// it. Unset fields take the built-in defaults (snapshot before each run, roll
+	// back on failure, keep failed states, 1000 runs and 20 snapshots per sandbox).
+	History api.ExecPolicy `json:"history" yaml:"history"`
+	// MaxStoredOutput caps each output stream stored in the history, in bytes.
+	MaxStoredOutput int `json:"max_stored_output" yaml:"max_stored_output"`
 }
 
 // DefaultConfig returns the defaults: 30 s, 1 MiB per stream, 512 MiB, 256 processes,
 // 1 GiB files; maximums 10 min, 16 MiB, 4 GiB, 4096, 8 GiB.
 func DefaultConfig() Config {
 	return Config{
-		Defaults:     api.Limits{TimeoutMS: 30_000, MaxOutputBytes: 1 << 20, MemoryMB: 512, MaxProcs: 256, MaxFileBytes: 1 << 30},
-		Max:          api.Limits{TimeoutMS: 600_000, MaxOutputBytes: 16 << 20, MemoryMB: 4096, MaxProcs: 4096, MaxFileBytes: 8 << 30},
-		MaxCodeBytes: 100 << 10,
-		IdleTimeout:  15 * time.Minute,
-		MaxSandboxes: 64,
-		PoolSize:     2,
-		QueueDepth:   16,
-		HostMaxPIDs:  8192,
+		Defaults:        api.Limits{TimeoutMS: 30_000, MaxOutputBytes: 1 << 20, MemoryMB: 512, MaxProcs: 256, MaxFileBytes: 1 << 30},
+		Max:             api.Limits{TimeoutMS: 600_000, MaxOutputBytes: 16 << 20, MemoryMB: 4096, MaxProcs: 4096, MaxFileBytes: 8 << 30},
+		MaxCodeBytes:    100 << 10,
+		IdleTimeout:     15 * time.Minute,
+		MaxSandboxes:    64,
+		PoolSize:        2,
+		QueueDepth:      16,
+		HostMaxPIDs:     8192,
+		MaxStoredOutput: 64 << 10,
 	}
 }
 
@@ -75,6 +82,9 @@ func (c Config) withDefaults() Config {
 	if c.QueueDepth == 0 {
 		c.QueueDepth = d.QueueDepth
 	}
+	if c.MaxStoredOutput == 0 {
+		c.MaxStoredOutput = d.MaxStoredOutput
+	}
 	return c
 }
 
@@ -97,6 +107,9 @@ func (c Config) Validate() error {
 	check("max_file_bytes", c.Defaults.MaxFileBytes, c.Max.MaxFileBytes)
 	if c.Defaults.MemoryMB < 64 {
 		errs = append(errs, fmt.Errorf("memory_mb: %d is below the 64 MiB a sandbox needs", c.Defaults.MemoryMB))
+	}
+	if err := validatePolicy(&c.History); err != nil {
+		errs = append(errs, fmt.Errorf("history: %w", err))
 	}
 	if c.PoolSize < 0 || c.PoolSize > c.MaxSandboxes {
 		errs = append(errs, fmt.Errorf("pool_size %d: must be between 0 and max_sandboxes (%d)", c.PoolSize, c.MaxSandboxes))

@@ -11,6 +11,7 @@ import (
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/agentproto"
 	"github.com/vmexec/vmexec/internal/backend"
+	"github.com/vmexec/vmexec/internal/history"
 )
 
 // aliases maps accepted language names to canonical ones.
@@ -41,6 +42,9 @@ func (s *Service) validate(req *api.ExecRequest) (api.Limits, error) {
 		return api.Limits{}, fmt.Errorf("unknown language %q (supported: %s): %w", req.Language, strings.Join(api.Languages, ", "), ErrInvalid)
 	}
 	req.Language = lang
+	if err := validatePolicy(req.History); err != nil {
+		return api.Limits{}, err
+	}
 	if strings.TrimSpace(req.Code) == "" {
 		return api.Limits{}, fmt.Errorf("code is empty: %w", ErrInvalid)
 	}
@@ -86,7 +90,7 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 			return e, nil
 		}
 	}
-	return s.newEntry(ctx, req.AgentID, "", lim.MemoryMB, true)
+	return s.newEntry(ctx, req.AgentID, "", lim.MemoryMB, true, nil)
 }
 
 // enqueue waits for e's turn, refusing past the queue bound.
@@ -113,30 +117,66 @@ func (s *Service) enqueue(ctx context.Context, e *entry) error {
 	return nil
 }
 
-// ensureAlive replaces a dead sandbox by a fresh one with the same id. It reports
-// whether it did.
-func (s *Service) ensureAlive(ctx context.Context, e *entry) (bool, error) {
-	if e.sb != nil {
-		return false, nil
-	}
-	sb, err := s.be.Create(ctx, s.spec(e.id, e.memoryMB))
-	if err != nil {
-		return false, fmt.Errorf("replace dead sandbox %s: %w", e.id, classifyBackend(err))
-	}
-	e.sb = sb
-	s.log.Info("replaced dead sandbox", "id", e.id, "agent", e.agentID)
-	return true, nil
-}
-
+// execLocked runs one request in e as a transaction; e.run held.
+//
+//  1. Resume or replace the sandbox if it is not running.
+//  2. With snapshot_before_execution, snapshot it (reusing a snapshot the state is
+//     known to equal, e.g. right after a rollback).
+//  3. Record the run as running, run it, record the outcome.
+//  4. On failure (any verdict but ok): with snapshot_on_failure keep the failed state
+//     as a snapshot; with auto_rollback_on_failure restore the pre-run snapshot. A run
+//     that killed its sandbox is restored from the pre-run snapshot whatever the
+//     policy, since its failed state is gone anyway.
 func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits) (*api.ExecResult, error) {
-	recreated, err := s.ensureAlive(ctx, e)
+	pol := s.policyFor(ctx, e.agentID, req.History)
+	fresh, err := s.resumeLocked(ctx, e)
 	if err != nil {
 		return nil, err
 	}
-	out := &api.ExecResult{
-		ExecutionID: newExecutionID(), SandboxID: e.id, AgentID: req.AgentID, Language: req.Language,
-		StartedAt: time.Now().UTC(), SandboxRecreated: recreated,
+	out := &api.ExecResult{ExecutionID: randID("ex-", 8), SandboxID: e.id, AgentID: req.AgentID, Language: req.Language, SandboxRecreated: fresh}
+	var pre history.Snapshot
+	if pol.snapshotBefore && s.snap != nil {
+		pre, err = s.preSnapshot(ctx, e, out.ExecutionID)
+		if err != nil {
+			out.Warnings = append(out.Warnings, "no snapshot before the run, so it cannot be rolled back: "+err.Error())
+		}
+		out.PreSnapshotID = pre.ID
 	}
+	out.StartedAt = time.Now().UTC()
+	rec := history.Run{ID: out.ExecutionID, AgentID: req.AgentID, SandboxID: e.id, Language: req.Language, Code: req.Code,
+		StartedAt: out.StartedAt, PreSnapshotID: pre.ID, Metadata: req.Metadata}
+	if err := s.hist.BeginRun(ctx, rec); err != nil {
+		return nil, fmt.Errorf("record run: %w", err)
+	}
+	e.cleanSnap = "" // the run changes the state
+	runErr := s.runLocked(ctx, e, req, lim, out)
+	if !out.Success() {
+		// Its own context: a caller that went away still gets its sandbox rolled back.
+		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		s.afterFailure(fctx, e, pol, pre, out)
+		cancel()
+	}
+	s.finishRecord(e, rec, out, runErr, pol)
+	if runErr != nil {
+		return nil, runErr
+	}
+	return out, nil
+}
+
+// preSnapshot returns a snapshot of e's current state, taking one unless the state
+// is known to equal an existing snapshot.
+func (s *Service) preSnapshot(ctx context.Context, e *entry, runID string) (history.Snapshot, error) {
+	if e.cleanSnap != "" {
+		if sn, err := s.hist.GetSnapshot(ctx, e.cleanSnap); err == nil {
+			return sn, nil
+		}
+	}
+	return s.takeSnapshot(ctx, e, history.SnapshotPreRun, runID, apiNoMeta)
+}
+
+// runLocked sends the request to the guest and fills out with the outcome. A sandbox
+// that died or stopped answering is dropped (e.sb = nil) and the result says so.
+func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, out *api.ExecResult) error {
 	preq := &agentproto.ExecRequest{
 		Language: req.Language, Code: req.Code, Stdin: []byte(req.Stdin), Env: req.Env, WorkDir: req.WorkDir,
 		Limits: agentproto.Limits{
@@ -160,27 +200,90 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		out.StdoutTruncated, out.StderrTruncated = res.StdoutTruncated, res.StderrTruncated
 		out.DurationMS = res.DurationMS
 		out.Error = res.Error
-		return out, nil
+		return nil
 	case errors.As(err, &dead):
 		s.log.Warn("sandbox died during a run", "id", e.id, "agent", e.agentID, "verdict", dead.Verdict, "detail", dead.Detail)
-		e.sb.Destroy(context.Background())
-		e.sb = nil
-		out.ExitCode, out.Verdict, out.SandboxLost = 137, dead.Verdict, true
-		out.DurationMS = out.CompletedAt.Sub(out.StartedAt).Milliseconds()
-		out.Error = "the run ended its sandbox (" + dead.Verdict + "); the next run starts in a fresh sandbox"
-		return out, nil
+		out.Verdict = dead.Verdict
+		out.Error = "the run ended its sandbox (" + dead.Verdict + ")"
 	default:
 		// The guest did not answer in time, or the caller went away mid-run: the
-		// sandbox is in an unknown state, so it is replaced.
+		// sandbox is in an unknown state, so it is replaced either way.
 		e.sb.Destroy(context.Background())
 		e.sb = nil
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("run cancelled: %w", ctx.Err())
+			return fmt.Errorf("run cancelled: %w", ctx.Err())
 		}
-		out.ExitCode, out.Verdict, out.SandboxLost = 137, api.VerdictKilled, true
-		out.DurationMS = out.CompletedAt.Sub(out.StartedAt).Milliseconds()
-		out.Error = "the sandbox stopped answering and was replaced: " + err.Error()
-		return out, nil
+		out.Verdict = api.VerdictKilled
+		out.Error = "the sandbox stopped answering: " + err.Error()
+	}
+	if e.sb != nil {
+		e.sb.Destroy(context.Background())
+		e.sb = nil
+	}
+	out.ExitCode, out.SandboxLost = 137, true
+	out.DurationMS = out.CompletedAt.Sub(out.StartedAt).Milliseconds()
+	return nil
+}
+
+// afterFailure applies the failure half of the transaction policy.
+func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre history.Snapshot, out *api.ExecResult) {
+	if pol.snapshotOnFailure && e.sb != nil && s.snap != nil {
+		if sn, err := s.takeSnapshot(ctx, e, history.SnapshotFailure, out.ExecutionID, apiNoMeta); err != nil {
+			out.Warnings = append(out.Warnings, "could not keep the failed state: "+err.Error())
+		} else {
+			out.FailureSnapshotID = sn.ID
+		}
+	}
+	if !(pol.autoRollback || e.sb == nil) {
+		return
+	}
+	if pre.ID == "" {
+		if e.sb == nil {
+			out.Error += "; the next run starts in a fresh sandbox (no snapshot to restore)"
+		}
+		return
+	}
+	if err := s.restoreLocked(ctx, e, pre); err != nil {
+		out.Warnings = append(out.Warnings, "rollback failed: "+err.Error())
+		if e.sb == nil {
+			out.Error += "; the next run starts in a fresh sandbox"
+		}
+		return
+	}
+	out.RolledBack, out.RestoredSnapshotID = true, pre.ID
+	if out.SandboxLost {
+		out.SandboxLost = false // restored: the agent's state survives
+		out.Error += "; the sandbox was restored from the snapshot taken before the run"
+	}
+	s.recordRollback(ctx, e, pre.ID, "auto_rollback", out.ExecutionID)
+}
+
+// finishRecord writes the run's outcome to the history and applies retention. It
+// uses a context of its own: the record must be written even if the caller left.
+func (s *Service) finishRecord(e *entry, rec history.Run, out *api.ExecResult, runErr error, pol txPolicy) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec.Status, rec.Verdict = history.StatusDone, out.Verdict
+	if runErr != nil {
+		rec.Status, rec.Verdict = history.StatusError, history.VerdictError
+		rec.Metadata = map[string]string{"error": runErr.Error()}
+	}
+	rec.ExitCode = out.ExitCode
+	var cut bool
+	rec.Stdout, cut = history.Capped(out.Stdout, s.cfg.MaxStoredOutput)
+	rec.StdoutTruncated = out.StdoutTruncated || cut
+	rec.Stderr, cut = history.Capped(out.Stderr, s.cfg.MaxStoredOutput)
+	rec.StderrTruncated = out.StderrTruncated || cut
+	rec.FailureSnapshotID, rec.RestoredSnapshotID, rec.RolledBack = out.FailureSnapshotID, out.RestoredSnapshotID, out.RolledBack
+	rec.CompletedAt, rec.DurationMS = out.CompletedAt, out.DurationMS
+	if rec.CompletedAt.IsZero() {
+		rec.CompletedAt = time.Now().UTC()
+	}
+	if err := s.hist.FinishRun(ctx, rec); err != nil {
+		s.log.Error("recording run outcome", "run", rec.ID, "err", err)
+	}
+	if err := s.hist.PruneRuns(ctx, e.id, pol.maxHistory); err != nil {
+		s.log.Warn("pruning history", "sandbox", e.id, "err", err)
 	}
 }
 

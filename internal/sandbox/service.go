@@ -1,8 +1,17 @@
 // Package sandbox is vmexec's core service: it gives each agent a sandbox (created on
-// first use and reused so files persist between turns), runs code in it within limits,
-// replaces a sandbox that a run killed, reaps idle ones, and keeps a pool of ready
-// sandboxes so a new agent's first run does not wait for a boot. It knows nothing of
-// HTTP; errors are classified with the ErrX values below and translated at the edge.
+// first use and reused so files persist between turns) and runs code in it as a
+// transaction — snapshot before, roll back automatically on failure, record every run
+// in the history. It replaces a sandbox that a run killed, suspends idle ones to a
+// snapshot and resumes them on next use (across daemon restarts too), and keeps a pool
+// of ready sandboxes so a new agent's first run does not wait for a boot.
+//
+// It knows nothing of HTTP; errors are classified with the ErrX values below and
+// translated at the edge.
+//
+// Concurrency: everything done to one sandbox (runs, snapshots, rollbacks) holds that
+// sandbox's run lock, so they never interleave; requests queue for it up to
+// Config.QueueDepth and are refused with ErrBusy past that. Different sandboxes proceed
+// in parallel.
 package sandbox
 
 import (
@@ -18,6 +27,7 @@ import (
 
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/backend"
+	"github.com/vmexec/vmexec/internal/history"
 )
 
 // Error classes; the HTTP layer maps each to a status code.
@@ -26,27 +36,51 @@ var (
 	ErrNotFound    = errors.New("not found")
 	ErrForbidden   = errors.New("forbidden")
 	ErrBusy        = errors.New("sandbox busy")
+	ErrConflict    = errors.New("conflict")
 	ErrLimit       = errors.New("server limit reached")
 	ErrUnavailable = errors.New("unavailable")
+	ErrUnsupported = errors.New("not supported by this backend")
 	ErrClosed      = errors.New("service closed")
 )
+
+// Deps are the parts a Service is built from.
+type Deps struct {
+	// Backend runs the sandboxes. Snapshots, rollbacks and suspension need it to
+	// implement backend.Snapshotter.
+	Backend backend.Backend
+	// RootFS is the template tree sandboxes start from.
+	RootFS string
+	// History records runs, snapshots and sandboxes durably.
+	History history.Store
+	// SnapshotDir holds snapshot images.
+	SnapshotDir string
+	Logger      *slog.Logger
+}
 
 // Service runs agents' code in sandboxes of one backend.
 type Service struct {
 	cfg    Config
 	be     backend.Backend
+	snap   backend.Snapshotter // nil when the backend cannot snapshot
 	rootfs string
+	hist   history.Store
+	snaps  string
 	log    *slog.Logger
 
 	mu        sync.Mutex
 	sandboxes map[string]*entry // by sandbox id
 	byAgent   map[string]string // agent id → sandbox id of its default sandbox
-	pool      []backend.Sandbox
+	pool      []pooled
 	filling   int // pool sandboxes being created
 	closed    bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+}
+
+type pooled struct {
+	id string
+	sb backend.Sandbox
 }
 
 // entry is one sandbox the service manages. run serialises everything done to the
@@ -60,29 +94,40 @@ type entry struct {
 	waiting int // guarded by Service.mu
 
 	// Guarded by run.
-	sb       backend.Sandbox // nil when dead and not yet replaced
-	lastUsed time.Time
-	runs     int
-	deleted  bool
+	sb        backend.Sandbox // nil when dead, suspended, or not yet started
+	gen       int             // incarnation: the backend id is id-gen
+	suspended bool            // sb is nil because it was suspended: resume from a snapshot
+	cleanSnap string          // a snapshot equal to the current state, if known
+	lastUsed  time.Time
+	runs      int
+	deleted   bool
 }
 
-// New returns a service over backend be whose sandboxes start from rootfs. Call Start
-// before use and Close when done.
-func New(cfg Config, be backend.Backend, rootfs string, log *slog.Logger) (*Service, error) {
+// New returns a service. Call Start before use and Close when done.
+func New(cfg Config, d Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sandbox config: %w", err)
 	}
-	if log == nil {
-		log = slog.Default()
+	if d.Backend == nil || d.History == nil || d.RootFS == "" {
+		return nil, errors.New("sandbox: backend, history and root filesystem are required")
 	}
-	return &Service{
-		cfg: cfg.withDefaults(), be: be, rootfs: rootfs, log: log.With("component", "sandbox"),
-		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, stop: make(chan struct{}),
-	}, nil
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	s := &Service{
+		cfg: cfg.withDefaults(), be: d.Backend, rootfs: d.RootFS, hist: d.History, snaps: d.SnapshotDir,
+		log: d.Logger.With("component", "sandbox"), sandboxes: map[string]*entry{}, byAgent: map[string]string{},
+		stop: make(chan struct{}),
+	}
+	if sn, ok := d.Backend.(backend.Snapshotter); ok && d.SnapshotDir != "" {
+		s.snap = sn
+	}
+	return s, nil
 }
 
-// Start removes sandboxes a previous process left behind, then starts the idle reaper
-// and fills the pool of ready sandboxes.
+// Start removes sandboxes a previous process left running, reconciles the history
+// with the snapshot images on disk, loads the sandboxes the history knows (suspended,
+// to be resumed on next use), then starts the idle reaper and fills the pool.
 func (s *Service) Start(ctx context.Context) error {
 	orphans, err := s.be.List(ctx)
 	if err != nil {
@@ -94,6 +139,9 @@ func (s *Service) Start(ctx context.Context) error {
 			return fmt.Errorf("remove leftover sandbox %s: %w", o.ID, err)
 		}
 	}
+	if err := s.recover(ctx); err != nil {
+		return err
+	}
 	if s.cfg.IdleTimeout > 0 {
 		s.wg.Add(1)
 		go s.reaper()
@@ -102,7 +150,9 @@ func (s *Service) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close destroys every sandbox, pooled ones included, and waits for background work.
+// Close suspends every running sandbox to a snapshot (so agents resume where they
+// were after a restart), destroys all backend sandboxes, pooled ones included, and
+// waits for background work.
 func (s *Service) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
@@ -115,45 +165,39 @@ func (s *Service) Close(ctx context.Context) error {
 	for _, e := range s.sandboxes {
 		entries = append(entries, e)
 	}
-	pool := s.pool
-	s.pool = nil
 	s.mu.Unlock()
-	s.wg.Wait() // pool fillers and the reaper
+	s.wg.Wait() // pool fillers, the reaper, background destroys
 	s.mu.Lock()
-	pool = append(pool, s.pool...)
+	pool := s.pool
 	s.pool = nil
 	s.mu.Unlock()
 
 	var errs []error
-	for _, sb := range pool {
-		errs = append(errs, sb.Destroy(ctx))
+	for _, p := range pool {
+		errs = append(errs, p.sb.Destroy(ctx))
 	}
 	for _, e := range entries {
 		e.run.Lock()
-		if e.sb != nil {
-			errs = append(errs, e.sb.Destroy(ctx))
-			e.sb = nil
-		}
+		errs = append(errs, s.suspendLocked(ctx, e))
 		e.deleted = true
 		e.run.Unlock()
 	}
 	return errors.Join(errs...)
 }
 
-func newID() string {
-	b := make([]byte, 6)
+func randID(prefix string, n int) string {
+	b := make([]byte, n)
 	rand.Read(b)
-	return "sb-" + hex.EncodeToString(b)
+	return prefix + hex.EncodeToString(b)
 }
 
-func newExecutionID() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return "ex-" + hex.EncodeToString(b)
+// specFor describes the backend sandbox of e's current incarnation.
+func (s *Service) specFor(e *entry) backend.Spec {
+	return s.spec(fmt.Sprintf("%s-%d", e.id, e.gen), e.memoryMB)
 }
 
-func (s *Service) spec(id string, memoryMB int64) backend.Spec {
-	return backend.Spec{ID: id, RootFS: s.rootfs, MemoryBytes: memoryMB << 20, MaxPIDs: s.cfg.HostMaxPIDs}
+func (s *Service) spec(backendID string, memoryMB int64) backend.Spec {
+	return backend.Spec{ID: backendID, RootFS: s.rootfs, MemoryBytes: memoryMB << 20, MaxPIDs: s.cfg.HostMaxPIDs}
 }
 
 // Create makes a sandbox explicitly. With an AgentID it becomes that agent's default
@@ -163,17 +207,18 @@ func (s *Service) Create(ctx context.Context, req api.CreateSandboxRequest) (api
 	if err != nil {
 		return api.Sandbox{}, err
 	}
-	e, err := s.newEntry(ctx, req.AgentID, req.Name, lim.MemoryMB, false)
+	e, err := s.newEntry(ctx, req.AgentID, req.Name, lim.MemoryMB, false, nil)
 	if err != nil {
 		return api.Sandbox{}, err
 	}
 	return s.describe(e), nil
 }
 
-// newEntry registers a sandbox and starts it (from the pool when it can). It becomes
-// the agent's default sandbox if the agent has none. With asDefault, an existing
-// default sandbox of the agent is returned instead of a new one.
-func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB int64, asDefault bool) (*entry, error) {
+// newEntry registers a sandbox and starts it: from the image in fromImage (a fork),
+// else from the pool when it can, else anew. It becomes the agent's default sandbox
+// if the agent has none. With asDefault, an existing default sandbox of the agent is
+// returned instead of a new one.
+func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB int64, asDefault bool, fromImage *history.Snapshot) (*entry, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -183,18 +228,17 @@ func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB i
 		s.mu.Unlock() // a concurrent first request of the same agent made it
 		return existing, nil
 	}
-	if len(s.sandboxes) >= s.cfg.MaxSandboxes {
+	if n := s.live(); n >= s.cfg.MaxSandboxes {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("%d sandboxes are running, the configured maximum: %w", len(s.sandboxes), ErrLimit)
+		return nil, fmt.Errorf("%d sandboxes are running, the configured maximum: %w", n, ErrLimit)
 	}
-	var sb backend.Sandbox
-	if memoryMB == s.cfg.Defaults.MemoryMB && len(s.pool) > 0 {
-		sb = s.pool[0]
-		s.pool = s.pool[1:]
+	var p pooled
+	if fromImage == nil && memoryMB == s.cfg.Defaults.MemoryMB && len(s.pool) > 0 {
+		p, s.pool = s.pool[0], s.pool[1:]
 	}
-	id := newID()
-	if sb != nil {
-		id = sb.ID()
+	id := p.id
+	if id == "" {
+		id = randID("sb-", 6)
 	}
 	if name == "" {
 		name = id
@@ -209,18 +253,42 @@ func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB i
 	defer e.run.Unlock()
 	s.fillPool()
 
-	if sb == nil {
-		var err error
-		sb, err = s.be.Create(ctx, s.spec(id, memoryMB))
-		if err != nil {
-			s.forget(e)
-			return nil, fmt.Errorf("start sandbox: %w", classifyBackend(err))
-		}
+	sb := p.sb
+	var err error
+	switch {
+	case fromImage != nil:
+		sb, err = s.snap.Fork(ctx, fromImage.Path, s.specFor(e))
+		e.cleanSnap = "" // the image belongs to another sandbox
+	case sb == nil:
+		sb, err = s.be.Create(ctx, s.specFor(e))
+	}
+	if err != nil {
+		s.forget(e)
+		return nil, fmt.Errorf("start sandbox: %w", classifyBackend(err))
 	}
 	e.sb = sb
 	e.lastUsed = time.Now()
-	s.log.Info("sandbox ready", "id", id, "agent", agentID)
+	if err := s.hist.PutSandbox(ctx, history.Sandbox{ID: id, AgentID: agentID, Name: name, Backend: s.be.Name(), MemoryMB: memoryMB, CreatedAt: e.created}); err != nil {
+		s.log.Error("recording sandbox", "id", id, "err", err)
+	}
+	s.log.Info("sandbox ready", "id", id, "agent", agentID, "pooled", p.sb != nil, "forked", fromImage != nil)
 	return e, nil
+}
+
+// live counts running sandboxes (pooled and starting ones included); s.mu held.
+func (s *Service) live() int {
+	n := len(s.pool) + s.filling
+	for _, e := range s.sandboxes {
+		if e.run.TryLock() {
+			if e.sb != nil {
+				n++
+			}
+			e.run.Unlock()
+		} else {
+			n++ // busy: running or starting
+		}
+	}
+	return n
 }
 
 func classifyBackend(err error) error {
@@ -244,14 +312,15 @@ func (s *Service) forget(e *entry) {
 func (s *Service) fillPool() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for !s.closed && len(s.pool)+s.filling < s.cfg.PoolSize && len(s.sandboxes)+len(s.pool)+s.filling < s.cfg.MaxSandboxes {
+	for !s.closed && len(s.pool)+s.filling < s.cfg.PoolSize && s.live() < s.cfg.MaxSandboxes {
 		s.filling++
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			sb, err := s.be.Create(ctx, s.spec(newID(), s.cfg.Defaults.MemoryMB))
+			id := randID("sb-", 6)
+			sb, err := s.be.Create(ctx, s.spec(id+"-0", s.cfg.Defaults.MemoryMB))
 			s.mu.Lock()
 			s.filling--
 			if err != nil {
@@ -264,13 +333,14 @@ func (s *Service) fillPool() {
 				sb.Destroy(context.Background())
 				return
 			}
-			s.pool = append(s.pool, sb)
+			s.pool = append(s.pool, pooled{id: id, sb: sb})
 			s.mu.Unlock()
 		}()
 	}
 }
 
-// lookup finds a sandbox by id and checks that agentID may use it.
+// lookup finds a sandbox by id and checks that agentID may use it. An empty agentID
+// is the operator, who may use any sandbox.
 func (s *Service) lookup(id, agentID string) (*entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -314,84 +384,47 @@ func (s *Service) describe(e *entry) api.Sandbox {
 	d := api.Sandbox{ID: e.id, Name: e.name, AgentID: e.agentID, Backend: s.be.Name(), MemoryMB: e.memoryMB, CreatedAt: e.created.UTC(), Status: "running"}
 	if e.run.TryLock() {
 		d.Runs, d.LastUsedAt = e.runs, e.lastUsed.UTC()
-		if e.sb == nil {
-			d.Status = "dead"
-		} else if e.sb.Info().Status != "running" {
+		switch {
+		case e.suspended:
+			d.Status = "suspended"
+		case e.sb == nil || e.sb.Info().Status != "running":
 			d.Status = "dead"
 		}
 		e.run.Unlock()
 	} else {
 		d.Status = "busy"
 	}
+	if snaps, err := s.hist.ListSnapshots(context.Background(), e.id); err == nil {
+		d.Snapshots = len(snaps)
+		for _, sn := range snaps {
+			d.SnapshotBytes += sn.SizeBytes
+		}
+	}
 	return d
 }
 
-// Delete destroys a sandbox, waiting for a run in progress to finish.
+// Delete destroys a sandbox and its snapshots, waiting for a run in progress to
+// finish. Its run history stays.
 func (s *Service) Delete(ctx context.Context, id string) error {
 	e, err := s.lookup(id, "")
 	if err != nil {
 		return err
 	}
 	s.forget(e)
-	return s.destroy(ctx, e)
-}
-
-func (s *Service) destroy(ctx context.Context, e *entry) error {
 	e.run.Lock()
 	defer e.run.Unlock()
 	e.deleted = true
-	if e.sb == nil {
-		return nil
+	var errs []error
+	if e.sb != nil {
+		errs = append(errs, e.sb.Destroy(ctx))
+		e.sb = nil
 	}
-	err := e.sb.Destroy(ctx)
-	e.sb = nil
-	s.log.Info("sandbox destroyed", "id", e.id)
-	return err
-}
-
-// reaper destroys sandboxes idle for longer than IdleTimeout.
-func (s *Service) reaper() {
-	defer s.wg.Done()
-	every := s.cfg.IdleTimeout / 4
-	if every > 30*time.Second {
-		every = 30 * time.Second
+	errs = append(errs, s.deleteSnapshots(ctx, e.id))
+	if err := s.hist.DeleteSandbox(ctx, e.id); err != nil && !errors.Is(err, history.ErrNotFound) {
+		errs = append(errs, err)
 	}
-	if every < 10*time.Millisecond {
-		every = 10 * time.Millisecond
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-			s.reapIdle()
-		}
-	}
-}
-
-func (s *Service) reapIdle() {
-	s.mu.Lock()
-	var idle []*entry
-	for _, e := range s.sandboxes {
-		if e.waiting > 0 || !e.run.TryLock() {
-			continue
-		}
-		if time.Since(e.lastUsed) > s.cfg.IdleTimeout {
-			idle = append(idle, e)
-			delete(s.sandboxes, e.id)
-			if s.byAgent[e.agentID] == e.id {
-				delete(s.byAgent, e.agentID)
-			}
-		}
-		e.run.Unlock()
-	}
-	s.mu.Unlock()
-	for _, e := range idle {
-		s.log.Info("reaping idle sandbox", "id", e.id, "agent", e.agentID, "idle", time.Since(e.lastUsed).Round(time.Second))
-		s.destroy(context.Background(), e)
-	}
+	s.log.Info("sandbox deleted", "id", e.id)
+	return errors.Join(errs...)
 }
 
 // BackendName is the name of the backend sandboxes run on.

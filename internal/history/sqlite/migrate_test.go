@@ -57,6 +57,14 @@ var migrationSteps = []struct {
 			"index rollbacks_sandbox_at": {"rollbacks", "sandbox_id", "at", "id"},
 		},
 	},
+	{
+		file: "0004_sandboxes_agents.sql",
+		schema: map[string][]string{
+			"table sandboxes":       {"id", "agent_id", "name", "backend", "memory_mb", "created_at"},
+			"index sandboxes_agent": {"sandboxes", "agent_id"},
+			"table agents":          {"id", "policy", "updated_at"},
+		},
+	},
 }
 
 // openRaw opens the database at path with the store's DSN but without

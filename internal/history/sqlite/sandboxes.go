@@ -1,0 +1,112 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/vmexec/vmexec/internal/history"
+)
+
+// PutSandbox implements history.Store.
+func (s *Store) PutSandbox(ctx context.Context, sb history.Sandbox) error {
+	if sb.ID == "" {
+		return fmt.Errorf("put sandbox: empty id: %w", history.ErrInvalid)
+	}
+	if sb.CreatedAt.IsZero() {
+		sb.CreatedAt = now()
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes (id, agent_id, name, backend, memory_mb, created_at)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET agent_id = excluded.agent_id, name = excluded.name,
+			backend = excluded.backend, memory_mb = excluded.memory_mb, created_at = excluded.created_at`,
+		sb.ID, sb.AgentID, sb.Name, sb.Backend, sb.MemoryMB, nanos(sb.CreatedAt))
+	if err != nil {
+		return fmt.Errorf("put sandbox %q: %w", sb.ID, err)
+	}
+	return nil
+}
+
+// ListSandboxes implements history.Store.
+func (s *Store) ListSandboxes(ctx context.Context) ([]history.Sandbox, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, agent_id, name, backend, memory_mb, created_at
+		FROM sandboxes ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	defer rows.Close()
+	out := []history.Sandbox{}
+	for rows.Next() {
+		var (
+			sb      history.Sandbox
+			created int64
+		)
+		if err := rows.Scan(&sb.ID, &sb.AgentID, &sb.Name, &sb.Backend, &sb.MemoryMB, &created); err != nil {
+			return nil, fmt.Errorf("list sandboxes: %w", err)
+		}
+		sb.CreatedAt = fromNanos(created)
+		out = append(out, sb)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list sandboxes: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteSandbox implements history.Store.
+func (s *Store) DeleteSandbox(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM sandboxes WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("delete sandbox %q: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("delete sandbox %q: %w", id, history.ErrNotFound)
+	}
+	return nil
+}
+
+// PutAgentPolicy implements history.Store.
+func (s *Store) PutAgentPolicy(ctx context.Context, agentID, policy string) error {
+	if agentID == "" {
+		return fmt.Errorf("put agent policy: empty agent id: %w", history.ErrInvalid)
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO agents (id, policy, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at`,
+		agentID, policy, nanos(now()))
+	if err != nil {
+		return fmt.Errorf("put agent policy %q: %w", agentID, err)
+	}
+	return nil
+}
+
+// GetAgentPolicy implements history.Store.
+func (s *Store) GetAgentPolicy(ctx context.Context, agentID string) (string, error) {
+	var p string
+	err := s.db.QueryRowContext(ctx, `SELECT policy FROM agents WHERE id = ?`, agentID).Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("agent policy %q: %w", agentID, history.ErrNotFound)
+	}
+	if err != nil {
+		return "", fmt.Errorf("agent policy %q: %w", agentID, err)
+	}
+	return p, nil
+}
+
+// ListAllSnapshots implements history.Store.
+func (s *Store) ListAllSnapshots(ctx context.Context) ([]history.Snapshot, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	defer rows.Close()
+	out := []history.Snapshot{}
+	for rows.Next() {
+		snap, err := scanSnapshot(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list snapshots: %w", err)
+		}
+		out = append(out, snap)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,229 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/sandbox"
+)
+
+// Snapshots, rollback, fork, history and per-agent policy: the transactional half of
+// the API. Reads take the acting agent from ?agent_id=, writes from the body; without
+// one the caller acts as the operator.
+
+func (s *Server) txnRoutes() {
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/snapshots", s.createSnapshot)
+	s.mux.HandleFunc("GET /v1/sandboxes/{id}/snapshots", s.listSnapshots)
+	s.mux.HandleFunc("POST /v1/sandboxes/{id}/rollback", s.rollback)
+	s.mux.HandleFunc("GET /v1/snapshots/{id}", s.getSnapshot)
+	s.mux.HandleFunc("DELETE /v1/snapshots/{id}", s.deleteSnapshot)
+	s.mux.HandleFunc("POST /v1/snapshots/{id}/fork", s.fork)
+	s.mux.HandleFunc("GET /v1/history", s.history)
+	s.mux.HandleFunc("GET /v1/runs/{id}", s.getRun)
+	s.mux.HandleFunc("GET /v1/agents/{id}/policy", s.getPolicy)
+	s.mux.HandleFunc("PUT /v1/agents/{id}/policy", s.putPolicy)
+	// fcctl-web compatible.
+	s.mux.HandleFunc("POST /api/vms/{vm}/snapshots", s.compatSnapshot)
+	s.mux.HandleFunc("POST /api/vms/{vm}/rollback/{snapshot}", s.compatRollback)
+	s.mux.HandleFunc("GET /api/vms/{vm}/history", s.compatHistory)
+}
+
+// handle decodes a JSON body into a fresh In (when In is not struct{}), calls f, and
+// writes its result with status.
+func handle[In, Out any](s *Server, status int, f func(r *http.Request, in In) (Out, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if r.Method == http.MethodPost || r.Method == http.MethodPut {
+			if err := decode(r, &in); err != nil {
+				writeError(w, r, s.log, err)
+				return
+			}
+		}
+		out, err := f(r, in)
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		if status == http.StatusNoContent {
+			w.WriteHeader(status)
+			return
+		}
+		writeJSON(w, status, out)
+	}
+}
+
+func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusCreated, func(r *http.Request, in api.CreateSnapshotRequest) (api.Snapshot, error) {
+		return s.svc.CreateSnapshot(r.Context(), r.PathValue("id"), in)
+	})(w, r)
+}
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.SnapshotList, error) {
+		return s.svc.ListSnapshots(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
+	})(w, r)
+}
+
+func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, in api.RollbackRequest) (api.RollbackResult, error) {
+		return s.svc.Rollback(r.Context(), r.PathValue("id"), in)
+	})(w, r)
+}
+
+func (s *Server) getSnapshot(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.Snapshot, error) {
+		return s.svc.GetSnapshot(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
+	})(w, r)
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusNoContent, func(r *http.Request, _ struct{}) (struct{}, error) {
+		return struct{}{}, s.svc.DeleteSnapshot(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
+	})(w, r)
+}
+
+func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusCreated, func(r *http.Request, in api.ForkRequest) (api.Sandbox, error) {
+		return s.svc.Fork(r.Context(), r.PathValue("id"), in)
+	})(w, r)
+}
+
+func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.Run, error) {
+		return s.svc.GetRun(r.Context(), r.PathValue("id"))
+	})(w, r)
+}
+
+// runFilter reads the history query parameters.
+func runFilter(q url.Values) (history.RunFilter, error) {
+	f := history.RunFilter{AgentID: q.Get("agent_id"), SandboxID: q.Get("sandbox_id"), Cursor: q.Get("cursor")}
+	var err error
+	if v := q.Get("failures_only"); v != "" {
+		if f.FailuresOnly, err = strconv.ParseBool(v); err != nil {
+			return f, fmt.Errorf("failures_only=%q: want true or false: %w", v, sandbox.ErrInvalid)
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if f.Limit, err = strconv.Atoi(v); err != nil || f.Limit < 1 {
+			return f, fmt.Errorf("limit=%q: want a positive number: %w", v, sandbox.ErrInvalid)
+		}
+	}
+	for name, dst := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := q.Get(name); v != "" {
+			if *dst, err = time.Parse(time.RFC3339Nano, v); err != nil {
+				return f, fmt.Errorf("%s=%q: want an RFC 3339 time: %w", name, v, sandbox.ErrInvalid)
+			}
+		}
+	}
+	return f, nil
+}
+
+func (s *Server) history(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.RunList, error) {
+		f, err := runFilter(r.URL.Query())
+		if err != nil {
+			return api.RunList{}, err
+		}
+		return s.svc.History(r.Context(), f)
+	})(w, r)
+}
+
+type policyResponse struct {
+	AgentID   string         `json:"agent_id"`
+	Effective api.ExecPolicy `json:"effective"`
+	Own       api.ExecPolicy `json:"own"`
+}
+
+func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (policyResponse, error) {
+		eff, own, err := s.svc.AgentPolicy(r.Context(), r.PathValue("id"))
+		return policyResponse{AgentID: r.PathValue("id"), Effective: eff, Own: own}, err
+	})(w, r)
+}
+
+func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, in api.ExecPolicy) (policyResponse, error) {
+		eff, err := s.svc.SetAgentPolicy(r.Context(), r.PathValue("id"), in)
+		return policyResponse{AgentID: r.PathValue("id"), Effective: eff, Own: in}, err
+	})(w, r)
+}
+
+// Compatible shapes.
+
+type compatSnapshotRequest struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+type compatSnapshotResponse struct {
+	SnapshotID string    `json:"snapshot_id"`
+	VMID       string    `json:"vm_id"`
+	Name       string    `json:"name,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+func (s *Server) compatSnapshot(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusCreated, func(r *http.Request, in compatSnapshotRequest) (compatSnapshotResponse, error) {
+		sn, err := s.svc.CreateSnapshot(r.Context(), r.PathValue("vm"), api.CreateSnapshotRequest{Name: in.Name, Description: in.Description})
+		return compatSnapshotResponse{SnapshotID: sn.ID, VMID: sn.SandboxID, Name: sn.Name, CreatedAt: sn.CreatedAt}, err
+	})(w, r)
+}
+
+type compatRollbackResponse struct {
+	Message    string `json:"message"`
+	SnapshotID string `json:"snapshot_id"`
+	VMID       string `json:"vm_id"`
+}
+
+func (s *Server) compatRollback(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (compatRollbackResponse, error) {
+		res, err := s.svc.Rollback(r.Context(), r.PathValue("vm"), api.RollbackRequest{SnapshotID: r.PathValue("snapshot")})
+		return compatRollbackResponse{Message: res.Message, SnapshotID: res.SnapshotID, VMID: res.SandboxID}, err
+	})(w, r)
+}
+
+type compatHistoryEntry struct {
+	ID         string    `json:"id"`
+	Command    string    `json:"command"`
+	Language   string    `json:"language"`
+	Timestamp  time.Time `json:"timestamp"`
+	Success    bool      `json:"success"`
+	ExitCode   int       `json:"exit_code"`
+	Stdout     string    `json:"stdout"`
+	Stderr     string    `json:"stderr"`
+	SnapshotID string    `json:"snapshot_id,omitempty"` // taken before the run
+	Verdict    string    `json:"verdict"`
+	RolledBack bool      `json:"rolled_back"`
+}
+
+type compatHistory struct {
+	History []compatHistoryEntry `json:"history"`
+	Total   int                  `json:"total"`
+}
+
+func (s *Server) compatHistory(w http.ResponseWriter, r *http.Request) {
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (compatHistory, error) {
+		vm := r.PathValue("vm")
+		if _, err := s.svc.Get(vm); err != nil {
+			return compatHistory{}, err
+		}
+		f, err := runFilter(r.URL.Query())
+		if err != nil {
+			return compatHistory{}, err
+		}
+		f.SandboxID, f.AgentID = vm, ""
+		list, err := s.svc.History(r.Context(), f)
+		out := compatHistory{History: make([]compatHistoryEntry, 0, len(list.Runs)), Total: list.Total}
+		for _, run := range list.Runs {
+			out.History = append(out.History, compatHistoryEntry{ID: run.ID, Command: run.Code, Language: run.Language,
+				Timestamp: run.StartedAt, Success: run.Verdict == api.VerdictOK, ExitCode: run.ExitCode, Stdout: run.Stdout,
+				Stderr: run.Stderr, SnapshotID: run.PreSnapshotID, Verdict: run.Verdict, RolledBack: run.RolledBack})
+		}
+		return out, err
+	})(w, r)
+}

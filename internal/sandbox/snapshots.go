@@ -1,0 +1,316 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/history"
+)
+
+// takeSnapshot saves e's state as a snapshot of the given kind; e.run held and e.sb
+// running. The image is written under a temporary name and renamed into place before
+// its record is stored, so a crash leaves at worst an unrecorded directory, which
+// Start removes.
+func (s *Service) takeSnapshot(ctx context.Context, e *entry, kind, runID string, meta api.CreateSnapshotRequest) (history.Snapshot, error) {
+	if s.snap == nil {
+		return history.Snapshot{}, fmt.Errorf("snapshots: %w", ErrUnsupported)
+	}
+	if e.sb == nil {
+		return history.Snapshot{}, fmt.Errorf("sandbox %s is not running: %w", e.id, ErrConflict)
+	}
+	id := randID("snap-", 8)
+	final := filepath.Join(s.snaps, e.id, id)
+	tmp := final + ".tmp"
+	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+		return history.Snapshot{}, fmt.Errorf("snapshot dir: %w", err)
+	}
+	if err := s.snap.Snapshot(ctx, e.sb, tmp); err != nil {
+		os.RemoveAll(tmp)
+		return history.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", e.id, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.RemoveAll(tmp)
+		return history.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", e.id, err)
+	}
+	rec := history.Snapshot{
+		ID: id, SandboxID: e.id, AgentID: e.agentID, Name: meta.Name, Description: meta.Description, Kind: kind,
+		RunID: runID, Path: final, SizeBytes: dirSize(final), Pinned: meta.Pinned, CreatedAt: time.Now().UTC(),
+	}
+	if err := s.hist.PutSnapshot(ctx, rec); err != nil {
+		os.RemoveAll(final)
+		return history.Snapshot{}, fmt.Errorf("record snapshot: %w", err)
+	}
+	e.cleanSnap = id
+	s.enforceRetention(ctx, e, id)
+	return rec, nil
+}
+
+// restoreLocked replaces e's sandbox by one restored from snap; e.run held. The new
+// incarnation starts before the old one is destroyed (in the background), so a
+// rollback costs one restore.
+func (s *Service) restoreLocked(ctx context.Context, e *entry, snap history.Snapshot) error {
+	if s.snap == nil {
+		return fmt.Errorf("rollback: %w", ErrUnsupported)
+	}
+	old := e.sb
+	e.gen++
+	sb, err := s.snap.Fork(ctx, snap.Path, s.specFor(e))
+	if err != nil {
+		return fmt.Errorf("restore snapshot %s: %w", snap.ID, classifyBackend(err))
+	}
+	e.sb, e.suspended, e.cleanSnap = sb, false, snap.ID
+	if old != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			old.Destroy(context.Background())
+		}()
+	}
+	return nil
+}
+
+// enforceRetention deletes the oldest unpinned snapshots of e past MaxSnapshots,
+// never keep (the one just taken).
+func (s *Service) enforceRetention(ctx context.Context, e *entry, keep string) {
+	pol := s.policyFor(ctx, e.agentID, nil)
+	snaps, err := s.hist.ListSnapshots(ctx, e.id)
+	if err != nil {
+		s.log.Warn("retention: list snapshots", "sandbox", e.id, "err", err)
+		return
+	}
+	excess := len(snaps) - pol.maxSnapshots
+	for _, sn := range snaps { // oldest first
+		if excess <= 0 {
+			break
+		}
+		if sn.Pinned || sn.ID == keep {
+			continue
+		}
+		if err := s.removeSnapshot(ctx, sn); err != nil {
+			s.log.Warn("retention: delete snapshot", "snapshot", sn.ID, "err", err)
+			continue
+		}
+		if e.cleanSnap == sn.ID {
+			e.cleanSnap = ""
+		}
+		excess--
+	}
+}
+
+func (s *Service) removeSnapshot(ctx context.Context, sn history.Snapshot) error {
+	if err := s.hist.DeleteSnapshot(ctx, sn.ID); err != nil && !errors.Is(err, history.ErrNotFound) {
+		return err
+	}
+	return os.RemoveAll(sn.Path)
+}
+
+func (s *Service) deleteSnapshots(ctx context.Context, sandboxID string) error {
+	snaps, err := s.hist.ListSnapshots(ctx, sandboxID)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, sn := range snaps {
+		errs = append(errs, s.removeSnapshot(ctx, sn))
+	}
+	errs = append(errs, os.RemoveAll(filepath.Join(s.snaps, sandboxID)))
+	return errors.Join(errs...)
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// withEntry runs f with e's run lock held, queueing like a run does.
+func (s *Service) withEntry(ctx context.Context, sandboxID, agentID string, f func(e *entry) error) error {
+	e, err := s.lookup(sandboxID, agentID)
+	if err != nil {
+		return err
+	}
+	if err := s.enqueue(ctx, e); err != nil {
+		return err
+	}
+	defer e.run.Unlock()
+	if e.deleted {
+		return fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound)
+	}
+	return f(e)
+}
+
+// CreateSnapshot saves a sandbox's whole state (files, memory, processes).
+func (s *Service) CreateSnapshot(ctx context.Context, sandboxID string, req api.CreateSnapshotRequest) (api.Snapshot, error) {
+	var out api.Snapshot
+	err := s.withEntry(ctx, sandboxID, req.AgentID, func(e *entry) error {
+		if _, err := s.resumeLocked(ctx, e); err != nil {
+			return err
+		}
+		rec, err := s.takeSnapshot(ctx, e, history.SnapshotManual, "", req)
+		out = snapshotAPI(rec)
+		return err
+	})
+	return out, err
+}
+
+// ListSnapshots lists a sandbox's snapshots, oldest first, with their disk use.
+func (s *Service) ListSnapshots(ctx context.Context, sandboxID, agentID string) (api.SnapshotList, error) {
+	if _, err := s.lookup(sandboxID, agentID); err != nil {
+		return api.SnapshotList{}, err
+	}
+	snaps, err := s.hist.ListSnapshots(ctx, sandboxID)
+	if err != nil {
+		return api.SnapshotList{}, err
+	}
+	out := api.SnapshotList{Snapshots: make([]api.Snapshot, 0, len(snaps))}
+	for _, sn := range snaps {
+		out.Snapshots = append(out.Snapshots, snapshotAPI(sn))
+		out.DiskBytes += sn.SizeBytes
+	}
+	return out, nil
+}
+
+// snapshotFor finds a snapshot that agentID may use. Another agent's snapshot is
+// reported as not found, so its existence does not leak.
+func (s *Service) snapshotFor(ctx context.Context, id, agentID string) (history.Snapshot, error) {
+	sn, err := s.hist.GetSnapshot(ctx, id)
+	if errors.Is(err, history.ErrNotFound) || err == nil && agentID != "" && sn.AgentID != "" && sn.AgentID != agentID {
+		return history.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return history.Snapshot{}, err
+	}
+	return sn, nil
+}
+
+// GetSnapshot describes one snapshot.
+func (s *Service) GetSnapshot(ctx context.Context, id, agentID string) (api.Snapshot, error) {
+	sn, err := s.snapshotFor(ctx, id, agentID)
+	return snapshotAPI(sn), err
+}
+
+// DeleteSnapshot removes a snapshot's image and record.
+func (s *Service) DeleteSnapshot(ctx context.Context, id, agentID string) error {
+	sn, err := s.snapshotFor(ctx, id, agentID)
+	if err != nil {
+		return err
+	}
+	return s.withEntry(ctx, sn.SandboxID, agentID, func(e *entry) error {
+		if e.cleanSnap == sn.ID {
+			e.cleanSnap = ""
+		}
+		return s.removeSnapshot(ctx, sn)
+	})
+}
+
+// Rollback returns a sandbox to one of its snapshots, or to the state right after its
+// last successful run.
+func (s *Service) Rollback(ctx context.Context, sandboxID string, req api.RollbackRequest) (api.RollbackResult, error) {
+	if (req.SnapshotID == "") == !req.LastSuccess {
+		return api.RollbackResult{}, fmt.Errorf("give either snapshot_id or last_success: %w", ErrInvalid)
+	}
+	var out api.RollbackResult
+	err := s.withEntry(ctx, sandboxID, req.AgentID, func(e *entry) error {
+		var sn history.Snapshot
+		var err error
+		reason := "manual"
+		if req.LastSuccess {
+			sn, err = s.lastSuccessSnapshot(ctx, e)
+			reason = "last_success"
+		} else {
+			sn, err = s.snapshotFor(ctx, req.SnapshotID, req.AgentID)
+			if err == nil && sn.SandboxID != e.id {
+				err = fmt.Errorf("snapshot %s belongs to sandbox %s, not %s (fork it instead): %w", sn.ID, sn.SandboxID, e.id, ErrInvalid)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.restoreLocked(ctx, e, sn); err != nil {
+			return err
+		}
+		s.recordRollback(ctx, e, sn.ID, reason, "")
+		out = api.RollbackResult{SandboxID: e.id, SnapshotID: sn.ID, Message: "sandbox " + e.id + " rolled back to snapshot " + sn.ID}
+		return nil
+	})
+	return out, err
+}
+
+// lastSuccessSnapshot finds the state right after the newest successful run: the
+// snapshot taken before the run that followed it, or, if that run was the last, the
+// current state when it is known to equal a snapshot.
+func (s *Service) lastSuccessSnapshot(ctx context.Context, e *entry) (history.Snapshot, error) {
+	ok, err := s.hist.LastSuccessfulRun(ctx, e.id)
+	if errors.Is(err, history.ErrNotFound) {
+		return history.Snapshot{}, fmt.Errorf("sandbox %s has no successful run to roll back to: %w", e.id, ErrNotFound)
+	}
+	if err != nil {
+		return history.Snapshot{}, err
+	}
+	runs, _, err := s.hist.ListRuns(ctx, history.RunFilter{SandboxID: e.id, Since: ok.StartedAt, Limit: history.MaxListLimit})
+	if err != nil {
+		return history.Snapshot{}, err
+	}
+	// runs are newest first; the successor of ok is the one just before it.
+	for i := len(runs) - 1; i > 0; i-- {
+		if runs[i].ID == ok.ID {
+			for j := i - 1; j >= 0; j-- {
+				if runs[j].PreSnapshotID != "" {
+					if sn, err := s.hist.GetSnapshot(ctx, runs[j].PreSnapshotID); err == nil {
+						return sn, nil
+					}
+				}
+				if runs[j].Status != history.StatusBlocked {
+					break // a run without a usable pre-snapshot changed the state
+				}
+			}
+			break
+		}
+	}
+	return history.Snapshot{}, fmt.Errorf("no snapshot of the state after run %s survives (snapshot_before_execution off, or retention removed it): %w", ok.ID, ErrNotFound)
+}
+
+func (s *Service) recordRollback(ctx context.Context, e *entry, snapID, reason, runID string) {
+	err := s.hist.RecordRollback(ctx, history.Rollback{ID: randID("rb-", 8), SandboxID: e.id, AgentID: e.agentID, SnapshotID: snapID, Reason: reason, RunID: runID})
+	if err != nil {
+		s.log.Warn("recording rollback", "sandbox", e.id, "err", err)
+	}
+}
+
+// Fork starts a new sandbox from a snapshot. The new sandbox belongs to the
+// snapshot's agent; its state is an independent copy.
+func (s *Service) Fork(ctx context.Context, snapshotID string, req api.ForkRequest) (api.Sandbox, error) {
+	if s.snap == nil {
+		return api.Sandbox{}, fmt.Errorf("fork: %w", ErrUnsupported)
+	}
+	sn, err := s.snapshotFor(ctx, snapshotID, req.AgentID)
+	if err != nil {
+		return api.Sandbox{}, err
+	}
+	mem := s.cfg.Defaults.MemoryMB
+	if src, err := s.lookup(sn.SandboxID, ""); err == nil {
+		mem = src.memoryMB // a restored image needs the memory it was saved with
+	}
+	e, err := s.newEntry(ctx, sn.AgentID, req.Name, mem, false, &sn)
+	if err != nil {
+		return api.Sandbox{}, err
+	}
+	return s.describe(e), nil
+}
+
+func snapshotAPI(sn history.Snapshot) api.Snapshot {
+	return api.Snapshot{ID: sn.ID, SandboxID: sn.SandboxID, AgentID: sn.AgentID, Name: sn.Name, Description: sn.Description,
+		Kind: sn.Kind, RunID: sn.RunID, SizeBytes: sn.SizeBytes, Pinned: sn.Pinned, CreatedAt: sn.CreatedAt}
+}
