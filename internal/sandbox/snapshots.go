@@ -238,6 +238,10 @@ func (s *Service) Rollback(ctx context.Context, sandboxID string, req api.Rollba
 		if err != nil {
 			return err
 		}
+		if sn.ID == "" {
+			out = api.RollbackResult{SandboxID: e.id, Message: "sandbox " + e.id + " is already in the state of its last successful run"}
+			return nil
+		}
 		if err := s.restoreLocked(ctx, e, sn); err != nil {
 			return err
 		}
@@ -249,8 +253,8 @@ func (s *Service) Rollback(ctx context.Context, sandboxID string, req api.Rollba
 }
 
 // lastSuccessSnapshot finds the state right after the newest successful run: the
-// snapshot taken before the run that followed it, or, if that run was the last, the
-// current state when it is known to equal a snapshot.
+// snapshot taken before the run that followed it. When the newest run is the
+// successful one there is nothing to undo, and it returns a zero Snapshot.
 func (s *Service) lastSuccessSnapshot(ctx context.Context, e *entry) (history.Snapshot, error) {
 	ok, err := s.hist.LastSuccessfulRun(ctx, e.id)
 	if errors.Is(err, history.ErrNotFound) {
@@ -264,6 +268,9 @@ func (s *Service) lastSuccessSnapshot(ctx context.Context, e *entry) (history.Sn
 		return history.Snapshot{}, err
 	}
 	// runs are newest first; the successor of ok is the one just before it.
+	if len(runs) > 0 && runs[0].ID == ok.ID {
+		return history.Snapshot{}, nil // the last run succeeded: nothing to undo
+	}
 	for i := len(runs) - 1; i > 0; i-- {
 		if runs[i].ID == ok.ID {
 			for j := i - 1; j >= 0; j-- {

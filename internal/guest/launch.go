@@ -1,0 +1,144 @@
+package guest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// LaunchCommand is the hidden first argument with which the agent re-executes itself
+// as the launcher of one program: "<agent> __vmexec_launch <json launchSpec>".
+//
+// Go cannot set resource limits or credentials between fork and exec of a child, and
+// setting them on a running child races with its start. So every program is started
+// through a tiny launcher process: the agent forks /proc/self/exe with this argument
+// (in a new process group, with the run's pipes as fds 0-2 and a status pipe as fd 3);
+// the launcher sets the run's rlimits, drops to the run user and execs the program.
+// If any step fails, the launcher writes the reason to fd 3 and exits 127; if the exec
+// succeeds, fd 3 (close-on-exec) is closed with nothing written. The agent therefore
+// tells "could not start" apart from "started and failed".
+const LaunchCommand = "__vmexec_launch"
+
+// launchExitCode is the launcher's exit code when it fails before exec.
+const launchExitCode = 127
+
+// launchStatusFD is the launcher's status pipe.
+const launchStatusFD = 3
+
+// launchSpec is what the launcher applies before exec. Zero limits are not set.
+type launchSpec struct {
+	Argv []string `json:"argv"`
+	Dir  string   `json:"dir"`
+	// Setuid drops to UID/GID (with no supplementary groups) before exec.
+	Setuid   bool   `json:"setuid,omitempty"`
+	UID      uint32 `json:"uid,omitempty"`
+	GID      uint32 `json:"gid,omitempty"`
+	FileSize int64  `json:"fsize,omitempty"` // RLIMIT_FSIZE
+	NProc    int64  `json:"nproc,omitempty"` // RLIMIT_NPROC
+	AS       int64  `json:"as,omitempty"`    // RLIMIT_AS
+}
+
+// MaybeLaunch runs the launcher and never returns if os.Args asks for it; otherwise it
+// returns at once. Call it first thing in main (and in TestMain of tests that run
+// programs), before any other initialisation.
+func MaybeLaunch() {
+	if len(os.Args) == 3 && os.Args[1] == LaunchCommand {
+		launch(os.Args[2])
+	}
+}
+
+// launch is the launcher: apply the spec and exec, or report why not and exit.
+func launch(arg string) {
+	// The status pipe must not leak into the program; set it first so that every
+	// later failure can still be reported through it.
+	syscall.CloseOnExec(launchStatusFD)
+	runtime.GOMAXPROCS(1) // fewer threads: after setuid, new threads count against RLIMIT_NPROC
+	err := applyAndExec(arg)
+	status := os.NewFile(launchStatusFD, "status")
+	fmt.Fprintf(status, "%v", err)
+	os.Exit(launchExitCode)
+}
+
+func applyAndExec(arg string) error {
+	var s launchSpec
+	if err := json.Unmarshal([]byte(arg), &s); err != nil {
+		return fmt.Errorf("bad launch spec: %w", err)
+	}
+	if len(s.Argv) == 0 {
+		return errors.New("bad launch spec: empty argv")
+	}
+	// Resolve the program before dropping privileges: after setuid, anything that
+	// makes the Go runtime start a thread could fail at the process limit.
+	path, err := exec.LookPath(s.Argv[0])
+	if err != nil && !errors.Is(err, exec.ErrDot) {
+		return err
+	}
+	if s.Dir != "" {
+		if err := os.Chdir(s.Dir); err != nil {
+			return err
+		}
+	}
+	limits := []struct {
+		res int
+		val int64
+	}{
+		{unix.RLIMIT_CORE, 0},
+		{unix.RLIMIT_FSIZE, s.FileSize},
+		{unix.RLIMIT_NPROC, s.NProc},
+	}
+	for _, l := range limits {
+		if l.val == 0 && l.res != unix.RLIMIT_CORE {
+			continue
+		}
+		if err := setrlimit(l.res, l.val); err != nil {
+			return err
+		}
+	}
+	if s.Setuid {
+		if err := syscall.Setgroups(nil); err != nil {
+			return fmt.Errorf("setgroups: %w", err)
+		}
+		if err := syscall.Setgid(int(s.GID)); err != nil {
+			return fmt.Errorf("setgid %d: %w", s.GID, err)
+		}
+		if err := syscall.Setuid(int(s.UID)); err != nil {
+			return fmt.Errorf("setuid %d: %w", s.UID, err)
+		}
+	}
+	// Last, because the launcher itself (a Go program) may not fit in it.
+	if s.AS > 0 {
+		if err := setrlimit(unix.RLIMIT_AS, s.AS); err != nil {
+			return err
+		}
+	}
+	err = syscall.Exec(path, s.Argv, os.Environ())
+	if errors.Is(err, syscall.EAGAIN) {
+		return fmt.Errorf("exec %s: %w (the run user is at its process limit)", path, err)
+	}
+	return fmt.Errorf("exec %s: %w", path, err)
+}
+
+// setrlimit sets both the soft and the hard limit. Without CAP_SYS_RESOURCE a hard
+// limit cannot be raised, so a value above the current hard limit is clamped to it:
+// the run gets the tighter bound.
+func setrlimit(res int, val int64) error {
+	lim := unix.Rlimit{Cur: uint64(val), Max: uint64(val)}
+	err := unix.Setrlimit(res, &lim)
+	if errors.Is(err, syscall.EPERM) {
+		var old unix.Rlimit
+		if unix.Getrlimit(res, &old) == nil && lim.Max > old.Max {
+			lim = unix.Rlimit{Cur: old.Max, Max: old.Max}
+			err = unix.Setrlimit(res, &lim)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("setrlimit %d=%d: %w", res, val, err)
+	}
+	return nil
+}

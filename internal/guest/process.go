@@ -1,0 +1,263 @@
+package guest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"syscall"
+	"time"
+)
+
+// Timings of the end of a process.
+const (
+	// drainGrace is how long output is still collected after the program exits, for
+	// output its background children write (or buffered in the pipe) right away.
+	// Background processes that keep the pipes open longer do not delay the result.
+	drainGrace = 100 * time.Millisecond
+	// sweepTime bounds the repeated SIGKILLs of a killed run's process group. The
+	// kernel's group kill already stops forks racing it, and the sweep ends as soon as
+	// the group is empty; but killed members stay in the group as zombies until they are
+	// reaped, which is prompt only when the agent is PID 1.
+	sweepTime = 250 * time.Millisecond
+	// exitWait bounds the wait for the exit status after a SIGKILL (normally instant).
+	exitWait = 5 * time.Second
+)
+
+// proc describes one program to start: a compile or a run step.
+type proc struct {
+	spec   launchSpec
+	env    []string
+	stdin  []byte
+	outMax int64 // per stream
+}
+
+// procResult is how a proc ended.
+type procResult struct {
+	exit        procExit
+	timedOut    bool // the deadline passed; the group was killed
+	outputLimit bool // a stream passed its limit; the group was killed
+	cancelled   bool // ctx ended; the group was killed
+	contained   bool // exited, but its background processes were killed as a fork bomb
+	stdout      []byte
+	stderr      []byte
+	stdoutTrunc bool
+	stderrTrunc bool
+}
+
+// errStart marks a failure to start a program at all.
+var errStart = errors.New("cannot start program")
+
+// started is a program that is running: the agent's ends of its pipes and its exit.
+type started struct {
+	pid    int // also its process group
+	exit   <-chan procExit
+	stdin  *os.File
+	stdout *os.File
+	stderr *os.File
+}
+
+// runProc starts p through the launcher, collects its output and waits for it to exit
+// or for the deadline, whichever comes first. A non-nil error (wrapping errStart) means
+// the program never ran.
+func (a *agent) runProc(ctx context.Context, p *proc, deadline time.Time) (*procResult, error) {
+	sp, err := a.startProc(p, deadline)
+	if err != nil {
+		return nil, err
+	}
+	return a.waitProc(ctx, p, sp, deadline), nil
+}
+
+// startProc forks the launcher for p and waits until it has exec'd the program.
+func (a *agent) startProc(p *proc, deadline time.Time) (*started, error) {
+	arg, err := json.Marshal(p.spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errStart, err)
+	}
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	pipe := func() (r, w *os.File, err error) {
+		r, w, err = os.Pipe()
+		if err == nil {
+			files = append(files, r, w)
+		}
+		return r, w, err
+	}
+	inR, inW, err1 := pipe()
+	outR, outW, err2 := pipe()
+	errR, errW, err3 := pipe()
+	statR, statW, err4 := pipe()
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("%w: pipes: %v", errStart, err)
+	}
+
+	attr := &syscall.ProcAttr{
+		Env:   p.env,
+		Files: []uintptr{inR.Fd(), outW.Fd(), errW.Fd(), statW.Fd()},
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	}
+	argv := []string{"vmexec-launch", LaunchCommand, string(arg)}
+	pid, exitCh, err := a.reaper.start(func() (int, error) {
+		return syscall.ForkExec(a.opts.Launcher, argv, attr)
+	})
+	runtime.KeepAlive(files)
+	// The child has its copies; the agent keeps only its own ends.
+	inR.Close()
+	outW.Close()
+	errW.Close()
+	statW.Close()
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("%w: start launcher: %v", errStart, err)
+	}
+
+	// The status pipe closes when the program is exec'd, or carries the reason why not.
+	statR.SetReadDeadline(deadline)
+	msg, _ := io.ReadAll(io.LimitReader(statR, 4096))
+	statR.Close()
+	if len(msg) > 0 {
+		closeAll()
+		a.awaitExit(exitCh, pid)
+		return nil, fmt.Errorf("%w: %s", errStart, msg)
+	}
+	return &started{pid: pid, exit: exitCh, stdin: inW, stdout: outR, stderr: errR}, nil
+}
+
+// waitProc feeds a started program its stdin, collects its output and waits for its
+// end: exit, deadline, output limit or ctx, the last three killing its process group.
+func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline time.Time) *procResult {
+	res := &procResult{}
+	overCh := make(chan struct{}, 2)
+	over := func() { overCh <- struct{}{} }
+	stdout := newCapture(p.outMax, over)
+	stderr := newCapture(p.outMax, over)
+	go stdout.pump(sp.stdout)
+	go stderr.pump(sp.stderr)
+	go func() {
+		if len(p.stdin) > 0 {
+			sp.stdin.Write(p.stdin) // fails harmlessly if the program exits without reading
+		}
+		sp.stdin.Close()
+	}()
+
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	killed := false
+	select {
+	case res.exit = <-sp.exit:
+	case <-timer.C:
+		res.timedOut, killed = true, true
+	case <-overCh:
+		res.outputLimit, killed = true, true
+	case <-ctx.Done():
+		res.cancelled, killed = true, true
+	}
+	if killed {
+		killGroup(sp.pid)
+		res.exit = a.awaitExit(sp.exit, sp.pid)
+		sweepGroup(sp.pid)
+		a.log.Debug("killed process group", "pgid", sp.pid, "timeout", res.timedOut, "output_limit", res.outputLimit)
+	}
+	// Unblock a stdin writer whose reader never read (a background process may still
+	// hold the read end).
+	sp.stdin.Close()
+
+	// Collect what is already written; do not wait for background processes.
+	grace := time.NewTimer(drainGrace)
+	defer grace.Stop()
+	for _, c := range []*capture{stdout, stderr} {
+		select {
+		case <-c.done:
+		case <-grace.C:
+			grace.Reset(0) // the grace is shared; the other stream gets what is left
+		}
+	}
+	if !killed {
+		res.contained = a.checkLeftovers(p, sp.pid)
+	}
+	res.stdout, res.stdoutTrunc = stdout.detach()
+	res.stderr, res.stderrTrunc = stderr.detach()
+	// The two streams are raced: a stream that passed its limit while the program was
+	// exiting still makes the verdict output_limit.
+	if !killed && (res.stdoutTrunc || res.stderrTrunc) {
+		res.outputLimit = true
+	}
+	return res
+}
+
+// checkLeftovers looks at what a run that exited normally left running. Background
+// processes are kept, unless they are a fork bomb (see bomb.go): killed now if it
+// already fills the process limit (the result says so), watched for a while otherwise.
+func (a *agent) checkLeftovers(p *proc, pgid int) (killed bool) {
+	if !p.spec.Setuid || p.spec.NProc <= 0 || !groupAlive(pgid) {
+		return false
+	}
+	counts := scanProcs()
+	bomb := counts.isBomb(pgid, p.spec.UID, p.spec.NProc)
+	// A group that is still growing may be a bomb on its way to the limit: watch it
+	// for a moment before the run returns, so the run gets its verdict. A group that
+	// stays small and steady (a server) costs one look.
+	prev := counts.byPgrp[pgid]
+	for end := time.Now().Add(bombSettle); !bomb && time.Now().Before(end); {
+		time.Sleep(100 * time.Millisecond)
+		counts = scanProcs()
+		cur := counts.byPgrp[pgid]
+		// Still growing past half the limit after its run ended: a bomb.
+		bomb = counts.isBomb(pgid, p.spec.UID, p.spec.NProc) || cur > prev && cur >= p.spec.NProc/2
+		if cur <= prev && cur < bombSuspect {
+			break
+		}
+		prev = cur
+	}
+	if bomb {
+		killGroup(pgid)
+		sweepGroup(pgid)
+		a.log.Warn("killed a fork bomb left by a run", "pgid", pgid)
+		return true
+	}
+	a.bombs.add(pgid, p.spec.UID, p.spec.NProc)
+	return false
+}
+
+// awaitExit waits for a killed (or failed) child's status, bounded by exitWait.
+func (a *agent) awaitExit(ch <-chan procExit, pid int) procExit {
+	select {
+	case e := <-ch:
+		return e
+	case <-time.After(exitWait):
+		a.log.Error("run process did not exit after SIGKILL", "pid", pid)
+		return procExit{Err: fmt.Errorf("process %d did not exit", pid)}
+	}
+}
+
+// killGroup sends SIGKILL to the process group pgid.
+func killGroup(pgid int) {
+	syscall.Kill(-pgid, syscall.SIGKILL)
+}
+
+// sweepGroup kills the group until it is empty (or sweepTime passes): a fork bomb can
+// race a single kill, and zombies keep the group alive until they are reaped.
+func sweepGroup(pgid int) {
+	end := time.Now().Add(sweepTime)
+	wait := time.Millisecond
+	for time.Now().Before(end) {
+		if err := syscall.Kill(-pgid, syscall.SIGKILL); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
+// groupAlive reports whether the process group pgid still has members.
+func groupAlive(pgid int) bool {
+	return syscall.Kill(-pgid, 0) == nil
+}

@@ -1,0 +1,219 @@
+package guest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmexec/vmexec/internal/agentproto"
+)
+
+// Default per-run limits, used for each zero field of a request's Limits.
+const (
+	DefaultTimeout        = 30 * time.Second
+	DefaultMaxOutputBytes = 1 << 20
+	DefaultMaxFileBytes   = 1 << 30
+	DefaultMaxProcs       = 256
+	DefaultMemoryBytes    = 512 << 20
+)
+
+// MaxOutputBytes caps a request's max_output_bytes: two streams at this size,
+// base64-encoded in JSON, still fit in one agentproto frame.
+const MaxOutputBytes = agentproto.MaxFrame*3/8 - 64<<10
+
+// agent serves requests. It holds no per-connection state.
+type agent struct {
+	opts   Options
+	log    *slog.Logger
+	reaper *reaper
+	bombs  *bombWatch
+	setuid bool          // drop to opts.RunUser in the launcher
+	runSeq atomic.Uint64 // run directory numbering
+}
+
+// exec runs one request. It never fails: problems are reported in the result.
+func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *agentproto.ExecResult) {
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			a.log.Error("exec panicked", "panic", p)
+			res = startFailure(fmt.Errorf("internal error: %v", p))
+		}
+		res.DurationMS = time.Since(start).Milliseconds()
+	}()
+
+	lang := lookupLanguage(req.Language)
+	if lang == nil {
+		return startFailure(fmt.Errorf("unknown language %q (supported: python, javascript, bash, rust, go)", req.Language))
+	}
+	lim := withDefaults(req.Limits)
+	deadline := start.Add(time.Duration(lim.TimeoutMS) * time.Millisecond)
+
+	env, err := a.runEnv(lang, lim, req.Env)
+	if err != nil {
+		return startFailure(err)
+	}
+	if _, err := findExecutable(lang.tool, envValue(env.run, "PATH")); err != nil {
+		return startFailure(fmt.Errorf("%s toolchain not available: %w", lang.name, err))
+	}
+	workDir, err := a.prepareWorkDir(req.WorkDir)
+	if err != nil {
+		return startFailure(err)
+	}
+	runDir, err := a.makeRunDir(lang.file, req.Code)
+	if err != nil {
+		return startFailure(err)
+	}
+	defer func() {
+		if err := os.RemoveAll(runDir); err != nil {
+			a.log.Warn("cannot remove run dir", "dir", runDir, "err", err)
+		}
+	}()
+
+	base := launchSpec{
+		Setuid:   a.setuid,
+		UID:      a.opts.RunUser.UID,
+		GID:      a.opts.RunUser.GID,
+		FileSize: lim.MaxFileBytes,
+		NProc:    lim.MaxProcs,
+	}
+	if lang.compile != nil {
+		spec := base
+		spec.Argv, spec.Dir = lang.compile(runDir), runDir
+		pr, err := a.runProc(ctx, &proc{spec: spec, env: env.compile, outMax: lim.MaxOutputBytes}, deadline)
+		if err != nil {
+			return startFailure(err)
+		}
+		if r := resultOf(pr); r.Verdict != agentproto.VerdictOK {
+			return r // a compile error, with the compiler's output
+		}
+		// The compiler's output (warnings) is dropped when it succeeds.
+	}
+	spec := base
+	spec.Argv, spec.Dir = lang.run(runDir, lim.MemoryBytes), workDir
+	spec.AS = lim.MemoryBytes + lang.asHeadroom
+	pr, err := a.runProc(ctx, &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes}, deadline)
+	if err != nil {
+		return startFailure(err)
+	}
+	return resultOf(pr)
+}
+
+// withDefaults fills zero (or negative) limits with the defaults.
+func withDefaults(l agentproto.Limits) agentproto.Limits {
+	def := func(v *int64, d int64) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.TimeoutMS, DefaultTimeout.Milliseconds())
+	def(&l.MaxOutputBytes, DefaultMaxOutputBytes)
+	def(&l.MaxFileBytes, DefaultMaxFileBytes)
+	def(&l.MaxProcs, DefaultMaxProcs)
+	def(&l.MemoryBytes, DefaultMemoryBytes)
+	l.MaxOutputBytes = min(l.MaxOutputBytes, MaxOutputBytes)
+	return l
+}
+
+// startFailure is the result of a run that could not start.
+func startFailure(err error) *agentproto.ExecResult {
+	return &agentproto.ExecResult{
+		ExitCode: -1,
+		Stdout:   []byte{},
+		Stderr:   []byte{},
+		Verdict:  agentproto.VerdictKilled,
+		Error:    strings.TrimPrefix(err.Error(), errStart.Error()+": "),
+	}
+}
+
+type runEnv struct{ compile, run []string }
+
+// runEnv builds the environment of a run's two phases: the fixed base, the language's
+// additions, then the request's variables, which override everything.
+func (a *agent) runEnv(lang *language, lim agentproto.Limits, extra map[string]string) (runEnv, error) {
+	base := map[string]string{
+		"PATH": a.opts.Path,
+		"HOME": a.opts.Home,
+		"USER": a.opts.RunUser.Name,
+		"LANG": "C.UTF-8",
+	}
+	add := func(m map[string]string, kvs []string) {
+		for _, kv := range kvs {
+			k, v, _ := strings.Cut(kv, "=")
+			m[k] = v
+		}
+	}
+	if lang.env != nil {
+		add(base, lang.env(a.opts.Home))
+	}
+	for k, v := range extra {
+		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
+			return runEnv{}, fmt.Errorf("invalid environment variable %q", k)
+		}
+	}
+	run := make(map[string]string, len(base)+len(extra))
+	for k, v := range base {
+		run[k] = v
+	}
+	if lang.runEnv != nil {
+		add(run, lang.runEnv(lim.MemoryBytes))
+	}
+	for k, v := range extra {
+		base[k] = v
+		run[k] = v
+	}
+	return runEnv{compile: envList(base), run: envList(run)}, nil
+}
+
+func envList(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func envValue(env []string, key string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// findExecutable looks name up in path like exec.LookPath, but in the given PATH
+// rather than the agent's own.
+func findExecutable(name, path string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, isExecutable(name)
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if isExecutable(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%q not found in PATH %s", name, path)
+}
+
+func isExecutable(p string) error {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return fmt.Errorf("%s is not executable", p)
+	}
+	return nil
+}

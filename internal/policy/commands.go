@@ -1,0 +1,539 @@
+package policy
+
+import (
+	"os"
+	"path"
+	"regexp"
+	"strings"
+
+	"github.com/vmexec/vmexec/internal/codeblock"
+)
+
+// shell checks shell text.
+func (a *analyzer) shell(text string) {
+	if !a.enter() {
+		return
+	}
+	defer a.leave()
+	sc := lexShell(text)
+	for i := range sc.cmds {
+		a.command(sc.cmds, i)
+	}
+	for _, n := range sc.nested {
+		a.shell(n)
+	}
+	a.shellPatterns(sc.bare)
+}
+
+var (
+	// name() { ... } and function name { ... }
+	shellFunc = regexp.MustCompile(`(?:^|[\s;&|(){}])(?:function\s+)?([A-Za-z_:.][\w:.-]*)\s*\(\s*\)\s*\{|(?:^|[\s;&|(){}])function\s+([A-Za-z_:.][\w:.-]*)\s*\{`)
+	selfPipe  = regexp.MustCompile(`\$0\s*\|\s*\$0`)
+	procSub   = regexp.MustCompile(`(?:^|[\s;&|(])(?:(?:ba|z|da|k)?sh|source|\.)\s+(?:-\S+\s+)*<\(\s*(?:sudo\s+)?(?:curl|wget)\b[^)\n]*\)?`)
+	forkWhile = regexp.MustCompile(`\bfork\s*(?:\(\s*\))?\s*while\s+fork\b`)
+	subFetch  = regexp.MustCompile("(?:\\$\\(|`)\\s*(?:curl|wget)\\b")
+)
+
+// shellPatterns applies the rules that look at the shape of the unquoted
+// text rather than at single commands.
+func (a *analyzer) shellPatterns(bare string) {
+	for _, m := range shellFunc.FindAllStringSubmatchIndex(bare, -1) {
+		nameAt := 2
+		if m[2] < 0 {
+			nameAt = 4
+		}
+		name := bare[m[nameAt]:m[nameAt+1]]
+		body := braceBody(bare, m[1]-1, maxFuncBody)
+		if spawnsItself(body, name) {
+			a.add(RuleForkBomb, strings.TrimLeft(bare[m[0]:min(m[1]+len(body)+1, len(bare))], " \t\n;&|(){}"))
+		}
+	}
+	if m := selfPipe.FindString(bare); m != "" {
+		a.add(RuleForkBomb, m)
+	}
+	if m := forkWhile.FindString(bare); m != "" {
+		a.add(RuleForkBomb, m)
+	}
+	if m := procSub.FindString(bare); m != "" {
+		a.add(RulePipeToShell, m)
+	}
+}
+
+// Bounds on how far a body or an argument list is scanned. The patterns
+// looked for are short; the bounds keep deeply nested input from taking
+// quadratic time.
+const (
+	maxBody     = 4096 // argument lists, Python blocks
+	maxLoopBody = 2048 // loops that may spawn processes
+	maxFuncBody = 1024 // shell functions that may call themselves
+)
+
+func isShellNameChar(c byte) bool {
+	return isIdent(c) || c == ':' || c == '.' || c == '-'
+}
+
+// spawnsItself reports whether a shell function body runs the function
+// named name in a pipeline with itself (name | name) or in the background
+// (name &).
+func spawnsItself(body, name string) bool {
+	for k := 0; k < len(body); {
+		i := strings.Index(body[k:], name)
+		if i < 0 {
+			return false
+		}
+		i += k
+		k = i + len(name)
+		if i > 0 && isShellNameChar(body[i-1]) || k < len(body) && isShellNameChar(body[k]) {
+			continue
+		}
+		rest := strings.TrimLeft(body[k:], " \t")
+		switch {
+		case strings.HasPrefix(rest, "&") && !strings.HasPrefix(rest, "&&"):
+			return true
+		case strings.HasPrefix(rest, "|") && !strings.HasPrefix(rest, "||"):
+			next := strings.TrimLeft(rest[1:], " \t")
+			if strings.HasPrefix(next, name) && (len(next) == len(name) || !isShellNameChar(next[len(name)])) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// braceBody returns the text between the '{' at open and its matching '}'
+// (or the end, or limit bytes).
+func braceBody(s string, open, limit int) string {
+	depth := 0
+	s = s[:min(len(s), open+limit)]
+	for k := open; k < len(s); k++ {
+		switch s[k] {
+		case '{':
+			depth++
+		case '}':
+			depth--
+			if depth == 0 {
+				return s[open+1 : k]
+			}
+		}
+	}
+	return s[min(open+1, len(s)):]
+}
+
+type redir struct{ op, target string }
+
+// splitRedirs separates redirections from arguments.
+func splitRedirs(words []string) (argv []string, redirs []redir) {
+	for k := 0; k < len(words); k++ {
+		if w := words[k]; w == ">" || w == "<" {
+			if k+1 < len(words) {
+				redirs = append(redirs, redir{w, words[k+1]})
+				k++
+			}
+			continue
+		}
+		argv = append(argv, words[k])
+	}
+	return argv, redirs
+}
+
+var assignment = regexp.MustCompile(`^[A-Za-z_]\w*=`)
+
+// stripPrefixes removes what runs the real command: assignments, sudo, env,
+// nohup, time, xargs, timeout, shell keywords and the like.
+func stripPrefixes(argv []string) []string {
+	for len(argv) > 0 {
+		w := argv[0]
+		if assignment.MatchString(w) {
+			argv = argv[1:]
+			continue
+		}
+		var valued string // flags of the prefix that take a separate value
+		switch cmdName(w) {
+		case "sudo", "doas":
+			valued = "-u -g -C -D -h -p -r -t -U"
+		case "env":
+			valued = "-u -C -S"
+		case "xargs":
+			valued = "-n -I -P -L -d -s -E -a"
+		case "nice", "ionice":
+			valued = "-n -c -p"
+		case "timeout":
+			valued = "-s -k"
+		case "stdbuf", "nohup", "time", "command", "exec", "builtin", "then", "do", "else",
+			"elif", "if", "while", "until", "!", "{", "busybox", "unbuffer", "setsid", "chronic":
+		default:
+			return argv
+		}
+		argv = argv[1:]
+		for len(argv) > 0 && strings.HasPrefix(argv[0], "-") && argv[0] != "-" {
+			if strings.Contains(" "+valued+" ", " "+argv[0]+" ") && len(argv) > 1 {
+				argv = argv[1:]
+			}
+			argv = argv[1:]
+		}
+		for len(argv) > 0 && (assignment.MatchString(argv[0]) && cmdName(w) == "env") {
+			argv = argv[1:]
+		}
+		if cmdName(w) == "timeout" && len(argv) > 0 {
+			argv = argv[1:] // the duration
+		}
+	}
+	return argv
+}
+
+// cmdName is the command name of a word: path and leading backslash removed.
+func cmdName(w string) string {
+	return path.Base(strings.TrimPrefix(w, "\\"))
+}
+
+var shells = map[string]bool{"sh": true, "bash": true, "zsh": true, "dash": true, "ksh": true, "mksh": true, "ash": true, "fish": true}
+
+var interpreters = map[string]string{
+	"python": codeblock.Python, "python3": codeblock.Python, "node": codeblock.JavaScript,
+	"nodejs": codeblock.JavaScript, "perl": "", "ruby": "",
+}
+
+// interpreterLang returns what language an interpreter command runs, and
+// whether name is a shell or interpreter at all.
+func interpreterLang(name string) (lang string, ok bool) {
+	if shells[name] {
+		return codeblock.Bash, true
+	}
+	if strings.HasPrefix(name, "python3.") {
+		return codeblock.Python, true
+	}
+	lang, ok = interpreters[name]
+	return lang, ok
+}
+
+// readsStdin reports whether a shell or interpreter invoked with args runs
+// the program it reads on standard input (no script file, no -c).
+func readsStdin(args []string) bool {
+	for _, a := range args {
+		switch {
+		case a == "-" || a == "-s":
+			return true
+		case a == "-c" || a == "-e" || a == "-m" || a == "--eval" || a == "-p" || a == "--print":
+			return false
+		case strings.HasPrefix(a, "-"):
+			if len(a) > 1 && a[1] != '-' && strings.ContainsAny(a[1:], "ce") {
+				return false // -lc, -ec, -xe...
+			}
+		default:
+			return false // a script file
+		}
+	}
+	return true
+}
+
+// inlineProgram returns the program text given with -c / -e style flags.
+func inlineProgram(name string, args []string) (string, bool) {
+	for k, a := range args {
+		if !strings.HasPrefix(a, "-") || a == "-" || a == "--" {
+			return "", false
+		}
+		switch {
+		case shells[name] && len(a) > 1 && a[1] != '-' && strings.Contains(a, "c"):
+		case (name == "node" || name == "nodejs") && (a == "-e" || a == "--eval" || a == "-p" || a == "--print"):
+		case name != "node" && name != "nodejs" && !shells[name] && (a == "-c" || a == "-e" || a == "-E"):
+		default:
+			continue
+		}
+		if k+1 < len(args) {
+			return args[k+1], true
+		}
+		return "", false
+	}
+	return "", false
+}
+
+// pipe describes the next stage of a pipeline when it runs what it reads
+// as a program: lang is its language, or "" for perl and ruby.
+type pipe struct {
+	lang string
+	argv []string
+}
+
+// pipeTarget returns where the output of cmds[i] goes, if into a shell or
+// interpreter that reads its program from standard input.
+func pipeTarget(cmds []shellCmd, i int) (pipe, bool) {
+	if cmds[i].sep != "|" || i+1 >= len(cmds) {
+		return pipe{}, false
+	}
+	next, _ := splitRedirs(cmds[i+1].words)
+	if next = stripPrefixes(next); len(next) == 0 || !readsStdin(next[1:]) {
+		return pipe{}, false
+	}
+	lang, ok := interpreterLang(cmdName(next[0]))
+	return pipe{lang, next}, ok
+}
+
+// command checks the simple command cmds[i].
+func (a *analyzer) command(cmds []shellCmd, i int) {
+	c := cmds[i]
+	argv, redirs := splitRedirs(c.words)
+	for _, r := range redirs {
+		switch {
+		case r.op == ">" && isBlockDevice(r.target):
+			a.add(RuleOverwriteDevice, strings.Join(c.words, " "))
+		case r.op == ">" && path.Clean(r.target) == "/proc/sysrq-trigger":
+			a.add(RuleReboot, strings.Join(c.words, " "))
+		}
+	}
+	if a.assign(argv) {
+		return
+	}
+	argv = stripPrefixes(argv)
+	if len(argv) == 0 {
+		return
+	}
+	name, args := cmdName(argv[0]), argv[1:]
+	text := strings.Join(argv, " ")
+	a.files(name, args, text)
+	a.machine(name, args, text)
+	a.programs(name, args, text, c.heredoc, cmds, i)
+}
+
+// files applies the rules about deleting, formatting and overwriting.
+func (a *analyzer) files(name string, args []string, text string) {
+	switch {
+	case name == "rm":
+		a.rm(text, args)
+	case name == "find":
+		a.find(text, args)
+	case name == "chmod" || name == "chown" || name == "chgrp":
+		a.chmod(text, args)
+	case name == "mkfs" || strings.HasPrefix(name, "mkfs.") || name == "mke2fs" || name == "mkswap" ||
+		name == "mkdosfs" || name == "mkntfs" || name == "mkexfatfs":
+		for _, arg := range args {
+			if strings.HasPrefix(arg, "/dev/") && !harmlessDevice(arg) {
+				a.add(RuleMkfs, text)
+			}
+		}
+	case name == "dd":
+		for _, arg := range args {
+			if of, ok := strings.CutPrefix(arg, "of="); ok && strings.HasPrefix(path.Clean(of), "/dev/") && !harmlessDevice(path.Clean(of)) {
+				a.add(RuleDDDevice, text)
+			}
+		}
+	case name == "wipefs" || name == "shred" || name == "blkdiscard" || name == "tee":
+		for _, arg := range args {
+			if isBlockDevice(arg) {
+				a.add(RuleOverwriteDevice, text)
+			}
+		}
+	case name == "cp" || name == "mv" || name == "install":
+		if len(args) > 1 && isBlockDevice(args[len(args)-1]) {
+			a.add(RuleOverwriteDevice, text)
+		}
+	}
+}
+
+// machine applies the rules about powering off, rebooting and killing all.
+func (a *analyzer) machine(name string, args []string, text string) {
+	switch name {
+	case "shutdown", "poweroff", "halt":
+		a.add(RuleShutdown, text)
+	case "reboot":
+		a.add(RuleReboot, text)
+	case "init", "telinit":
+		if len(args) > 0 && args[0] == "0" {
+			a.add(RuleShutdown, text)
+		} else if len(args) > 0 && args[0] == "6" {
+			a.add(RuleReboot, text)
+		}
+	case "systemctl":
+		for _, arg := range args {
+			switch arg {
+			case "poweroff", "halt":
+				a.add(RuleShutdown, text)
+			case "reboot", "kexec", "soft-reboot":
+				a.add(RuleReboot, text)
+			}
+		}
+	case "kill":
+		a.kill(text, args)
+	}
+}
+
+// programs follows code a command runs: eval, sh -c, python -c, node -e,
+// heredocs and pipes into interpreters, and downloads piped into them.
+func (a *analyzer) programs(name string, args []string, text, heredoc string, cmds []shellCmd, i int) {
+	to, piped := pipeTarget(cmds, i)
+	if heredoc != "" {
+		if lang, ok := interpreterLang(name); ok && lang != "" && readsStdin(args) {
+			a.code(lang, heredoc)
+		} else if piped && to.lang != "" {
+			a.code(to.lang, heredoc)
+		}
+	}
+	switch name {
+	case "eval":
+		script := strings.Join(args, " ")
+		if subFetch.MatchString(script) {
+			a.add(RulePipeToShell, text)
+		}
+		a.shell(script)
+	case "curl", "wget", "fetch":
+		if piped {
+			a.add(RulePipeToShell, text+" | "+strings.Join(to.argv, " "))
+		}
+	case "echo", "printf":
+		// Data, unless a shell or interpreter runs it.
+		if piped && to.lang != "" {
+			a.code(to.lang, strings.Join(args, " "))
+		}
+	}
+	if lang, ok := interpreterLang(name); ok {
+		if prog, ok := inlineProgram(name, args); ok {
+			if lang == codeblock.Bash && subFetch.MatchString(prog) {
+				a.add(RulePipeToShell, text)
+			}
+			if lang != "" {
+				a.code(lang, prog)
+			} else if forkWhile.MatchString(prog) {
+				a.add(RuleForkBomb, text)
+			}
+		}
+	}
+}
+
+// assign records a command made only of assignments (x=/ y=~) and
+// reports whether it was one.
+func (a *analyzer) assign(argv []string) bool {
+	if len(argv) == 0 {
+		return false
+	}
+	for _, w := range argv {
+		if !assignment.MatchString(w) {
+			return false
+		}
+	}
+	if a.vars == nil {
+		a.vars = map[string]string{}
+	}
+	for _, w := range argv {
+		name, value, _ := strings.Cut(w, "=")
+		a.vars[name] = a.expand(value)
+	}
+	return true
+}
+
+// expand substitutes variables recorded by assign in a word; others, such
+// as $HOME, are kept as written.
+func (a *analyzer) expand(w string) string {
+	if len(a.vars) == 0 || !strings.Contains(w, "$") {
+		return w
+	}
+	return os.Expand(w, func(name string) string {
+		if v, ok := a.vars[name]; ok {
+			return v
+		}
+		if strings.ContainsAny(name, ":-=?+#%/") { // ${x:-y} and friends
+			return "${" + name + "}"
+		}
+		return "$" + name
+	})
+}
+
+func (a *analyzer) dangerous(word string) bool {
+	return dangerousPath(a.expand(word))
+}
+
+func (a *analyzer) rm(text string, args []string) {
+	recursive, noPreserve, dangerous := false, false, false
+	opts := true
+	for _, arg := range args {
+		switch {
+		case opts && arg == "--":
+			opts = false
+		case opts && strings.HasPrefix(arg, "--"):
+			recursive = recursive || arg == "--recursive"
+			noPreserve = noPreserve || arg == "--no-preserve-root"
+		case opts && strings.HasPrefix(arg, "-") && len(arg) > 1:
+			recursive = recursive || strings.ContainsAny(arg[1:], "rR")
+		default:
+			dangerous = dangerous || a.dangerous(arg)
+		}
+	}
+	if recursive && (dangerous || noPreserve) {
+		a.add(RuleDestroyRoot, text)
+	}
+}
+
+// findFilters are find predicates that select some files rather than all.
+var findFilters = map[string]bool{
+	"-name": true, "-iname": true, "-path": true, "-ipath": true, "-wholename": true,
+	"-regex": true, "-iregex": true, "-newer": true, "-mtime": true, "-mmin": true,
+	"-atime": true, "-amin": true, "-ctime": true, "-cmin": true, "-size": true,
+	"-user": true, "-group": true, "-perm": true, "-empty": true, "-inum": true,
+	"-links": true, "-lname": true, "-samefile": true, "-uid": true, "-gid": true,
+}
+
+func (a *analyzer) find(text string, args []string) {
+	dangerous, deletes, filtered := false, false, false
+	starting := true
+	for k, arg := range args {
+		if starting && (strings.HasPrefix(arg, "-") || arg == "(" || arg == "!") {
+			starting = false
+		}
+		if starting {
+			dangerous = dangerous || a.dangerous(arg)
+			continue
+		}
+		switch {
+		case arg == "-delete":
+			deletes = true
+		case (arg == "-exec" || arg == "-execdir" || arg == "-ok") && k+1 < len(args) && cmdName(args[k+1]) == "rm":
+			deletes = true
+		case findFilters[arg]:
+			filtered = true
+		}
+	}
+	if dangerous && deletes && !filtered {
+		a.add(RuleDestroyRoot, text)
+	}
+}
+
+func (a *analyzer) chmod(text string, args []string) {
+	recursive, dangerous := false, false
+	operand := 0 // the mode or owner comes first
+	opts := true
+	for _, arg := range args {
+		switch {
+		case opts && arg == "--":
+			opts = false
+		case opts && strings.HasPrefix(arg, "--"):
+			recursive = recursive || arg == "--recursive"
+		case opts && strings.HasPrefix(arg, "-") && len(arg) > 1 && strings.Trim(arg[1:], "RfvchHLP") == "":
+			recursive = recursive || strings.Contains(arg, "R")
+		default:
+			if operand > 0 {
+				dangerous = dangerous || a.dangerous(arg)
+			}
+			operand++
+		}
+	}
+	if recursive && dangerous {
+		a.add(RuleChmodRoot, text)
+	}
+}
+
+func (a *analyzer) kill(text string, args []string) {
+	k := 0
+	if k < len(args) && (args[k] == "-s" || args[k] == "-n") {
+		k += 2
+	} else if k < len(args) && strings.HasPrefix(args[k], "-") && args[k] != "--" {
+		if args[k] == "-l" || args[k] == "-L" {
+			return
+		}
+		k++ // the signal
+	}
+	for ; k < len(args); k++ {
+		switch args[k] {
+		case "--":
+		case "-1", "1":
+			a.add(RuleKillAll, text)
+		}
+	}
+}
