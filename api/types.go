@@ -17,6 +17,7 @@ const (
 	VerdictOutputLimit = "output_limit"
 	VerdictMemoryLimit = "memory_limit"
 	VerdictKilled      = "killed"
+	VerdictBlocked     = "blocked" // refused by policy; never ran
 )
 
 // Limits bound one run. Zero fields take the server's defaults; values above the
@@ -79,6 +80,15 @@ type ExecResult struct {
 	// Warnings report a part of the transaction that could not be done (for
 	// example a snapshot that failed); the run's own result is still valid.
 	Warnings []string `json:"warnings,omitempty"`
+
+	// Blocked: policy refused the code before it reached a sandbox (verdict
+	// "blocked", exit code -1); BlockedRule and BlockedReason say why and what to do.
+	Blocked       bool   `json:"blocked,omitempty"`
+	BlockedRule   string `json:"blocked_rule,omitempty"`
+	BlockedReason string `json:"blocked_reason,omitempty"`
+	// Redactions lists the secret rules whose matches were replaced by
+	// [REDACTED:rule] in stdout and stderr.
+	Redactions []string `json:"redactions,omitempty"`
 }
 
 // Success reports whether the run exited 0 within its limits.
@@ -164,6 +174,13 @@ type ExecPolicy struct {
 	// MaxSnapshots keeps at most this many snapshots per sandbox; the oldest
 	// unpinned go first (default 20).
 	MaxSnapshots *int `json:"max_snapshots,omitempty" yaml:"max_snapshots,omitempty"`
+
+	// AllowedLanguages narrows the languages the agent may run (agent policy only;
+	// ignored on a request).
+	AllowedLanguages []string `json:"allowed_languages,omitempty" yaml:"allowed_languages,omitempty"`
+	// DisabledRules turns pre-run policy rules off for the agent, by id (agent
+	// policy only; ignored on a request).
+	DisabledRules []string `json:"disabled_rules,omitempty" yaml:"disabled_rules,omitempty"`
 }
 
 // Snapshot kinds.
@@ -260,4 +277,69 @@ type RunList struct {
 	Runs       []Run  `json:"runs"`
 	NextCursor string `json:"next_cursor,omitempty"`
 	Total      int    `json:"total"`
+}
+
+// ParseExecuteRequest is POST /v1/parse-execute: find the code blocks in an LLM's
+// reply and run them in document order in the agent's sandbox.
+type ParseExecuteRequest struct {
+	AgentID   string `json:"agent_id"`
+	SandboxID string `json:"sandbox_id,omitempty"`
+	// Text is the reply, Markdown.
+	Text string `json:"text"`
+	// Execute runs the blocks (default true); false only extracts them.
+	Execute *bool `json:"execute,omitempty"`
+	// StopOnFailure skips the blocks after the first that fails (default true).
+	StopOnFailure *bool `json:"stop_on_failure,omitempty"`
+	// IncludeIndented also runs indented code blocks (default false).
+	IncludeIndented bool `json:"include_indented,omitempty"`
+	// RunUnlabeled runs fences without a language when their language could be
+	// detected (default true); false skips them.
+	RunUnlabeled *bool       `json:"run_unlabeled,omitempty"`
+	Limits       Limits      `json:"limits,omitempty"`
+	History      *ExecPolicy `json:"history,omitempty"`
+}
+
+// CodeBlock is one code block found in a reply.
+type CodeBlock struct {
+	Index int `json:"index"`
+	// Language is canonical (python, javascript, bash, rust, go) when Known.
+	Language    string `json:"language"`
+	RawLanguage string `json:"raw_language,omitempty"`
+	Info        string `json:"info,omitempty"`
+	Code        string `json:"code"`
+	// Detected: the fence had no language and it was guessed from the code.
+	Detected  bool `json:"detected"`
+	Known     bool `json:"known"`
+	StartLine int  `json:"start_line"`
+	EndLine   int  `json:"end_line"`
+	// Closed is false for a final fence the reply never closed (a truncated reply).
+	Closed bool   `json:"closed"`
+	Fence  string `json:"fence"`
+}
+
+// Block outcomes in a ParseExecuteResult.
+const (
+	BlockExecuted    = "executed"    // ran; see Result
+	BlockBlocked     = "blocked"     // refused by policy; see Result
+	BlockSkipped     = "skipped"     // not run: an earlier block failed, or execute was false
+	BlockUnsupported = "unsupported" // its language is not one vmexec runs, or unknown
+	BlockError       = "error"       // could not be run; see Reason
+)
+
+// BlockResult is what happened to one block.
+type BlockResult struct {
+	Block  CodeBlock   `json:"block"`
+	Status string      `json:"status"`
+	Reason string      `json:"reason,omitempty"`
+	Result *ExecResult `json:"result,omitempty"`
+}
+
+// ParseExecuteResult is the answer of POST /v1/parse-execute, blocks in document order.
+type ParseExecuteResult struct {
+	Blocks   []BlockResult `json:"blocks"`
+	Executed int           `json:"executed"`
+	Failed   int           `json:"failed"`
+	Skipped  int           `json:"skipped"`
+	// Success: at least one block ran and every block that ran succeeded.
+	Success bool `json:"success"`
 }

@@ -209,3 +209,10 @@ func (c *Client) CompatExecute(ctx context.Context, req api.CompatExecRequest) (
 	}
 	return &res, nil
 }
+
+// ParseExecute runs the code blocks of an LLM's reply in document order.
+func (c *Client) ParseExecute(ctx context.Context, req api.ParseExecuteRequest) (api.ParseExecuteResult, error) {
+	var res api.ParseExecuteResult
+	err := c.do(ctx, http.MethodPost, "/v1/parse-execute", req, &res)
+	return res, err
+}

@@ -259,7 +259,7 @@ func TestBadInput(t *testing.T) {
 		{"missing language", "/v1/exec", `{"agent_id":"x","code":"print(1)"}`, 400, api.CodeBadRequest, "language"},
 		{"missing code", "/v1/exec", `{"agent_id":"x","language":"python"}`, 400, api.CodeBadRequest, "code"},
 		{"missing agent", "/v1/exec", `{"language":"python","code":"print(1)"}`, 400, api.CodeBadRequest, "agent_id"},
-		{"oversize code", "/v1/exec", `{"agent_id":"x","language":"python","code":"` + strings.Repeat("#", 200<<10) + `"}`, 400, api.CodeBadRequest, "limit"},
+		{"oversize code", "/v1/exec", `{"agent_id":"x","language":"python","code":"` + strings.Repeat("#", 1500<<10) + `"}`, 400, api.CodeBadRequest, "limit"},
 		{"body over limit", "/v1/exec", `{"agent_id":"x","language":"python","code":"` + strings.Repeat("#", 5<<20) + `"}`, 413, api.CodeTooLarge, "bytes"},
 		{"limit over max", "/v1/exec", `{"agent_id":"x","language":"python","code":"print(1)","limits":{"timeout_ms":99999999}}`, 400, api.CodeBadRequest, "maximum"},
 		{"unknown sandbox", "/v1/sandboxes/sb-nope/exec", `{"agent_id":"x","language":"python","code":"print(1)"}`, 404, api.CodeNotFound, "sb-nope"},

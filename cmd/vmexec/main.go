@@ -62,6 +62,8 @@ Or over HTTP:
 		Version:       version,
 	}
 	root.PersistentFlags().StringVar(&g.url, "url", "", "vmexec server URL (default $VMEXEC_URL or "+client.DefaultURL+")")
-	root.AddCommand(newServeCmd(), newExecCmd(g), newSandboxesCmd(g), newTemplateCmd(), newDoctorCmd(g))
+	root.AddCommand(newServeCmd(), newExecCmd(g), newRunReplyCmd(g), newSandboxesCmd(g),
+		newSnapshotCmd(g), newRollbackCmd(g), newForkCmd(g), newHistoryCmd(g),
+		newTemplateCmd(), newDoctorCmd(g))
 	return root
 }

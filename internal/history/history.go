@@ -110,7 +110,8 @@ type Store interface {
 	// RecordRun inserts a complete run in one step, for attempts that
 	// never ran (for example, blocked by policy). r.Status must be
 	// "done", "blocked" or "error" and r.Verdict non-empty; r.ID and
-	// r.SandboxID are required (ErrInvalid). A zero StartedAt is set
+	// r.SandboxID are required (ErrInvalid), except that a blocked attempt
+	// of an agent that has no sandbox yet may leave SandboxID empty. A zero StartedAt is set
 	// from the store's clock, and a zero CompletedAt to StartedAt. An
 	// existing ID yields ErrExists.
 	RecordRun(ctx context.Context, r Run) error

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/policy"
+	"github.com/vmexec/vmexec/internal/redact"
 )
 
 // Config configures the service. Zero fields take the defaults of DefaultConfig.
@@ -33,21 +35,29 @@ type Config struct {
 	History api.ExecPolicy `json:"history" yaml:"history"`
 	// MaxStoredOutput caps each output stream stored in the history, in bytes.
 	MaxStoredOutput int `json:"max_stored_output" yaml:"max_stored_output"`
+	// Policy is the pre-run check of code: allowed languages, size, dangerous
+	// patterns. Agents may narrow languages and disable rules for themselves.
+	Policy policy.Config `json:"policy" yaml:"policy"`
+	// Redact replaces secrets in output, in results and in the history.
+	Redact redact.Config `json:"redact" yaml:"redact"`
 }
 
 // DefaultConfig returns the defaults: 30 s, 1 MiB per stream, 512 MiB, 256 processes,
-// 1 GiB files; maximums 10 min, 16 MiB, 4 GiB, 4096, 8 GiB.
+// 1 GiB files; maximums 10 min, 16 MiB, 4 GiB, 4096, 8 GiB; code up to 1 MiB (the
+// policy's own, lower, limit of 100 KB blocks with a reason before that).
 func DefaultConfig() Config {
 	return Config{
 		Defaults:        api.Limits{TimeoutMS: 30_000, MaxOutputBytes: 1 << 20, MemoryMB: 512, MaxProcs: 256, MaxFileBytes: 1 << 30},
 		Max:             api.Limits{TimeoutMS: 600_000, MaxOutputBytes: 16 << 20, MemoryMB: 4096, MaxProcs: 4096, MaxFileBytes: 8 << 30},
-		MaxCodeBytes:    100 << 10,
+		MaxCodeBytes:    1 << 20,
 		IdleTimeout:     15 * time.Minute,
 		MaxSandboxes:    64,
 		PoolSize:        2,
 		QueueDepth:      16,
 		HostMaxPIDs:     8192,
 		MaxStoredOutput: 64 << 10,
+		Policy:          policy.DefaultConfig(),
+		Redact:          redact.DefaultConfig(),
 	}
 }
 
@@ -107,6 +117,12 @@ func (c Config) Validate() error {
 	check("max_file_bytes", c.Defaults.MaxFileBytes, c.Max.MaxFileBytes)
 	if c.Defaults.MemoryMB < 64 {
 		errs = append(errs, fmt.Errorf("memory_mb: %d is below the 64 MiB a sandbox needs", c.Defaults.MemoryMB))
+	}
+	if err := c.Policy.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("policy: %w", err))
+	}
+	if err := c.Redact.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("redact: %w", err))
 	}
 	if err := validatePolicy(&c.History); err != nil {
 		errs = append(errs, fmt.Errorf("history: %w", err))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -11,23 +12,13 @@ import (
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/agentproto"
 	"github.com/vmexec/vmexec/internal/backend"
+	"github.com/vmexec/vmexec/internal/codeblock"
 	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/policy"
 )
 
-// aliases maps accepted language names to canonical ones.
-var aliases = map[string]string{
-	"python": "python", "py": "python", "python3": "python",
-	"javascript": "javascript", "js": "javascript", "node": "javascript", "nodejs": "javascript",
-	"bash": "bash", "sh": "bash", "shell": "bash",
-	"rust": "rust", "rs": "rust",
-	"go": "go", "golang": "go",
-}
-
 // CanonicalLanguage returns the canonical name of a supported language.
-func CanonicalLanguage(lang string) (string, bool) {
-	c, ok := aliases[strings.ToLower(strings.TrimSpace(lang))]
-	return c, ok
-}
+func CanonicalLanguage(lang string) (string, bool) { return codeblock.Canonical(lang) }
 
 // validate checks a request before any sandbox work and resolves its limits.
 func (s *Service) validate(req *api.ExecRequest) (api.Limits, error) {
@@ -62,6 +53,9 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 	if err != nil {
 		return nil, err
 	}
+	if d := s.checkPolicy(ctx, req); d.Blocked {
+		return s.blocked(ctx, req, d), nil
+	}
 	e, err := s.entryFor(ctx, req, lim)
 	if err != nil {
 		return nil, err
@@ -74,6 +68,47 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 		return nil, fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound)
 	}
 	return s.execLocked(ctx, e, req, lim)
+}
+
+// checkPolicy applies the server's policy as narrowed by the agent's own.
+func (s *Service) checkPolicy(ctx context.Context, req api.ExecRequest) policy.Decision {
+	cfg := s.cfg.Policy
+	if req.AgentID != "" {
+		if own, err := s.agentPolicy(ctx, req.AgentID); err == nil {
+			if len(own.AllowedLanguages) > 0 {
+				cfg.AllowedLanguages = own.AllowedLanguages
+			}
+			cfg.DisabledRules = append(append([]string(nil), cfg.DisabledRules...), own.DisabledRules...)
+		}
+	}
+	p, err := policy.New(cfg)
+	if err != nil { // a stored agent policy naming a rule that no longer exists
+		s.log.Warn("agent policy invalid; using the server's", "agent", req.AgentID, "err", err)
+		p, _ = policy.New(s.cfg.Policy)
+	}
+	return p.Check(req.Language, req.Code)
+}
+
+// blocked records and reports a run that policy refused.
+func (s *Service) blocked(ctx context.Context, req api.ExecRequest, d policy.Decision) *api.ExecResult {
+	now := time.Now().UTC()
+	out := &api.ExecResult{ExecutionID: randID("ex-", 8), AgentID: req.AgentID, Language: req.Language, ExitCode: -1,
+		Verdict: api.VerdictBlocked, Blocked: true, BlockedRule: d.Rule, BlockedReason: d.Reason,
+		Error: "blocked by policy rule " + d.Rule + ": " + d.Reason, StartedAt: now, CompletedAt: now}
+	out.SandboxID = req.SandboxID
+	if out.SandboxID == "" {
+		s.mu.Lock()
+		out.SandboxID = s.byAgent[req.AgentID]
+		s.mu.Unlock()
+	}
+	err := s.hist.RecordRun(ctx, history.Run{ID: out.ExecutionID, AgentID: req.AgentID, SandboxID: out.SandboxID,
+		Language: req.Language, Code: req.Code, Status: history.StatusBlocked, Verdict: history.VerdictBlocked,
+		ExitCode: -1, BlockedRule: d.Rule, BlockedReason: d.Reason, StartedAt: now, CompletedAt: now, Metadata: req.Metadata})
+	if err != nil {
+		s.log.Error("recording blocked run", "agent", req.AgentID, "err", err)
+	}
+	s.log.Info("run blocked by policy", "agent", req.AgentID, "rule", d.Rule)
+	return out
 }
 
 // entryFor finds the sandbox a request runs in, creating the agent's default sandbox
@@ -150,6 +185,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	}
 	e.cleanSnap = "" // the run changes the state
 	runErr := s.runLocked(ctx, e, req, lim, out)
+	s.redactOutput(out)
 	if !out.Success() {
 		// Its own context: a caller that went away still gets its sandbox rolled back.
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -223,6 +259,18 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	out.ExitCode, out.SandboxLost = 137, true
 	out.DurationMS = out.CompletedAt.Sub(out.StartedAt).Milliseconds()
 	return nil
+}
+
+// redactOutput replaces secrets in the run's output, before it is returned or stored.
+func (s *Service) redactOutput(out *api.ExecResult) {
+	var h1, h2 []string
+	out.Stdout, h1 = s.redactor.Redact(out.Stdout)
+	out.Stderr, h2 = s.redactor.Redact(out.Stderr)
+	for _, h := range append(h1, h2...) {
+		if !slices.Contains(out.Redactions, h) {
+			out.Redactions = append(out.Redactions, h)
+		}
+	}
 }
 
 // afterFailure applies the failure half of the transaction policy.

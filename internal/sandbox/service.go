@@ -28,6 +28,7 @@ import (
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/redact"
 )
 
 // Error classes; the HTTP layer maps each to a status code.
@@ -66,6 +67,8 @@ type Service struct {
 	hist   history.Store
 	snaps  string
 	log    *slog.Logger
+
+	redactor *redact.Redactor
 
 	mu        sync.Mutex
 	sandboxes map[string]*entry // by sandbox id
@@ -118,6 +121,10 @@ func New(cfg Config, d Deps) (*Service, error) {
 		cfg: cfg.withDefaults(), be: d.Backend, rootfs: d.RootFS, hist: d.History, snaps: d.SnapshotDir,
 		log: d.Logger.With("component", "sandbox"), sandboxes: map[string]*entry{}, byAgent: map[string]string{},
 		stop: make(chan struct{}),
+	}
+	var err error
+	if s.redactor, err = redact.New(s.cfg.Redact); err != nil {
+		return nil, fmt.Errorf("redact config: %w", err)
 	}
 	if sn, ok := d.Backend.(backend.Snapshotter); ok && d.SnapshotDir != "" {
 		s.snap = sn

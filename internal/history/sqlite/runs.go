@@ -186,7 +186,7 @@ func checkRunIdentity(r history.Run) error {
 	if r.ID == "" {
 		return fmt.Errorf("empty id: %w", history.ErrInvalid)
 	}
-	if r.SandboxID == "" {
+	if r.SandboxID == "" && !(r.Status == history.StatusBlocked && r.AgentID != "") {
 		return fmt.Errorf("run %q: empty sandbox id: %w", r.ID, history.ErrInvalid)
 	}
 	return nil
