@@ -56,8 +56,16 @@ func (s series) pct(p float64) time.Duration {
 }
 
 func measure(name string, n int, f func(i int) error) (series, error) {
+	return measureWith(name, n, nil, f)
+}
+
+// measureWith times f; before (untimed) runs ahead of each sample.
+func measureWith(name string, n int, before func(i int), f func(i int) error) (series, error) {
 	s := series{name: name}
 	for i := 0; i < n; i++ {
+		if before != nil {
+			before(i)
+		}
 		t := time.Now()
 		if err := f(i); err != nil {
 			return s, fmt.Errorf("%s: %w", name, err)
@@ -87,8 +95,12 @@ func run(n int, dataDir string) error {
 	}
 
 	results := []series{}
+	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim
+	if _, err := os.Stat(python); err != nil {
+		python = "python3"
+	}
 	native, err := measure("native python3 spawn", n, func(int) error {
-		return exec.Command("python3", "-c", "print(1)").Run()
+		return exec.Command(python, "-c", "print(1)").Run()
 	})
 	if err != nil {
 		return err
@@ -122,22 +134,19 @@ func run(n int, dataDir string) error {
 			return err
 		}
 		if pool > 0 {
-			if err := execOnce("warm"); err != nil {
-				d.stop()
-				return err
-			}
-			warm, err := measure("warm run via REST", n, func(int) error { return execOnce("warm") })
+			more, err := warmSeries(ctx, c, n)
 			if err != nil {
 				d.stop()
 				return err
 			}
-			results = append(results, warm)
+			results = append(results, more...)
 		}
 		name := fmt.Sprintf("cold: new agent, pool=%d", pool)
-		cold, err := measure(name, n/2, func(i int) error {
+		cold, err := measureWith(name, n/2, func(int) {
 			if pool > 0 {
 				time.Sleep(400 * time.Millisecond) // let the pool refill, as between real agents
 			}
+		}, func(i int) error {
 			return execOnce(fmt.Sprintf("cold-%d-%d", pool, i))
 		})
 		d.stop()
@@ -153,6 +162,55 @@ func run(n int, dataDir string) error {
 		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
 	}
 	return nil
+}
+
+// warmSeries measures runs in a warm sandbox, with and without the transaction's
+// snapshot, and snapshot and rollback themselves.
+func warmSeries(ctx context.Context, c *client.Client, n int) ([]series, error) {
+	run := func(agent string, pol *api.ExecPolicy) (*api.ExecResult, error) {
+		r, err := c.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: "print(1)", History: pol})
+		if err == nil && strings.TrimSpace(r.Stdout) != "1" {
+			err = fmt.Errorf("unexpected result %+v", r)
+		}
+		return r, err
+	}
+	off := false
+	noSnap := &api.ExecPolicy{SnapshotBeforeExecution: &off}
+	first, err := run("warm", nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := run("warm-nosnap", noSnap); err != nil {
+		return nil, err
+	}
+	var out []series
+	add := func(s series, err error) error {
+		out = append(out, s)
+		return err
+	}
+	think := func(int) { time.Sleep(300 * time.Millisecond) } // an agent between turns
+	if err := add(measure("warm run, back to back", n, func(int) error { _, err := run("warm", nil); return err })); err != nil {
+		return out, err
+	}
+	if err := add(measureWith("warm run, 300ms between", n, think, func(int) error { _, err := run("warm", nil); return err })); err != nil {
+		return out, err
+	}
+	if err := add(measure("warm run, no snapshot", n, func(int) error { _, err := run("warm-nosnap", noSnap); return err })); err != nil {
+		return out, err
+	}
+	var snapID string
+	if err := add(measure("snapshot (API)", n, func(int) error {
+		sn, err := c.CreateSnapshot(ctx, first.SandboxID, api.CreateSnapshotRequest{})
+		snapID = sn.ID
+		return err
+	})); err != nil {
+		return out, err
+	}
+	err = add(measure("rollback (API)", n, func(int) error {
+		_, err := c.Rollback(ctx, first.SandboxID, api.RollbackRequest{SnapshotID: snapID})
+		return err
+	}))
+	return out, err
 }
 
 type daemon struct {

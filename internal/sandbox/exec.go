@@ -63,11 +63,41 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 	if err := s.enqueue(ctx, e); err != nil {
 		return nil, err
 	}
-	defer e.run.Unlock()
+	defer e.unlock()
 	if e.deleted {
 		return nil, fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound)
 	}
-	return s.execLocked(ctx, e, req, lim)
+	res, err := s.execLocked(ctx, e, req, lim)
+	if err == nil && res.PreSnapshotID != "" && e.sb != nil && e.cleanSnap == "" {
+		s.snapshotAfter(e)
+	}
+	return res, err
+}
+
+// snapshotAfter takes, in the background, the snapshot the next run would take
+// before it starts, so that the next run does not wait for it: agents think between
+// turns, and the snapshot is taken meanwhile. It also gives a crash or a suspension
+// the latest state to resume from.
+func (s *Service) snapshotAfter(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		e.run.Lock()
+		defer e.unlock()
+		if e.deleted || e.sb == nil || e.cleanSnap != "" {
+			return // a run, rollback or suspension came first
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := s.takeSnapshot(ctx, e, history.SnapshotPreRun, "", apiNoMeta); err != nil {
+			s.log.Warn("background snapshot", "sandbox", e.id, "err", err)
+		}
+	}()
 }
 
 // checkPolicy applies the server's policy as narrowed by the agent's own.
@@ -163,6 +193,8 @@ func (s *Service) enqueue(ctx context.Context, e *entry) error {
 //     that killed its sandbox is restored from the pre-run snapshot whatever the
 //     policy, since its failed state is gone anyway.
 func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits) (*api.ExecResult, error) {
+	e.busy.Store(true)
+	defer e.busy.Store(false)
 	pol := s.policyFor(ctx, e.agentID, req.History)
 	fresh, err := s.resumeLocked(ctx, e)
 	if err != nil {

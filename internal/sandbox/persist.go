@@ -51,6 +51,8 @@ func (s *Service) recover(ctx context.Context) error {
 	for _, r := range recs {
 		e := &entry{id: r.ID, name: r.Name, agentID: r.AgentID, memoryMB: r.MemoryMB, created: r.CreatedAt,
 			suspended: true, lastUsed: time.Now(), gen: 1}
+		e.run.Lock()
+		e.unlock() // publishes its view
 		s.sandboxes[r.ID] = e
 		if _, ok := s.byAgent[r.AgentID]; r.AgentID != "" && !ok {
 			s.byAgent[r.AgentID] = r.ID
@@ -145,7 +147,7 @@ func (s *Service) reapIdle() {
 		if e.sb != nil && time.Since(e.lastUsed) > s.cfg.IdleTimeout {
 			idle = append(idle, e)
 		}
-		e.run.Unlock()
+		e.unlock()
 	}
 	s.mu.Unlock()
 	for _, e := range idle {
@@ -158,6 +160,6 @@ func (s *Service) reapIdle() {
 				s.log.Warn("suspend", "id", e.id, "err", err)
 			}
 		}
-		e.run.Unlock()
+		e.unlock()
 	}
 }

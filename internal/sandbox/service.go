@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmexec/vmexec/api"
@@ -96,6 +97,11 @@ type entry struct {
 	run     sync.Mutex
 	waiting int // guarded by Service.mu
 
+	// view is what describe reports, published by unlock so that reading it never
+	// waits for a run; busy is set while a run is in flight.
+	view atomic.Pointer[entryView]
+	busy atomic.Bool
+
 	// Guarded by run.
 	sb        backend.Sandbox // nil when dead, suspended, or not yet started
 	gen       int             // incarnation: the backend id is id-gen
@@ -104,6 +110,25 @@ type entry struct {
 	lastUsed  time.Time
 	runs      int
 	deleted   bool
+}
+
+type entryView struct {
+	status   string // starting, running, dead, suspended
+	runs     int
+	lastUsed time.Time
+}
+
+// unlock publishes e's state for describe and releases e.run; e.run held.
+func (e *entry) unlock() {
+	v := &entryView{status: "running", runs: e.runs, lastUsed: e.lastUsed}
+	switch {
+	case e.suspended:
+		v.status = "suspended"
+	case e.sb == nil || e.sb.Info().Status != "running":
+		v.status = "dead"
+	}
+	e.view.Store(v)
+	e.run.Unlock()
 }
 
 // New returns a service. Call Start before use and Close when done.
@@ -187,7 +212,7 @@ func (s *Service) Close(ctx context.Context) error {
 		e.run.Lock()
 		errs = append(errs, s.suspendLocked(ctx, e))
 		e.deleted = true
-		e.run.Unlock()
+		e.unlock()
 	}
 	return errors.Join(errs...)
 }
@@ -257,7 +282,7 @@ func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB i
 		s.byAgent[agentID] = id
 	}
 	s.mu.Unlock()
-	defer e.run.Unlock()
+	defer e.unlock()
 	s.fillPool()
 
 	sb := p.sb
@@ -286,13 +311,8 @@ func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB i
 func (s *Service) live() int {
 	n := len(s.pool) + s.filling
 	for _, e := range s.sandboxes {
-		if e.run.TryLock() {
-			if e.sb != nil {
-				n++
-			}
-			e.run.Unlock()
-		} else {
-			n++ // busy: running or starting
+		if v := e.view.Load(); v == nil || v.status == "running" || e.busy.Load() {
+			n++
 		}
 	}
 	return n
@@ -388,17 +408,11 @@ func (s *Service) List() []api.Sandbox {
 
 // describe reads e without waiting for a run in progress.
 func (s *Service) describe(e *entry) api.Sandbox {
-	d := api.Sandbox{ID: e.id, Name: e.name, AgentID: e.agentID, Backend: s.be.Name(), MemoryMB: e.memoryMB, CreatedAt: e.created.UTC(), Status: "running"}
-	if e.run.TryLock() {
-		d.Runs, d.LastUsedAt = e.runs, e.lastUsed.UTC()
-		switch {
-		case e.suspended:
-			d.Status = "suspended"
-		case e.sb == nil || e.sb.Info().Status != "running":
-			d.Status = "dead"
-		}
-		e.run.Unlock()
-	} else {
+	d := api.Sandbox{ID: e.id, Name: e.name, AgentID: e.agentID, Backend: s.be.Name(), MemoryMB: e.memoryMB, CreatedAt: e.created.UTC(), Status: "starting"}
+	if v := e.view.Load(); v != nil {
+		d.Status, d.Runs, d.LastUsedAt = v.status, v.runs, v.lastUsed.UTC()
+	}
+	if e.busy.Load() {
 		d.Status = "busy"
 	}
 	if snaps, err := s.hist.ListSnapshots(context.Background(), e.id); err == nil {
@@ -419,7 +433,7 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 	}
 	s.forget(e)
 	e.run.Lock()
-	defer e.run.Unlock()
+	defer e.unlock()
 	e.deleted = true
 	var errs []error
 	if e.sb != nil {

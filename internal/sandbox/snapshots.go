@@ -144,7 +144,7 @@ func (s *Service) withEntry(ctx context.Context, sandboxID, agentID string, f fu
 	if err := s.enqueue(ctx, e); err != nil {
 		return err
 	}
-	defer e.run.Unlock()
+	defer e.unlock()
 	if e.deleted {
 		return fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound)
 	}
