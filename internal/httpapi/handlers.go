@@ -18,51 +18,32 @@ func (s *Server) languages(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string][]string{"languages": api.Languages})
 }
 
-func (s *Server) runExec(w http.ResponseWriter, r *http.Request, req api.ExecRequest) (*api.ExecResult, bool) {
+// runExec runs one request and counts it in the metrics.
+func (s *Server) runExec(r *http.Request, req api.ExecRequest) (*api.ExecResult, error) {
 	res, err := s.svc.Exec(r.Context(), req)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return nil, false
+	if err == nil {
+		s.metrics.observe(res)
 	}
-	s.metrics.observe(res)
-	return res, true
+	return res, err
 }
 
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
-	var req api.ExecRequest
-	if err := decode(r, &req); err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	if res, ok := s.runExec(w, r, req); ok {
-		writeJSON(w, http.StatusOK, res)
-	}
+	handle(s, http.StatusOK, func(r *http.Request, req api.ExecRequest) (*api.ExecResult, error) {
+		return s.runExec(r, req)
+	})(w, r)
 }
 
 func (s *Server) execIn(w http.ResponseWriter, r *http.Request) {
-	var req api.ExecRequest
-	if err := decode(r, &req); err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	req.SandboxID = r.PathValue("id")
-	if res, ok := s.runExec(w, r, req); ok {
-		writeJSON(w, http.StatusOK, res)
-	}
+	handle(s, http.StatusOK, func(r *http.Request, req api.ExecRequest) (*api.ExecResult, error) {
+		req.SandboxID = r.PathValue("id")
+		return s.runExec(r, req)
+	})(w, r)
 }
 
 func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) {
-	var req api.CreateSandboxRequest
-	if err := decode(r, &req); err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	sb, err := s.svc.Create(r.Context(), req)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, sb)
+	handle(s, http.StatusCreated, func(r *http.Request, req api.CreateSandboxRequest) (api.Sandbox, error) {
+		return s.svc.Create(r.Context(), req)
+	})(w, r)
 }
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
@@ -70,18 +51,13 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
-	sb, err := s.svc.Get(r.PathValue("id"))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, sb)
+	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.Sandbox, error) {
+		return s.svc.Get(r.PathValue("id"))
+	})(w, r)
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
-	if err := s.svc.Delete(r.Context(), r.PathValue("id")); err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+	handle(s, http.StatusNoContent, func(r *http.Request, _ struct{}) (struct{}, error) {
+		return struct{}{}, s.svc.Delete(r.Context(), r.PathValue("id"))
+	})(w, r)
 }

@@ -148,6 +148,30 @@ var (
 	errBodyTooLong = errors.New("request body too large")
 )
 
+// handle decodes a JSON body into a fresh In (when In is not struct{}), calls f, and
+// writes its result with status.
+func handle[In, Out any](s *Server, status int, f func(r *http.Request, in In) (Out, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if r.Method == http.MethodPost || r.Method == http.MethodPut {
+			if err := decode(r, &in); err != nil {
+				writeError(w, r, s.log, err)
+				return
+			}
+		}
+		out, err := f(r, in)
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		if status == http.StatusNoContent {
+			w.WriteHeader(status)
+			return
+		}
+		writeJSON(w, status, out)
+	}
+}
+
 // decode reads a JSON body into v. Unknown fields are ignored; an empty body is an
 // empty object.
 func decode(r *http.Request, v any) error {

@@ -33,30 +33,6 @@ func (s *Server) txnRoutes() {
 	s.mux.HandleFunc("GET /api/vms/{vm}/history", s.compatHistory)
 }
 
-// handle decodes a JSON body into a fresh In (when In is not struct{}), calls f, and
-// writes its result with status.
-func handle[In, Out any](s *Server, status int, f func(r *http.Request, in In) (Out, error)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		var in In
-		if r.Method == http.MethodPost || r.Method == http.MethodPut {
-			if err := decode(r, &in); err != nil {
-				writeError(w, r, s.log, err)
-				return
-			}
-		}
-		out, err := f(r, in)
-		if err != nil {
-			writeError(w, r, s.log, err)
-			return
-		}
-		if status == http.StatusNoContent {
-			w.WriteHeader(status)
-			return
-		}
-		writeJSON(w, status, out)
-	}
-}
-
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusCreated, func(r *http.Request, in api.CreateSnapshotRequest) (api.Snapshot, error) {
 		return s.svc.CreateSnapshot(r.Context(), r.PathValue("id"), in)

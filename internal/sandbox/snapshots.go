@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/fsutil"
 	"github.com/vmexec/vmexec/internal/history"
 )
 
@@ -39,7 +40,7 @@ func (s *Service) takeSnapshot(ctx context.Context, e *entry, kind, runID string
 	}
 	rec := history.Snapshot{
 		ID: id, SandboxID: e.id, AgentID: e.agentID, Name: meta.Name, Description: meta.Description, Kind: kind,
-		RunID: runID, Path: final, SizeBytes: dirSize(final), Pinned: meta.Pinned, CreatedAt: time.Now().UTC(),
+		RunID: runID, Path: final, SizeBytes: fsutil.DirSize(final), Pinned: meta.Pinned, CreatedAt: time.Now().UTC(),
 	}
 	if err := s.hist.PutSnapshot(ctx, rec); err != nil {
 		os.RemoveAll(final)
@@ -120,19 +121,6 @@ func (s *Service) deleteSnapshots(ctx context.Context, sandboxID string) error {
 	}
 	errs = append(errs, os.RemoveAll(filepath.Join(s.snaps, sandboxID)))
 	return errors.Join(errs...)
-}
-
-func dirSize(dir string) int64 {
-	var n int64
-	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	return n
 }
 
 // withEntry runs f with e's run lock held, queueing like a run does.

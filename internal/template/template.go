@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vmexec/vmexec/internal/fsutil"
 )
 
 // ErrNotBuilt means the template has not been built yet.
@@ -217,7 +219,7 @@ func (s *Store) build(ctx context.Context, r Recipe, progress io.Writer) (Templa
 		}
 	}
 	t := Template{Name: r.Name, Hash: r.Hash(), BuiltAt: time.Now().UTC(), Recipe: r,
-		BuildSecs: time.Since(start).Seconds(), SizeBytes: duSize(rootfs)}
+		BuildSecs: time.Since(start).Seconds(), SizeBytes: fsutil.DirSize(rootfs)}
 	b, _ := json.MarshalIndent(t, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, "meta.json"), b, 0o644); err != nil {
 		return Template{}, fmt.Errorf("write template meta: %w", err)
@@ -293,17 +295,4 @@ func hostMirror() string {
 		}
 	}
 	return ""
-}
-
-func duSize(dir string) int64 {
-	var n int64
-	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	return n
 }
