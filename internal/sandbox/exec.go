@@ -53,6 +53,11 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 	if err != nil {
 		return nil, err
 	}
+	if req.SandboxID != "" { // another agent's sandbox is 403, whatever the code
+		if _, err := s.lookup(req.SandboxID, req.AgentID); err != nil {
+			return nil, err
+		}
+	}
 	if d := s.checkPolicy(ctx, req); d.Blocked {
 		return s.blocked(ctx, req, d), nil
 	}
@@ -105,8 +110,12 @@ func (s *Service) checkPolicy(ctx context.Context, req api.ExecRequest) policy.D
 	cfg := s.cfg.Policy
 	if req.AgentID != "" {
 		if own, err := s.agentPolicy(ctx, req.AgentID); err == nil {
-			if len(own.AllowedLanguages) > 0 {
-				cfg.AllowedLanguages = own.AllowedLanguages
+			if len(own.AllowedLanguages) > 0 { // an agent may narrow the server's list, not widen it
+				cfg.AllowedLanguages = narrow(cfg.AllowedLanguages, own.AllowedLanguages)
+				if len(cfg.AllowedLanguages) == 0 && cfg.Enabled {
+					return policy.Decision{Blocked: true, Rule: policy.RuleLanguageNotAllowed,
+						Reason: "the agent's allowed_languages leave no language the server allows; update the agent's policy"}
+				}
 			}
 			cfg.DisabledRules = append(append([]string(nil), cfg.DisabledRules...), own.DisabledRules...)
 		}
@@ -117,6 +126,26 @@ func (s *Service) checkPolicy(ctx context.Context, req api.ExecRequest) policy.D
 		p, _ = policy.New(s.cfg.Policy)
 	}
 	return p.Check(req.Language, req.Code)
+}
+
+// narrow returns the languages of agent that server allows too (all five when server
+// is empty).
+func narrow(server, agent []string) []string {
+	if len(server) == 0 {
+		server = api.Languages
+	}
+	allowed := map[string]bool{}
+	for _, l := range server {
+		c, _ := codeblock.Canonical(l)
+		allowed[c] = true
+	}
+	out := []string{}
+	for _, l := range agent {
+		if c, ok := codeblock.Canonical(l); ok && allowed[c] {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // blocked records and reports a run that policy refused.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/policy"
 )
 
 var apiNoMeta = api.CreateSnapshotRequest{}
@@ -103,6 +104,10 @@ func (s *Service) SetAgentPolicy(ctx context.Context, agentID string, p api.Exec
 	}
 	if err := validatePolicy(&p); err != nil {
 		return api.ExecPolicy{}, err
+	}
+	check := policy.Config{Enabled: true, AllowedLanguages: p.AllowedLanguages, DisabledRules: p.DisabledRules}
+	if err := check.Validate(); err != nil {
+		return api.ExecPolicy{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	b, _ := json.Marshal(p)
 	if err := s.hist.PutAgentPolicy(ctx, agentID, string(b)); err != nil {

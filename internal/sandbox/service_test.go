@@ -295,3 +295,26 @@ func TestSuspendResume(t *testing.T) {
 		t.Fatalf("after restart: %+v", r)
 	}
 }
+
+// Guards that an agent's language list narrows the server's, never widens it, and that
+// a policy naming unknown languages or rules is refused.
+func TestAgentLanguagesNarrow(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Policy.AllowedLanguages = []string{"python", "bash"} })
+	ctx := context.Background()
+	if _, err := h.svc.SetAgentPolicy(ctx, "n", api.ExecPolicy{AllowedLanguages: []string{"bash", "rust"}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.run(t, "n", "echo ok", nil); r.Blocked {
+		t.Fatalf("bash is allowed by both: %+v", r)
+	}
+	r, err := h.svc.Exec(ctx, api.ExecRequest{AgentID: "n", Language: "rust", Code: "fn main(){}"})
+	if err != nil || !r.Blocked || r.BlockedRule != "language_not_allowed" {
+		t.Fatalf("rust is not allowed by the server: %+v %v", r, err)
+	}
+	if _, err := h.svc.SetAgentPolicy(ctx, "n", api.ExecPolicy{DisabledRules: []string{"no_such_rule"}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown rule: %v", err)
+	}
+	if _, err := h.svc.SetAgentPolicy(ctx, "n", api.ExecPolicy{AllowedLanguages: []string{"cobol"}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown language: %v", err)
+	}
+}
