@@ -45,7 +45,9 @@ func newRoot() *cobra.Command {
 		Use:   "vmexec",
 		Short: "Run AI agents' code in isolated sandboxes",
 		Long: `vmexec runs the code AI agents write — python, javascript, bash, rust, go — in
-gVisor sandboxes, one per agent, whose files persist between turns.
+gVisor sandboxes, one per agent, whose state persists between turns. Each run is a
+transaction: the sandbox is snapshotted first and rolled back if the run fails, and
+every run is kept in a durable history.
 
 Start the daemon (as root; it builds the sandbox template on first start):
   vmexec serve
@@ -54,6 +56,10 @@ Then run code as an agent:
   vmexec exec --agent demo --lang python -c 'import math; print(math.factorial(10))'
   echo 'console.log(6*7)' | vmexec exec --agent demo --lang js
   vmexec exec --agent demo main.rs          # language from the file's extension
+
+Then look back, or undo:
+  vmexec history --agent demo --failures
+  vmexec rollback SANDBOX --last-success
 
 Or over HTTP:
   curl -s localhost:8080/api/llm/execute -d '{"agent_id":"demo","language":"python","code":"print(2+2)"}'`,
