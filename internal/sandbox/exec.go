@@ -89,9 +89,9 @@ func (s *Service) snapshotAfter(e *entry) {
 	if s.closed {
 		return
 	}
-	s.wg.Add(1)
+	s.bg.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer s.bg.Done()
 		e.run.Lock()
 		defer e.unlock()
 		if e.deleted || e.sb == nil || e.cleanSnap != "" {
@@ -190,9 +190,9 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 // enqueue waits for e's turn, refusing past the queue bound.
 func (s *Service) enqueue(ctx context.Context, e *entry) error {
 	s.mu.Lock()
-	if e.waiting >= s.cfg.QueueDepth {
+	if n := e.waiting; n >= s.cfg.QueueDepth {
 		s.mu.Unlock()
-		return fmt.Errorf("sandbox %s has %d requests waiting: %w", e.id, e.waiting, ErrBusy)
+		return fmt.Errorf("sandbox %s has %d requests waiting; retry later: %w", e.id, n, ErrBusy)
 	}
 	e.waiting++
 	s.mu.Unlock()
@@ -253,7 +253,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		s.afterFailure(fctx, e, pol, pre, out)
 		cancel()
 	}
-	s.finishRecord(e, rec, out, runErr, pol)
+	s.finishRecord(e, rec, out, runErr)
 	if runErr != nil {
 		return nil, runErr
 	}
@@ -369,7 +369,7 @@ func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre 
 
 // finishRecord writes the run's outcome to the history and applies retention. It
 // uses a context of its own: the record must be written even if the caller left.
-func (s *Service) finishRecord(e *entry, rec history.Run, out *api.ExecResult, runErr error, pol txPolicy) {
+func (s *Service) finishRecord(e *entry, rec history.Run, out *api.ExecResult, runErr error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	rec.Status, rec.Verdict = history.StatusDone, out.Verdict
@@ -391,9 +391,7 @@ func (s *Service) finishRecord(e *entry, rec history.Run, out *api.ExecResult, r
 	if err := s.hist.FinishRun(ctx, rec); err != nil {
 		s.log.Error("recording run outcome", "run", rec.ID, "err", err)
 	}
-	if err := s.hist.PruneRuns(ctx, e.id, pol.maxHistory); err != nil {
-		s.log.Warn("pruning history", "sandbox", e.id, "err", err)
-	}
+	s.retain(e.id, e.agentID, "")
 }
 
 // text turns program output into valid UTF-8 for JSON.

@@ -79,7 +79,8 @@ type Service struct {
 	closed    bool
 
 	stop chan struct{}
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // the reaper
+	bg   sync.WaitGroup // background work: pool fills, snapshots, destroys, retention
 }
 
 type pooled struct {
@@ -198,7 +199,8 @@ func (s *Service) Close(ctx context.Context) error {
 		entries = append(entries, e)
 	}
 	s.mu.Unlock()
-	s.wg.Wait() // pool fillers, the reaper, background destroys
+	s.wg.Wait() // the reaper
+	s.bg.Wait() // pool fillers, background snapshots, destroys, retention
 	s.mu.Lock()
 	pool := s.pool
 	s.pool = nil
@@ -341,9 +343,9 @@ func (s *Service) fillPool() {
 	defer s.mu.Unlock()
 	for !s.closed && len(s.pool)+s.filling < s.cfg.PoolSize && s.live() < s.cfg.MaxSandboxes {
 		s.filling++
-		s.wg.Add(1)
+		s.bg.Add(1)
 		go func() {
-			defer s.wg.Done()
+			defer s.bg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			id := randID("sb-", 6)

@@ -184,6 +184,7 @@ func TestRetention(t *testing.T) {
 	for i := 0; i < 6; i++ {
 		h.run(t, "e", "set x 1\nexit 1", nil) // failure snapshot each time
 	}
+	h.svc.bg.Wait() // retention runs in the background
 	list, err := h.svc.ListSnapshots(ctx, r.SandboxID, "")
 	if err != nil {
 		t.Fatal(err)

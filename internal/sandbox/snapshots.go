@@ -47,7 +47,7 @@ func (s *Service) takeSnapshot(ctx context.Context, e *entry, kind, runID string
 		return history.Snapshot{}, fmt.Errorf("record snapshot: %w", err)
 	}
 	e.cleanSnap = id
-	s.enforceRetention(ctx, e, id)
+	s.retain(e.id, e.agentID, id)
 	return rec, nil
 }
 
@@ -66,41 +66,59 @@ func (s *Service) restoreLocked(ctx context.Context, e *entry, snap history.Snap
 	}
 	e.sb, e.suspended, e.cleanSnap = sb, false, snap.ID
 	if old != nil {
-		s.wg.Add(1)
+		s.bg.Add(1)
 		go func() {
-			defer s.wg.Done()
+			defer s.bg.Done()
 			old.Destroy(context.Background())
 		}()
 	}
 	return nil
 }
 
-// enforceRetention deletes the oldest unpinned snapshots of e past MaxSnapshots,
-// never keep (the one just taken).
-func (s *Service) enforceRetention(ctx context.Context, e *entry, keep string) {
-	pol := s.policyFor(ctx, e.agentID, nil)
-	snaps, err := s.hist.ListSnapshots(ctx, e.id)
-	if err != nil {
-		s.log.Warn("retention: list snapshots", "sandbox", e.id, "err", err)
+// retain applies the retention policy to a sandbox in the background, off the
+// path of the run or snapshot that triggered it: past MaxSnapshots the oldest unpinned
+// snapshots are deleted, and past MaxHistoryEntries the oldest runs. keep (the
+// snapshot just taken) is never deleted; nor, in practice, is any snapshot a run may
+// still need, since the newest ones are kept. A run that finds its snapshot gone
+// takes a new one, and a failed restore is reported as a warning.
+func (s *Service) retain(sandboxID, agentID, keep string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
 		return
 	}
-	excess := len(snaps) - pol.maxSnapshots
-	for _, sn := range snaps { // oldest first
-		if excess <= 0 {
-			break
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		pol := s.policyFor(ctx, agentID, nil)
+		if err := s.hist.PruneRuns(ctx, sandboxID, pol.maxHistory); err != nil {
+			s.log.Warn("retention: prune history", "sandbox", sandboxID, "err", err)
 		}
-		if sn.Pinned || sn.ID == keep {
-			continue
+		if keep == "" {
+			return
 		}
-		if err := s.removeSnapshot(ctx, sn); err != nil {
-			s.log.Warn("retention: delete snapshot", "snapshot", sn.ID, "err", err)
-			continue
+		snaps, err := s.hist.ListSnapshots(ctx, sandboxID)
+		if err != nil {
+			s.log.Warn("retention: list snapshots", "sandbox", sandboxID, "err", err)
+			return
 		}
-		if e.cleanSnap == sn.ID {
-			e.cleanSnap = ""
+		excess := len(snaps) - pol.maxSnapshots
+		for _, sn := range snaps { // oldest first
+			if excess <= 0 {
+				break
+			}
+			if sn.Pinned || sn.ID == keep {
+				continue
+			}
+			if err := s.removeSnapshot(ctx, sn); err != nil {
+				s.log.Warn("retention: delete snapshot", "snapshot", sn.ID, "err", err)
+				continue
+			}
+			excess--
 		}
-		excess--
-	}
+	}()
 }
 
 func (s *Service) removeSnapshot(ctx context.Context, sn history.Snapshot) error {
