@@ -19,8 +19,10 @@ package template
 // read-only tmpfs, so the agent a sandbox runs is always the image's.
 //
 // Each part is built under a temporary name and renamed into place when complete, and
-// builds are serialised across processes with <template dir>/microvm/.lock. Images are
-// never deleted here: sandboxes and snapshots refer to them by path.
+// builds are serialised across processes with <template dir>/microvm/.lock. Building a
+// boot part prunes the others that have not been used for BootPruneAge (every
+// EnsureImage marks its boot part used): sandboxes and snapshots keep their own links to
+// the kernel and initramfs they booted. Disk images go with their template.
 
 import (
 	"bufio"
@@ -54,6 +56,9 @@ const ImageFormat = "raw"
 // RootFSHeadroomBytes is the free space a sandbox's root filesystem has beyond the
 // template's files (the disk image is sparse: unused space costs nothing on the host).
 const RootFSHeadroomBytes = 2 << 30
+
+// BootPruneAge is how long an unused boot part is kept once a newer one is built.
+const BootPruneAge = 24 * time.Hour
 
 // imageVersion changes whenever the way images are built changes, to rebuild them.
 const imageVersion = "microvm-1"
@@ -133,6 +138,8 @@ func (s *Store) EnsureImage(ctx context.Context, t Template, opts ImageOptions, 
 	}
 	bootMeta := filepath.Join(dir, "boot-"+bootKey, "meta.json")
 	if exists(img.RootFS) && exists(bootMeta) {
+		now := time.Now()
+		os.Chtimes(bootMeta, now, now) // in use: not to be pruned
 		return img, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -153,6 +160,7 @@ func (s *Store) EnsureImage(ctx context.Context, t Template, opts ImageOptions, 
 		if err := in.buildBoot(filepath.Dir(bootMeta), img, start, progress); err != nil {
 			return Image{}, err
 		}
+		pruneBoot(dir, filepath.Dir(bootMeta), progress)
 	}
 	fmt.Fprintf(progress, "[%4.0fs] guest image %s ready (kernel %s)\n", time.Since(start).Seconds(), img.Key, img.KernelVersion)
 	return img, nil
@@ -482,6 +490,23 @@ func (in imageInputs) buildBoot(dir string, img Image, start time.Time, progress
 	}
 	ok = true
 	return nil
+}
+
+// pruneBoot removes the boot parts in dir, other than keep, unused for BootPruneAge.
+func pruneBoot(dir, keep string, progress io.Writer) {
+	old, _ := filepath.Glob(filepath.Join(dir, "boot-*"))
+	for _, d := range old {
+		if d == keep || strings.HasSuffix(d, ".building") {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(d, "meta.json"))
+		if err != nil || time.Since(fi.ModTime()) < BootPruneAge {
+			continue
+		}
+		if os.RemoveAll(d) == nil {
+			fmt.Fprintf(progress, "removed the unused guest boot files %s\n", filepath.Base(d))
+		}
+	}
 }
 
 func copyFile(src, dst string) error {

@@ -107,16 +107,11 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qmp: %w", err)
 	}
-	c, err := NewClient(ctx, conn)
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
+	return NewClient(ctx, conn)
 }
 
-// NewClient reads QEMU's greeting from conn and negotiates capabilities. On error the
-// caller still owns conn.
+// NewClient reads QEMU's greeting from conn and negotiates capabilities. On error it
+// closes conn.
 func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	c := &Client{conn: conn, pending: map[string]chan message{}, events: make(chan Event, EventBuffer), done: make(chan struct{})}
 	dec := json.NewDecoder(conn)
@@ -137,17 +132,17 @@ func NewClient(ctx context.Context, conn net.Conn) (*Client, error) {
 	select {
 	case err := <-greeted:
 		if err != nil {
+			conn.Close()
 			return nil, err
 		}
 	case <-ctx.Done():
-		conn.SetReadDeadline(time.Unix(1, 0)) // unblock the greeting reader
+		conn.Close() // unblocks the greeting reader
 		<-greeted
-		conn.SetReadDeadline(time.Time{})
 		return nil, fmt.Errorf("qmp greeting: %w", ctx.Err())
 	}
 	go c.readLoop(dec)
 	if err := c.Execute(ctx, "qmp_capabilities", nil, nil); err != nil {
-		c.closeOnce.Do(func() { c.shutdown(err) })
+		c.Close()
 		return nil, err
 	}
 	return c, nil
@@ -192,14 +187,10 @@ func (c *Client) readLoop(dec *json.Decoder) {
 	c.shutdown(err)
 }
 
-// shutdown fails every pending command and closes the events channel; it runs once,
-// from the reader.
+// shutdown fails every pending command and closes the events channel. Only the
+// reader calls it, once.
 func (c *Client) shutdown(err error) {
 	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return
-	}
 	c.err = err
 	for id, ch := range c.pending {
 		delete(c.pending, id)

@@ -1,0 +1,333 @@
+package microvm_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmexec/vmexec/internal/agentproto"
+	"github.com/vmexec/vmexec/internal/backend"
+	"github.com/vmexec/vmexec/internal/backend/backendtest"
+	"github.com/vmexec/vmexec/internal/backend/microvm"
+	"github.com/vmexec/vmexec/internal/template"
+	"github.com/vmexec/vmexec/internal/testenv"
+)
+
+// requireHost skips unless this host can boot microVMs from the built template: QEMU,
+// qemu-img, mkfs.ext4, the cloud kernel, a static busybox and root (the guest image is
+// made from the root-owned template tree). scripts/setup installs all of it.
+func requireHost(t *testing.T) {
+	t.Helper()
+	for _, bin := range []string{"qemu-system-x86_64", "qemu-img", "mkfs.ext4"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s not installed: run scripts/setup (apt-get install qemu-system-x86 qemu-utils e2fsprogs)", bin)
+		}
+	}
+	if _, err := template.FindKernel("/boot"); err != nil {
+		t.Skipf("no guest kernel (%v): run scripts/setup", err)
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("busybox-static not installed: run scripts/setup")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("microVM tests need root: the guest image is built from the root-owned template")
+	}
+}
+
+// accel is the accelerator the tests ask for: $VMEXEC_MICROVM_ACCEL, default auto.
+func accel() string {
+	if a := os.Getenv("VMEXEC_MICROVM_ACCEL"); a != "" {
+		return a
+	}
+	return microvm.AccelAuto
+}
+
+func newBackend(t *testing.T, cfg microvm.Config) (*microvm.Backend, string) {
+	t.Helper()
+	requireHost(t)
+	tpl := testenv.Template(t)
+	if cfg.AgentPath == "" {
+		cfg.AgentPath = testenv.Agent(t)
+	}
+	if cfg.Accel == "" {
+		cfg.Accel = accel()
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	b, err := microvm.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first build of the guest image takes a while; keep it out of the tests' timings.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, err := b.Prepare(ctx, tpl.RootFS, testWriter{t}); err != nil {
+		t.Fatalf("prepare: %v", err)
+	}
+	t.Logf("accelerator: %s", b.Accel())
+	return b, tpl.RootFS
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// The microVM backend passes the backend conformance suite (under TCG on hosts
+// without a usable KVM, hence the generous timeout).
+func TestConformance(t *testing.T) {
+	b, rootfs := newBackend(t, microvm.Config{})
+	backendtest.Run(t, backendtest.Env{Backend: b, RootFS: rootfs, ImageDir: t.TempDir(), Timeout: 10 * time.Minute})
+}
+
+// Guards the host against leaked VMs: after Destroy no QEMU process of the sandbox is
+// left, and neither is its directory.
+func TestDestroyLeavesNoQEMU(t *testing.T) {
+	b, rootfs := newBackend(t, microvm.Config{})
+	ctx := context.Background()
+	sb, err := b.Create(ctx, backend.Spec{ID: "leak-check", RootFS: rootfs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := sb.Info().PID
+	if pid == 0 || len(qemuProcesses(t, "leak-check")) != 1 {
+		t.Fatalf("pid %d, qemu processes %v", pid, qemuProcesses(t, "leak-check"))
+	}
+	if err := sb.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ps := qemuProcesses(t, "leak-check"); len(ps) != 0 {
+		t.Fatalf("qemu still running after destroy: %v", ps)
+	}
+	if infos, _ := b.List(ctx); len(infos) != 0 {
+		t.Fatalf("still listed: %+v", infos)
+	}
+}
+
+// Guards recovery after a daemon crash: a new backend on the same state directory
+// finds the VM the old one left running, reports its QEMU, and kills it.
+func TestCrashedDaemonOrphan(t *testing.T) {
+	state := t.TempDir()
+	old, rootfs := newBackend(t, microvm.Config{StateDir: state})
+	ctx := context.Background()
+	sb, err := old.Create(ctx, backend.Spec{ID: "orphan", RootFS: rootfs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	restarted, err := microvm.New(microvm.Config{StateDir: state, AgentPath: testenv.Agent(t), Accel: accel()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	infos, err := restarted.List(ctx)
+	if err != nil || len(infos) != 1 || infos[0].ID != "orphan" || infos[0].Status != "running" || infos[0].PID != sb.Info().PID {
+		t.Fatalf("list after restart: %+v, %v", infos, err)
+	}
+	if err := restarted.DestroyID(ctx, "orphan"); err != nil {
+		t.Fatal(err)
+	}
+	if ps := qemuProcesses(t, "orphan"); len(ps) != 0 {
+		t.Fatalf("orphan qemu still running: %v", ps)
+	}
+	if _, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "true"}); !errors.Is(err, backend.ErrSandboxDead) {
+		t.Fatalf("exec in a sandbox destroyed by id: %v", err)
+	}
+}
+
+// Guards against killing a stranger: a pid file whose pid now belongs to another
+// process (pids are reused) is not acted on; the directory still goes.
+func TestDestroyIDSparesReusedPID(t *testing.T) {
+	requireHost(t)
+	state := t.TempDir()
+	b, err := microvm.New(microvm.Config{StateDir: state, AgentPath: testenv.Agent(t), Accel: microvm.AccelTCG})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := exec.Command("sleep", "60")
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Process.Kill()
+	dir := filepath.Join(state, "sandboxes", "stale")
+	os.MkdirAll(dir, 0o700)
+	os.WriteFile(filepath.Join(dir, "qemu.pid"), []byte(strconv.Itoa(stranger.Process.Pid)), 0o600)
+	ctx := context.Background()
+	if infos, _ := b.List(ctx); len(infos) != 1 || infos[0].Status != "dead" {
+		t.Fatalf("list: %+v", infos)
+	}
+	if err := b.DestroyID(ctx, "stale"); err != nil {
+		t.Fatal(err)
+	}
+	if err := stranger.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the unrelated process was killed: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("stale dir left: %v", err)
+	}
+}
+
+// qemuProcesses returns the pids of live QEMU processes whose command line names
+// the sandbox id.
+func qemuProcesses(t *testing.T, id string) []int {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(cmd) == 0 {
+			continue
+		}
+		args := strings.Split(string(cmd), "\x00")
+		if strings.HasPrefix(filepath.Base(args[0]), "qemu-system") && strings.Contains(string(cmd), "vmexec-"+id+"\x00") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Guards the diagnosis of a guest that boots but never answers: Create gives up after
+// StartTimeout with the console's last lines in the error, and leaves nothing behind.
+func TestSilentGuestReportsConsole(t *testing.T) {
+	requireHost(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "main.go")
+	os.WriteFile(src, []byte(`package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+func main() {
+	fmt.Fprintln(os.Stderr, "silent agent: not answering")
+	time.Sleep(time.Hour)
+}
+`), 0o644)
+	silent := filepath.Join(dir, "silent-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", silent, src)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GO111MODULE=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build silent agent: %v\n%s", err, out)
+	}
+	tpl := testenv.Template(t)
+	// TCG: a silent guest would otherwise be mistaken for a failed KVM probe.
+	b, err := microvm.New(microvm.Config{StateDir: t.TempDir(), AgentPath: silent, Accel: microvm.AccelTCG, StartTimeout: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_, err = b.Create(ctx, backend.Spec{ID: "silent", RootFS: tpl.RootFS})
+	if err == nil {
+		t.Fatal("a guest that never answers started")
+	}
+	if !strings.Contains(err.Error(), "silent agent: not answering") {
+		t.Fatalf("error does not quote the console: %v", err)
+	}
+	t.Logf("error: %v", err)
+	if ps := qemuProcesses(t, "silent"); len(ps) != 0 {
+		t.Fatalf("failed create left qemu running: %v", ps)
+	}
+	if infos, _ := b.List(ctx); len(infos) != 0 {
+		t.Fatalf("failed create left %+v", infos)
+	}
+}
+
+// Guards snapshots against the service pruning its history: a sandbox restored from
+// a snapshot keeps working after that snapshot is deleted, and its own snapshots (of
+// a disk layered over the deleted one's) restore with every file.
+func TestSnapshotStandsAlone(t *testing.T) {
+	b, rootfs := newBackend(t, microvm.Config{})
+	ctx := context.Background()
+	spec := backend.Spec{ID: "alone", RootFS: rootfs}
+	var sb backend.Sandbox
+	sb, err := b.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sb.Destroy(ctx) }()
+	run := func(code, want string) {
+		t.Helper()
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 30000}})
+		if err != nil || strings.TrimSpace(string(res.Stdout)) != want {
+			t.Fatalf("%q: %+v, %v", code, res, err)
+		}
+	}
+	run("echo one > ~/one; echo ok", "ok")
+	first, second := filepath.Join(t.TempDir(), "first"), filepath.Join(t.TempDir(), "second")
+	if err := b.Snapshot(ctx, sb, first); err != nil {
+		t.Fatal(err)
+	}
+	if sb, err = b.Restore(ctx, sb, first, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(first); err != nil {
+		t.Fatal(err)
+	}
+	run("echo two > ~/two; cat ~/one", "one")
+	if err := b.Snapshot(ctx, sb, second); err != nil {
+		t.Fatal(err)
+	}
+	run("rm ~/one ~/two; echo gone", "gone")
+	if sb, err = b.Restore(ctx, sb, second, spec); err != nil {
+		t.Fatal(err)
+	}
+	run("cat ~/one ~/two | tr '\\n' ' '", "one two")
+}
+
+// TestTimings logs what users wait for: a cold boot to the agent's handshake, a warm
+// python run, a snapshot and a restore. It asserts only that they work.
+func TestTimings(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timings in -short mode")
+	}
+	b, rootfs := newBackend(t, microvm.Config{})
+	ctx := context.Background()
+	t0 := time.Now()
+	sb, err := b.Create(ctx, backend.Spec{ID: "timing", RootFS: rootfs, MemoryBytes: 512 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sb.Destroy(ctx) }()
+	boot := time.Since(t0)
+	py := func() time.Duration {
+		t0 := time.Now()
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "print(6*7)", Limits: agentproto.Limits{TimeoutMS: 60000}})
+		if err != nil || strings.TrimSpace(string(res.Stdout)) != "42" {
+			t.Fatalf("python: %+v, %v", res, err)
+		}
+		return time.Since(t0)
+	}
+	first, warm := py(), py()
+	img := filepath.Join(t.TempDir(), "snap")
+	t0 = time.Now()
+	if err := b.Snapshot(ctx, sb, img); err != nil {
+		t.Fatal(err)
+	}
+	snap := time.Since(t0)
+	t0 = time.Now()
+	sb, err = b.Restore(ctx, sb, img, backend.Spec{ID: "timing", RootFS: rootfs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := time.Since(t0)
+	afterRestore := py()
+	size := func(f string) float64 { fi, _ := os.Stat(filepath.Join(img, f)); return float64(fi.Size()) / (1 << 20) }
+	t.Logf("accel %s: cold boot to handshake %v; python run first %v, warm %v, after restore %v; snapshot %v (state %.0f MiB, disk layer %.1f MiB); restore to handshake %v",
+		b.Accel(), boot.Round(time.Millisecond), first.Round(time.Millisecond), warm.Round(time.Millisecond), afterRestore.Round(time.Millisecond),
+		snap.Round(time.Millisecond), size("state"), size("disk.qcow2"), restore.Round(time.Millisecond))
+}
