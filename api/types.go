@@ -99,6 +99,8 @@ type CreateSandboxRequest struct {
 	AgentID  string `json:"agent_id,omitempty"`
 	Name     string `json:"name,omitempty"`
 	MemoryMB int64  `json:"memory_mb,omitempty"`
+	// Backend names the backend (gvisor, microvm); empty is the server's default.
+	Backend string `json:"backend,omitempty"`
 }
 
 // Sandbox describes a sandbox.
@@ -107,7 +109,9 @@ type Sandbox struct {
 	Name    string `json:"name"`
 	AgentID string `json:"agent_id,omitempty"`
 	Backend string `json:"backend"`
-	// Status: running; busy (a run or start in progress); dead (a run ended it; the
+	// Accel is the accelerator of a microVM sandbox: kvm or tcg.
+	Accel string `json:"accel,omitempty"`
+	// Status: starting; running; busy (a run or start in progress); dead (a run ended it; the
 	// next run replaces it); suspended (stopped to save resources or by a daemon
 	// restart; the next run resumes it from its newest snapshot).
 	Status   string `json:"status"`
@@ -123,6 +127,21 @@ type Sandbox struct {
 // SandboxList is GET /v1/sandboxes.
 type SandboxList struct {
 	Sandboxes []Sandbox `json:"sandboxes"`
+}
+
+// Backend describes one enabled backend: GET /v1/backends.
+type Backend struct {
+	Name    string `json:"name"`
+	Default bool   `json:"default"`
+	// Accel is the accelerator a microVM backend settled on (kvm, tcg), or auto
+	// before its first sandbox probed it.
+	Accel     string `json:"accel,omitempty"`
+	Snapshots bool   `json:"snapshots"`
+}
+
+// BackendList is GET /v1/backends.
+type BackendList struct {
+	Backends []Backend `json:"backends"`
 }
 
 // Health is GET /health.
@@ -175,6 +194,9 @@ type ExecPolicy struct {
 	// unpinned go first (default 20).
 	MaxSnapshots *int `json:"max_snapshots,omitempty" yaml:"max_snapshots,omitempty"`
 
+	// Backend is where the agent's own sandbox is created on first use: gvisor or
+	// microvm (agent policy only; ignored on a request). Empty is the server's default.
+	Backend string `json:"backend,omitempty" yaml:"backend,omitempty"`
 	// AllowedLanguages narrows the languages the agent may run (agent policy only;
 	// ignored on a request).
 	AllowedLanguages []string `json:"allowed_languages,omitempty" yaml:"allowed_languages,omitempty"`

@@ -216,3 +216,10 @@ func (c *Client) ParseExecute(ctx context.Context, req api.ParseExecuteRequest) 
 	err := c.do(ctx, http.MethodPost, "/v1/parse-execute", req, &res)
 	return res, err
 }
+
+// Backends lists the server's enabled backends, the default first.
+func (c *Client) Backends(ctx context.Context) ([]api.Backend, error) {
+	var l api.BackendList
+	err := c.do(ctx, http.MethodGet, "/v1/backends", nil, &l)
+	return l.Backends, err
+}

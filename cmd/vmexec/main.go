@@ -68,7 +68,7 @@ Or over HTTP:
 		Version:       version,
 	}
 	root.PersistentFlags().StringVar(&g.url, "url", "", "vmexec server URL (default $VMEXEC_URL or "+client.DefaultURL+")")
-	root.AddCommand(newServeCmd(), newExecCmd(g), newRunReplyCmd(g), newSandboxesCmd(g),
+	root.AddCommand(newServeCmd(), newExecCmd(g), newRunReplyCmd(g), newSandboxesCmd(g), newBackendsCmd(g),
 		newSnapshotCmd(g), newRollbackCmd(g), newForkCmd(g), newHistoryCmd(g),
 		newTemplateCmd(), newDoctorCmd(g))
 	return root

@@ -10,12 +10,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/backend/gvisor"
+	"github.com/vmexec/vmexec/internal/backend/microvm"
 	"github.com/vmexec/vmexec/internal/config"
 	"github.com/vmexec/vmexec/internal/history/sqlite"
 	"github.com/vmexec/vmexec/internal/httpapi"
@@ -25,8 +29,9 @@ import (
 
 func newServeCmd() *cobra.Command {
 	var (
-		cfgPath string
-		flags   config.Config
+		cfgPath      string
+		flags        config.Config
+		backendsFlag string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -39,10 +44,12 @@ destroys all of its sandboxes when it stops (SIGINT or SIGTERM).
 
 Configuration: built-in defaults, then the --config YAML file, then VMEXEC_*
 environment variables (VMEXEC_ADDR, VMEXEC_DATA_DIR, VMEXEC_RUNSC, VMEXEC_AGENT,
+VMEXEC_BACKENDS, VMEXEC_MICROVM_ACCEL,
 VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), then flags.`,
 		Example: `  sudo vmexec serve
   sudo vmexec serve --addr 127.0.0.1:9090 --data-dir /srv/vmexec
-  sudo vmexec serve --config /etc/vmexec.yaml`,
+  sudo vmexec serve --config /etc/vmexec.yaml
+  sudo vmexec serve --backends gvisor,microvm     # microVMs too (QEMU; KVM, else TCG)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
@@ -61,6 +68,10 @@ VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), t
 			set("template-dir", &cfg.TemplateDir, flags.TemplateDir)
 			set("agent", &cfg.Agent, flags.Agent)
 			set("log-level", &cfg.LogLevel, flags.LogLevel)
+			if fl.Changed("backends") {
+				cfg.Backends = config.SplitList(backendsFlag)
+			}
+			set("microvm-accel", &cfg.MicroVM.Accel, flags.MicroVM.Accel)
 			if fl.Changed("pool-size") {
 				cfg.Sandbox.PoolSize = flags.Sandbox.PoolSize
 			}
@@ -85,6 +96,8 @@ VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), t
 	f.StringVar(&flags.Runsc, "runsc", "", "runsc binary (default <data-dir>/tools/runsc, else $PATH)")
 	f.StringVar(&flags.Agent, "agent", "", "guest agent binary (default vmexec-agent beside vmexec, else $PATH)")
 	f.StringVar(&flags.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
+	f.StringVar(&backendsFlag, "backends", strings.Join(d.Backends, ","), "enabled backends, the default first: gvisor, microvm")
+	f.StringVar(&flags.MicroVM.Accel, "microvm-accel", d.MicroVM.Accel, "microVM accelerator: auto (KVM if it boots a guest, else TCG), kvm, tcg")
 	f.IntVar(&flags.Sandbox.PoolSize, "pool-size", d.Sandbox.PoolSize, "ready sandboxes kept for new agents")
 	f.DurationVar(&flags.Sandbox.IdleTimeout, "idle-timeout", d.Sandbox.IdleTimeout, "destroy sandboxes unused this long")
 	return cmd
@@ -112,7 +125,7 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return fmt.Errorf("sandbox template: %w", err)
 	}
-	be, err := gvisor.New(gvisor.Config{Runsc: cfg.Runsc, StateDir: cfg.GVisorDir(), AgentPath: cfg.Agent, Logger: log})
+	backends, err := openBackends(ctx, cfg, log)
 	if err != nil {
 		return fmt.Errorf("%w\n(run `vmexec doctor` to see what this host lacks)", err)
 	}
@@ -121,7 +134,7 @@ func serve(cfg config.Config) error {
 		return fmt.Errorf("history database: %w", err)
 	}
 	defer hist.Close()
-	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backend: be, RootFS: tpl.RootFS, History: hist, SnapshotDir: cfg.SnapshotDir(), Logger: log})
+	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, RootFS: tpl.RootFS, History: hist, SnapshotDir: cfg.SnapshotDir(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -144,7 +157,18 @@ func serve(cfg config.Config) error {
 	srv := &http.Server{Handler: httpapi.New(svc, httpapi.Options{Version: version, Logger: log}), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("vmexec serving", "addr", "http://"+ln.Addr().String(), "backend", be.Name(), "template", tpl.Name+"-"+tpl.Hash, "data_dir", cfg.DataDir)
+	// The microVM image and accelerator are settled ahead of the first microVM; the
+	// work is cancelled, and waited for, when the daemon stops.
+	pctx, stopPrepare := context.WithCancel(context.Background())
+	var preparing sync.WaitGroup
+	defer func() { stopPrepare(); preparing.Wait() }()
+	for _, be := range backends {
+		if mv, ok := be.(*microvm.Backend); ok {
+			preparing.Add(1)
+			go func() { defer preparing.Done(); prepareMicroVM(pctx, mv, tpl.RootFS, log) }()
+		}
+	}
+	log.Info("vmexec serving", "addr", "http://"+ln.Addr().String(), "backends", strings.Join(cfg.Backends, ","), "template", tpl.Name+"-"+tpl.Hash, "data_dir", cfg.DataDir)
 
 	select {
 	case err := <-errc:
@@ -158,6 +182,41 @@ func serve(cfg config.Config) error {
 		log.Warn("http shutdown", "err", err)
 	}
 	return nil
+}
+
+// openBackends makes the enabled backends, the default first.
+func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) ([]backend.Backend, error) {
+	var out []backend.Backend
+	for _, name := range cfg.Backends {
+		switch name {
+		case gvisor.Name:
+			be, err := gvisor.New(gvisor.Config{Runsc: cfg.Runsc, StateDir: cfg.GVisorDir(), AgentPath: cfg.Agent, Logger: log})
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, be)
+		case microvm.Name:
+			be, err := microvm.New(microvm.Config{StateDir: cfg.MicroVMDir(), AgentPath: cfg.Agent, Accel: cfg.MicroVM.Accel,
+				CPUs: cfg.MicroVM.CPUs, Logger: log, Progress: os.Stderr})
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, be)
+		}
+	}
+	return out, nil
+}
+
+// prepareMicroVM builds the microVM guest image and settles the accelerator.
+func prepareMicroVM(ctx context.Context, be *microvm.Backend, rootfs string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if _, err := be.Prepare(ctx, rootfs, os.Stderr); err != nil {
+		log.Warn("microvm backend not ready; its first sandbox will try again", "err", err)
+		return
+	}
+	log.Info("microvm backend ready", "accel", be.Accel(), "took", time.Since(start).Round(time.Millisecond))
 }
 
 // lockDataDir makes sure only one daemon uses a data dir.

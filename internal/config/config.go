@@ -34,13 +34,27 @@ type Config struct {
 	Agent string `yaml:"agent"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// Backends are the enabled sandbox backends, "gvisor" and/or "microvm"; the
+	// first is the default.
+	Backends []string `yaml:"backends"`
+	// MicroVM configures the microvm backend when it is enabled.
+	MicroVM MicroVM `yaml:"microvm"`
 	// Sandbox configures limits, pool and reaping.
 	Sandbox sandbox.Config `yaml:"sandbox"`
 }
 
+// MicroVM configures the QEMU microvm backend.
+type MicroVM struct {
+	// Accel is auto (KVM when a probe boot works, else TCG), kvm or tcg.
+	Accel string `yaml:"accel"`
+	// CPUs is the number of vCPUs per microVM.
+	CPUs int `yaml:"cpus"`
+}
+
 // Default returns the built-in defaults.
 func Default() Config {
-	return Config{Addr: "127.0.0.1:8080", DataDir: "/var/lib/vmexec", LogLevel: "info", Sandbox: sandbox.DefaultConfig()}
+	return Config{Addr: "127.0.0.1:8080", DataDir: "/var/lib/vmexec", LogLevel: "info", Backends: []string{"gvisor"},
+		MicroVM: MicroVM{Accel: "auto", CPUs: 1}, Sandbox: sandbox.DefaultConfig()}
 }
 
 // Load reads path (if not empty) over the defaults, then applies the environment.
@@ -81,6 +95,12 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 			*p = v
 		}
 	}
+	if v, ok := lookup("VMEXEC_BACKENDS"); ok && v != "" {
+		c.Backends = SplitList(v)
+	}
+	if v, ok := lookup("VMEXEC_MICROVM_ACCEL"); ok && v != "" {
+		c.MicroVM.Accel = v
+	}
 	if v, ok := lookup("VMEXEC_POOL_SIZE"); ok && v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -109,6 +129,27 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	seen := map[string]bool{}
+	for _, b := range c.Backends {
+		if b != "gvisor" && b != "microvm" {
+			errs = append(errs, fmt.Errorf("backends: %q is not a backend (gvisor, microvm)", b))
+		}
+		if seen[b] {
+			errs = append(errs, fmt.Errorf("backends: %q is listed twice", b))
+		}
+		seen[b] = true
+	}
+	if len(c.Backends) == 0 {
+		errs = append(errs, errors.New("backends: enable at least one (gvisor, microvm)"))
+	}
+	switch c.MicroVM.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		errs = append(errs, fmt.Errorf("microvm.accel %q: want auto, kvm or tcg", c.MicroVM.Accel))
+	}
+	if c.MicroVM.CPUs < 1 {
+		errs = append(errs, fmt.Errorf("microvm.cpus %d: want at least 1", c.MicroVM.CPUs))
 	}
 	if err := c.Sandbox.Validate(); err != nil {
 		errs = append(errs, err)
@@ -170,6 +211,20 @@ func (c Config) TemplatesDir() string {
 	return filepath.Join(c.DataDir, "templates")
 }
 func (c Config) GVisorDir() string { return filepath.Join(c.DataDir, "gvisor") }
+
+// SplitList splits a comma-separated list, dropping blanks.
+func SplitList(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// MicroVMDir holds the microvm backend's state.
+func (c Config) MicroVMDir() string { return filepath.Join(c.DataDir, "microvm") }
 
 // SnapshotDir holds snapshot images.
 func (c Config) SnapshotDir() string { return filepath.Join(c.DataDir, "snapshots") }

@@ -31,7 +31,11 @@ func compatVM(sb api.Sandbox) api.CompatVM {
 
 func (s *Server) compatCreateVM(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusCreated, func(r *http.Request, req api.CompatCreateVM) (api.CompatVM, error) {
-		sb, err := s.svc.Create(r.Context(), api.CreateSandboxRequest{Name: req.Name})
+		be := req.VMType
+		if be == "default" { // vm_type names a backend or a template; "default" is the template
+			be = ""
+		}
+		sb, err := s.svc.Create(r.Context(), api.CreateSandboxRequest{Name: req.Name, Backend: be})
 		return compatVM(sb), err
 	})(w, r)
 }

@@ -18,6 +18,10 @@ func (s *Server) languages(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string][]string{"languages": api.Languages})
 }
 
+func (s *Server) listBackends(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.BackendList{Backends: s.svc.Backends()})
+}
+
 // runExec runs one request and counts it in the metrics.
 func (s *Server) runExec(r *http.Request, req api.ExecRequest) (*api.ExecResult, error) {
 	res, err := s.svc.Exec(r.Context(), req)

@@ -64,6 +64,7 @@ func (s *Server) routes() {
 	// Versioned.
 	s.mux.HandleFunc("GET /v1/health", s.health)
 	s.mux.HandleFunc("GET /v1/languages", s.languages)
+	s.mux.HandleFunc("GET /v1/backends", s.listBackends)
 	s.mux.HandleFunc("POST /v1/exec", s.exec)
 	s.mux.HandleFunc("POST /v1/sandboxes", s.createSandbox)
 	s.mux.HandleFunc("GET /v1/sandboxes", s.listSandboxes)

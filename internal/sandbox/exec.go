@@ -184,7 +184,13 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 			return e, nil
 		}
 	}
-	return s.newEntry(ctx, req.AgentID, "", lim.MemoryMB, true, nil)
+	be := s.def.Name()
+	if own, err := s.agentPolicy(ctx, req.AgentID); err == nil && own.Backend != "" {
+		if be, err = s.backendFor(own.Backend); err != nil {
+			return nil, fmt.Errorf("the agent's policy: %w", err)
+		}
+	}
+	return s.newEntry(ctx, newEntryReq{agentID: req.AgentID, backend: be, memoryMB: lim.MemoryMB, asDefault: true})
 }
 
 // enqueue waits for e's turn, refusing past the queue bound.
@@ -231,7 +237,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	}
 	out := &api.ExecResult{ExecutionID: randID("ex-", 8), SandboxID: e.id, AgentID: req.AgentID, Language: req.Language, SandboxRecreated: fresh}
 	var pre history.Snapshot
-	if pol.snapshotBefore && s.snap != nil {
+	if pol.snapshotBefore && s.snapperOf(e) != nil {
 		pre, err = s.preSnapshot(ctx, e, out.ExecutionID)
 		if err != nil {
 			out.Warnings = append(out.Warnings, "no snapshot before the run, so it cannot be rolled back: "+err.Error())
@@ -336,7 +342,7 @@ func (s *Service) redactOutput(out *api.ExecResult) {
 
 // afterFailure applies the failure half of the transaction policy.
 func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre history.Snapshot, out *api.ExecResult) {
-	if pol.snapshotOnFailure && e.sb != nil && s.snap != nil {
+	if pol.snapshotOnFailure && e.sb != nil && s.snapperOf(e) != nil {
 		if sn, err := s.takeSnapshot(ctx, e, history.SnapshotFailure, out.ExecutionID, apiNoMeta); err != nil {
 			out.Warnings = append(out.Warnings, "could not keep the failed state: "+err.Error())
 		} else {

@@ -49,7 +49,11 @@ func (s *Service) recover(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, r := range recs {
-		e := &entry{id: r.ID, name: r.Name, agentID: r.AgentID, memoryMB: r.MemoryMB, created: r.CreatedAt,
+		if _, ok := s.backends[r.Backend]; !ok {
+			s.log.Warn("sandbox of a backend not enabled now; it stays in the history until that backend is back", "id", r.ID, "backend", r.Backend)
+			continue
+		}
+		e := &entry{id: r.ID, name: r.Name, agentID: r.AgentID, backend: r.Backend, memoryMB: r.MemoryMB, created: r.CreatedAt,
 			suspended: true, lastUsed: time.Now(), gen: 1}
 		e.run.Lock()
 		e.unlock() // publishes its view
@@ -70,7 +74,7 @@ func (s *Service) suspendLocked(ctx context.Context, e *entry) error {
 	if e.sb == nil {
 		return nil
 	}
-	if s.snap != nil && e.sb.Info().Status == "running" {
+	if s.snapperOf(e) != nil && e.sb.Info().Status == "running" {
 		if _, err := s.takeSnapshot(ctx, e, history.SnapshotSuspend, "", apiNoMeta); err != nil {
 			s.log.Warn("suspend snapshot failed; the sandbox's state is lost", "id", e.id, "err", err)
 		}
@@ -88,7 +92,7 @@ func (s *Service) resumeLocked(ctx context.Context, e *entry) (fresh bool, err e
 	if e.sb != nil {
 		return false, nil
 	}
-	if e.suspended && s.snap != nil {
+	if e.suspended && s.snapperOf(e) != nil {
 		snaps, err := s.hist.ListSnapshots(ctx, e.id)
 		if err != nil {
 			return false, err
@@ -106,7 +110,7 @@ func (s *Service) resumeLocked(ctx context.Context, e *entry) (fresh bool, err e
 		}
 	}
 	e.gen++
-	sb, err := s.be.Create(ctx, s.specFor(e))
+	sb, err := s.backendOf(e).Create(ctx, s.specFor(e))
 	if err != nil {
 		return false, fmt.Errorf("start sandbox %s: %w", e.id, classifyBackend(err))
 	}

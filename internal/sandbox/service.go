@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,9 +48,10 @@ var (
 
 // Deps are the parts a Service is built from.
 type Deps struct {
-	// Backend runs the sandboxes. Snapshots, rollbacks and suspension need it to
-	// implement backend.Snapshotter.
-	Backend backend.Backend
+	// Backends run the sandboxes; the first is the default, the others serve
+	// sandboxes that ask for them by name. Snapshots, rollbacks and suspension need a
+	// backend that implements backend.Snapshotter.
+	Backends []backend.Backend
 	// RootFS is the template tree sandboxes start from.
 	RootFS string
 	// History records runs, snapshots and sandboxes durably.
@@ -61,13 +63,13 @@ type Deps struct {
 
 // Service runs agents' code in sandboxes of one backend.
 type Service struct {
-	cfg    Config
-	be     backend.Backend
-	snap   backend.Snapshotter // nil when the backend cannot snapshot
-	rootfs string
-	hist   history.Store
-	snaps  string
-	log    *slog.Logger
+	cfg      Config
+	backends map[string]backend.Backend
+	def      backend.Backend // the default backend; the pool holds its sandboxes
+	rootfs   string
+	hist     history.Store
+	snaps    string
+	log      *slog.Logger
 
 	redactor *redact.Redactor
 
@@ -92,6 +94,7 @@ type pooled struct {
 // backend sandbox; waiting counts the requests queued on it.
 type entry struct {
 	id, name, agentID string
+	backend           string
 	memoryMB          int64
 	created           time.Time
 
@@ -117,11 +120,15 @@ type entryView struct {
 	status   string // starting, running, dead, suspended
 	runs     int
 	lastUsed time.Time
+	accel    string // the accelerator, for backends that have one
 }
 
 // unlock publishes e's state for describe and releases e.run; e.run held.
 func (e *entry) unlock() {
 	v := &entryView{status: "running", runs: e.runs, lastUsed: e.lastUsed}
+	if a, ok := e.sb.(accelerated); ok && e.sb != nil {
+		v.accel = a.Accel()
+	}
 	switch {
 	case e.suspended:
 		v.status = "suspended"
@@ -137,23 +144,23 @@ func New(cfg Config, d Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sandbox config: %w", err)
 	}
-	if d.Backend == nil || d.History == nil || d.RootFS == "" {
-		return nil, errors.New("sandbox: backend, history and root filesystem are required")
+	if len(d.Backends) == 0 || d.History == nil || d.RootFS == "" {
+		return nil, errors.New("sandbox: a backend, the history and a root filesystem are required")
 	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
 	s := &Service{
-		cfg: cfg.withDefaults(), be: d.Backend, rootfs: d.RootFS, hist: d.History, snaps: d.SnapshotDir,
-		log: d.Logger.With("component", "sandbox"), sandboxes: map[string]*entry{}, byAgent: map[string]string{},
-		stop: make(chan struct{}),
+		cfg: cfg.withDefaults(), backends: map[string]backend.Backend{}, def: d.Backends[0], rootfs: d.RootFS,
+		hist: d.History, snaps: d.SnapshotDir, log: d.Logger.With("component", "sandbox"),
+		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, stop: make(chan struct{}),
+	}
+	for _, b := range d.Backends {
+		s.backends[b.Name()] = b
 	}
 	var err error
 	if s.redactor, err = redact.New(s.cfg.Redact); err != nil {
 		return nil, fmt.Errorf("redact config: %w", err)
-	}
-	if sn, ok := d.Backend.(backend.Snapshotter); ok && d.SnapshotDir != "" {
-		s.snap = sn
 	}
 	return s, nil
 }
@@ -162,14 +169,16 @@ func New(cfg Config, d Deps) (*Service, error) {
 // with the snapshot images on disk, loads the sandboxes the history knows (suspended,
 // to be resumed on next use), then starts the idle reaper and fills the pool.
 func (s *Service) Start(ctx context.Context) error {
-	orphans, err := s.be.List(ctx)
-	if err != nil {
-		return fmt.Errorf("list leftover sandboxes: %w", err)
-	}
-	for _, o := range orphans {
-		s.log.Info("removing sandbox left by a previous run", "id", o.ID, "status", o.Status)
-		if err := s.be.DestroyID(ctx, o.ID); err != nil {
-			return fmt.Errorf("remove leftover sandbox %s: %w", o.ID, err)
+	for _, be := range s.backends {
+		orphans, err := be.List(ctx)
+		if err != nil {
+			return fmt.Errorf("list leftover %s sandboxes: %w", be.Name(), err)
+		}
+		for _, o := range orphans {
+			s.log.Info("removing sandbox left by a previous run", "id", o.ID, "backend", be.Name(), "status", o.Status)
+			if err := be.DestroyID(ctx, o.ID); err != nil {
+				return fmt.Errorf("remove leftover sandbox %s: %w", o.ID, err)
+			}
 		}
 	}
 	if err := s.recover(ctx); err != nil {
@@ -234,6 +243,39 @@ func (s *Service) spec(backendID string, memoryMB int64) backend.Spec {
 	return backend.Spec{ID: backendID, RootFS: s.rootfs, MemoryBytes: memoryMB << 20, MaxPIDs: s.cfg.HostMaxPIDs}
 }
 
+// backendOf is the backend e runs on.
+func (s *Service) backendOf(e *entry) backend.Backend { return s.backends[e.backend] }
+
+// snapperOf is e's backend's snapshot capability, or nil.
+func (s *Service) snapperOf(e *entry) backend.Snapshotter {
+	if sn, ok := s.backendOf(e).(backend.Snapshotter); ok && s.snaps != "" {
+		return sn
+	}
+	return nil
+}
+
+// backendFor resolves a backend name ("" is the default).
+func (s *Service) backendFor(name string) (string, error) {
+	if name == "" {
+		return s.def.Name(), nil
+	}
+	if _, ok := s.backends[name]; !ok {
+		return "", fmt.Errorf("backend %q is not enabled on this server (enabled: %s): %w", name, strings.Join(s.backendNames(), ", "), ErrInvalid)
+	}
+	return name, nil
+}
+
+func (s *Service) backendNames() []string {
+	names := []string{s.def.Name()}
+	for n := range s.backends {
+		if n != s.def.Name() {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names[1:])
+	return names
+}
+
 // Create makes a sandbox explicitly. With an AgentID it becomes that agent's default
 // sandbox if the agent has none.
 func (s *Service) Create(ctx context.Context, req api.CreateSandboxRequest) (api.Sandbox, error) {
@@ -241,24 +283,38 @@ func (s *Service) Create(ctx context.Context, req api.CreateSandboxRequest) (api
 	if err != nil {
 		return api.Sandbox{}, err
 	}
-	e, err := s.newEntry(ctx, req.AgentID, req.Name, lim.MemoryMB, false, nil)
+	be, err := s.backendFor(req.Backend)
+	if err != nil {
+		return api.Sandbox{}, err
+	}
+	e, err := s.newEntry(ctx, newEntryReq{agentID: req.AgentID, name: req.Name, backend: be, memoryMB: lim.MemoryMB})
 	if err != nil {
 		return api.Sandbox{}, err
 	}
 	return s.describe(e), nil
 }
 
-// newEntry registers a sandbox and starts it: from the image in fromImage (a fork),
-// else from the pool when it can, else anew. It becomes the agent's default sandbox
-// if the agent has none. With asDefault, an existing default sandbox of the agent is
-// returned instead of a new one.
-func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB int64, asDefault bool, fromImage *history.Snapshot) (*entry, error) {
+// newEntryReq describes a sandbox newEntry makes.
+type newEntryReq struct {
+	agentID, name, backend string
+	memoryMB               int64
+	// asDefault returns the agent's existing default sandbox, if it has one,
+	// instead of making a new one.
+	asDefault bool
+	// from starts the sandbox from a snapshot image (a fork).
+	from *history.Snapshot
+}
+
+// newEntry registers a sandbox and starts it: from a snapshot image (a fork), else
+// from the pool when it can, else anew. It becomes the agent's default sandbox if the
+// agent has none.
+func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if existing, ok := s.sandboxes[s.byAgent[agentID]]; asDefault && ok {
+	if existing, ok := s.sandboxes[s.byAgent[r.agentID]]; r.asDefault && ok {
 		s.mu.Unlock() // a concurrent first request of the same agent made it
 		return existing, nil
 	}
@@ -267,21 +323,21 @@ func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB i
 		return nil, fmt.Errorf("%d sandboxes are running, the configured maximum: %w", n, ErrLimit)
 	}
 	var p pooled
-	if fromImage == nil && memoryMB == s.cfg.Defaults.MemoryMB && len(s.pool) > 0 {
+	if r.from == nil && r.backend == s.def.Name() && r.memoryMB == s.cfg.Defaults.MemoryMB && len(s.pool) > 0 {
 		p, s.pool = s.pool[0], s.pool[1:]
 	}
 	id := p.id
 	if id == "" {
 		id = randID("sb-", 6)
 	}
-	if name == "" {
-		name = id
+	if r.name == "" {
+		r.name = id
 	}
-	e := &entry{id: id, name: name, agentID: agentID, memoryMB: memoryMB, created: time.Now()}
+	e := &entry{id: id, name: r.name, agentID: r.agentID, backend: r.backend, memoryMB: r.memoryMB, created: time.Now()}
 	e.run.Lock() // held until the sandbox is up, so a concurrent run waits for it
 	s.sandboxes[id] = e
-	if _, ok := s.byAgent[agentID]; agentID != "" && !ok {
-		s.byAgent[agentID] = id
+	if _, ok := s.byAgent[r.agentID]; r.agentID != "" && !ok {
+		s.byAgent[r.agentID] = id
 	}
 	s.mu.Unlock()
 	defer e.unlock()
@@ -290,11 +346,15 @@ func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB i
 	sb := p.sb
 	var err error
 	switch {
-	case fromImage != nil:
-		sb, err = s.snap.Fork(ctx, fromImage.Path, s.specFor(e))
-		e.cleanSnap = "" // the image belongs to another sandbox
+	case r.from != nil:
+		sn := s.snapperOf(e)
+		if sn == nil {
+			err = fmt.Errorf("fork: %w", ErrUnsupported)
+			break
+		}
+		sb, err = sn.Fork(ctx, r.from.Path, s.specFor(e))
 	case sb == nil:
-		sb, err = s.be.Create(ctx, s.specFor(e))
+		sb, err = s.backendOf(e).Create(ctx, s.specFor(e))
 	}
 	if err != nil {
 		s.forget(e)
@@ -302,10 +362,10 @@ func (s *Service) newEntry(ctx context.Context, agentID, name string, memoryMB i
 	}
 	e.sb = sb
 	e.lastUsed = time.Now()
-	if err := s.hist.PutSandbox(ctx, history.Sandbox{ID: id, AgentID: agentID, Name: name, Backend: s.be.Name(), MemoryMB: memoryMB, CreatedAt: e.created}); err != nil {
+	if err := s.hist.PutSandbox(ctx, history.Sandbox{ID: id, AgentID: r.agentID, Name: r.name, Backend: r.backend, MemoryMB: r.memoryMB, CreatedAt: e.created}); err != nil {
 		s.log.Error("recording sandbox", "id", id, "err", err)
 	}
-	s.log.Info("sandbox ready", "id", id, "agent", agentID, "pooled", p.sb != nil, "forked", fromImage != nil)
+	s.log.Info("sandbox ready", "id", id, "agent", r.agentID, "backend", r.backend, "pooled", p.sb != nil, "forked", r.from != nil)
 	return e, nil
 }
 
@@ -349,7 +409,7 @@ func (s *Service) fillPool() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			id := randID("sb-", 6)
-			sb, err := s.be.Create(ctx, s.spec(id+"-0", s.cfg.Defaults.MemoryMB))
+			sb, err := s.def.Create(ctx, s.spec(id+"-0", s.cfg.Defaults.MemoryMB))
 			s.mu.Lock()
 			s.filling--
 			if err != nil {
@@ -410,9 +470,9 @@ func (s *Service) List() []api.Sandbox {
 
 // describe reads e without waiting for a run in progress.
 func (s *Service) describe(e *entry) api.Sandbox {
-	d := api.Sandbox{ID: e.id, Name: e.name, AgentID: e.agentID, Backend: s.be.Name(), MemoryMB: e.memoryMB, CreatedAt: e.created.UTC(), Status: "starting"}
+	d := api.Sandbox{ID: e.id, Name: e.name, AgentID: e.agentID, Backend: e.backend, MemoryMB: e.memoryMB, CreatedAt: e.created.UTC(), Status: "starting"}
 	if v := e.view.Load(); v != nil {
-		d.Status, d.Runs, d.LastUsedAt = v.status, v.runs, v.lastUsed.UTC()
+		d.Status, d.Runs, d.LastUsedAt, d.Accel = v.status, v.runs, v.lastUsed.UTC(), v.accel
 	}
 	if e.busy.Load() {
 		d.Status = "busy"
@@ -450,5 +510,23 @@ func (s *Service) Delete(ctx context.Context, id string) error {
 	return errors.Join(errs...)
 }
 
-// BackendName is the name of the backend sandboxes run on.
-func (s *Service) BackendName() string { return s.be.Name() }
+// BackendName is the name of the default backend.
+func (s *Service) BackendName() string { return s.def.Name() }
+
+// accelerated is what a backend or sandbox may say about its accelerator.
+type accelerated interface{ Accel() string }
+
+// Backends describes the enabled backends, the default first.
+func (s *Service) Backends() []api.Backend {
+	var out []api.Backend
+	for i, n := range s.backendNames() {
+		be := s.backends[n]
+		_, snaps := be.(backend.Snapshotter)
+		b := api.Backend{Name: n, Default: i == 0, Snapshots: snaps && s.snaps != ""}
+		if a, ok := be.(accelerated); ok {
+			b.Accel = a.Accel()
+		}
+		out = append(out, b)
+	}
+	return out
+}

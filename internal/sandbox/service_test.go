@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history"
 	"github.com/vmexec/vmexec/internal/history/sqlite"
 )
@@ -40,7 +41,7 @@ func startHarness(t *testing.T, dir string, be *fakeBackend, mod func(*Config)) 
 	if mod != nil {
 		mod(&cfg)
 	}
-	svc, err := New(cfg, Deps{Backend: be, RootFS: "/nonexistent-rootfs", History: hist, SnapshotDir: filepath.Join(dir, "snapshots")})
+	svc, err := New(cfg, Deps{Backends: []backend.Backend{be}, RootFS: "/nonexistent-rootfs", History: hist, SnapshotDir: filepath.Join(dir, "snapshots")})
 	if err != nil {
 		t.Fatal(err)
 	}

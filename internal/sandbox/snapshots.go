@@ -18,8 +18,9 @@ import (
 // its record is stored, so a crash leaves at worst an unrecorded directory, which
 // Start removes.
 func (s *Service) takeSnapshot(ctx context.Context, e *entry, kind, runID string, meta api.CreateSnapshotRequest) (history.Snapshot, error) {
-	if s.snap == nil {
-		return history.Snapshot{}, fmt.Errorf("snapshots: %w", ErrUnsupported)
+	snapper := s.snapperOf(e)
+	if snapper == nil {
+		return history.Snapshot{}, fmt.Errorf("snapshots of %s sandboxes: %w", e.backend, ErrUnsupported)
 	}
 	if e.sb == nil {
 		return history.Snapshot{}, fmt.Errorf("sandbox %s is not running: %w", e.id, ErrConflict)
@@ -30,7 +31,7 @@ func (s *Service) takeSnapshot(ctx context.Context, e *entry, kind, runID string
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
 		return history.Snapshot{}, fmt.Errorf("snapshot dir: %w", err)
 	}
-	if err := s.snap.Snapshot(ctx, e.sb, tmp); err != nil {
+	if err := snapper.Snapshot(ctx, e.sb, tmp); err != nil {
 		os.RemoveAll(tmp)
 		return history.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", e.id, err)
 	}
@@ -55,12 +56,13 @@ func (s *Service) takeSnapshot(ctx context.Context, e *entry, kind, runID string
 // incarnation starts before the old one is destroyed (in the background), so a
 // rollback costs one restore.
 func (s *Service) restoreLocked(ctx context.Context, e *entry, snap history.Snapshot) error {
-	if s.snap == nil {
-		return fmt.Errorf("rollback: %w", ErrUnsupported)
+	snapper := s.snapperOf(e)
+	if snapper == nil {
+		return fmt.Errorf("rollback of %s sandboxes: %w", e.backend, ErrUnsupported)
 	}
 	old := e.sb
 	e.gen++
-	sb, err := s.snap.Fork(ctx, snap.Path, s.specFor(e))
+	sb, err := snapper.Fork(ctx, snap.Path, s.specFor(e))
 	if err != nil {
 		return fmt.Errorf("restore snapshot %s: %w", snap.ID, classifyBackend(err))
 	}
@@ -305,18 +307,16 @@ func (s *Service) recordRollback(ctx context.Context, e *entry, snapID, reason, 
 // Fork starts a new sandbox from a snapshot. The new sandbox belongs to the
 // snapshot's agent; its state is an independent copy.
 func (s *Service) Fork(ctx context.Context, snapshotID string, req api.ForkRequest) (api.Sandbox, error) {
-	if s.snap == nil {
-		return api.Sandbox{}, fmt.Errorf("fork: %w", ErrUnsupported)
-	}
 	sn, err := s.snapshotFor(ctx, snapshotID, req.AgentID)
 	if err != nil {
 		return api.Sandbox{}, err
 	}
-	mem := s.cfg.Defaults.MemoryMB
-	if src, err := s.lookup(sn.SandboxID, ""); err == nil {
-		mem = src.memoryMB // a restored image needs the memory it was saved with
+	src, err := s.lookup(sn.SandboxID, "")
+	if err != nil {
+		return api.Sandbox{}, fmt.Errorf("fork: the snapshot's sandbox is gone: %w", ErrNotFound)
 	}
-	e, err := s.newEntry(ctx, sn.AgentID, req.Name, mem, false, &sn)
+	// A restored image needs the backend and memory it was saved with.
+	e, err := s.newEntry(ctx, newEntryReq{agentID: sn.AgentID, name: req.Name, backend: src.backend, memoryMB: src.memoryMB, from: &sn})
 	if err != nil {
 		return api.Sandbox{}, err
 	}

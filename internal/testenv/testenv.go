@@ -131,3 +131,20 @@ func Vmexec(t testing.TB) string {
 	}
 	return binPath
 }
+
+// MicroVM skips unless this host has what the microvm backend needs: QEMU, qemu-img,
+// the Debian cloud kernel and a static busybox.
+func MicroVM(t testing.TB) {
+	t.Helper()
+	for _, bin := range []string{"qemu-system-x86_64", "qemu-img"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s not installed: run scripts/setup", bin)
+		}
+	}
+	if k, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64"); len(k) == 0 {
+		t.Skip("no Debian cloud kernel in /boot: run scripts/setup (linux-image-cloud-amd64)")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("no /bin/busybox: run scripts/setup (busybox-static)")
+	}
+}
