@@ -4,7 +4,7 @@
 // port with a temporary data dir and the installed template, and prints p50/p95 and
 // ratios. Not a test: it passes or fails nothing.
 //
-//	sudo go run ./bench [-n 40]
+//	sudo go run ./bench [-n 40] [-microvm=false]
 package main
 
 import (
@@ -28,9 +28,11 @@ import (
 
 func main() {
 	n := flag.Int("n", 40, "samples per measurement")
+	_, qemuErr := exec.LookPath("qemu-system-x86_64")
+	withMicroVM := flag.Bool("microvm", qemuErr == nil, "measure the microvm backend too (slow under TCG)")
 	dataDir := flag.String("data-dir", envOr("VMEXEC_DATA_DIR", "/var/lib/vmexec"), "where scripts/setup put runsc and the template")
 	flag.Parse()
-	if err := run(*n, *dataDir); err != nil {
+	if err := run(*n, *dataDir, *withMicroVM); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -75,7 +77,7 @@ func measureWith(name string, n int, before func(i int), f func(i int) error) (s
 	return s, nil
 }
 
-func run(n int, dataDir string) error {
+func run(n int, dataDir string, withMicroVM bool) error {
 	runsc := filepath.Join(dataDir, "tools", "runsc")
 	tpl, err := (&template.Store{Dir: filepath.Join(dataDir, "templates")}).Get(template.Default)
 	if err != nil {
@@ -120,7 +122,7 @@ func run(n int, dataDir string) error {
 	results = append(results, rdo)
 
 	for _, pool := range []int{2, 0} {
-		d, err := startDaemon(tmp, runsc, tpl.Dir, pool)
+		d, err := startDaemon(tmp, runsc, tpl.Dir, "--pool-size", fmt.Sprint(pool))
 		if err != nil {
 			return err
 		}
@@ -154,6 +156,14 @@ func run(n int, dataDir string) error {
 			return err
 		}
 		results = append(results, cold)
+	}
+
+	if withMicroVM {
+		more, err := microVMSeries(tmp, runsc, tpl.Dir, n)
+		results = append(results, more...)
+		if err != nil {
+			return err
+		}
 	}
 
 	base := native.pct(0.5)
@@ -218,7 +228,71 @@ type daemon struct {
 	url string
 }
 
-func startDaemon(tmp, runsc, tplDir string, pool int) (*daemon, error) {
+// microVMSeries measures the microvm backend: cold boot to a ready agent, a warm run,
+// snapshot and rollback (under TCG where KVM cannot boot a guest).
+func microVMSeries(tmp, runsc, tplDir string, n int) ([]series, error) {
+	d, err := startDaemon(tmp, runsc, tplDir, "--pool-size", "0", "--backends", "gvisor,microvm")
+	if err != nil {
+		return nil, err
+	}
+	defer d.stop()
+	c := client.New(d.url)
+	ctx := context.Background()
+	m := max(3, n/10)
+	var out []series
+	var ids []string
+	boot, err := measure("microvm: cold boot to ready", m, func(int) error {
+		sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Backend: "microvm"})
+		ids = append(ids, sb.ID)
+		return err
+	})
+	out = append(out, boot)
+	if err != nil {
+		return out, err
+	}
+	bs, _ := c.Backends(ctx)
+	for _, b := range bs {
+		if b.Name == "microvm" {
+			fmt.Fprintf(os.Stderr, "microvm accelerator: %s\n", b.Accel)
+		}
+	}
+	for _, id := range ids[1:] {
+		c.DeleteSandbox(ctx, id)
+	}
+	off := false
+	run := func() error {
+		r, err := c.Exec(ctx, api.ExecRequest{SandboxID: ids[0], Language: "python", Code: "print(1)", History: &api.ExecPolicy{SnapshotBeforeExecution: &off}})
+		if err == nil && strings.TrimSpace(r.Stdout) != "1" {
+			err = fmt.Errorf("unexpected result %+v", r)
+		}
+		return err
+	}
+	if err := run(); err != nil {
+		return out, err
+	}
+	warm, err := measure("microvm: warm run, no snapshot", m*2, func(int) error { return run() })
+	out = append(out, warm)
+	if err != nil {
+		return out, err
+	}
+	var snapID string
+	snap, err := measure("microvm: snapshot (API)", m, func(int) error {
+		sn, err := c.CreateSnapshot(ctx, ids[0], api.CreateSnapshotRequest{})
+		snapID = sn.ID
+		return err
+	})
+	out = append(out, snap)
+	if err != nil {
+		return out, err
+	}
+	rb, err := measure("microvm: rollback (API)", m, func(int) error {
+		_, err := c.Rollback(ctx, ids[0], api.RollbackRequest{SnapshotID: snapID})
+		return err
+	})
+	return append(out, rb), err
+}
+
+func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -226,8 +300,9 @@ func startDaemon(tmp, runsc, tplDir string, pool int) (*daemon, error) {
 	addr := ln.Addr().String()
 	ln.Close()
 	dir, _ := os.MkdirTemp(tmp, "data-")
-	cmd := exec.Command(filepath.Join(tmp, "vmexec"), "serve", "--addr", addr, "--data-dir", dir, "--template-dir", filepath.Dir(tplDir),
-		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--pool-size", fmt.Sprint(pool), "--log-level", "warn")
+	args := append([]string{"serve", "--addr", addr, "--data-dir", dir, "--template-dir", filepath.Dir(tplDir),
+		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--log-level", "warn"}, extra...)
+	cmd := exec.Command(filepath.Join(tmp, "vmexec"), args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
