@@ -14,14 +14,16 @@ import (
 )
 
 func newTemplateCmd() *cobra.Command {
-	var dataDir, mirror string
+	var dataDir, mirror, microVM, agentPath string
 	cmd := &cobra.Command{
 		Use:   "template",
 		Short: "Build and list sandbox templates (root filesystems)",
 		Long: `Templates are the root filesystems sandboxes start from: Debian bookworm (minbase)
 with python3, nodejs, golang-go, rustc, libc6-dev and ca-certificates, built with
 debootstrap into <data-dir>/templates and reused. A template is rebuilt only when its
-recipe changes. Building needs root, debootstrap and about a minute.`,
+recipe changes. Building needs root, debootstrap and about a minute. With the Debian
+cloud kernel installed, the microVM backend's guest image (kernel, initramfs, ext4 disk)
+is built from the same tree and cached beside it.`,
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", config.Default().DataDir, "data directory")
 	store := func() *template.Store {
@@ -38,19 +40,38 @@ recipe changes. Building needs root, debootstrap and about a minute.`,
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
 			s := store()
-			if t, err := s.Get(template.Default); err == nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "template %s-%s is up to date (%s)\n", t.Name, t.Hash, t.RootFS)
-				return nil
+			if microVM != "auto" && microVM != "yes" && microVM != "no" {
+				return fmt.Errorf("--microvm %q: want auto, yes or no", microVM)
 			}
 			t, err := s.Ensure(ctx, template.Default, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "template %s-%s built in %.0fs: %s\n", t.Name, t.Hash, t.BuildSecs, t.RootFS)
+			fmt.Fprintf(cmd.OutOrStdout(), "template %s-%s: %s\n", t.Name, t.Hash, t.RootFS)
+			if microVM == "no" {
+				return nil
+			}
+			// The microVM guest image: the cloud kernel, an initramfs and the tree as
+			// an ext4 disk. Built when the host has the kernel (auto) or demanded (yes).
+			agent := agentPath
+			if agent == "" {
+				agent = config.DefaultAgentPath()
+			}
+			img, err := s.EnsureImage(ctx, t, template.ImageOptions{AgentPath: agent}, cmd.ErrOrStderr())
+			switch {
+			case err == nil:
+				fmt.Fprintf(cmd.OutOrStdout(), "microVM image %s: kernel %s, disk %s\n", img.Key, img.KernelVersion, img.RootFS)
+			case microVM == "auto":
+				fmt.Fprintf(cmd.ErrOrStderr(), "no microVM image (%v); the gVisor backend does not need one\n", err)
+			default:
+				return fmt.Errorf("microVM image: %w", err)
+			}
 			return nil
 		},
 	}
 	build.Flags().StringVar(&mirror, "mirror", "", "Debian mirror URL (default: the one this host's apt uses)")
+	build.Flags().StringVar(&microVM, "microvm", "auto", "also build the microVM guest image: auto (when the host has the cloud kernel), yes, no")
+	build.Flags().StringVar(&agentPath, "agent", "", "guest agent binary for the microVM image (default vmexec-agent beside vmexec)")
 	list := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
