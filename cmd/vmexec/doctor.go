@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmexec/vmexec/internal/backend/microvm"
 	"github.com/vmexec/vmexec/internal/config"
 	"github.com/vmexec/vmexec/internal/template"
 )
@@ -23,11 +25,14 @@ type check struct {
 
 func newDoctorCmd(g *globals) *cobra.Command {
 	var cfgPath string
+	var probeKVM bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check this host: runsc, template, guest agent, KVM, QEMU, the daemon",
 		Long: `Check what vmexec needs on this host and say what to do about each gap.
-Exits non-zero when something the default (gVisor) backend needs is missing.`,
+Exits non-zero when something the default (gVisor) backend needs is missing.
+Whether microVMs get KVM is read from a running daemon; --probe-kvm boots one to
+find out without it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
@@ -37,7 +42,7 @@ Exits non-zero when something the default (gVisor) backend needs is missing.`,
 			if err := cfg.Resolve(); err != nil {
 				return err
 			}
-			checks, required := doctor(cfg, g)
+			checks, required := doctor(cfg, g, probeKVM)
 			report(cmd.OutOrStdout(), checks)
 			for i, c := range checks {
 				if !c.ok && i < required {
@@ -48,11 +53,12 @@ Exits non-zero when something the default (gVisor) backend needs is missing.`,
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file")
+	cmd.Flags().BoolVar(&probeKVM, "probe-kvm", false, "boot one microVM to find out whether KVM runs a guest here (a few seconds)")
 	return cmd
 }
 
 // doctor runs the checks; the first `required` ones are needed by the gVisor backend.
-func doctor(cfg config.Config, g *globals) (checks []check, required int) {
+func doctor(cfg config.Config, g *globals, probeKVM bool) (checks []check, required int) {
 	root := check{name: "root", ok: os.Geteuid() == 0, info: "running as root"}
 	if !root.ok {
 		root.info = "vmexec serve needs root (runsc): use sudo"
@@ -89,15 +95,6 @@ func doctor(cfg config.Config, g *globals) (checks []check, required int) {
 	checks = append(checks, tp)
 	required = len(checks)
 
-	kvm := check{name: "kvm (microVM backend)"}
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
-		kvm.info = "/dev/kvm unusable (" + err.Error() + "): microVMs would run under TCG emulation, slowly"
-	} else {
-		f.Close()
-		kvm.ok, kvm.info = true, "/dev/kvm opens (whether a stock kernel boots under it is probed at start)"
-	}
-	checks = append(checks, kvm)
-
 	q := check{name: "qemu (microVM backend)"}
 	if p, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		q.info = "qemu-system-x86_64 not found: apt-get install qemu-system-x86 (only for the microVM backend)"
@@ -106,18 +103,88 @@ func doctor(cfg config.Config, g *globals) (checks []check, required int) {
 	}
 	checks = append(checks, q)
 
+	d, accel := daemonCheck(g)
+	checks = append(checks, kvmCheck(cfg, accel, probeKVM), d)
+	return checks, required
+}
+
+// daemonCheck asks the daemon for its health, and for the accelerator its microVM
+// backend settled on ("" when it has none, or is not running).
+func daemonCheck(g *globals) (check, string) {
 	d := check{name: "daemon"}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	c := g.client()
 	c.MaxRetries = -1
-	if h, err := c.Health(ctx); err != nil {
+	h, err := c.Health(ctx)
+	if err != nil {
 		d.info = "not reachable: start it with `sudo vmexec serve` (" + err.Error() + ")"
-	} else {
-		d.ok, d.info = true, fmt.Sprintf("%s, backend %s, %d sandboxes", h.Status, h.Backend, h.Sandboxes)
+		return d, ""
 	}
-	checks = append(checks, d)
-	return checks, required
+	d.ok, d.info = true, fmt.Sprintf("%s, backend %s, %d sandboxes", h.Status, h.Backend, h.Sandboxes)
+	bs, _ := c.Backends(ctx)
+	for _, b := range bs {
+		if b.Name == microvm.Name && b.Accel != microvm.AccelAuto {
+			return d, b.Accel
+		}
+	}
+	return d, ""
+}
+
+// kvmCheck says whether microVMs run under KVM. /dev/kvm opening is not enough: under
+// some nested hypervisors a stock guest kernel hangs at boot. What a running daemon's
+// microVM backend settled on answers it; failing that, a probe boot when asked.
+func kvmCheck(cfg config.Config, daemonAccel string, probe bool) check {
+	kvm := check{name: "kvm (microVM backend)"}
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		kvm.info = "/dev/kvm unusable (" + err.Error() + "): microVMs would run under TCG emulation, slowly"
+		return kvm
+	}
+	f.Close()
+	accel, how := daemonAccel, "the daemon's microVMs"
+	if accel == "" && probe {
+		accel, err = probeAccel(cfg)
+		if err != nil {
+			kvm.info = "probe boot failed: " + err.Error()
+			return kvm
+		}
+		how = "a probe boot"
+	}
+	switch accel {
+	case microvm.AccelKVM:
+		kvm.ok, kvm.info = true, how+" run under KVM"
+	case microvm.AccelTCG:
+		kvm.info = "/dev/kvm opens, but " + how + " found that a guest kernel does not boot under it (nested KVM?): microVMs run under TCG emulation, several times slower"
+	default:
+		kvm.ok, kvm.info = true, "/dev/kvm opens; whether a guest kernel boots under it: `vmexec doctor --probe-kvm` (boots one microVM)"
+	}
+	return kvm
+}
+
+// probeAccel boots one throwaway microVM with the accelerator on auto and reports
+// the one it settled on.
+func probeAccel(cfg config.Config) (string, error) {
+	tpl, err := (&template.Store{Dir: cfg.TemplatesDir()}).Get(template.Default)
+	if err != nil {
+		return "", fmt.Errorf("no template: run `vmexec template build`: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "vmexec-doctor-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	be, err := microvm.New(microvm.Config{StateDir: dir, AgentPath: cfg.Agent, Accel: microvm.AccelAuto,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Progress: os.Stderr})
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, err := be.Prepare(ctx, tpl.RootFS, os.Stderr); err != nil {
+		return "", err
+	}
+	return be.Accel(), nil
 }
 
 func report(w io.Writer, checks []check) {
