@@ -135,9 +135,12 @@ func (s *fakeSandbox) Destroy(ctx context.Context) error {
 }
 
 func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*agentproto.ExecResult, error) {
+	// The lock is held per line, not per program, so that only the service's own
+	// serialisation keeps a snapshot from seeing a run half done.
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.dead {
+	dead := s.dead
+	s.mu.Unlock()
+	if dead {
 		return nil, &backend.DeadError{Verdict: agentproto.VerdictKilled}
 	}
 	res := &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
@@ -146,9 +149,13 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*a
 		f := strings.Fields(line)
 		switch {
 		case len(f) == 3 && f[0] == "set":
+			s.mu.Lock()
 			s.vars[f[1]] = f[2]
+			s.mu.Unlock()
 		case len(f) == 2 && f[0] == "print":
+			s.mu.Lock()
 			fmt.Fprintln(&out, s.vars[f[1]])
+			s.mu.Unlock()
 		case len(f) == 2 && f[0] == "exit":
 			fmt.Sscan(f[1], &res.ExitCode)
 			res.Verdict = agentproto.VerdictNonzeroExit
@@ -159,7 +166,9 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*a
 			fmt.Sscan(f[1], &ms)
 			time.Sleep(time.Duration(ms) * time.Millisecond)
 		case len(f) == 1 && f[0] == "die":
+			s.mu.Lock()
 			s.dead = true
+			s.mu.Unlock()
 			return nil, &backend.DeadError{Verdict: agentproto.VerdictMemoryLimit}
 		case len(f) == 1 && f[0] == "echo":
 			fmt.Fprintln(&out, strings.Join(f[1:], " "))

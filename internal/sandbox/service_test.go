@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -228,6 +229,53 @@ func TestQueueBound(t *testing.T) {
 	}
 	if busy != 1 {
 		t.Fatalf("busy = %d, want 1: %v", busy, errs)
+	}
+}
+
+// Guards that runs, snapshots and rollbacks of one sandbox never interleave: a
+// snapshot asked for during a run waits for it and holds the run's end state, and a
+// rollback asked for during a run comes after it.
+func TestSnapshotWaitsForRun(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	r := h.run(t, "s", "set x 0", nil)
+	done := make(chan *api.ExecResult, 1)
+	go func() { done <- h.run(t, "s", "set x half\nsleep 200\nset x 1", nil) }()
+	time.Sleep(50 * time.Millisecond)
+	sn, err := h.svc.CreateSnapshot(ctx, r.SandboxID, api.CreateSnapshotRequest{AgentID: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	default:
+		t.Fatal("the snapshot returned before the run it was queued behind")
+	}
+	go func() { done <- h.run(t, "s", "set x half\nsleep 200\nset x 2", nil) }()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := h.svc.Rollback(ctx, r.SandboxID, api.RollbackRequest{AgentID: "s", SnapshotID: sn.ID}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if got := h.run(t, "s", "print x", nil).Stdout; got != "1\n" {
+		t.Fatalf("x = %q after the rollback to the snapshot taken during the first run, want the run's end state 1", got)
+	}
+}
+
+// Guards max_history_entries: an agent's history keeps only the newest runs.
+func TestHistoryPruned(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.History.MaxHistoryEntries = ptr(3) })
+	ctx := context.Background()
+	for i := 0; i < 6; i++ {
+		h.run(t, "p", fmt.Sprintf("set x %d", i), nil)
+	}
+	h.svc.bg.Wait() // pruning runs in the background
+	list, err := h.svc.History(ctx, history.RunFilter{AgentID: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Runs) != 3 || list.Runs[0].Code != "set x 5" {
+		t.Fatalf("history: %d runs, newest %q; want the 3 newest", len(list.Runs), list.Runs[0].Code)
 	}
 }
 
