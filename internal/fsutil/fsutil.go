@@ -3,7 +3,9 @@
 package fsutil
 
 import (
+	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 )
 
@@ -20,4 +22,22 @@ func DirSize(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// CopyFile copies the regular file src to dst, created (or truncated) with perm.
+func CopyFile(src, dst string, perm fs.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

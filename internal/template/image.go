@@ -44,6 +44,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vmexec/vmexec/internal/fsutil"
 )
 
 // ErrNoKernel means no usable guest kernel, its modules or busybox was found on the
@@ -472,7 +474,7 @@ func (in imageInputs) buildBoot(dir string, img Image, start time.Time, progress
 			os.RemoveAll(tmp)
 		}
 	}()
-	if err := copyFile(in.kernel, filepath.Join(tmp, "vmlinuz")); err != nil {
+	if err := fsutil.CopyFile(in.kernel, filepath.Join(tmp, "vmlinuz"), 0o644); err != nil {
 		return fmt.Errorf("copy kernel: %w", err)
 	}
 	if err := in.writeInitramfs(filepath.Join(tmp, "initrd.cpio")); err != nil {
@@ -507,23 +509,6 @@ func pruneBoot(dir, keep string, progress io.Writer) {
 			fmt.Fprintf(progress, "removed the unused guest boot files %s\n", filepath.Base(d))
 		}
 	}
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func (in imageInputs) writeInitramfs(path string) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/vmexec/vmexec/internal/agentproto"
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/backend/microvm/qmp"
+	"github.com/vmexec/vmexec/internal/fsutil"
 )
 
 // Sandbox is one microVM: a QEMU process, its QMP connection and the guest agent's.
@@ -366,5 +367,5 @@ func linkOrCopy(src, dst string) error {
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
-	return copyFile(src, dst)
+	return fsutil.CopyFile(src, dst, 0o600)
 }

@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/backend/microvm/qmp"
+	"github.com/vmexec/vmexec/internal/fsutil"
 )
 
 // A snapshot directory holds these files, and the kernel and initramfs the VM booted
@@ -127,7 +127,7 @@ func (sb *Sandbox) save(ctx context.Context, statePath, diskPath string) (err er
 	}
 	// The migration has flushed the disk and QEMU holds it inactive until cont: the
 	// layer on disk now matches the saved memory.
-	if err := copyFile(filepath.Join(sb.dir, diskFile), diskPath); err != nil {
+	if err := fsutil.CopyFile(filepath.Join(sb.dir, diskFile), diskPath, 0o600); err != nil {
 		return fmt.Errorf("copy disk layer: %w", err)
 	}
 	return nil
@@ -236,23 +236,6 @@ func (b *Backend) fromSnapshot(ctx context.Context, m snapMeta, dir string, spec
 	}
 	b.log.Debug("sandbox restored", "op", op, "id", spec.ID, "from", dir, "ms", time.Since(start).Milliseconds())
 	return sb, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func fileSize(p string) int64 {
