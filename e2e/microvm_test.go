@@ -58,6 +58,13 @@ func TestMicroVMBackend(t *testing.T) {
 		t.Fatalf("sandbox info: %+v %v", sb, err)
 	}
 	t.Logf("microvm accelerator: %s", sb.Accel)
+	// Once a microVM has booted, GET /v1/backends reports the accelerator the backend
+	// settled on (no longer "auto"), the same one its sandboxes run under: it is what
+	// `vmexec backends` and `vmexec doctor` tell the operator.
+	backends, err = d.client.Backends(ctx)
+	if err != nil || len(backends) != 2 || backends[1].Name != "microvm" || backends[1].Accel != sb.Accel {
+		t.Fatalf("backends after a microVM booted: %+v %v; want microvm with accel %q", backends, err, sb.Accel)
+	}
 	run := func(code string) *api.ExecResult {
 		return d.execReq(t, api.ExecRequest{AgentID: "mv", SandboxID: vm.ID, Language: "bash", Code: code, Limits: api.Limits{TimeoutMS: 120_000}})
 	}

@@ -59,6 +59,34 @@ func TestParseExecute(t *testing.T) {
 	if res.Executed != 5 || !res.Success {
 		t.Fatalf("summary: %+v", res)
 	}
+	// The history has one row per executed block, with the block's code; the
+	// unsupported block left none.
+	wantBlockRuns(t, d, "reply", res)
+}
+
+// wantBlockRuns checks that agent's history holds exactly the runs of res's executed
+// blocks, each with its block's language and code.
+func wantBlockRuns(t *testing.T, d *daemon, agent string, res api.ParseExecuteResult) {
+	t.Helper()
+	h, err := d.client.History(bg(t), client.HistoryQuery{AgentID: agent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := map[string]api.Run{}
+	for _, r := range h.Runs {
+		runs[r.ID] = r
+	}
+	if h.Total != res.Executed || len(runs) != res.Executed {
+		t.Fatalf("history of %s: %d runs (total %d), want one per executed block (%d): %+v", agent, len(runs), h.Total, res.Executed, h.Runs)
+	}
+	for _, b := range res.Blocks {
+		if b.Status != api.BlockExecuted {
+			continue
+		}
+		if r, ok := runs[b.Result.ExecutionID]; !ok || r.Language != b.Block.Language || r.Code != b.Block.Code || r.Verdict != b.Result.Verdict {
+			t.Fatalf("block %d (%s): history row %+v, want its language, code and verdict", b.Block.Index, b.Result.ExecutionID, r)
+		}
+	}
 }
 
 // stop_on_failure (the default) skips the blocks after a failure; turned off, they run.
@@ -74,6 +102,7 @@ func TestParseExecuteStopOnFailure(t *testing.T) {
 		res.Blocks[2].Status != api.BlockSkipped || res.Success {
 		t.Fatalf("stop on failure: %+v", res)
 	}
+	wantBlockRuns(t, d, "reply-stop", res) // the skipped block is not a run
 	keep := false
 	res, err = d.client.ParseExecute(ctx, api.ParseExecuteRequest{AgentID: "reply-stop", Text: text, StopOnFailure: &keep})
 	if err != nil || res.Blocks[2].Status != api.BlockExecuted || strings.TrimSpace(res.Blocks[2].Result.Stdout) != "after" {
@@ -128,22 +157,52 @@ func TestPolicyBlocks(t *testing.T) {
 	}
 }
 
-// Secrets in output are redacted in the response and in the history, not suppressed.
+// Secrets in output are redacted in the response and in the history, not suppressed,
+// on stderr (a traceback quoting a token) as on stdout.
 func TestRedaction(t *testing.T) {
 	d := shared(t)
 	ctx := bg(t)
-	code := `print("key: sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6")
+	for _, c := range []struct {
+		name, code, kept string
+		secrets          []string
+		stderr           bool
+	}{
+		{"stdout", `print("key: sk-proj-" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6")
 print("password=hunter2-very-secret")
-print("ordinary line")`
-	r := d.exec(t, "redact", "python", code)
-	if strings.Contains(r.Stdout, "A1b2C3d4") || strings.Contains(r.Stdout, "hunter2") ||
-		!strings.Contains(r.Stdout, "[REDACTED:") || !strings.Contains(r.Stdout, "ordinary line") || len(r.Redactions) < 2 {
-		t.Fatalf("redaction: %q %v", r.Stdout, r.Redactions)
+print("ordinary line")`, "ordinary line", []string{"A1b2C3d4", "hunter2"}, false},
+		{"stderr", `import sys
+print("ordinary line", file=sys.stderr)
+raise ValueError("bad token ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2")`, "ValueError", []string{"ghp_Z9y8"}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := d.exec(t, "redact", "python", c.code)
+			out, other := r.Stdout, r.Stderr
+			if c.stderr {
+				out, other = r.Stderr, r.Stdout
+			}
+			if containsAny(out, c.secrets) || !strings.Contains(out, "[REDACTED:") ||
+				!strings.Contains(out, c.kept) || strings.Contains(other, "[REDACTED:") || len(r.Redactions) == 0 {
+				t.Fatalf("redaction: stdout %q stderr %q %v", r.Stdout, r.Stderr, r.Redactions)
+			}
+			run, err := d.client.GetRun(ctx, r.ExecutionID)
+			stored := run.Stdout
+			if c.stderr {
+				stored = run.Stderr
+			}
+			if err != nil || containsAny(stored, c.secrets) || !strings.Contains(stored, "[REDACTED:") {
+				t.Fatalf("history: stdout %q stderr %q %v", run.Stdout, run.Stderr, err)
+			}
+		})
 	}
-	run, err := d.client.GetRun(ctx, r.ExecutionID)
-	if err != nil || strings.Contains(run.Stdout, "hunter2") || !strings.Contains(run.Stdout, "[REDACTED:") {
-		t.Fatalf("history: %q %v", run.Stdout, err)
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
 	}
+	return false
 }
 
 // The compatible parse-execute route answers in the seed's shape.
