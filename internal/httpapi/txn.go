@@ -172,9 +172,17 @@ type compatHistoryEntry struct {
 	ExitCode   int       `json:"exit_code"`
 	Stdout     string    `json:"stdout"`
 	Stderr     string    `json:"stderr"`
-	SnapshotID string    `json:"snapshot_id,omitempty"` // taken before the run
+	SnapshotID *string   `json:"snapshot_id"` // taken before the run; null if none
 	Verdict    string    `json:"verdict"`
 	RolledBack bool      `json:"rolled_back"`
+}
+
+// nonEmpty is s, or nil for "" (a JSON null where clients expect the key).
+func nonEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 type compatHistory struct {
@@ -198,7 +206,7 @@ func (s *Server) compatHistory(w http.ResponseWriter, r *http.Request) {
 		for _, run := range list.Runs {
 			out.History = append(out.History, compatHistoryEntry{ID: run.ID, Command: run.Code, Language: run.Language,
 				Timestamp: run.StartedAt, Success: run.Verdict == api.VerdictOK, ExitCode: run.ExitCode, Stdout: run.Stdout,
-				Stderr: run.Stderr, SnapshotID: run.PreSnapshotID, Verdict: run.Verdict, RolledBack: run.RolledBack})
+				Stderr: run.Stderr, SnapshotID: nonEmpty(run.PreSnapshotID), Verdict: run.Verdict, RolledBack: run.RolledBack})
 		}
 		return out, err
 	})(w, r)
