@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -111,17 +112,34 @@ func applyAndExec(arg string) error {
 			return fmt.Errorf("setuid %d: %w", s.UID, err)
 		}
 	}
-	// Last, because the launcher itself (a Go program) may not fit in it.
+	// Last, because the launcher itself (a Go program) may not fit in it: the Go
+	// runtime's reservations alone can exceed the limit, so from here on its heap must
+	// not grow (a heap that cannot grow is a fatal error). syscall.Exec still allocates
+	// its C strings: leave it free heap pages, and no garbage collection to run.
 	if s.AS > 0 {
+		reserveHeap()
 		if err := setrlimit(unix.RLIMIT_AS, s.AS); err != nil {
 			return err
 		}
 	}
 	err = syscall.Exec(path, s.Argv, os.Environ())
 	if errors.Is(err, syscall.EAGAIN) {
-		return fmt.Errorf("exec %s: %w (the run user is at its process limit)", path, err)
+		return fmt.Errorf("exec %s: %w (%s)", path, err, nprocExhausted)
 	}
 	return fmt.Errorf("exec %s: %w", path, err)
+}
+
+// nprocExhausted is in the launcher's error when the run user is at its process limit.
+const nprocExhausted = "the run user is at its process limit"
+
+// reserveHeap leaves the Go heap enough free pages for a few more small allocations
+// without growing, and stops garbage collection.
+func reserveHeap() {
+	b := make([]byte, 1<<20)
+	runtime.KeepAlive(b)
+	b = nil
+	runtime.GC() // frees b's pages to the heap, already mapped
+	debug.SetGCPercent(-1)
 }
 
 // setrlimit sets both the soft and the hard limit. Without CAP_SYS_RESOURCE a hard

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -33,6 +34,9 @@ type proc struct {
 	env    []string
 	stdin  []byte
 	outMax int64 // per stream
+	// interpreter is the resolved python3 of a python run, which may then be forked from
+	// the python zygote (see zygote.go); empty for anything else.
+	interpreter string
 }
 
 // procResult is how a proc ended.
@@ -64,7 +68,10 @@ type started struct {
 // or for the deadline, whichever comes first. A non-nil error (wrapping errStart) means
 // the program never ran.
 func (a *agent) runProc(ctx context.Context, p *proc, deadline time.Time) (*procResult, error) {
-	sp, err := a.startProc(p, deadline)
+	if p.interpreter != "" && !a.opts.DisableZygote {
+		return a.runPython(ctx, p, deadline)
+	}
+	sp, err := a.startDirect(p, deadline)
 	if err != nil {
 		return nil, err
 	}
@@ -73,50 +80,61 @@ func (a *agent) runProc(ctx context.Context, p *proc, deadline time.Time) (*proc
 
 // startProc forks the launcher for p and waits until it has exec'd the program.
 func (a *agent) startProc(p *proc, deadline time.Time) (*started, error) {
-	arg, err := json.Marshal(p.spec)
+	pipes, err := newRunPipes()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errStart, err)
-	}
-	var files []*os.File
-	closeAll := func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	pipe := func() (r, w *os.File, err error) {
-		r, w, err = os.Pipe()
-		if err == nil {
-			files = append(files, r, w)
-		}
-		return r, w, err
-	}
-	inR, inW, err1 := pipe()
-	outR, outW, err2 := pipe()
-	errR, errW, err3 := pipe()
-	statR, statW, err4 := pipe()
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
-		closeAll()
 		return nil, fmt.Errorf("%w: pipes: %v", errStart, err)
 	}
+	pid, exitCh, err := a.launch(p.spec, p.env, pipes.child(), nil, deadline)
+	// The child has its copies; the agent keeps only its own ends.
+	pipes.closeChild()
+	if err != nil {
+		pipes.closeAll()
+		return nil, err
+	}
+	return pipes.started(pid, exitCh), nil
+}
 
+// startDirect is startProc, tried once more if the run user was at its process limit
+// while the python zygote, whose processes are the run user's, was kept: it yields.
+func (a *agent) startDirect(p *proc, deadline time.Time) (*started, error) {
+	sp, err := a.startProc(p, deadline)
+	if err != nil && strings.Contains(err.Error(), nprocExhausted) && a.yieldZygote() {
+		sp, err = a.startProc(p, deadline)
+	}
+	return sp, err
+}
+
+// launch forks the launcher for spec, in a new process group, with stdio as its fds 0-2,
+// the status pipe as fd 3 and extra from fd 4 on, and waits until it has exec'd the
+// program. The caller still owns the files it passed.
+func (a *agent) launch(spec launchSpec, env []string, stdio [3]*os.File, extra []*os.File, deadline time.Time) (int, <-chan procExit, error) {
+	arg, err := json.Marshal(spec)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: %v", errStart, err)
+	}
+	statR, statW, err := os.Pipe()
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: pipes: %v", errStart, err)
+	}
+	files := []uintptr{stdio[0].Fd(), stdio[1].Fd(), stdio[2].Fd(), statW.Fd()}
+	for _, f := range extra {
+		files = append(files, f.Fd())
+	}
 	attr := &syscall.ProcAttr{
-		Env:   p.env,
-		Files: []uintptr{inR.Fd(), outW.Fd(), errW.Fd(), statW.Fd()},
+		Env:   env,
+		Files: files,
 		Sys:   &syscall.SysProcAttr{Setpgid: true},
 	}
 	argv := []string{"vmexec-launch", LaunchCommand, string(arg)}
 	pid, exitCh, err := a.reaper.start(func() (int, error) {
 		return syscall.ForkExec(a.opts.Launcher, argv, attr)
 	})
-	runtime.KeepAlive(files)
-	// The child has its copies; the agent keeps only its own ends.
-	inR.Close()
-	outW.Close()
-	errW.Close()
+	runtime.KeepAlive(stdio)
+	runtime.KeepAlive(extra)
 	statW.Close()
 	if err != nil {
-		closeAll()
-		return nil, fmt.Errorf("%w: start launcher: %v", errStart, err)
+		statR.Close()
+		return 0, nil, fmt.Errorf("%w: start launcher: %v", errStart, err)
 	}
 
 	// The status pipe closes when the program is exec'd, or carries the reason why not.
@@ -124,11 +142,54 @@ func (a *agent) startProc(p *proc, deadline time.Time) (*started, error) {
 	msg, _ := io.ReadAll(io.LimitReader(statR, 4096))
 	statR.Close()
 	if len(msg) > 0 {
-		closeAll()
 		a.awaitExit(exitCh, pid)
-		return nil, fmt.Errorf("%w: %s", errStart, msg)
+		return 0, nil, fmt.Errorf("%w: %s", errStart, msg)
 	}
-	return &started{pid: pid, exit: exitCh, stdin: inW, stdout: outR, stderr: errR}, nil
+	return pid, exitCh, nil
+}
+
+// runPipes are a run's stdin, stdout and stderr pipes: the program gets the child's ends
+// (child), the agent keeps the others.
+type runPipes struct {
+	inR, inW, outR, outW, errR, errW *os.File
+}
+
+func newRunPipes() (*runPipes, error) {
+	var p runPipes
+	var errs [3]error
+	p.inR, p.inW, errs[0] = os.Pipe()
+	p.outR, p.outW, errs[1] = os.Pipe()
+	p.errR, p.errW, errs[2] = os.Pipe()
+	if err := errors.Join(errs[:]...); err != nil {
+		p.closeAll()
+		return nil, err
+	}
+	return &p, nil
+}
+
+// child returns the program's ends: its stdin, stdout and stderr.
+func (p *runPipes) child() [3]*os.File { return [3]*os.File{p.inR, p.outW, p.errW} }
+
+// closeChild closes the agent's copies of the program's ends once the program has them.
+func (p *runPipes) closeChild() {
+	for _, f := range p.child() {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+func (p *runPipes) closeAll() {
+	for _, f := range []*os.File{p.inR, p.inW, p.outR, p.outW, p.errR, p.errW} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// started returns the running program pid with the agent's ends of its pipes.
+func (p *runPipes) started(pid int, exit <-chan procExit) *started {
+	return &started{pid: pid, exit: exit, stdin: p.inW, stdout: p.outR, stderr: p.errR}
 }
 
 // waitProc feeds a started program its stdin, collects its output and waits for its

@@ -84,6 +84,32 @@ func (r *reaper) start(fork func() (int, error)) (int, <-chan procExit, error) {
 	return pid, ch, nil
 }
 
+// adopt registers pid, a process the agent did not start, for its exit status, which
+// comes if the agent inherits it (its parent died first). Only in reap-all mode, where
+// the agent inherits orphans; nil otherwise, or if pid is registered already.
+func (r *reaper) adopt(pid int) chan procExit {
+	if !r.all {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.waiting[pid]; ok {
+		return nil
+	}
+	ch := make(chan procExit, 1)
+	r.waiting[pid] = ch
+	return ch
+}
+
+// forget unregisters an adopted pid whose status came another way.
+func (r *reaper) forget(pid int, ch chan procExit) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.waiting[pid] == ch {
+		delete(r.waiting, pid)
+	}
+}
+
 // reap collects every exited child without blocking.
 func (r *reaper) reap() {
 	if !r.all {

@@ -29,12 +29,13 @@ const MaxOutputBytes = agentproto.MaxFrame*3/8 - 64<<10
 
 // agent serves requests. It holds no per-connection state.
 type agent struct {
-	opts   Options
-	log    *slog.Logger
-	reaper *reaper
-	bombs  *bombWatch
-	setuid bool          // drop to opts.RunUser in the launcher
-	runSeq atomic.Uint64 // run directory numbering
+	opts    Options
+	log     *slog.Logger
+	reaper  *reaper
+	bombs   *bombWatch
+	zygotes zygotePool    // the python fast path (see zygote.go)
+	setuid  bool          // drop to opts.RunUser in the launcher
+	runSeq  atomic.Uint64 // run directory numbering
 }
 
 // exec runs one request. It never fails: problems are reported in the result.
@@ -59,7 +60,8 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *age
 	if err != nil {
 		return startFailure(err)
 	}
-	if _, err := findExecutable(lang.tool, envValue(env.run, "PATH")); err != nil {
+	tool, err := findExecutable(lang.tool, envValue(env.run, "PATH"))
+	if err != nil {
 		return startFailure(fmt.Errorf("%s toolchain not available: %w", lang.name, err))
 	}
 	workDir, err := a.prepareWorkDir(req.WorkDir)
@@ -98,7 +100,11 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *age
 	spec := base
 	spec.Argv, spec.Dir = lang.run(runDir, lim.MemoryBytes), workDir
 	spec.AS = lim.MemoryBytes + lang.asHeadroom
-	pr, err := a.runProc(ctx, &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes}, deadline)
+	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes}
+	if lang.name == "python" && !strings.ContainsRune(req.Code, 0) { // python3 reads NULs its own way
+		p.interpreter = tool
+	}
+	pr, err := a.runProc(ctx, p, deadline)
 	if err != nil {
 		return startFailure(err)
 	}

@@ -172,6 +172,11 @@ func TestForkBomb(t *testing.T) {
 	}
 	t.Logf("busy bomb: verdict %s after %v", res.Verdict, time.Since(start).Round(time.Millisecond))
 	afterBomb(t, c)
+	// Outside a sandbox the killed bomb's orphans are reaped by the host's init, not by
+	// the agent, and count against the user's process limit until then.
+	if user != nil {
+		waitUserProcs(t, user.UID, int(limits.MaxProcs)/5)
+	}
 
 	// The classic: the script exits at once and the bomb multiplies in the background.
 	// It is killed before the run returns (verdict killed) or soon after (verdict ok).
@@ -191,6 +196,37 @@ func TestForkBomb(t *testing.T) {
 	}
 	t.Logf("classic bomb: verdict %s, returned after %d ms, gone after %v", res.Verdict, res.DurationMS, time.Since(start).Round(time.Millisecond))
 	afterBomb(t, c)
+}
+
+// waitUserProcs waits (up to 10s) until uid has fewer than n processes, zombies
+// included.
+func waitUserProcs(t *testing.T, uid uint32, n int) {
+	t.Helper()
+	count := func() int {
+		k := 0
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" && f[1] == strconv.Itoa(int(uid)) {
+					k++
+				}
+			}
+		}
+		return k
+	}
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		k := count()
+		if k < n {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("uid %d still has %d processes", uid, k)
+		}
+	}
 }
 
 // liveMembers counts the processes of group pgid that are not zombies.

@@ -52,6 +52,9 @@ type Options struct {
 	ReapAll bool
 	// Logger receives diagnostics. Default slog.Default().
 	Logger *slog.Logger
+	// DisableZygote starts every python run as a new python3 process instead of forking
+	// it from a waiting interpreter (the fast path; see zygote.go).
+	DisableZygote bool
 }
 
 func (o Options) withDefaults() Options {
@@ -124,6 +127,7 @@ func Serve(ctx context.Context, r io.Reader, w io.Writer, opts Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go a.reaper.run(ctx)
+	defer a.stopZygotes() // before cancel: the reaper must see them go
 	go a.watchBombs(ctx)
 	if err := a.prepare(); err != nil {
 		a.log.Error("cannot prepare directories (retried before each run)", "err", err)
