@@ -142,20 +142,20 @@ func kvmCheck(cfg config.Config, daemonAccel string, probe bool) check {
 		return kvm
 	}
 	f.Close()
-	accel, how := daemonAccel, "the daemon's microVMs"
+	accel, source := daemonAccel, "the running daemon"
 	if accel == "" && probe {
 		accel, err = probeAccel(cfg)
 		if err != nil {
 			kvm.info = "probe boot failed: " + err.Error()
 			return kvm
 		}
-		how = "a probe boot"
+		source = "a probe boot"
 	}
 	switch accel {
 	case microvm.AccelKVM:
-		kvm.ok, kvm.info = true, how+" run under KVM"
+		kvm.ok, kvm.info = true, "microVMs run under KVM (as "+source+" found)"
 	case microvm.AccelTCG:
-		kvm.info = "/dev/kvm opens, but " + how + " found that a guest kernel does not boot under it (nested KVM?): microVMs run under TCG emulation, several times slower"
+		kvm.info = "/dev/kvm opens, but a guest kernel does not boot under it (as " + source + " found; nested KVM?): microVMs run under TCG emulation, several times slower"
 	default:
 		kvm.ok, kvm.info = true, "/dev/kvm opens; whether a guest kernel boots under it: `vmexec doctor --probe-kvm` (boots one microVM)"
 	}
@@ -174,7 +174,7 @@ func probeAccel(cfg config.Config) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(dir)
-	be, err := microvm.New(microvm.Config{StateDir: dir, AgentPath: cfg.Agent, Accel: microvm.AccelAuto,
+	be, err := microvm.New(microvm.Config{StateDir: dir, AgentPath: cfg.Agent, Accel: microvm.AccelAuto, NoWarmUp: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Progress: os.Stderr})
 	if err != nil {
 		return "", err
