@@ -132,18 +132,11 @@ func scanProcs() procCounts {
 		if name[0] < '0' || name[0] > '9' {
 			continue
 		}
-		stat, err1 := os.ReadFile("/proc/" + name + "/stat")
-		status, err2 := os.ReadFile("/proc/" + name + "/status")
-		if err1 != nil || err2 != nil {
+		f, ok := statFields(name)
+		status, err := os.ReadFile("/proc/" + name + "/status")
+		if !ok || err != nil {
 			continue // gone meanwhile
 		}
-		// stat: "pid (comm) state ppid pgrp ... num_threads(20th) ..."; comm may
-		// contain spaces and parentheses, so parse after the last ')'.
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := bytes.Fields(stat[i+1:])
 		if len(f) < 18 || string(f[0]) == "X" {
 			continue
 		}
@@ -158,6 +151,18 @@ func scanProcs() procCounts {
 		p.byPgrp[pgrp] += threads
 	}
 	return p
+}
+
+// statFields returns the fields of /proc/PID/stat after the command name, from the
+// state on: "state ppid pgrp ... num_threads (f[17]) ...". The name may contain spaces
+// and parentheses, so the fields start after the last ')'.
+func statFields(pid string) ([][]byte, bool) {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	i := bytes.LastIndexByte(stat, ')')
+	if err != nil || i < 0 {
+		return nil, false
+	}
+	return bytes.Fields(stat[i+1:]), true
 }
 
 // statusUID returns the real uid from /proc/PID/status.

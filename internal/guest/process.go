@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,7 +9,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -98,7 +98,7 @@ func (a *agent) startProc(p *proc, deadline time.Time) (*started, error) {
 // while the python zygote, whose processes are the run user's, was kept: it yields.
 func (a *agent) startDirect(p *proc, deadline time.Time) (*started, error) {
 	sp, err := a.startProc(p, deadline)
-	if err != nil && strings.Contains(err.Error(), nprocExhausted) && a.yieldZygote() {
+	if errors.As(err, new(nprocError)) && a.yieldZygote() {
 		sp, err = a.startProc(p, deadline)
 	}
 	return sp, err
@@ -143,10 +143,19 @@ func (a *agent) launch(spec launchSpec, env []string, stdio [3]*os.File, extra [
 	statR.Close()
 	if len(msg) > 0 {
 		a.awaitExit(exitCh, pid)
-		return 0, nil, fmt.Errorf("%w: %s", errStart, msg)
+		err := fmt.Errorf("%w: %s", errStart, msg)
+		if bytes.Contains(msg, []byte(nprocExhausted)) {
+			err = nprocError{err}
+		}
+		return 0, nil, err
 	}
 	return pid, exitCh, nil
 }
+
+// nprocError is a launch that failed because the run user was at its process limit.
+type nprocError struct{ error }
+
+func (e nprocError) Unwrap() error { return e.error }
 
 // runPipes are a run's stdin, stdout and stderr pipes: the program gets the child's ends
 // (child), the agent keeps the others.

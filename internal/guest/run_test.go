@@ -208,33 +208,17 @@ func awaitBombGone(t *testing.T, name string, res *agentproto.ExecResult, start 
 	t.Logf("%s: verdict %s, returned after %d ms, gone after %v", name, res.Verdict, res.DurationMS, time.Since(start).Round(time.Millisecond))
 }
 
-// waitUserProcs waits (up to 10s) until uid has fewer than n processes, zombies
-// included.
+// waitUserProcs waits (up to 10s) until uid has fewer than n tasks, counted as
+// RLIMIT_NPROC counts them (zombies included).
 func waitUserProcs(t *testing.T, uid uint32, n int) {
 	t.Helper()
-	count := func() int {
-		k := 0
-		ents, _ := os.ReadDir("/proc")
-		for _, e := range ents {
-			b, err := os.ReadFile("/proc/" + e.Name() + "/status")
-			if err != nil {
-				continue
-			}
-			for _, l := range strings.Split(string(b), "\n") {
-				if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" && f[1] == strconv.Itoa(int(uid)) {
-					k++
-				}
-			}
-		}
-		return k
-	}
 	for end := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		k := count()
-		if k < n {
+		k := scanProcs().byUID[uid]
+		if k < int64(n) {
 			return
 		}
 		if time.Now().After(end) {
-			t.Fatalf("uid %d still has %d processes", uid, k)
+			t.Fatalf("uid %d still has %d tasks", uid, k)
 		}
 	}
 }

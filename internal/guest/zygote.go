@@ -2,7 +2,6 @@ package guest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	_ "embed"
 	"errors"
@@ -612,13 +611,8 @@ func (a *agent) abortZygote(z *zygote) {
 
 // procParent returns the parent and process group of pid from /proc.
 func procParent(pid int) (ppid, pgrp int, ok bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	i := bytes.LastIndexByte(b, ')')
-	if err != nil || i < 0 {
-		return 0, 0, false
-	}
-	f := bytes.Fields(b[i+1:])
-	if len(f) < 3 {
+	f, ok := statFields(strconv.Itoa(pid))
+	if !ok || len(f) < 3 {
 		return 0, 0, false
 	}
 	ppid, err1 := strconv.Atoi(string(f[1]))
