@@ -446,6 +446,32 @@ func TestZygoteChangingKeys(t *testing.T) {
 	}
 }
 
+// A run that the waiting zygote would push past the user's process limit gets the room:
+// the zygote (a process of the run user) yields, and the run starts.
+func TestZygoteYieldsToProcessLimit(t *testing.T) {
+	user := sandboxUser()
+	if user == nil {
+		t.Skip("no uid 1000 user to run as: RLIMIT_NPROC would not bind")
+	}
+	slow, fast, _, _ := pythonAgents(t)
+	// The tightest limit a bash run starts under (the launcher's Go threads count).
+	bash := func(c *agentproto.Client, limit int64) *agentproto.ExecResult {
+		return run(t, c, &agentproto.ExecRequest{Language: "bash", Code: "echo started", Limits: agentproto.Limits{MaxProcs: limit}})
+	}
+	var limit int64
+	for limit = 1; limit < 64 && bash(slow, limit).Verdict != agentproto.VerdictOK; limit++ {
+	}
+	warmZygote(t, fast, agentproto.ExecRequest{})
+	// The zygote and its forked spare leave no room for bash under that limit, unless
+	// they go.
+	if res := bash(fast, limit); res.Verdict != agentproto.VerdictOK || string(res.Stdout) != "started\n" {
+		t.Fatalf("run at the process limit (%d): %s", limit, describe(res))
+	}
+	if !strings.Contains(fastLog.String(), "stopping the python zygote: the run user is at its process limit") {
+		t.Errorf("the run started without the zygote yielding; agent log:\n%s", fastLog.String())
+	}
+}
+
 // The fast path is what it is for: a forked print(1) takes a fraction of python3's
 // start-up. Not pass/fail on time (machines are noisy); it logs both.
 func TestZygoteSpeed(t *testing.T) {
