@@ -87,7 +87,9 @@ import (
 // layout with the other runs of the same zygote; its parent is the zygote, and its
 // /proc/self/cmdline is the zygote's; the stack above the script's module frame has one
 // frame of zygote.py (traceback.print_stack, sys._getframe(1), warnings' stacklevel); the
-// uid runs one more process (the zygote) against max_procs while the zygote exists.
+// uid runs more processes against max_procs while the zygote exists (the zygote during a
+// forked run; the zygote and its spare between runs): a start that fails at the process
+// limit stops the zygote and is tried again (startDirect).
 // Options.DisableZygote turns the fast path off.
 
 //go:embed zygote.py
