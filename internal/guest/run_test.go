@@ -140,7 +140,7 @@ func TestBackgroundProcessSurvives(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no pid in %q", res.Stdout)
 	}
-	defer syscall.Kill(-pid, syscall.SIGKILL)
+	defer killGroupOf(pid)
 	time.Sleep(600 * time.Millisecond) // past its late writes
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Errorf("background process %d is gone: %v", pid, err)
@@ -206,6 +206,14 @@ func awaitBombGone(t *testing.T, name string, res *agentproto.ExecResult, start 
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("%s: verdict %s, returned after %d ms, gone after %v", name, res.Verdict, res.DurationMS, time.Since(start).Round(time.Millisecond))
+}
+
+// killGroupOf kills the process group pid is in (a run's group, which the test's
+// background processes stay in).
+func killGroupOf(pid int) {
+	if _, pgrp, ok := procParent(pid); ok && pgrp > 1 {
+		syscall.Kill(-pgrp, syscall.SIGKILL)
+	}
 }
 
 // waitUserProcs waits (up to 10s) until uid has fewer than n tasks, counted as

@@ -297,8 +297,7 @@ func TestZygoteBackgroundSurvives(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no pid: %s", describe(res))
 	}
-	defer syscall.Kill(-pid, syscall.SIGKILL)
-	defer syscall.Kill(pid, syscall.SIGKILL)
+	defer killGroupOf(pid)
 	time.Sleep(600 * time.Millisecond)
 	if !alive(pid) {
 		t.Errorf("background process %d is gone", pid)
@@ -454,6 +453,7 @@ func TestZygoteYieldsToProcessLimit(t *testing.T) {
 		t.Skip("no uid 1000 user to run as: RLIMIT_NPROC would not bind")
 	}
 	slow, fast, _, _ := pythonAgents(t)
+	waitUserProcs(t, user.UID, 1) // earlier tests' processes, still being reaped
 	// The tightest limit a bash run starts under (the launcher's Go threads count).
 	bash := func(c *agentproto.Client, limit int64) *agentproto.ExecResult {
 		return run(t, c, &agentproto.ExecRequest{Language: "bash", Code: "echo started", Limits: agentproto.Limits{MaxProcs: limit}})
