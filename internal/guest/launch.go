@@ -59,7 +59,10 @@ func launch(arg string) {
 	// The status pipe must not leak into the program; set it first so that every
 	// later failure can still be reported through it.
 	syscall.CloseOnExec(launchStatusFD)
-	runtime.GOMAXPROCS(1) // fewer threads: after setuid, new threads count against RLIMIT_NPROC
+	// Credentials are dropped on this thread only, and this thread execs (see dropTo).
+	runtime.LockOSThread()
+	// Fewer threads: once RLIMIT_AS is set, a new thread may not get a stack.
+	runtime.GOMAXPROCS(1)
 	err := applyAndExec(arg)
 	status := os.NewFile(launchStatusFD, "status")
 	fmt.Fprintf(status, "%v", err)
@@ -74,8 +77,8 @@ func applyAndExec(arg string) error {
 	if len(s.Argv) == 0 {
 		return errors.New("bad launch spec: empty argv")
 	}
-	// Resolve the program before dropping privileges: after setuid, anything that
-	// makes the Go runtime start a thread could fail at the process limit.
+	// Resolve the program as root, like the rest of the set-up; execve checks that the
+	// run user may execute it.
 	path, err := exec.LookPath(s.Argv[0])
 	if err != nil && !errors.Is(err, exec.ErrDot) {
 		return err
@@ -102,14 +105,8 @@ func applyAndExec(arg string) error {
 		}
 	}
 	if s.Setuid {
-		if err := syscall.Setgroups(nil); err != nil {
-			return fmt.Errorf("setgroups: %w", err)
-		}
-		if err := syscall.Setgid(int(s.GID)); err != nil {
-			return fmt.Errorf("setgid %d: %w", s.GID, err)
-		}
-		if err := syscall.Setuid(int(s.UID)); err != nil {
-			return fmt.Errorf("setuid %d: %w", s.UID, err)
+		if err := dropTo(s.UID, s.GID); err != nil {
+			return err
 		}
 	}
 	// Last, because the launcher itself (a Go program) may not fit in it: the Go
@@ -127,6 +124,26 @@ func applyAndExec(arg string) error {
 		return fmt.Errorf("exec %s: %w (%s)", path, err, nprocExhausted)
 	}
 	return fmt.Errorf("exec %s: %w", path, err)
+}
+
+// dropTo drops the calling thread, which must be locked to its goroutine and is the one
+// that execs, to uid and gid with no supplementary groups. Only this thread: the Go
+// runtime's other threads stay root and vanish at exec. syscall.Setuid would change every
+// thread, and each would count against the run's RLIMIT_NPROC when execve checks it, so
+// how many processes a run may start would depend on how many threads the launcher
+// happened to have (varying from run to run). New threads the runtime starts from now on
+// come from its template thread, which LockOSThread started while still root.
+func dropTo(uid, gid uint32) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETGROUPS, 0, 0, 0); e != 0 {
+		return fmt.Errorf("setgroups: %w", e)
+	}
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETGID, uintptr(gid), 0, 0); e != 0 {
+		return fmt.Errorf("setgid %d: %w", gid, e)
+	}
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SETUID, uintptr(uid), 0, 0); e != 0 {
+		return fmt.Errorf("setuid %d: %w", uid, e)
+	}
+	return nil
 }
 
 // nprocExhausted is in the launcher's error when the run user is at its process limit.
