@@ -123,34 +123,40 @@ func (p procCounts) isBomb(pgid int, uid uint32, limit int64) bool {
 
 func scanProcs() procCounts {
 	p := procCounts{byUID: map[uint32]int64{}, byPgrp: map[int]int64{}}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return p
-	}
+	eachProc(func(pid string, f [][]byte) {
+		if len(f) < 18 || string(f[0]) == "X" {
+			return
+		}
+		status, err := os.ReadFile("/proc/" + pid + "/status")
+		if err != nil {
+			return // gone meanwhile
+		}
+		uid, ok := statusUID(status)
+		if !ok {
+			return
+		}
+		pgrp, _ := strconv.Atoi(string(f[2]))
+		threads, _ := strconv.ParseInt(string(f[17]), 10, 64)
+		threads = max(threads, 1)
+		p.byUID[uid] += threads
+		p.byPgrp[pgrp] += threads
+	})
+	return p
+}
+
+// eachProc calls fn with the pid and statFields of every process in /proc, skipping
+// those gone meanwhile.
+func eachProc(fn func(pid string, stat [][]byte)) {
+	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		name := e.Name()
 		if name[0] < '0' || name[0] > '9' {
 			continue
 		}
-		f, ok := statFields(name)
-		status, err := os.ReadFile("/proc/" + name + "/status")
-		if !ok || err != nil {
-			continue // gone meanwhile
+		if f, ok := statFields(name); ok {
+			fn(name, f)
 		}
-		if len(f) < 18 || string(f[0]) == "X" {
-			continue
-		}
-		pgrp, _ := strconv.Atoi(string(f[2]))
-		threads, _ := strconv.ParseInt(string(f[17]), 10, 64)
-		uid, ok := statusUID(status)
-		if !ok {
-			continue
-		}
-		threads = max(threads, 1)
-		p.byUID[uid] += threads
-		p.byPgrp[pgrp] += threads
 	}
-	return p
 }
 
 // statFields returns the fields of /proc/PID/stat after the command name, from the

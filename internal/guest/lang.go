@@ -120,7 +120,7 @@ func lookupLanguage(name string) *language {
 func availableLanguages(path string) []string {
 	var out []string
 	for _, l := range languages {
-		if _, err := findExecutable(l.tool, path); err == nil {
+		if _, _, err := findExecutable(l.tool, path); err == nil {
 			out = append(out, l.name)
 		}
 	}

@@ -35,8 +35,9 @@ type proc struct {
 	stdin  []byte
 	outMax int64 // per stream
 	// interpreter is the resolved python3 of a python run, which may then be forked from
-	// the python zygote (see zygote.go); empty for anything else.
-	interpreter string
+	// the python zygote (see zygote.go), and what stat said of it; empty for anything else.
+	interpreter     string
+	interpreterInfo os.FileInfo
 }
 
 // procResult is how a proc ended.

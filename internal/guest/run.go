@@ -60,7 +60,7 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *age
 	if err != nil {
 		return startFailure(err)
 	}
-	tool, err := findExecutable(lang.tool, envValue(env.run, "PATH"))
+	tool, toolInfo, err := findExecutable(lang.tool, envValue(env.run, "PATH"))
 	if err != nil {
 		return startFailure(fmt.Errorf("%s toolchain not available: %w", lang.name, err))
 	}
@@ -102,7 +102,7 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *age
 	spec.AS = lim.MemoryBytes + lang.asHeadroom
 	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes}
 	if lang.name == "python" && !strings.ContainsRune(req.Code, 0) { // python3 reads NULs its own way
-		p.interpreter = tool
+		p.interpreter, p.interpreterInfo = tool, toolInfo
 	}
 	pr, err := a.runProc(ctx, p, deadline)
 	if err != nil {
@@ -196,30 +196,32 @@ func envValue(env []string, key string) string {
 }
 
 // findExecutable looks name up in path like exec.LookPath, but in the given PATH
-// rather than the agent's own.
-func findExecutable(name, path string) (string, error) {
+// rather than the agent's own, and returns what stat said of it.
+func findExecutable(name, path string) (string, os.FileInfo, error) {
 	if strings.Contains(name, "/") {
-		return name, isExecutable(name)
+		fi, err := statExecutable(name)
+		return name, fi, err
 	}
 	for _, dir := range filepath.SplitList(path) {
 		if dir == "" {
 			continue
 		}
 		p := filepath.Join(dir, name)
-		if isExecutable(p) == nil {
-			return p, nil
+		if fi, err := statExecutable(p); err == nil {
+			return p, fi, nil
 		}
 	}
-	return "", fmt.Errorf("%q not found in PATH %s", name, path)
+	return "", nil, fmt.Errorf("%q not found in PATH %s", name, path)
 }
 
-func isExecutable(p string) error {
+// statExecutable stats p and checks that it is an executable file.
+func statExecutable(p string) (os.FileInfo, error) {
 	fi, err := os.Stat(p)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("%s is not executable", p)
+		return nil, fmt.Errorf("%s is not executable", p)
 	}
-	return nil
+	return fi, nil
 }

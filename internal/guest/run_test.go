@@ -234,18 +234,11 @@ func waitUserProcs(t *testing.T, uid uint32, n int) {
 // liveMembers counts the processes of group pgid that are not zombies.
 func liveMembers(pgid int) int {
 	n := 0
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		i := bytes.LastIndexByte(b, ')')
-		if err != nil || i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 2 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+	eachProc(func(_ string, f [][]byte) {
+		if len(f) > 2 && string(f[0]) != "Z" && string(f[2]) == strconv.Itoa(pgid) {
 			n++
 		}
-	}
+	})
 	return n
 }
 

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,7 +27,7 @@ except OSError:
 // directly (the reference) and one with the zygote, whose debug log is in fastLog.
 func pythonAgents(t *testing.T) (slow, fast *agentproto.Client, slowOpts, fastOpts Options) {
 	t.Helper()
-	if _, err := findExecutable("python3", hostPath()); err != nil {
+	if _, _, err := findExecutable("python3", hostPath()); err != nil {
 		t.Skipf("python3 is not installed: %v", err)
 	}
 	user := sandboxUser()
@@ -474,31 +472,6 @@ func TestZygoteYieldsToProcessLimit(t *testing.T) {
 	}
 }
 
-// The fast path is what it is for: a forked print(1) takes a fraction of python3's
-// start-up. Not pass/fail on time (machines are noisy); it logs both.
-func TestZygoteSpeed(t *testing.T) {
-	slow, fast, _, _ := pythonAgents(t)
-	req := agentproto.ExecRequest{Language: "python", Code: "print(1)\n"}
-	warmZygote(t, fast, req)
-	median := func(c *agentproto.Client) time.Duration {
-		var ds []time.Duration
-		for i := 0; i < 15; i++ {
-			start := time.Now()
-			if res := run(t, c, ptr(req)); string(res.Stdout) != "1\n" {
-				t.Fatalf("got %s", describe(res))
-			}
-			ds = append(ds, time.Since(start))
-		}
-		slices.Sort(ds)
-		return ds[len(ds)/2]
-	}
-	s, f := median(slow), median(fast)
-	t.Logf("print(1) round trip, median of 15: python3 %v, forked %v (%.1fx)", s, f, float64(s)/float64(f))
-	if !forked(t, fast, req) {
-		t.Errorf("runs were not forked")
-	}
-}
-
 // The zygote file is only there while a zygote starts; no run directories are left.
 func TestZygoteLeavesNothing(t *testing.T) {
 	_, fast, _, fastOpts := pythonAgents(t)
@@ -506,8 +479,5 @@ func TestZygoteLeavesNothing(t *testing.T) {
 	ents, err := os.ReadDir(fastOpts.RunBase)
 	if err != nil || len(ents) != 0 {
 		t.Errorf("run base holds %v (%v)", ents, err)
-	}
-	if _, err := os.Stat(filepath.Join(fastOpts.RunBase, zygoteFile)); err == nil {
-		t.Errorf("%s left behind", zygoteFile)
 	}
 }
