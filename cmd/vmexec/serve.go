@@ -40,7 +40,8 @@ func newServeCmd() *cobra.Command {
 
 On first start it builds the sandbox template (debootstrap, about a minute) into the
 data dir and reuses it afterwards. It removes sandboxes a crashed predecessor left, and
-destroys all of its sandboxes when it stops (SIGINT or SIGTERM).
+suspends all of its sandboxes when it stops (SIGINT or SIGTERM): each is snapshotted
+and stopped, and the next run for its agent resumes it.
 
 Configuration: built-in defaults, then the --config YAML file, then VMEXEC_*
 environment variables (VMEXEC_ADDR, VMEXEC_DATA_DIR, VMEXEC_RUNSC, VMEXEC_AGENT,
@@ -99,7 +100,7 @@ VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), t
 	f.StringVar(&backendsFlag, "backends", strings.Join(d.Backends, ","), "enabled backends, the default first: gvisor, microvm")
 	f.StringVar(&flags.MicroVM.Accel, "microvm-accel", d.MicroVM.Accel, "microVM accelerator: auto (KVM if it boots a guest, else TCG), kvm, tcg")
 	f.IntVar(&flags.Sandbox.PoolSize, "pool-size", d.Sandbox.PoolSize, "ready sandboxes kept for new agents")
-	f.DurationVar(&flags.Sandbox.IdleTimeout, "idle-timeout", d.Sandbox.IdleTimeout, "destroy sandboxes unused this long")
+	f.DurationVar(&flags.Sandbox.IdleTimeout, "idle-timeout", d.Sandbox.IdleTimeout, "suspend (snapshot and stop) sandboxes unused this long")
 	return cmd
 }
 
@@ -145,9 +146,9 @@ func serve(cfg config.Config) error {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := svc.Close(cctx); err != nil {
-			log.Error("destroying sandboxes", "err", err)
+			log.Error("suspending sandboxes", "err", err)
 		}
-		log.Info("stopped; all sandboxes destroyed")
+		log.Info("stopped; all sandboxes suspended")
 	}()
 
 	ln, err := net.Listen("tcp", cfg.Addr)
