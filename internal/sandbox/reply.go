@@ -53,7 +53,7 @@ func (s *Service) ParseExecuteFiltered(ctx context.Context, req api.ParseExecute
 		default:
 			res, err := s.Exec(ctx, api.ExecRequest{AgentID: req.AgentID, SandboxID: req.SandboxID, Language: b.Language,
 				Code: b.Code, Limits: req.Limits, History: req.History,
-				Metadata: map[string]string{"source": "parse-execute", "block_index": fmt.Sprint(b.Index)}})
+				Metadata: map[string]any{"source": "parse-execute", "block_index": fmt.Sprint(b.Index)}})
 			bad := true
 			switch {
 			case errors.Is(err, ErrInvalid):
