@@ -226,3 +226,37 @@ func TestWebPageAttackRefusedE2E(t *testing.T) {
 	// The daemon's own clients still get through.
 	wantOK(t, d.exec(t, "attack-victim-ok", "bash", "echo fine"), "fine")
 }
+
+// TestBadRequestsNotRuns guards issue 8 #15 (host side) on the real daemon: requests
+// that cannot be run as asked are 400s, not runs reported as killed, and nothing is
+// recorded for them.
+func TestBadRequestsNotRuns(t *testing.T) {
+	d := shared(t)
+	const agent = "bad-requests"
+	exec := func(extra string) string {
+		return `{"agent_id":"` + agent + `","language":"bash","code":"echo ran",` + extra + `}`
+	}
+	for _, c := range []struct{ path, body, want string }{
+		{"/v1/exec", exec(`"env":{"A=B":"1"}`), "'='"},
+		{"/v1/exec", exec(`"env":{"":"1"}`), "empty"},
+		{"/v1/exec", exec(`"env":{"PATH":""}`), "PATH is empty"},
+		{"/v1/exec", exec(`"limits":{"timeout_ms":-1}`), "negative"},
+		{"/api/llm/execute", exec(`"timeout_seconds":-5`), "negative"},
+		{"/api/llm/execute", exec(`"timeout_seconds":5,"timeout_ms":5000`), "not both"},
+		{"/api/llm/execute", exec(`"timeout_seconds":"30"`), `field "timeout_seconds": expected a number`},
+		{"/v1/exec", exec(`"limits":{"timeout_ms":"5s"}`), `field "limits.timeout_ms": expected an integer`},
+	} {
+		st, e := rawCall(t, "POST", d.url+c.path, c.body, jsonHeader)
+		msg, _ := e["error"].(string)
+		if st != 400 || !strings.Contains(msg, c.want) {
+			t.Errorf("%s %s: %d %v, want 400 saying %q", c.path, c.body, st, e, c.want)
+		}
+	}
+	runs, err := d.client.History(t.Context(), client.HistoryQuery{AgentID: agent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs.Runs) != 0 {
+		t.Fatalf("refused requests were run: %+v", runs.Runs)
+	}
+}
