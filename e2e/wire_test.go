@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/client"
 )
 
@@ -258,5 +260,49 @@ func TestBadRequestsNotRuns(t *testing.T) {
 	}
 	if len(runs.Runs) != 0 {
 		t.Fatalf("refused requests were run: %+v", runs.Runs)
+	}
+}
+
+// nullBody returns a JSON object with every field of struct type t null except those
+// in set (written as given), with nested structs' fields null inside them.
+func nullBody(t reflect.Type, set map[string]string) string {
+	var parts []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		v, ok := set[name]
+		if !ok {
+			v = "null"
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				v = nullBody(ft, nil)
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%q:%s", name, v))
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
+
+// TestNullFieldsAreAbsent guards "null means absent" on the real daemon: a run
+// request with every optional field null (nested ones too) runs as if they were
+// left out.
+func TestNullFieldsAreAbsent(t *testing.T) {
+	d := shared(t)
+	required := map[string]string{"agent_id": `"null-fields"`, "language": `"python"`, "code": `"print('nulls ok')"`}
+	for path, typ := range map[string]reflect.Type{
+		"/v1/exec":         reflect.TypeOf(api.ExecRequest{}),
+		"/api/llm/execute": reflect.TypeOf(api.CompatExecRequest{}),
+	} {
+		body := nullBody(typ, required)
+		st, r := rawCall(t, "POST", d.url+path, body, jsonHeader)
+		if st != 200 || r["stdout"] != "nulls ok\n" || r["verdict"] != "ok" {
+			t.Errorf("%s %s: %d %v", path, body, st, r)
+		}
 	}
 }
