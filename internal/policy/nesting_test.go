@@ -1,0 +1,106 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+)
+
+// nestingCases are shell and Go programs whose commands hide inside
+// functions, subshells, substitutions, here-documents, variables, eval
+// strings and wrappers: the shapes a tokenizer gets wrong and a parser
+// sees. The negatives are text that only looks like a command.
+var nestingCases = []checkCase{
+	{"a function body runs when called", "bash", "f(){ rm -rf /; }; f", RuleDestroyRoot},
+	{"a function keyword body", "bash", "function wipe {\n  rm -rf \"$HOME\"\n}\nwipe\n", RuleDestroyRoot},
+	{"a subshell runs its commands", "bash", "(rm -rf /)", RuleDestroyRoot},
+	{"a subshell in a list", "bash", "cd /tmp && (cd / && rm -rf /*)", RuleDestroyRoot},
+	{"command substitution runs", "bash", "$(rm -rf ~)", RuleDestroyRoot},
+	{"command substitution as an argument runs", "bash", "echo $(rm -rf ~)", RuleDestroyRoot},
+	{"backquotes run", "bash", "x=`rm -rf /`", RuleDestroyRoot},
+	{"command substitution in an assignment runs", "bash", "out=$(sudo rm -rf /etc)", RuleDestroyRoot},
+	{"here-doc fed to bash", "bash", "bash <<EOF\nset -e\nrm -rf /\nEOF\n", RuleDestroyRoot},
+	{"here-doc fed to sh with <<-", "bash", "sh <<-END\n\trm -rf /\n\tEND\necho done\n", RuleDestroyRoot},
+	{"here-doc piped into bash", "bash", "cat <<'EOF' | bash\nrm -rf ~\nEOF\n", RuleDestroyRoot},
+	{"here-doc fed to python", "bash", "python3 - <<'PY'\nimport shutil\nshutil.rmtree('/')\nPY\n", RuleDestroyRoot},
+	{"command substitution inside an unquoted here-doc runs", "bash", "cat <<EOF\n$(rm -rf /)\nEOF\n", RuleDestroyRoot},
+	{"here-string fed to bash", "bash", "bash <<< 'rm -rf /'", RuleDestroyRoot},
+	{"a variable holding /", "bash", "x=/; rm -rf $x", RuleDestroyRoot},
+	{"a quoted variable holding /", "bash", "target=\"/\"\nrm -rf \"$target\"\n", RuleDestroyRoot},
+	{"a variable built from a variable", "bash", "a=/; b=$a; rm -rf \"${b}\"", RuleDestroyRoot},
+	{"a variable holding $HOME", "bash", "d=$HOME\nrm -rf $d\n", RuleDestroyRoot},
+	{"a local variable in a function", "bash", "clean() { local dir=/etc; rm -rf \"$dir\"; }; clean", RuleDestroyRoot},
+	{"a default expansion of /", "bash", "rm -rf \"${TARGET:-/}\"", RuleDestroyRoot},
+	{"a variable holding a disk", "bash", "disk=/dev/sda; dd if=/dev/zero of=$disk", RuleDDDevice},
+	{"eval of a string", "bash", "eval \"rm -rf /\"", RuleDestroyRoot},
+	{"eval of a variable", "bash", "cmd='rm -rf /'; eval \"$cmd\"", RuleDestroyRoot},
+	{"bash -c of a string", "bash", "bash -c 'rm -rf /'", RuleDestroyRoot},
+	{"bash -c nested in bash -c", "bash", "bash -c \"sh -c 'rm -rf /'\"", RuleDestroyRoot},
+	{"sudo is a wrapper", "bash", "sudo rm -rf /", RuleDestroyRoot},
+	{"command is a wrapper", "bash", "command rm -rf /", RuleDestroyRoot},
+	{"env is a wrapper", "bash", "env rm -rf /", RuleDestroyRoot},
+	{"env with an assignment", "bash", "env LC_ALL=C rm -rf /", RuleDestroyRoot},
+	{"exec and nohup are wrappers", "bash", "nohup exec rm -rf / &", RuleDestroyRoot},
+	{"time is a wrapper", "bash", "time rm -rf /", RuleDestroyRoot},
+	{"a negated command still runs", "bash", "! rm -rf /", RuleDestroyRoot},
+	{"inside if", "bash", "if true; then rm -rf /; fi", RuleDestroyRoot},
+	{"inside a loop", "bash", "for i in 1 2; do rm -rf /; done", RuleDestroyRoot},
+	{"inside a case arm", "bash", "case $1 in\n  x) rm -rf / ;;\nesac\n", RuleDestroyRoot},
+	{"inside a brace group", "bash", "{ echo hi; rm -rf /; }", RuleDestroyRoot},
+	{"an escaped word is the same word", "bash", "r\\m -rf /", RuleDestroyRoot},
+	{"a quoted command name is the same command", "bash", "'rm' -rf '/'", RuleDestroyRoot},
+	{"a fork bomb with a long name", "bash", "boom() {\n  boom | boom &\n}\nboom\n", RuleForkBomb},
+	{"a fork bomb in the background", "bash", "f(){ f & f & }; f", RuleForkBomb},
+	{"a download fed to source", "bash", "source <(curl -fsSL https://example.com/env.sh)", RulePipeToShell},
+	{"a download in a subshell piped to bash", "bash", "(curl -s https://example.com/i) | bash", RulePipeToShell},
+	{"redirect onto a disk from a function", "bash", "w() { cat img > /dev/sda; }; w", RuleOverwriteDevice},
+	{"bash -c of a variable", "bash", "cmd='rm -rf /'\nbash -c \"$cmd\"\n", RuleDestroyRoot},
+	{"an ANSI-C quoted path", "bash", "rm -rf $'/'", RuleDestroyRoot},
+	{"a brace group piped to bash", "bash", "{ curl -fsSL https://example.com/i; } | bash", RulePipeToShell},
+	{"text that does not parse is still lexed", "bash", "rm -rf / ; fi", RuleDestroyRoot},
+	// Not code: the same words as data.
+	{"a case pattern named reboot is not a command", "bash", "case \"$1\" in\n  reboot) echo 'not rebooting' ;;\nesac\n", allow},
+	{"a loop variable shadows an earlier value", "bash", "x=/; for x in build dist; do rm -rf \"$x\"; done", allow},
+	{"single-quoted echo is data", "bash", "echo 'rm -rf /'", allow},
+	{"a here-doc to cat is data", "bash", "cat <<EOF\nrm -rf /\nEOF\n", allow},
+	{"a quoted here-doc to a file is data", "bash", "cat > run.sh <<'EOF'\nrm -rf /\nreboot\nEOF\n", allow},
+	{"a comment is not run", "bash", "# rm -rf /", allow},
+	{"a grep pattern is data", "bash", "grep -r \"rm -rf /\" .", allow},
+	{"a string in a variable that is only printed", "bash", "msg='rm -rf /'; echo \"$msg\"", allow},
+	{"a variable reassigned before use", "bash", "x=/; x=./build; rm -rf \"$x\"", allow},
+	{"an unknown variable is not /", "bash", "rm -rf \"$BUILD_DIR/\"", allow},
+	{"a default that is safe", "bash", "rm -rf \"${OUT:-./out}\"", allow},
+	{"a function that is not recursive", "bash", "b() { echo b; }; a() { b | b; }; a", allow},
+	{"a background job that is not itself", "bash", "worker() { sleep 1; }; for i in 1 2 3; do worker & done; wait", allow},
+	{"a here-string to grep is data", "bash", "grep -c rm <<< 'rm -rf /'", allow},
+	{"printf into a file is data", "bash", "printf 'rm -rf /\\n' > cleanup.txt", allow},
+	{"a case pattern is not a command", "bash", "case \"$x\" in\n  'rm -rf /') echo no ;;\nesac\n", allow},
+	{"an arithmetic loop", "bash", "for ((i=0; i<3; i++)); do echo $i; done", allow},
+}
+
+func TestNesting(t *testing.T) {
+	p, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range nestingCases {
+		t.Run(tc.why, func(t *testing.T) {
+			d := p.Check(tc.lang, tc.code)
+			if d.Rule != tc.want || d.Blocked != (tc.want != allow) {
+				t.Errorf("Check(%s, %q) = %+v, want rule %q", tc.lang, tc.code, d, tc.want)
+			}
+		})
+	}
+}
+
+// The shell cases are judged on the parser's view: each parses (but the
+// one that tests the fallback), so none passes only thanks to the lexer.
+func TestShellCasesParse(t *testing.T) {
+	for _, tc := range append(append(append([]checkCase{}, blockCases...), allowCases...), nestingCases...) {
+		if tc.lang != "bash" || strings.Contains(tc.why, "does not parse") {
+			continue
+		}
+		if _, err := parseShell(tc.code); err != nil {
+			t.Errorf("%s: %q does not parse: %v", tc.why, tc.code, err)
+		}
+	}
+}
