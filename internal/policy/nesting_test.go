@@ -75,6 +75,22 @@ var nestingCases = []checkCase{
 	{"printf into a file is data", "bash", "printf 'rm -rf /\\n' > cleanup.txt", allow},
 	{"a case pattern is not a command", "bash", "case \"$x\" in\n  'rm -rf /') echo no ;;\nesac\n", allow},
 	{"an arithmetic loop", "bash", "for ((i=0; i<3; i++)); do echo $i; done", allow},
+	// Go through its parser.
+	{"Go: RemoveAll of a constant", "go", "package main\n\nimport \"os\"\n\nconst root = \"/\"\n\nfunc main() { os.RemoveAll(root) }\n", RuleDestroyRoot},
+	{"Go: RemoveAll of the home directory", "go", "package main\n\nimport \"os\"\n\nfunc main() {\n\th, _ := os.UserHomeDir()\n\tos.RemoveAll(h)\n}\n", RuleDestroyRoot},
+	{"Go: RemoveAll through an import alias", "go", "package main\n\nimport sys \"os\"\n\nfunc main() { sys.RemoveAll(\"/etc\") }\n", RuleDestroyRoot},
+	{"Go: RemoveAll of filepath.Join(\"/\")", "go", "package main\n\nimport (\n\t\"os\"\n\t\"path/filepath\"\n)\n\nfunc main() { os.RemoveAll(filepath.Join(\"/\", \"home\", \"user\")) }\n", RuleDestroyRoot},
+	{"Go: a shell line in a variable", "go", "package main\n\nimport \"os/exec\"\n\nfunc main() {\n\tline := \"rm -rf ~\"\n\texec.Command(\"bash\", \"-c\", line).Run()\n}\n", RuleDestroyRoot},
+	{"Go: CommandContext argv", "go", "package main\n\nimport (\n\t\"context\"\n\t\"os/exec\"\n)\n\nfunc main() { exec.CommandContext(context.Background(), \"reboot\").Run() }\n", RuleReboot},
+	{"Go: an argv slice", "go", "package main\n\nimport \"os/exec\"\n\nfunc main() {\n\targs := []string{\"-rf\", \"/\"}\n\texec.Command(\"rm\", args...).Run()\n}\n", RuleDestroyRoot},
+	{"Go: OpenFile of a disk for writing", "go", "package main\n\nimport \"os\"\n\nfunc main() { f, _ := os.OpenFile(\"/dev/sda\", os.O_WRONLY, 0); f.Close() }\n", RuleOverwriteDevice},
+	{"Go: a self-spawning loop", "go", "package main\n\nimport (\n\t\"os\"\n\t\"os/exec\"\n)\n\nfunc main() {\n\tfor {\n\t\texec.Command(os.Args[0]).Start()\n\t}\n}\n", RuleForkBomb},
+	{"Go: a function without package clause", "go", "os.RemoveAll(\"/\")\n", RuleDestroyRoot},
+	{"Go: RemoveAll in a comment", "go", "package main\n\n// os.RemoveAll(\"/\")\nfunc main() {}\n", allow},
+	{"Go: RemoveAll of a temp dir variable", "go", "package main\n\nimport \"os\"\n\nfunc main() {\n\td, _ := os.MkdirTemp(\"\", \"x\")\n\tos.RemoveAll(d)\n}\n", allow},
+	{"Go: echo argument is data", "go", "package main\n\nimport \"os/exec\"\n\nfunc main() { exec.Command(\"echo\", \"rm -rf /\").Run() }\n", allow},
+	{"Go: a method named RemoveAll", "go", "package main\n\ntype fs struct{}\n\nfunc (fs) RemoveAll(string) {}\n\nfunc main() { var os fs; os.RemoveAll(\"/\") }\n", allow},
+	{"Go: a loop that waits", "go", "package main\n\nimport \"os/exec\"\n\nfunc main() {\n\tfor {\n\t\tif err := exec.Command(\"true\").Run(); err != nil {\n\t\t\treturn\n\t\t}\n\t}\n}\n", allow},
 }
 
 func TestNesting(t *testing.T) {
@@ -102,5 +118,47 @@ func TestShellCasesParse(t *testing.T) {
 		if _, err := parseShell(tc.code); err != nil {
 			t.Errorf("%s: %q does not parse: %v", tc.why, tc.code, err)
 		}
+	}
+}
+
+// Pathological input is checked in bounded work: text nested past
+// maxNesting or larger than maxParseBytes goes to the lexer, which is
+// linear, and still finds what it can; embedded programs stop at maxDepth.
+func TestPathologicalInput(t *testing.T) {
+	p, err := New(Config{Enabled: true, MaxCodeBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deep := strings.Repeat("$(", 20000) + "rm -rf /" + strings.Repeat(")", 20000)
+	nestedC := "rm -rf /"
+	for range 12 {
+		nestedC = "bash -c " + shellQuote(nestedC)
+	}
+	tests := []struct {
+		name, code string
+		lexed      bool   // whether the parser must refuse it
+		want       string // rule, or allow
+	}{
+		{"deep command substitution", deep, true, RuleDestroyRoot},
+		{"deep subshells", strings.Repeat("(", 50000) + "ls" + strings.Repeat(")", 50000), true, allow},
+		{"deep braces", strings.Repeat("{ ", 30000) + "ls;" + strings.Repeat(" }", 30000), true, allow},
+		{"unbalanced quotes", strings.Repeat("\"'`$(", 20000), true, allow},
+		{"over the parse limit", strings.Repeat("echo hi\n", maxParseBytes/8+1), true, allow},
+		{"a long pipeline", strings.Repeat("cat |", 20000) + " cat", false, allow},
+		{"a pipeline deeper than the walk is lexed too", "rm -rf / |" + strings.Repeat("cat |", 20000) + " cat", false, RuleDestroyRoot},
+		{"many functions", strings.Repeat("f(){ g | g & }; ", 5000), false, allow},
+		{"many here-docs", strings.Repeat("bash <<E\necho\nE\n", 5000), false, allow},
+		{"bash -c nested past the depth bound", nestedC, false, allow},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, perr := parseShell(tt.code)
+			if tt.lexed && perr == nil {
+				t.Errorf("parsed; want the lexer fallback")
+			}
+			if d := p.Check("bash", tt.code); d.Rule != tt.want {
+				t.Errorf("Check = %+v, want rule %q", d, tt.want)
+			}
+		})
 	}
 }

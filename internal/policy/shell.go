@@ -10,9 +10,12 @@ import (
 // Bounds on the text given to the shell parser. Longer or more deeply
 // nested text is read by the lexer instead, which is linear and never
 // recurses; the policy's max_code_bytes (100 KiB by default) applies first.
+// A tree deeper than maxWalkDepth (a pipeline of thousands of stages) is
+// walked that deep and lexed as well, which keeps the walk's stack small.
 const (
 	maxParseBytes = 256 << 10
 	maxNesting    = 128
+	maxWalkDepth  = 1000
 )
 
 // shell checks shell text: parsed as bash when it parses, lexed otherwise.
@@ -27,7 +30,30 @@ func (a *analyzer) shell(text string) {
 		return
 	}
 	w := &shellWalk{a: a, src: text, next: map[*syntax.Stmt]*syntax.Stmt{}}
-	syntax.Walk(f, w.visit)
+	if !walk(f, w.visit) {
+		a.lexed(text)
+	}
+}
+
+// walk is syntax.Walk bounded to maxWalkDepth; it reports whether it
+// visited the whole tree.
+func walk(root syntax.Node, f func(syntax.Node) bool) bool {
+	depth, complete := 0, true
+	syntax.Walk(root, func(n syntax.Node) bool {
+		switch {
+		case n == nil: // after the children of a node f descended into
+			depth--
+			return false
+		case depth >= maxWalkDepth:
+			complete = false
+			return false
+		case !f(n):
+			return false
+		}
+		depth++
+		return true
+	})
+	return complete
 }
 
 func parseShell(text string) (*syntax.File, error) {
@@ -159,7 +185,7 @@ func (w *shellWalk) procSubst(ce *syntax.CallExpr, argv []string) {
 			if !ok || ps.Op != syntax.CmdIn {
 				continue
 			}
-			syntax.Walk(ps, func(n syntax.Node) bool {
+			walk(ps, func(n syntax.Node) bool {
 				if s, ok := n.(*syntax.Stmt); ok {
 					switch cmdName(w.callName(s)) {
 					case "curl", "wget", "fetch":
@@ -190,7 +216,7 @@ func (w *shellWalk) assign(as *syntax.Assign) {
 // runs: no command substitution, arithmetic or process substitution.
 func literalWord(word *syntax.Word) bool {
 	ok := true
-	syntax.Walk(word, func(n syntax.Node) bool {
+	walk(word, func(n syntax.Node) bool {
 		switch n.(type) {
 		case *syntax.CmdSubst, *syntax.ArithmExp, *syntax.ProcSubst:
 			ok = false
@@ -204,7 +230,7 @@ func literalWord(word *syntax.Word) bool {
 // in a pipeline with itself (name | name) or in the background (name &).
 func spawnsSelf(body *syntax.Stmt, name string, w *shellWalk) bool {
 	found := false
-	syntax.Walk(body, func(n syntax.Node) bool {
+	walk(body, func(n syntax.Node) bool {
 		switch n := n.(type) {
 		case *syntax.BinaryCmd:
 			if (n.Op == syntax.Pipe || n.Op == syntax.PipeAll) &&

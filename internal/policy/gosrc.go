@@ -1,0 +1,428 @@
+package policy
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"path"
+	"strconv"
+	"strings"
+)
+
+// goProgram checks Go source on its syntax tree: library calls are judged
+// by the values of their arguments (constants and simple variables
+// followed), the argv of process calls is checked as a shell command, and
+// endless loops that spawn processes are fork bombs. Source that does not
+// parse, even as a bare list of statements, is not checked: it does not
+// build, so it cannot run.
+func (a *analyzer) goProgram(code string) {
+	g := parseGo(code)
+	if g == nil {
+		return
+	}
+	g.a = a
+	g.scan()
+}
+
+// goWalk holds one parsed Go program and what is known about its values.
+type goWalk struct {
+	a       *analyzer
+	src     string
+	fset    *token.FileSet
+	file    *ast.File
+	imports map[string]string // local name -> import path
+	strs    map[*ast.Object]string
+	slices  map[*ast.Object][]ast.Expr
+	// argvLits are literals checked as part of an argv, not on their own.
+	argvLits map[*ast.BasicLit]bool
+}
+
+func parseGo(code string) *goWalk {
+	for _, src := range []string{code, "package main\n" + code, "package main\nfunc main() {\n" + code + "\n}\n"} {
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, "main.go", src, parser.ParseComments)
+		if err != nil {
+			continue
+		}
+		g := &goWalk{src: src, fset: fset, file: f, imports: map[string]string{},
+			strs: map[*ast.Object]string{}, slices: map[*ast.Object][]ast.Expr{}, argvLits: map[*ast.BasicLit]bool{}}
+		for _, im := range f.Imports {
+			p, _ := strconv.Unquote(im.Path.Value)
+			name := path.Base(p)
+			if im.Name != nil {
+				name = im.Name.Name
+			}
+			g.imports[name] = p
+		}
+		return g
+	}
+	return nil
+}
+
+func (g *goWalk) scan() {
+	// Package-level constants and variables first: they may be used above
+	// their declaration.
+	for _, d := range g.file.Decls {
+		if gd, ok := d.(*ast.GenDecl); ok {
+			g.values(gd)
+		}
+	}
+	processes := g.importsPath("os/exec")
+	ast.Inspect(g.file, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.DeclStmt:
+			if gd, ok := n.Decl.(*ast.GenDecl); ok {
+				g.values(gd)
+			}
+		case *ast.AssignStmt:
+			g.assign(n)
+		case *ast.CallExpr:
+			if g.call(n) {
+				processes = true
+			}
+		case *ast.ForStmt:
+			g.forkLoop(n)
+		case *ast.BasicLit:
+			if v, ok := g.str(n); ok && strings.TrimSpace(v) == "/proc/sysrq-trigger" {
+				g.a.add(RuleReboot, n.Value)
+			}
+		}
+		return true
+	})
+	if processes {
+		g.literalCommands()
+	}
+}
+
+func (g *goWalk) importsPath(p string) bool {
+	for _, v := range g.imports {
+		if v == p {
+			return true
+		}
+	}
+	return false
+}
+
+// text returns the source of a node.
+func (g *goWalk) text(n ast.Node) string {
+	from, to := g.fset.Position(n.Pos()).Offset, g.fset.Position(n.End()).Offset
+	if from < 0 || to > len(g.src) || from > to {
+		return ""
+	}
+	return g.src[from:to]
+}
+
+// fn returns "importpath.Name" for a call of a package-level function, or
+// "" for methods, locals and the like. An identifier that is neither
+// declared nor imported is taken as a package of that name, for snippets.
+func (g *goWalk) fn(e ast.Expr) string {
+	sel, ok := e.(*ast.SelectorExpr)
+	if !ok {
+		return ""
+	}
+	x, ok := sel.X.(*ast.Ident)
+	if !ok || x.Obj != nil {
+		return ""
+	}
+	p, ok := g.imports[x.Name]
+	if !ok {
+		p = x.Name
+	}
+	return p + "." + sel.Sel.Name
+}
+
+func (g *goWalk) values(gd *ast.GenDecl) {
+	for _, spec := range gd.Specs {
+		vs, ok := spec.(*ast.ValueSpec)
+		if !ok {
+			continue
+		}
+		for k, name := range vs.Names {
+			if k < len(vs.Values) {
+				g.bind(name, vs.Values[k])
+			}
+		}
+	}
+}
+
+func (g *goWalk) assign(as *ast.AssignStmt) {
+	if as.Tok != token.DEFINE && as.Tok != token.ASSIGN {
+		for _, l := range as.Lhs { // x += ...: no longer known
+			if id, ok := l.(*ast.Ident); ok {
+				g.bind(id, nil)
+			}
+		}
+		return
+	}
+	if len(as.Rhs) == 1 && len(as.Lhs) > 1 { // h, err := os.UserHomeDir()
+		call, _ := as.Rhs[0].(*ast.CallExpr)
+		for k, l := range as.Lhs {
+			if id, ok := l.(*ast.Ident); ok {
+				if k == 0 && call != nil && g.fn(call.Fun) == "os.UserHomeDir" {
+					g.strs[id.Obj] = "$HOME"
+				} else {
+					g.bind(id, nil)
+				}
+			}
+		}
+		return
+	}
+	for k, l := range as.Lhs {
+		if id, ok := l.(*ast.Ident); ok && k < len(as.Rhs) {
+			g.bind(id, as.Rhs[k])
+		}
+	}
+}
+
+// bind records what an identifier holds, if known; e nil forgets it.
+func (g *goWalk) bind(id *ast.Ident, e ast.Expr) {
+	if id.Obj == nil {
+		return
+	}
+	delete(g.strs, id.Obj)
+	delete(g.slices, id.Obj)
+	if e == nil {
+		return
+	}
+	if v, ok := g.str(e); ok {
+		g.strs[id.Obj] = v
+	} else if cl, ok := e.(*ast.CompositeLit); ok {
+		g.slices[id.Obj] = cl.Elts
+	}
+}
+
+// str evaluates a string expression known before the program runs:
+// literals, constants, concatenation, os.Getenv("HOME"), os.TempDir() and
+// filepath.Join / Clean of those.
+func (g *goWalk) str(e ast.Expr) (string, bool) {
+	switch e := e.(type) {
+	case *ast.BasicLit:
+		if e.Kind != token.STRING {
+			return "", false
+		}
+		v, err := strconv.Unquote(e.Value)
+		return v, err == nil
+	case *ast.Ident:
+		v, ok := g.strs[e.Obj]
+		return v, ok && e.Obj != nil
+	case *ast.ParenExpr:
+		return g.str(e.X)
+	case *ast.BinaryExpr:
+		x, okx := g.str(e.X)
+		y, oky := g.str(e.Y)
+		return x + y, e.Op == token.ADD && okx && oky
+	case *ast.CallExpr:
+		var args []string
+		for _, arg := range e.Args {
+			v, ok := g.str(arg)
+			if !ok {
+				return "", false
+			}
+			args = append(args, v)
+		}
+		switch g.fn(e.Fun) {
+		case "os.Getenv":
+			return "$HOME", len(args) == 1 && args[0] == "HOME"
+		case "os.TempDir":
+			return "/tmp", true
+		case "path/filepath.Join", "path.Join":
+			return path.Join(args...), len(args) > 0
+		case "path/filepath.Clean", "path.Clean", "path/filepath.FromSlash", "path/filepath.ToSlash":
+			return path.Clean(strings.Join(args, "")), len(args) == 1
+		}
+		if id, ok := e.Fun.(*ast.Ident); ok && id.Name == "string" && len(args) == 1 {
+			return args[0], true
+		}
+	}
+	return "", false
+}
+
+// intValue evaluates a small integer constant such as -1.
+func intValue(e ast.Expr) (int64, bool) {
+	switch e := e.(type) {
+	case *ast.BasicLit:
+		n, err := strconv.ParseInt(e.Value, 0, 64)
+		return n, err == nil && e.Kind == token.INT
+	case *ast.UnaryExpr:
+		n, ok := intValue(e.X)
+		return -n, ok && e.Op == token.SUB
+	case *ast.ParenExpr:
+		return intValue(e.X)
+	case *ast.CallExpr: // int(-1), syscall.Pid(1) and the like
+		if len(e.Args) == 1 {
+			return intValue(e.Args[0])
+		}
+	}
+	return 0, false
+}
+
+// call applies the library call rules and checks the argv of process
+// calls. It reports whether the call starts a process.
+func (g *goWalk) call(c *ast.CallExpr) bool {
+	name := g.fn(c.Fun)
+	arg := func(k int) ast.Expr {
+		if k < len(c.Args) {
+			return c.Args[k]
+		}
+		return nil
+	}
+	text := g.text(c)
+	switch strings.TrimPrefix(name, "golang.org/x/sys/") {
+	case "os.RemoveAll":
+		if v, ok := g.str(arg(0)); ok && dangerousPath(v) {
+			g.a.add(RuleDestroyRoot, text)
+		}
+	case "os.WriteFile", "os.Create":
+		if v, ok := g.str(arg(0)); ok && isBlockDevice(v) {
+			g.a.add(RuleOverwriteDevice, text)
+		}
+	case "os.OpenFile":
+		if v, ok := g.str(arg(0)); ok && isBlockDevice(v) && len(c.Args) > 1 && writeFlags.MatchString(g.text(c.Args[1])) {
+			g.a.add(RuleOverwriteDevice, text)
+		}
+	case "syscall.Kill", "unix.Kill":
+		if n, ok := intValue(arg(0)); ok && (n == -1 || n == 1) {
+			g.a.add(RuleKillAll, text)
+		}
+	case "syscall.Reboot", "unix.Reboot":
+		if s := g.text(arg(0)); strings.Contains(s, "POWER_OFF") || strings.Contains(s, "HALT") {
+			g.a.add(RuleShutdown, text)
+		} else {
+			g.a.add(RuleReboot, text)
+		}
+	case "os/exec.Command":
+		g.argv(c.Args, c.Ellipsis.IsValid())
+		return true
+	case "os/exec.CommandContext":
+		if len(c.Args) > 1 {
+			g.argv(c.Args[1:], c.Ellipsis.IsValid())
+		}
+		return true
+	case "syscall.Exec", "syscall.ForkExec", "unix.Exec", "os.StartProcess":
+		if cl, ok := arg(1).(*ast.CompositeLit); ok {
+			g.argv(cl.Elts, false)
+		} else if id, ok := arg(1).(*ast.Ident); ok && g.slices[id.Obj] != nil {
+			g.argv(g.slices[id.Obj], false)
+		}
+		return true
+	}
+	return false
+}
+
+// argv checks the words of a process call as one shell command. Words not
+// known before the run stand as their source text, quoted, which no rule
+// matches; a trailing slice... is expanded when its elements are known.
+func (g *goWalk) argv(args []ast.Expr, variadic bool) {
+	if variadic && len(args) > 0 {
+		last := args[len(args)-1]
+		var elts []ast.Expr
+		if cl, ok := last.(*ast.CompositeLit); ok {
+			elts = cl.Elts
+		} else if id, ok := last.(*ast.Ident); ok {
+			elts = g.slices[id.Obj]
+		}
+		args = append(args[:len(args)-1:len(args)-1], elts...)
+	}
+	words := make([]string, 0, len(args))
+	for k, e := range args {
+		v, ok := g.str(e)
+		if !ok {
+			v = "<" + g.text(e) + ">"
+		}
+		if lit, ok := e.(*ast.BasicLit); ok && k > 0 {
+			g.argvLits[lit] = true
+		}
+		words = append(words, shellQuote(v))
+	}
+	if len(words) > 0 {
+		g.a.shell(strings.Join(words, " "))
+	}
+}
+
+// literalCommands checks, in a program that runs processes, the string
+// literals that may be commands: each run of two or more string arguments
+// of a call or elements of a composite literal (["rm", "-rf", "/"]) as one
+// argv, and every other literal that holds a command line. A literal that
+// is a later word of an argv, such as the message in ("echo", "rm -rf /"),
+// is data.
+func (g *goWalk) literalCommands() {
+	runs := func(list []ast.Expr) {
+		for k := 0; k < len(list); {
+			n := k
+			var words []string
+			for ; n < len(list); n++ {
+				v, ok := g.str(list[n])
+				if !ok {
+					break
+				}
+				words = append(words, shellQuote(v))
+				if lit, ok := list[n].(*ast.BasicLit); ok && n > k {
+					g.argvLits[lit] = true
+				}
+			}
+			if len(words) > 1 {
+				g.a.shell(strings.Join(words, " "))
+			}
+			k = n + 1
+		}
+	}
+	ast.Inspect(g.file, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.CallExpr:
+			runs(n.Args)
+		case *ast.CompositeLit:
+			runs(n.Elts)
+		}
+		return true
+	})
+	ast.Inspect(g.file, func(n ast.Node) bool {
+		if lit, ok := n.(*ast.BasicLit); ok && !g.argvLits[lit] {
+			if v, ok := g.str(lit); ok && strings.ContainsAny(strings.TrimSpace(v), " \t\n") {
+				g.a.shell(v)
+			}
+		}
+		return true
+	})
+}
+
+// forkLoop flags an endless loop whose body starts a process (ForkExec,
+// a fork system call, or the program itself) and never waits, returns,
+// breaks, exits or panics.
+func (g *goWalk) forkLoop(loop *ast.ForStmt) {
+	if loop.Cond != nil {
+		if id, ok := loop.Cond.(*ast.Ident); !ok || id.Name != "true" {
+			return
+		}
+	}
+	spawns, stops := false, false
+	ast.Inspect(loop.Body, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.BranchStmt:
+			stops = stops || n.Tok == token.BREAK || n.Tok == token.GOTO
+		case *ast.ReturnStmt:
+			stops = true
+		case *ast.CallExpr:
+			name := g.fn(n.Fun)
+			switch {
+			case name == "syscall.ForkExec" || name == "os.StartProcess":
+				spawns = true
+			case name == "syscall.RawSyscall" || name == "syscall.Syscall":
+				spawns = spawns || len(n.Args) > 0 && strings.HasSuffix(g.text(n.Args[0]), "SYS_FORK")
+			case (name == "os/exec.Command" || name == "os/exec.CommandContext") && len(n.Args) > 0:
+				spawns = spawns || strings.Contains(g.text(n), "os.Args[0]")
+			case name == "os.Exit":
+				stops = true
+			}
+			if sel, ok := n.Fun.(*ast.SelectorExpr); ok && (sel.Sel.Name == "Wait" || sel.Sel.Name == "Wait4") {
+				stops = true
+			}
+			if id, ok := n.Fun.(*ast.Ident); ok && id.Name == "panic" {
+				stops = true
+			}
+		}
+		return true
+	})
+	if spawns && !stops {
+		g.a.add(RuleForkBomb, g.text(loop))
+	}
+}
