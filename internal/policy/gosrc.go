@@ -127,9 +127,16 @@ func (g *goWalk) fn(e ast.Expr) string {
 	p, ok := g.imports[x.Name]
 	if !ok {
 		p = x.Name
+		if std, ok := snippetImports[x.Name]; ok {
+			p = std
+		}
 	}
 	return p + "." + sel.Sel.Name
 }
+
+// snippetImports are the import paths assumed for a snippet that uses a
+// package without importing it.
+var snippetImports = map[string]string{"exec": "os/exec", "filepath": "path/filepath", "unix": "golang.org/x/sys/unix"}
 
 func (g *goWalk) values(gd *ast.GenDecl) {
 	for _, spec := range gd.Specs {

@@ -373,6 +373,9 @@ func (w *shellWalk) param(p *syntax.ParamExp) string {
 		return w.text(p)
 	}
 	v, known := w.a.vars[p.Param.Value]
+	if !known && p.Param.Value == "HOME" { // always set: ${HOME:-/} is $HOME
+		v, known = "$HOME", true
+	}
 	switch {
 	case p.Exp == nil && known:
 		return v
@@ -383,7 +386,7 @@ func (w *shellWalk) param(p *syntax.ParamExp) string {
 		if known && v != "" {
 			return v
 		}
-		if !known && p.Param.Value != "HOME" {
+		if !known {
 			return w.word(p.Exp.Word)
 		}
 	}
