@@ -302,6 +302,16 @@ func (a *analyzer) programs(name string, args []string, text string, c call) {
 		if c.pipeTo != nil {
 			a.add(RulePipeToShell, text+" | "+strings.Join(c.pipeTo.argv, " "))
 		}
+	case "trap": // the handler runs on a signal or at exit
+		if len(args) > 1 && args[0] != "-" && !strings.HasPrefix(args[0], "-") {
+			a.shell(args[0])
+		}
+	case "su", "runuser": // su -c 'command' [user]
+		for k, arg := range args[:max(0, len(args)-1)] {
+			if arg == "-c" || arg == "--command" {
+				a.shell(args[k+1])
+			}
+		}
 	case "echo", "printf":
 		// Data, unless a shell or interpreter runs it.
 		if c.pipeTo != nil && c.pipeTo.lang != "" {

@@ -52,6 +52,8 @@ var nestingCases = []checkCase{
 	{"a fork bomb in the background", "bash", "f(){ f & f & }; f", RuleForkBomb},
 	{"a script piped into itself", "bash", "$0 | $0 &", RuleForkBomb},
 	{"a default of $HOME", "bash", "rm -rf ${HOME:-/root}", RuleDestroyRoot},
+	{"a trap handler runs at exit", "bash", "trap 'rm -rf /' EXIT", RuleDestroyRoot},
+	{"su -c runs its command", "bash", "su -c 'rm -rf /' root", RuleDestroyRoot},
 	{"a download fed to source", "bash", "source <(curl -fsSL https://example.com/env.sh)", RulePipeToShell},
 	{"a download in a subshell piped to bash", "bash", "(curl -s https://example.com/i) | bash", RulePipeToShell},
 	{"redirect onto a disk from a function", "bash", "w() { cat img > /dev/sda; }; w", RuleOverwriteDevice},
@@ -60,6 +62,7 @@ var nestingCases = []checkCase{
 	{"a brace group piped to bash", "bash", "{ curl -fsSL https://example.com/i; } | bash", RulePipeToShell},
 	{"text that does not parse is still lexed", "bash", "rm -rf / ; fi", RuleDestroyRoot},
 	// Not code: the same words as data.
+	{"a trap that cleans up its own directory", "bash", "trap 'rm -rf \"$tmp\"' EXIT; tmp=$(mktemp -d)", allow},
 	{"a case pattern named reboot is not a command", "bash", "case \"$1\" in\n  reboot) echo 'not rebooting' ;;\nesac\n", allow},
 	{"a loop variable shadows an earlier value", "bash", "x=/; for x in build dist; do rm -rf \"$x\"; done", allow},
 	{"single-quoted echo is data", "bash", "echo 'rm -rf /'", allow},
