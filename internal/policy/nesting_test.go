@@ -59,6 +59,7 @@ var nestingCases = []checkCase{
 	{"redirect onto a disk from a function", "bash", "w() { cat img > /dev/sda; }; w", RuleOverwriteDevice},
 	{"bash -c of a variable", "bash", "cmd='rm -rf /'\nbash -c \"$cmd\"\n", RuleDestroyRoot},
 	{"an ANSI-C quoted path", "bash", "rm -rf $'/'", RuleDestroyRoot},
+	{"an ANSI-C escaped path", "bash", "rm -rf $'\\x2fetc'", RuleDestroyRoot},
 	{"a brace group piped to bash", "bash", "{ curl -fsSL https://example.com/i; } | bash", RulePipeToShell},
 	{"text that does not parse is still lexed", "bash", "rm -rf / ; fi", RuleDestroyRoot},
 	// Not code: the same words as data.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 
@@ -63,11 +64,7 @@ func parseShell(text string) (*syntax.File, error) {
 	return syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(strings.NewReader(text), "")
 }
 
-type parseLimit struct{}
-
-func (parseLimit) Error() string { return "shell text too large or too deeply nested to parse" }
-
-var errTooComplex error = parseLimit{}
+var errTooComplex = errors.New("shell text too large or too deeply nested to parse")
 
 // nesting over-estimates how deeply brackets nest in s, quotes ignored.
 func nesting(s string) int {
@@ -421,42 +418,12 @@ func unescape(s string, quoted bool) string {
 	return b.String()
 }
 
-// ansiC decodes the body of a $'...' string.
+// ansiC decodes the body of a $'...' string; the escapes bash shares with
+// Go (\n, \t, \xHH, \NNN, \\) are decoded, a body with others is kept raw.
 func ansiC(s string) string {
-	var b strings.Builder
-	for k := 0; k < len(s); k++ {
-		if s[k] != '\\' || k+1 >= len(s) {
-			b.WriteByte(s[k])
-			continue
-		}
-		k++
-		switch c := s[k]; c {
-		case 'n':
-			b.WriteByte('\n')
-		case 't':
-			b.WriteByte('\t')
-		case 'r':
-			b.WriteByte('\r')
-		case 'e', 'E':
-			b.WriteByte(0x1b)
-		case 'x', '0', '1', '2', '3', '4', '5', '6', '7':
-			base, digits, from := 16, 2, k+1
-			if c != 'x' {
-				base, digits, from = 8, 3, k
-			}
-			end := from
-			for end < len(s) && end < from+digits && strings.IndexByte("0123456789abcdefABCDEF"[:base+max(0, base-10)], s[end]) >= 0 {
-				end++
-			}
-			if n, err := strconv.ParseUint(s[from:end], base, 8); err == nil {
-				b.WriteByte(byte(n))
-				k = end - 1
-			} else {
-				b.WriteByte(c)
-			}
-		default:
-			b.WriteByte(c) // \\ \' \" and the rest
-		}
+	q := strings.ReplaceAll(strings.ReplaceAll(s, `\'`, `'`), `"`, `\"`)
+	if v, err := strconv.Unquote(`"` + q + `"`); err == nil {
+		return v
 	}
-	return b.String()
+	return s
 }
