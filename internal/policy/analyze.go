@@ -23,6 +23,9 @@ type analyzer struct {
 	// vars holds shell variables assigned to constants (x=/), so that
 	// rm -rf $x is judged like rm -rf /.
 	vars map[string]string
+	// scripts holds the here-documents shell code wrote to files
+	// (cat > job.sh <<EOF), by cleaned path, for when the file is run.
+	scripts map[string]string
 }
 
 func (a *analyzer) add(rule, text string) {

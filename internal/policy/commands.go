@@ -1,9 +1,11 @@
 package policy
 
 import (
+	"cmp"
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/vmexec/vmexec/internal/codeblock"
@@ -217,6 +219,53 @@ func (a *analyzer) command(c call) {
 	a.files(name, args, text)
 	a.machine(name, args, text)
 	a.programs(name, args, text, c)
+	a.scriptFiles(argv, c)
+}
+
+// scriptFiles remembers a here-document written to a file by cat or tee
+// and checks it when a later command runs that file: sh job.sh,
+// python3 job.py, source job.sh, ./job.sh.
+func (a *analyzer) scriptFiles(argv []string, c call) {
+	name, args := cmdName(argv[0]), argv[1:]
+	if c.stdin != "" && (name == "cat" || name == "tee") {
+		targets := slices.Clone(args)
+		for _, r := range c.redirs {
+			targets = append(targets, r.target)
+		}
+		for _, t := range targets {
+			if !strings.HasPrefix(t, "-") {
+				if a.scripts == nil {
+					a.scripts = map[string]string{}
+				}
+				a.scripts[path.Clean(t)] = c.stdin
+			}
+		}
+		return
+	}
+	lang, file := "", ""
+	if l, ok := interpreterLang(name); ok || name == "source" || name == "." {
+		lang = cmp.Or(l, codeblock.Bash)
+		if k := slices.IndexFunc(args, func(s string) bool { return !strings.HasPrefix(s, "-") }); k >= 0 {
+			file = args[k]
+		}
+		if _, inline := inlineProgram(name, args); inline || (l == "" && ok) {
+			return // python -c, or perl and ruby, which are not checked
+		}
+	} else if strings.Contains(argv[0], "/") {
+		file, lang = argv[0], codeblock.Bash
+	}
+	body, ok := a.scripts[path.Clean(file)]
+	if !ok || file == "" {
+		return
+	}
+	if first, _, _ := strings.Cut(body, "\n"); strings.HasPrefix(first, "#!") {
+		for interp, l := range map[string]string{"python": codeblock.Python, "node": codeblock.JavaScript} {
+			if strings.Contains(first, interp) {
+				lang = l
+			}
+		}
+	}
+	a.code(lang, body)
 }
 
 // files applies the rules about deleting, formatting and overwriting.

@@ -30,7 +30,8 @@ func (a *analyzer) shell(text string) {
 		a.lexed(text)
 		return
 	}
-	w := &shellWalk{a: a, src: text, next: map[*syntax.Stmt]*syntax.Stmt{}}
+	w := &shellWalk{a: a, src: text, next: map[*syntax.Stmt]*syntax.Stmt{},
+		funcs: map[string]*syntax.Stmt{}, called: map[string]bool{}}
 	if !walk(f, w.visit) {
 		a.lexed(text)
 	}
@@ -91,6 +92,11 @@ type shellWalk struct {
 	// next maps a statement whose output is piped to the first statement
 	// of the next pipeline stage.
 	next map[*syntax.Stmt]*syntax.Stmt
+	// funcs holds the functions defined so far; each is walked again at
+	// its first call, with that call's arguments as $1, $2, ... and the
+	// variables known then.
+	funcs  map[string]*syntax.Stmt
+	called map[string]bool
 }
 
 func (w *shellWalk) visit(n syntax.Node) bool {
@@ -106,8 +112,11 @@ func (w *shellWalk) visit(n syntax.Node) bool {
 			}
 		}
 	case *syntax.FuncDecl:
-		if n.Name != nil && spawnsSelf(n.Body, n.Name.Value, w) {
-			w.a.add(RuleForkBomb, w.text(n))
+		if n.Name != nil {
+			w.funcs[n.Name.Value] = n.Body
+			if spawnsSelf(n.Body, n.Name.Value, w) {
+				w.a.add(RuleForkBomb, w.text(n))
+			}
 		}
 	case *syntax.Stmt:
 		w.stmt(n)
@@ -164,6 +173,37 @@ func (w *shellWalk) stmt(s *syntax.Stmt) {
 		}
 	}
 	w.a.command(c)
+	w.callFunc(c.argv)
+}
+
+// callFunc walks a function's body at its first call, with the call's
+// arguments bound to the positional parameters. Calls nest to maxDepth.
+func (w *shellWalk) callFunc(argv []string) {
+	body := w.funcs[argv[0]]
+	if body == nil || w.called[argv[0]] || !w.a.enter() {
+		return
+	}
+	defer w.a.leave()
+	w.called[argv[0]] = true
+	params := map[string]string{"@": strings.Join(argv[1:], " "), "*": strings.Join(argv[1:], " ")}
+	for k := 1; k <= 9; k++ {
+		params[strconv.Itoa(k)] = ""
+		if k < len(argv) {
+			params[strconv.Itoa(k)] = argv[k]
+		}
+	}
+	saved := map[string]string{}
+	for name, v := range params {
+		if old, ok := w.a.vars[name]; ok {
+			saved[name] = old
+		}
+		w.a.setVar(name, v, true)
+	}
+	walk(body, w.visit)
+	for name := range params {
+		old, ok := saved[name]
+		w.a.setVar(name, old, ok)
+	}
 }
 
 // procSubst flags a shell that runs a download given as a file:
