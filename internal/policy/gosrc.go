@@ -31,21 +31,31 @@ type goWalk struct {
 	fset    *token.FileSet
 	file    *ast.File
 	imports map[string]string // local name -> import path
-	strs    map[*ast.Object]string
-	slices  map[*ast.Object][]ast.Expr
+	strs    map[any]string    // by key(ident)
+	slices  map[any][]ast.Expr
 	// argvLits are literals checked as part of an argv, not on their own.
 	argvLits map[*ast.BasicLit]bool
+	strDepth int
 }
+
+// maxStrDepth bounds how deeply str follows an expression, so that deeply
+// nested calls or concatenations cost linear work.
+const maxStrDepth = 32
 
 func parseGo(code string) *goWalk {
 	for _, src := range []string{code, "package main\n" + code, "package main\nfunc main() {\n" + code + "\n}\n"} {
 		fset := token.NewFileSet()
 		f, err := parser.ParseFile(fset, "main.go", src, parser.ParseComments)
 		if err != nil {
-			continue
+			// Deep nesting exceeds object resolution's scope limit but
+			// builds; without resolution, names are matched by spelling.
+			fset = token.NewFileSet()
+			if f, err = parser.ParseFile(fset, "main.go", src, parser.SkipObjectResolution); err != nil {
+				continue
+			}
 		}
 		g := &goWalk{src: src, fset: fset, file: f, imports: map[string]string{},
-			strs: map[*ast.Object]string{}, slices: map[*ast.Object][]ast.Expr{}, argvLits: map[*ast.BasicLit]bool{}}
+			strs: map[any]string{}, slices: map[any][]ast.Expr{}, argvLits: map[*ast.BasicLit]bool{}}
 		for _, im := range f.Imports {
 			p, _ := strconv.Unquote(im.Path.Value)
 			name := path.Base(p)
@@ -68,7 +78,28 @@ func (g *goWalk) scan() {
 		}
 	}
 	processes := g.importsPath("os/exec")
+	// One pass, so that nested loops cost linear work: each node marks the
+	// innermost loop, which passes its marks outwards when it ends.
+	var open []ast.Node
+	var loops []*loop
 	ast.Inspect(g.file, func(n ast.Node) bool {
+		if n == nil {
+			done := open[len(open)-1]
+			open = open[:len(open)-1]
+			if k := len(loops) - 1; k >= 0 && loops[k].stmt == done {
+				var outer *loop
+				if k > 0 {
+					outer = loops[k-1]
+				}
+				g.endLoop(loops[k], outer)
+				loops = loops[:k]
+			}
+			return true
+		}
+		open = append(open, n)
+		if len(loops) > 0 {
+			g.loopEvent(loops[len(loops)-1], n)
+		}
 		switch n := n.(type) {
 		case *ast.DeclStmt:
 			if gd, ok := n.Decl.(*ast.GenDecl); ok {
@@ -80,8 +111,8 @@ func (g *goWalk) scan() {
 			if g.call(n) {
 				processes = true
 			}
-		case *ast.ForStmt:
-			g.forkLoop(n)
+		case *ast.ForStmt, *ast.RangeStmt:
+			loops = append(loops, &loop{stmt: n})
 		case *ast.BasicLit:
 			if v, ok := g.str(n); ok && strings.TrimSpace(v) == "/proc/sysrq-trigger" {
 				g.a.add(RuleReboot, n.Value)
@@ -166,7 +197,7 @@ func (g *goWalk) assign(as *ast.AssignStmt) {
 		for k, l := range as.Lhs {
 			if id, ok := l.(*ast.Ident); ok {
 				if k == 0 && call != nil && g.fn(call.Fun) == "os.UserHomeDir" {
-					g.strs[id.Obj] = "$HOME"
+					g.strs[key(id)] = "$HOME"
 				} else {
 					g.bind(id, nil)
 				}
@@ -181,27 +212,42 @@ func (g *goWalk) assign(as *ast.AssignStmt) {
 	}
 }
 
+// key identifies a variable: its object, or its name when the file was
+// parsed without object resolution.
+func key(id *ast.Ident) any {
+	if id.Obj != nil {
+		return id.Obj
+	}
+	return id.Name
+}
+
 // bind records what an identifier holds, if known; e nil forgets it.
 func (g *goWalk) bind(id *ast.Ident, e ast.Expr) {
-	if id.Obj == nil {
-		return
-	}
-	delete(g.strs, id.Obj)
-	delete(g.slices, id.Obj)
+	delete(g.strs, key(id))
+	delete(g.slices, key(id))
 	if e == nil {
 		return
 	}
 	if v, ok := g.str(e); ok {
-		g.strs[id.Obj] = v
+		g.strs[key(id)] = v
 	} else if cl, ok := e.(*ast.CompositeLit); ok {
-		g.slices[id.Obj] = cl.Elts
+		g.slices[key(id)] = cl.Elts
 	}
 }
 
+// strFuncs are the calls str evaluates.
+var strFuncs = map[string]bool{"os.Getenv": true, "os.TempDir": true, "path/filepath.Join": true, "path.Join": true,
+	"path/filepath.Clean": true, "path.Clean": true, "path/filepath.FromSlash": true, "path/filepath.ToSlash": true, "string": true}
+
 // str evaluates a string expression known before the program runs:
 // literals, constants, concatenation, os.Getenv("HOME"), os.TempDir() and
-// filepath.Join / Clean of those.
+// filepath.Join / Clean of those, to a bounded depth.
 func (g *goWalk) str(e ast.Expr) (string, bool) {
+	if g.strDepth >= maxStrDepth {
+		return "", false
+	}
+	g.strDepth++
+	defer func() { g.strDepth-- }()
 	switch e := e.(type) {
 	case *ast.BasicLit:
 		if e.Kind != token.STRING {
@@ -210,15 +256,28 @@ func (g *goWalk) str(e ast.Expr) (string, bool) {
 		v, err := strconv.Unquote(e.Value)
 		return v, err == nil
 	case *ast.Ident:
-		v, ok := g.strs[e.Obj]
-		return v, ok && e.Obj != nil
+		v, ok := g.strs[key(e)]
+		return v, ok
 	case *ast.ParenExpr:
 		return g.str(e.X)
 	case *ast.BinaryExpr:
+		if e.Op != token.ADD {
+			return "", false
+		}
 		x, okx := g.str(e.X)
+		if !okx || len(x) > maxBody { // long strings are no paths or commands
+			return "", false
+		}
 		y, oky := g.str(e.Y)
-		return x + y, e.Op == token.ADD && okx && oky
+		return x + y, oky
 	case *ast.CallExpr:
+		fn := g.fn(e.Fun)
+		if id, ok := e.Fun.(*ast.Ident); ok && id.Name == "string" {
+			fn = "string"
+		}
+		if !strFuncs[fn] {
+			return "", false
+		}
 		var args []string
 		for _, arg := range e.Args {
 			v, ok := g.str(arg)
@@ -227,19 +286,17 @@ func (g *goWalk) str(e ast.Expr) (string, bool) {
 			}
 			args = append(args, v)
 		}
-		switch g.fn(e.Fun) {
+		switch fn {
 		case "os.Getenv":
 			return "$HOME", len(args) == 1 && args[0] == "HOME"
 		case "os.TempDir":
 			return "/tmp", true
 		case "path/filepath.Join", "path.Join":
 			return path.Join(args...), len(args) > 0
-		case "path/filepath.Clean", "path.Clean", "path/filepath.FromSlash", "path/filepath.ToSlash":
-			return path.Clean(strings.Join(args, "")), len(args) == 1
+		case "string":
+			return strings.Join(args, ""), len(args) == 1
 		}
-		if id, ok := e.Fun.(*ast.Ident); ok && id.Name == "string" && len(args) == 1 {
-			return args[0], true
-		}
+		return path.Clean(strings.Join(args, "")), len(args) == 1
 	}
 	return "", false
 }
@@ -308,8 +365,8 @@ func (g *goWalk) call(c *ast.CallExpr) bool {
 	case "syscall.Exec", "syscall.ForkExec", "unix.Exec", "os.StartProcess":
 		if cl, ok := arg(1).(*ast.CompositeLit); ok {
 			g.argv(cl.Elts, false)
-		} else if id, ok := arg(1).(*ast.Ident); ok && g.slices[id.Obj] != nil {
-			g.argv(g.slices[id.Obj], false)
+		} else if id, ok := arg(1).(*ast.Ident); ok && g.slices[key(id)] != nil {
+			g.argv(g.slices[key(id)], false)
 		}
 		return true
 	}
@@ -317,8 +374,8 @@ func (g *goWalk) call(c *ast.CallExpr) bool {
 }
 
 // argv checks the words of a process call as one shell command. Words not
-// known before the run stand as their source text, quoted, which no rule
-// matches; a trailing slice... is expanded when its elements are known.
+// known before the run stand as "<value>", which no rule matches; a
+// trailing slice... is expanded when its elements are known.
 func (g *goWalk) argv(args []ast.Expr, variadic bool) {
 	if variadic && len(args) > 0 {
 		last := args[len(args)-1]
@@ -326,7 +383,7 @@ func (g *goWalk) argv(args []ast.Expr, variadic bool) {
 		if cl, ok := last.(*ast.CompositeLit); ok {
 			elts = cl.Elts
 		} else if id, ok := last.(*ast.Ident); ok {
-			elts = g.slices[id.Obj]
+			elts = g.slices[key(id)]
 		}
 		args = append(args[:len(args)-1:len(args)-1], elts...)
 	}
@@ -334,7 +391,7 @@ func (g *goWalk) argv(args []ast.Expr, variadic bool) {
 	for k, e := range args {
 		v, ok := g.str(e)
 		if !ok {
-			v = "<" + g.text(e) + ">"
+			v = "<value>"
 		}
 		if lit, ok := e.(*ast.BasicLit); ok && k > 0 {
 			g.argvLits[lit] = true
@@ -392,44 +449,52 @@ func (g *goWalk) literalCommands() {
 	})
 }
 
-// forkLoop flags an endless loop whose body starts a process (ForkExec,
-// a fork system call, or the program itself) and never waits, returns,
-// breaks, exits or panics.
-func (g *goWalk) forkLoop(loop *ast.ForStmt) {
-	if loop.Cond != nil {
-		if id, ok := loop.Cond.(*ast.Ident); !ok || id.Name != "true" {
-			return
+// A loop is a for statement being walked, with what its body (nested
+// loops included) does.
+type loop struct {
+	stmt          ast.Node
+	spawns, stops bool
+}
+
+// loopEvent records in the innermost loop whether n starts a process
+// (ForkExec, a fork system call, or the program itself) or bounds the
+// loop (break, goto, return, Wait, os.Exit, panic).
+func (g *goWalk) loopEvent(l *loop, n ast.Node) {
+	switch n := n.(type) {
+	case *ast.BranchStmt:
+		l.stops = l.stops || n.Tok == token.BREAK || n.Tok == token.GOTO
+	case *ast.ReturnStmt:
+		l.stops = true
+	case *ast.CallExpr:
+		switch name := g.fn(n.Fun); {
+		case name == "syscall.ForkExec" || name == "os.StartProcess":
+			l.spawns = true
+		case name == "syscall.RawSyscall" || name == "syscall.Syscall":
+			l.spawns = l.spawns || len(n.Args) > 0 && strings.HasSuffix(g.text(n.Args[0]), "SYS_FORK")
+		case name == "os/exec.Command" || name == "os/exec.CommandContext":
+			l.spawns = l.spawns || strings.Contains(g.text(n), "os.Args[0]")
+		case name == "os.Exit":
+			l.stops = true
+		}
+		if sel, ok := n.Fun.(*ast.SelectorExpr); ok && (sel.Sel.Name == "Wait" || sel.Sel.Name == "Wait4") {
+			l.stops = true
+		}
+		if id, ok := n.Fun.(*ast.Ident); ok && id.Name == "panic" {
+			l.stops = true
 		}
 	}
-	spawns, stops := false, false
-	ast.Inspect(loop.Body, func(n ast.Node) bool {
-		switch n := n.(type) {
-		case *ast.BranchStmt:
-			stops = stops || n.Tok == token.BREAK || n.Tok == token.GOTO
-		case *ast.ReturnStmt:
-			stops = true
-		case *ast.CallExpr:
-			name := g.fn(n.Fun)
-			switch {
-			case name == "syscall.ForkExec" || name == "os.StartProcess":
-				spawns = true
-			case name == "syscall.RawSyscall" || name == "syscall.Syscall":
-				spawns = spawns || len(n.Args) > 0 && strings.HasSuffix(g.text(n.Args[0]), "SYS_FORK")
-			case (name == "os/exec.Command" || name == "os/exec.CommandContext") && len(n.Args) > 0:
-				spawns = spawns || strings.Contains(g.text(n), "os.Args[0]")
-			case name == "os.Exit":
-				stops = true
-			}
-			if sel, ok := n.Fun.(*ast.SelectorExpr); ok && (sel.Sel.Name == "Wait" || sel.Sel.Name == "Wait4") {
-				stops = true
-			}
-			if id, ok := n.Fun.(*ast.Ident); ok && id.Name == "panic" {
-				stops = true
-			}
+}
+
+// endLoop flags an endless loop that spawns and never stops, and passes
+// what its body does on to the enclosing loop.
+func (g *goWalk) endLoop(l *loop, outer *loop) {
+	if f, ok := l.stmt.(*ast.ForStmt); ok && l.spawns && !l.stops {
+		if id, ok := f.Cond.(*ast.Ident); f.Cond == nil || ok && id.Name == "true" {
+			g.a.add(RuleForkBomb, g.text(f))
 		}
-		return true
-	})
-	if spawns && !stops {
-		g.a.add(RuleForkBomb, g.text(loop))
+	}
+	if outer != nil {
+		outer.spawns = outer.spawns || l.spawns
+		outer.stops = outer.stops || l.stops
 	}
 }

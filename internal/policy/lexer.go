@@ -10,13 +10,13 @@ import (
 // unquoted text for what spans commands (functions, process substitution).
 func (a *analyzer) lexed(text string) {
 	sc := lexShell(text)
-	for i, sc1 := range sc.cmds {
-		argv, redirs := splitRedirs(sc1.words)
+	for i, lc := range sc.cmds {
+		argv, redirs := splitRedirs(lc.words)
 		if a.assign(argv) {
 			argv = nil
 		}
-		c := call{argv: argv, redirs: redirs, stdin: sc1.heredoc}
-		if sc1.sep == "|" && i+1 < len(sc.cmds) {
+		c := call{argv: argv, redirs: redirs, stdin: lc.heredoc}
+		if lc.sep == "|" && i+1 < len(sc.cmds) {
 			next, _ := splitRedirs(sc.cmds[i+1].words)
 			if p, ok := stdinProgram(next); ok {
 				c.pipeTo = &p

@@ -177,3 +177,25 @@ func TestPathologicalInput(t *testing.T) {
 		})
 	}
 }
+
+// Deeply nested Go costs linear work too: loops pass what their bodies do
+// outwards in one pass, and expressions are evaluated to maxStrDepth.
+func TestPathologicalGo(t *testing.T) {
+	p, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const head = "package main\n\nimport (\n\t\"os\"\n\t\"os/exec\"\n)\n\nfunc main() {\n"
+	tests := []struct{ name, code, want string }{
+		{"nested endless loops around a self-spawn", head + strings.Repeat("for {", 15000) + "exec.Command(os.Args[0]).Start()" + strings.Repeat("}", 15000) + "}\n", RuleForkBomb},
+		{"nested calls", head + "_ = os.Args\n" + strings.Repeat("exec.Command(", 6000) + strings.Repeat(")", 6000) + "}\n", allow},
+		{"a long concatenation", head + "_ = os.Args\ns := " + strings.Repeat("\"a b\" + ", 12000) + "\"c\"\nexec.Command(s).Run()\n}\n", allow},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if d := p.Check("go", tt.code); d.Rule != tt.want {
+				t.Errorf("Check = %+v, want rule %q", d, tt.want)
+			}
+		})
+	}
+}
