@@ -23,6 +23,9 @@ type analyzer struct {
 	// vars holds shell variables assigned to constants (x=/), so that
 	// rm -rf $x is judged like rm -rf /.
 	vars map[string]string
+	// scripts holds the here-documents shell code wrote to files
+	// (cat > job.sh <<EOF), by cleaned path, for when the file is run.
+	scripts map[string]string
 }
 
 func (a *analyzer) add(rule, text string) {
@@ -49,6 +52,10 @@ func (a *analyzer) code(lang, code string) {
 		return
 	}
 	defer a.leave()
+	if lang == codeblock.Go {
+		a.goProgram(code)
+		return
+	}
 	src := scan(lang, code)
 	a.native(lang, src)
 	if processAPI[lang] != nil && processAPI[lang].MatchString(src.code) {
@@ -66,7 +73,6 @@ func (a *analyzer) code(lang, code string) {
 var processAPI = map[string]*regexp.Regexp{
 	codeblock.Python:     regexp.MustCompile(`\b(?:subprocess|os\.system|os\.popen|os\.exec[lv]p?e?|os\.spawn\w*|os\.posix_spawnp?|pty\.spawn|create_subprocess_(?:shell|exec)|commands\.getoutput|pexpect|plumbum)\b|\bfrom\s+os\s+import\s+[^\n]*\b(?:system|popen|exec\w*|spawn\w*)\b`),
 	codeblock.JavaScript: regexp.MustCompile(`child_process|\bBun\.(?:spawn|spawnSync|\$)|\bDeno\.(?:run|Command)\b|\bexeca\b|\bshelljs\b|['"]zx(?:/globals)?['"]`),
-	codeblock.Go:         regexp.MustCompile(`"os/exec"|\bexec\.Command(?:Context)?\s*\(|\bsyscall\.(?:Exec|ForkExec)\s*\(`),
 	codeblock.Rust:       regexp.MustCompile(`\bprocess::Command\b|\bCommand::new\s*\(`),
 }
 

@@ -1,63 +1,20 @@
 package policy
 
 import (
+	"cmp"
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/vmexec/vmexec/internal/codeblock"
 )
 
-// shell checks shell text.
-func (a *analyzer) shell(text string) {
-	if !a.enter() {
-		return
-	}
-	defer a.leave()
-	sc := lexShell(text)
-	for i := range sc.cmds {
-		a.command(sc.cmds, i)
-	}
-	for _, n := range sc.nested {
-		a.shell(n)
-	}
-	a.shellPatterns(sc.bare)
-}
-
 var (
-	// name() { ... } and function name { ... }
-	shellFunc = regexp.MustCompile(`(?:^|[\s;&|(){}])(?:function\s+)?([A-Za-z_:.][\w:.-]*)\s*\(\s*\)\s*\{|(?:^|[\s;&|(){}])function\s+([A-Za-z_:.][\w:.-]*)\s*\{`)
-	selfPipe  = regexp.MustCompile(`\$0\s*\|\s*\$0`)
-	procSub   = regexp.MustCompile(`(?:^|[\s;&|(])(?:(?:ba|z|da|k)?sh|source|\.)\s+(?:-\S+\s+)*<\(\s*(?:sudo\s+)?(?:curl|wget)\b[^)\n]*\)?`)
 	forkWhile = regexp.MustCompile(`\bfork\s*(?:\(\s*\))?\s*while\s+fork\b`)
 	subFetch  = regexp.MustCompile("(?:\\$\\(|`)\\s*(?:curl|wget)\\b")
 )
-
-// shellPatterns applies the rules that look at the shape of the unquoted
-// text rather than at single commands.
-func (a *analyzer) shellPatterns(bare string) {
-	for _, m := range shellFunc.FindAllStringSubmatchIndex(bare, -1) {
-		nameAt := 2
-		if m[2] < 0 {
-			nameAt = 4
-		}
-		name := bare[m[nameAt]:m[nameAt+1]]
-		body := braceBody(bare, m[1]-1, maxFuncBody)
-		if spawnsItself(body, name) {
-			a.add(RuleForkBomb, strings.TrimLeft(bare[m[0]:min(m[1]+len(body)+1, len(bare))], " \t\n;&|(){}"))
-		}
-	}
-	if m := selfPipe.FindString(bare); m != "" {
-		a.add(RuleForkBomb, m)
-	}
-	if m := forkWhile.FindString(bare); m != "" {
-		a.add(RuleForkBomb, m)
-	}
-	if m := procSub.FindString(bare); m != "" {
-		a.add(RulePipeToShell, m)
-	}
-}
 
 // Bounds on how far a body or an argument list is scanned. The patterns
 // looked for are short; the bounds keep deeply nested input from taking
@@ -65,40 +22,8 @@ func (a *analyzer) shellPatterns(bare string) {
 const (
 	maxBody     = 4096 // argument lists, Python blocks
 	maxLoopBody = 2048 // loops that may spawn processes
-	maxFuncBody = 1024 // shell functions that may call themselves
+	maxFuncBody = 1024 // shell functions that may call themselves (lexer)
 )
-
-func isShellNameChar(c byte) bool {
-	return isIdent(c) || c == ':' || c == '.' || c == '-'
-}
-
-// spawnsItself reports whether a shell function body runs the function
-// named name in a pipeline with itself (name | name) or in the background
-// (name &).
-func spawnsItself(body, name string) bool {
-	for k := 0; k < len(body); {
-		i := strings.Index(body[k:], name)
-		if i < 0 {
-			return false
-		}
-		i += k
-		k = i + len(name)
-		if i > 0 && isShellNameChar(body[i-1]) || k < len(body) && isShellNameChar(body[k]) {
-			continue
-		}
-		rest := strings.TrimLeft(body[k:], " \t")
-		switch {
-		case strings.HasPrefix(rest, "&") && !strings.HasPrefix(rest, "&&"):
-			return true
-		case strings.HasPrefix(rest, "|") && !strings.HasPrefix(rest, "||"):
-			next := strings.TrimLeft(rest[1:], " \t")
-			if strings.HasPrefix(next, name) && (len(next) == len(name) || !isShellNameChar(next[len(name)])) {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // braceBody returns the text between the '{' at open and its matching '}'
 // (or the end, or limit bytes).
@@ -254,36 +179,38 @@ type pipe struct {
 	argv []string
 }
 
-// pipeTarget returns where the output of cmds[i] goes, if into a shell or
-// interpreter that reads its program from standard input.
-func pipeTarget(cmds []shellCmd, i int) (pipe, bool) {
-	if cmds[i].sep != "|" || i+1 >= len(cmds) {
+// stdinProgram reports whether the command words, prefixes included, run
+// the program they read on standard input, and in which language.
+func stdinProgram(words []string) (pipe, bool) {
+	argv := stripPrefixes(words)
+	if len(argv) == 0 || !readsStdin(argv[1:]) {
 		return pipe{}, false
 	}
-	next, _ := splitRedirs(cmds[i+1].words)
-	if next = stripPrefixes(next); len(next) == 0 || !readsStdin(next[1:]) {
-		return pipe{}, false
-	}
-	lang, ok := interpreterLang(cmdName(next[0]))
-	return pipe{lang, next}, ok
+	lang, ok := interpreterLang(cmdName(argv[0]))
+	return pipe{lang, argv}, ok
 }
 
-// command checks the simple command cmds[i].
-func (a *analyzer) command(cmds []shellCmd, i int) {
-	c := cmds[i]
-	argv, redirs := splitRedirs(c.words)
-	for _, r := range redirs {
+// A call is one simple command as the rules see it, whichever reader (the
+// parser or the fallback lexer) found it.
+type call struct {
+	argv   []string // words after quote removal, prefixes such as sudo included
+	redirs []redir
+	stdin  string // program text on standard input: a heredoc or here-string body
+	pipeTo *pipe  // the next pipeline stage, when it runs what it reads
+}
+
+// command checks one simple command.
+func (a *analyzer) command(c call) {
+	for _, r := range c.redirs {
+		text := strings.TrimSpace(strings.Join(c.argv, " ") + " " + r.op + " " + r.target)
 		switch {
 		case r.op == ">" && isBlockDevice(r.target):
-			a.add(RuleOverwriteDevice, strings.Join(c.words, " "))
+			a.add(RuleOverwriteDevice, text)
 		case r.op == ">" && path.Clean(r.target) == "/proc/sysrq-trigger":
-			a.add(RuleReboot, strings.Join(c.words, " "))
+			a.add(RuleReboot, text)
 		}
 	}
-	if a.assign(argv) {
-		return
-	}
-	argv = stripPrefixes(argv)
+	argv := stripPrefixes(c.argv)
 	if len(argv) == 0 {
 		return
 	}
@@ -291,7 +218,54 @@ func (a *analyzer) command(cmds []shellCmd, i int) {
 	text := strings.Join(argv, " ")
 	a.files(name, args, text)
 	a.machine(name, args, text)
-	a.programs(name, args, text, c.heredoc, cmds, i)
+	a.programs(name, args, text, c)
+	a.scriptFiles(argv, c)
+}
+
+// scriptFiles remembers a here-document written to a file by cat or tee
+// and checks it when a later command runs that file: sh job.sh,
+// python3 job.py, source job.sh, ./job.sh.
+func (a *analyzer) scriptFiles(argv []string, c call) {
+	name, args := cmdName(argv[0]), argv[1:]
+	if c.stdin != "" && (name == "cat" || name == "tee") {
+		targets := slices.Clone(args)
+		for _, r := range c.redirs {
+			targets = append(targets, r.target)
+		}
+		for _, t := range targets {
+			if !strings.HasPrefix(t, "-") {
+				if a.scripts == nil {
+					a.scripts = map[string]string{}
+				}
+				a.scripts[path.Clean(t)] = c.stdin
+			}
+		}
+		return
+	}
+	lang, file := "", ""
+	if l, ok := interpreterLang(name); ok || name == "source" || name == "." {
+		lang = cmp.Or(l, codeblock.Bash)
+		if k := slices.IndexFunc(args, func(s string) bool { return !strings.HasPrefix(s, "-") }); k >= 0 {
+			file = args[k]
+		}
+		if _, inline := inlineProgram(name, args); inline || (l == "" && ok) {
+			return // python -c, or perl and ruby, which are not checked
+		}
+	} else if strings.Contains(argv[0], "/") {
+		file, lang = argv[0], codeblock.Bash
+	}
+	body, ok := a.scripts[path.Clean(file)]
+	if !ok || file == "" {
+		return
+	}
+	if first, _, _ := strings.Cut(body, "\n"); strings.HasPrefix(first, "#!") {
+		for interp, l := range map[string]string{"python": codeblock.Python, "node": codeblock.JavaScript} {
+			if strings.Contains(first, interp) {
+				lang = l
+			}
+		}
+	}
+	a.code(lang, body)
 }
 
 // files applies the rules about deleting, formatting and overwriting.
@@ -358,13 +332,12 @@ func (a *analyzer) machine(name string, args []string, text string) {
 
 // programs follows code a command runs: eval, sh -c, python -c, node -e,
 // heredocs and pipes into interpreters, and downloads piped into them.
-func (a *analyzer) programs(name string, args []string, text, heredoc string, cmds []shellCmd, i int) {
-	to, piped := pipeTarget(cmds, i)
-	if heredoc != "" {
+func (a *analyzer) programs(name string, args []string, text string, c call) {
+	if c.stdin != "" {
 		if lang, ok := interpreterLang(name); ok && lang != "" && readsStdin(args) {
-			a.code(lang, heredoc)
-		} else if piped && to.lang != "" {
-			a.code(to.lang, heredoc)
+			a.code(lang, c.stdin)
+		} else if c.pipeTo != nil && c.pipeTo.lang != "" {
+			a.code(c.pipeTo.lang, c.stdin)
 		}
 	}
 	switch name {
@@ -375,13 +348,23 @@ func (a *analyzer) programs(name string, args []string, text, heredoc string, cm
 		}
 		a.shell(script)
 	case "curl", "wget", "fetch":
-		if piped {
-			a.add(RulePipeToShell, text+" | "+strings.Join(to.argv, " "))
+		if c.pipeTo != nil {
+			a.add(RulePipeToShell, text+" | "+strings.Join(c.pipeTo.argv, " "))
+		}
+	case "trap": // the handler runs on a signal or at exit
+		if len(args) > 1 && args[0] != "-" && !strings.HasPrefix(args[0], "-") {
+			a.shell(args[0])
+		}
+	case "su", "runuser": // su -c 'command' [user]
+		for k, arg := range args[:max(0, len(args)-1)] {
+			if arg == "-c" || arg == "--command" {
+				a.shell(args[k+1])
+			}
 		}
 	case "echo", "printf":
 		// Data, unless a shell or interpreter runs it.
-		if piped && to.lang != "" {
-			a.code(to.lang, strings.Join(args, " "))
+		if c.pipeTo != nil && c.pipeTo.lang != "" {
+			a.code(c.pipeTo.lang, strings.Join(args, " "))
 		}
 	}
 	if lang, ok := interpreterLang(name); ok {
@@ -398,25 +381,17 @@ func (a *analyzer) programs(name string, args []string, text, heredoc string, cm
 	}
 }
 
-// assign records a command made only of assignments (x=/ y=~) and
-// reports whether it was one.
-func (a *analyzer) assign(argv []string) bool {
-	if len(argv) == 0 {
-		return false
-	}
-	for _, w := range argv {
-		if !assignment.MatchString(w) {
-			return false
-		}
-	}
+// setVar records a shell variable assigned a value known before the
+// script runs; value "" with known false forgets it.
+func (a *analyzer) setVar(name, value string, known bool) {
 	if a.vars == nil {
 		a.vars = map[string]string{}
 	}
-	for _, w := range argv {
-		name, value, _ := strings.Cut(w, "=")
-		a.vars[name] = a.expand(value)
+	if !known {
+		delete(a.vars, name)
+		return
 	}
-	return true
+	a.vars[name] = value
 }
 
 // expand substitutes variables recorded by assign in a word; others, such

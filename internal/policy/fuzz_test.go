@@ -5,10 +5,11 @@ import (
 	"testing"
 )
 
-// FuzzCheck guards the hand-written shell and source tokenizers against
-// panics and hangs on arbitrary input in every language.
+// FuzzCheck guards the shell parser walk, the fallback lexer, the Go tree
+// walk and the source tokenizers against panics and hangs on arbitrary
+// input in every language.
 func FuzzCheck(f *testing.F) {
-	for _, tc := range append(append([]checkCase{}, blockCases...), allowCases...) {
+	for _, tc := range append(append(append([]checkCase{}, blockCases...), allowCases...), nestingCases...) {
 		f.Add(uint8(max(0, slices.Index(languages, tc.lang))), tc.code)
 	}
 	p, err := New(DefaultConfig())

@@ -40,13 +40,6 @@ var callRules = map[string][]callRule{
 		}},
 		{RuleKillAll, regexp.MustCompile(`\bprocess\.kill\s*\(`), firstArg(allPids)},
 	},
-	codeblock.Go: {
-		{RuleDestroyRoot, regexp.MustCompile(`\bos\.RemoveAll\s*\(`), firstArg(dangerousExpr)},
-		{RuleOverwriteDevice, regexp.MustCompile(`\bos\.(?:WriteFile|Create)\s*\(`), firstArg(deviceExpr)},
-		{RuleOverwriteDevice, regexp.MustCompile(`\bos\.OpenFile\s*\(`), openFlags},
-		{RuleKillAll, regexp.MustCompile(`\b(?:syscall|unix)\.Kill\s*\(`), firstArg(allPids)},
-		{RuleReboot, regexp.MustCompile(`\b(?:syscall|unix)\.Reboot\s*\(`), rebootKind},
-	},
 	codeblock.Rust: {
 		{RuleDestroyRoot, regexp.MustCompile(`\bremove_dir_all\s*\(`), firstArg(dangerousExpr)},
 		{RuleOverwriteDevice, regexp.MustCompile(`\b(?:File::create|fs::write)\s*\(`), firstArg(deviceExpr)},
@@ -205,17 +198,14 @@ var (
 	pyStop     = regexp.MustCompile(`\b(?:break|return|_exit|exit|wait|waitpid|wait4|waitid)\b`)
 	braceLoops = map[string]*regexp.Regexp{
 		codeblock.JavaScript: regexp.MustCompile(`\bwhile\s*\(\s*(?:true|1|!0)\s*\)\s*\{|\bfor\s*\(\s*;\s*;\s*\)\s*\{`),
-		codeblock.Go:         regexp.MustCompile(`\bfor\s*\{`),
 		codeblock.Rust:       regexp.MustCompile(`\bloop\s*\{|\bwhile\s+true\s*\{`),
 	}
 	loopSpawn = map[string]*regexp.Regexp{
 		codeblock.JavaScript: regexp.MustCompile(`\b(?:fork|spawn|exec|execFile)\s*\(`),
-		codeblock.Go:         regexp.MustCompile(`\bsyscall\.(?:ForkExec|RawSyscall\(\s*syscall\.SYS_FORK)|\bexec\.Command\(\s*os\.Args\[0\]`),
 		codeblock.Rust:       regexp.MustCompile(`\bfork\s*\(\s*\)|Command::new\(\s*(?:std::)?env::current_exe`),
 	}
 	loopStop = map[string]*regexp.Regexp{
 		codeblock.JavaScript: regexp.MustCompile(`\b(?:break|return|await|process\.exit)\b`),
-		codeblock.Go:         regexp.MustCompile(`\b(?:break|return|Wait|os\.Exit|panic)\b`),
 		codeblock.Rust:       regexp.MustCompile(`\b(?:break|return|wait|waitpid|exit|panic!)`),
 	}
 )

@@ -27,7 +27,7 @@ type scanner struct {
 	lits []literal
 }
 
-// scan tokenizes a Python, JavaScript, Go or Rust program just enough to
+// scan tokenizes a Python, JavaScript or Rust program just enough to
 // tell code from comments and string literals. It never fails: an
 // unterminated literal or comment runs to the end of its line or of the
 // input.
@@ -76,13 +76,6 @@ func (s *scanner) step(lang string, i int) int {
 			return s.quoted(i, i, c, false, false)
 		case '`':
 			return s.quoted(i, i, c, true, false)
-		}
-	case codeblock.Go:
-		switch c {
-		case '"', '\'':
-			return s.quoted(i, i, c, false, false)
-		case '`':
-			return s.quoted(i, i, c, true, true)
 		}
 	case codeblock.Rust:
 		if c == '"' {
