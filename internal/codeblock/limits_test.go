@@ -140,7 +140,7 @@ func pathological() []struct{ name, in string } {
 		{"baseline: ordinary reply", fill("Some prose about the code, a sentence or two.\n\n```python\nimport os\nprint(os.getcwd())\n```\n\n")},
 		{"32 quotes on every line", fill(strings.Repeat("> ", DefaultMaxDepth) + "text\n")},
 		{"32 quotes and a fence line", fill(strings.Repeat("> ", DefaultMaxDepth) + "```\n")},
-		{"32 lists then deep lines", deepList + fill(deepIndent+"text\n")[len(deepList):]},
+		{"32 lists then deep lines", deepList + fill(deepIndent + "text\n")[len(deepList):]},
 		{"32 lists then lazy lines", deepList + fill("text\n")[len(deepList):]},
 		{"32 lists, many items", fill(deepList)},
 		{"quotes and lists alternating", fill(strings.Repeat("> - ", DefaultMaxDepth/2) + "x\n")},
@@ -193,4 +193,3 @@ func TestPathologicalInputsAreHandled(t *testing.T) {
 		}
 	}
 }
-
