@@ -72,62 +72,150 @@ func New(c Config) (*Redactor, error) {
 	return r, nil
 }
 
+// MaxGrowth bounds how much longer than its input Redact's output is. A
+// marker is longer than a short secret (password=x becomes
+// password=[REDACTED:secret_assignment]), so output made of many short
+// secrets would otherwise grow several times over, past the run's output
+// limit.
+const MaxGrowth = 16 << 10
+
+// CutNotice ends an output that Redact cut to keep it within MaxGrowth.
+const CutNotice = "\n[output cut: redaction markers would have made it more than 16 KiB longer]"
+
 // Redact returns s with every secret replaced by "[REDACTED:<rule id>]",
 // and the ids of the rules that matched, each once, in rule order.
+//
+// The output is at most MaxGrowth bytes longer than s. When the markers
+// would make it longer, it is cut before the first secret that does not
+// fit (and before the word that secret is glued to), and ends with
+// CutNotice; the secrets of the part kept are all redacted. Redacting the
+// output again changes nothing. Time is linear in len(s).
 func (r *Redactor) Redact(s string) (out string, hits []string) {
 	out = s
-	for _, ru := range r.rules {
-		if !ru.mayMatch(out) {
-			continue
+	limit := len(s) + MaxGrowth - len(CutNotice)
+	cut := false
+	for range maxPasses {
+		again := false
+		for _, ru := range r.rules {
+			if !ru.mayMatch(out) {
+				continue
+			}
+			var n int
+			var c, g bool
+			out, n, c, g = ru.apply(out, limit)
+			cut, again = cut || c, again || g
+			if n > 0 && !slices.Contains(hits, ru.id) {
+				hits = append(hits, ru.id)
+			}
 		}
-		var ok bool
-		if out, ok = ru.apply(out); ok {
-			hits = append(hits, ru.id)
+		if !again {
+			break
 		}
+	}
+	if cut {
+		out += CutNotice
 	}
 	return out, hits
 }
 
-// apply replaces the secrets ru finds in s.
-func (ru *rule) apply(s string) (string, bool) {
-	matches := ru.re.FindAllStringSubmatchIndex(s, -1)
-	if matches == nil {
-		return s, false
-	}
+// maxPasses bounds how often Redact applies its rules. A rule that needs a
+// non-token character after a token (AIza..., AKIA..., ghp_...) rejects a
+// token glued to a secret after it; once that secret is replaced by its
+// marker, the token qualifies, so Redact applies the rules again after a
+// replacement glued to the text before it. Two passes are enough unless
+// secrets are glued in chains.
+const maxPasses = 4
+
+// apply replaces the secrets ru finds in s, keeping the result within limit
+// bytes: it reports how many it replaced, whether it cut s short, and
+// whether a secret it replaced was glued to a token character before it.
+func (ru *rule) apply(s string, limit int) (out string, n int, cut, glued bool) {
 	var b strings.Builder
 	last := 0
-	for _, m := range matches {
+	mark := marker(ru.id)
+	ru.spans(s, func(start, end int) bool {
+		if start == end || start < last || strings.HasPrefix(s[start:], redactedPrefix) {
+			return true
+		}
+		if b.Len()+(start-last)+len(mark)+(len(s)-end) > limit {
+			cut = true
+			b.WriteString(s[last:cutPoint(s, last, start)])
+			last = len(s)
+			return false
+		}
+		if n == 0 {
+			b.Grow(len(s))
+		}
+		if c := byteBefore(s, start); isBase64Byte(c) || c == '_' || c == '-' {
+			glued = true
+		}
+		b.WriteString(s[last:start])
+		b.WriteString(mark)
+		last = end
+		n++
+		return true
+	})
+	if n == 0 && !cut {
+		return s, 0, false, false
+	}
+	b.WriteString(s[last:])
+	return b.String(), n, cut, glued
+}
+
+// cutPoint is where to cut s before a secret at start that does not fit:
+// before the word it is glued to, so that the text kept does not end in
+// part of a token a second pass would take for a secret; not before from.
+func cutPoint(s string, from, start int) int {
+	i := start
+	for i > from && start-i < 256 && (isWordByte(s[i-1]) || s[i-1] == '-') {
+		i--
+	}
+	if start-i >= 256 {
+		return start
+	}
+	return i
+}
+
+// spans yields the [start, end) of the secrets ru finds in s, in order.
+func (ru *rule) spans(s string, yield func(start, end int) bool) {
+	if ru.find != nil {
+		ru.find(s, yield)
+		return
+	}
+	for pos := 0; pos <= len(s); {
+		m := ru.re.FindStringSubmatchIndex(s[pos:])
+		if m == nil {
+			return
+		}
+		for i := range m {
+			if m[i] >= 0 {
+				m[i] += pos
+			}
+		}
 		start, end := m[0], m[1]
 		for _, g := range ru.group {
 			if start, end = m[2*g], m[2*g+1]; start >= 0 {
 				break
 			}
 		}
-		if start < 0 || start == end || strings.HasPrefix(s[start:], redactedPrefix) {
-			continue
+		if start >= 0 && (ru.valid == nil || ru.valid(s[start:end], submatches(s, m), byteBefore(s, m[0]))) {
+			if !yield(start, end) {
+				return
+			}
 		}
-		if ru.valid != nil && !ru.valid(s[start:end], submatches(s, m)) {
-			continue
+		if m[1] > pos {
+			pos = m[1]
+		} else {
+			pos++
 		}
-		b.WriteString(s[last:start])
-		b.WriteString(marker(ru.id))
-		last = end
 	}
-	if last == 0 {
-		return s, false
-	}
-	b.WriteString(s[last:])
-	return b.String(), true
 }
 
-func submatches(s string, m []int) []string {
-	out := make([]string, len(m)/2)
-	for i := range out {
-		if m[2*i] >= 0 {
-			out[i] = s[m[2*i]:m[2*i+1]]
-		}
+func byteBefore(s string, i int) byte {
+	if i == 0 {
+		return 0
 	}
-	return out
+	return s[i-1]
 }
 
 // RuleInfo describes a rule for documentation and the API.
@@ -138,9 +226,11 @@ type RuleInfo struct {
 
 // Rules returns every rule in the order they are applied.
 func Rules() []RuleInfo {
-	out := make([]RuleInfo, len(rules))
-	for i, r := range rules {
-		out[i] = RuleInfo{ID: r.id, Description: r.desc}
+	var out []RuleInfo
+	for _, r := range rules {
+		if r.desc != "" {
+			out = append(out, RuleInfo{ID: r.id, Description: r.desc})
+		}
 	}
 	return out
 }
@@ -176,4 +266,14 @@ func containsFold(s, sub string) bool {
 		}
 	}
 	return false
+}
+
+func submatches(s string, m []int) []string {
+	out := make([]string, len(m)/2)
+	for i := range out {
+		if m[2*i] >= 0 {
+			out[i] = s[m[2*i]:m[2*i+1]]
+		}
+	}
+	return out
 }
