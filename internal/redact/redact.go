@@ -5,10 +5,32 @@
 // with "[REDACTED:<rule id>]". Where a secret is introduced by a name
 // (password=..., "Authorization: Bearer ...", aws_secret_access_key = ...)
 // the name is kept and only the value replaced, so the output stays
-// readable. Rules are matched with regular expressions compiled once, in
-// the order [Rules] lists them: provider-specific token formats first, then
-// generic assignments, so a key already redacted by its own rule is not
-// redacted again.
+// readable. Rules are applied in the order [Rules] lists them: provider
+// token formats first, then generic assignments, so a key already redacted
+// by its own rule is not redacted again.
+//
+// Rules are bounded and do not depend on word boundaries:
+//
+//   - a provider token is found wherever its prefix is, also glued to the
+//     text before it (x + ghp_...); fixed-length formats must end at a
+//     character outside their alphabet, so the same letters inside a
+//     longer run (a base64 image) are not taken for a key;
+//   - a private key block ends at its END line or, without one, at the end
+//     of its key text, and takes at most 32 KiB after its BEGIN line;
+//   - an output never grows by more than [MaxGrowth]: markers longer than
+//     the secrets they replace would otherwise inflate an output made of
+//     short secrets several times over (past that, it is cut and ends with
+//     [CutNotice]);
+//   - time is linear in the output: the expressions have literal prefixes
+//     to skip ahead to, and the case-insensitive rules (named values,
+//     header credentials, private key and AWS scanners) are hand-written
+//     scanners that look at each byte a bounded number of times
+//     (BenchmarkRedact).
+//
+// testdata/positives.txt and testdata/negatives.txt are the corpus the
+// rules are held to: fake secrets as they turn up in real output, and
+// ordinary output (hashes, uuids, base64 images, public keys, long hex)
+// that must come back unchanged.
 //
 // Redaction works on whole strings: a secret split across two chunks of a
 // stream is not recognized, so callers should redact complete output or
