@@ -123,9 +123,9 @@ func (r *Redactor) Redact(s string) (out string, hits []string) {
 				continue
 			}
 			var n int
-			var c, g bool
-			out, n, c, g = ru.apply(out, limit)
-			cut, again = cut || c, again || g
+			var c bool
+			out, n, c = ru.apply(out, limit)
+			cut, again = cut || c, again || n > 0
 			if n > 0 && !slices.Contains(hits, ru.id) {
 				hits = append(hits, ru.id)
 			}
@@ -137,21 +137,35 @@ func (r *Redactor) Redact(s string) (out string, hits []string) {
 	if cut {
 		out += CutNotice
 	}
-	return out, hits
+	return out, r.inRuleOrder(hits)
 }
 
-// maxPasses bounds how often Redact applies its rules. A rule that needs a
-// non-token character after a token (AIza..., AKIA..., ghp_...) rejects a
-// token glued to a secret after it; once that secret is replaced by its
-// marker, the token qualifies, so Redact applies the rules again after a
-// replacement glued to the text before it. Two passes are enough unless
-// secrets are glued in chains.
+// inRuleOrder sorts ids as r applies their rules.
+func (r *Redactor) inRuleOrder(ids []string) []string {
+	if len(ids) < 2 {
+		return ids
+	}
+	var out []string
+	for _, ru := range r.rules {
+		if slices.Contains(ids, ru.id) && !slices.Contains(out, ru.id) {
+			out = append(out, ru.id)
+		}
+	}
+	return out
+}
+
+// maxPasses bounds how often Redact applies its rules. A replacement can
+// make text match an earlier rule that it did not match before: a token
+// glued to a secret after it (AIza... followed by ghp_..., where AIza needs
+// a non-token character after it), a URL whose password held a '/' until it
+// was replaced. So the rules are applied again after a pass that replaced
+// something, until one replaces nothing: two passes unless secrets are
+// chained; outputs without secrets take one.
 const maxPasses = 4
 
 // apply replaces the secrets ru finds in s, keeping the result within limit
-// bytes: it reports how many it replaced, whether it cut s short, and
-// whether a secret it replaced was glued to a token character before it.
-func (ru *rule) apply(s string, limit int) (out string, n int, cut, glued bool) {
+// bytes: it reports how many it replaced and whether it cut s short.
+func (ru *rule) apply(s string, limit int) (out string, n int, cut bool) {
 	var b strings.Builder
 	last := 0
 	mark := marker(ru.id)
@@ -168,9 +182,6 @@ func (ru *rule) apply(s string, limit int) (out string, n int, cut, glued bool) 
 		if n == 0 {
 			b.Grow(len(s))
 		}
-		if c := byteBefore(s, start); isBase64Byte(c) || c == '_' || c == '-' {
-			glued = true
-		}
 		b.WriteString(s[last:start])
 		b.WriteString(mark)
 		last = end
@@ -178,10 +189,10 @@ func (ru *rule) apply(s string, limit int) (out string, n int, cut, glued bool) 
 		return true
 	})
 	if n == 0 && !cut {
-		return s, 0, false, false
+		return s, 0, false
 	}
 	b.WriteString(s[last:])
-	return b.String(), n, cut, glued
+	return b.String(), n, cut
 }
 
 // cutPoint is where to cut s before a secret at start that does not fit:

@@ -107,6 +107,12 @@ func TestRedact(t *testing.T) {
 		{"a private key in a JSON string", `{"private_key": "-----BEGIN ` + `PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END ` + `PRIVATE KEY-----\n", "x": 1}`,
 			`{"private_key": "[REDACTED:private_key]\n", "x": 1}`, []string{RulePrivateKey}},
 
+		{"a URL password that held a slash until a secret in it was replaced", "https://u:api_key='a/b'@h",
+			"https://u:[REDACTED:url_password]@h", []string{RuleURLPassword, RuleSecretAssign}},
+		{"tokens glued to each other", npmToken + githubPAT + googleKey + awsKeyID,
+			"[REDACTED:npm][REDACTED:github][REDACTED:google_api_key][REDACTED:aws_access_key_id]",
+			[]string{RuleGitHub, RuleNPM, RuleGoogleAPIKey, RuleAWSAccessKey}},
+
 		// must not redact
 		{"a git hash next to an aws key id is not its secret", awsKeyID + " a94a8fe5ccb19ba61c4c0873d391e987982fbbd3",
 			"[REDACTED:aws_access_key_id] a94a8fe5ccb19ba61c4c0873d391e987982fbbd3", []string{RuleAWSAccessKey}},

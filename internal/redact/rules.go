@@ -33,11 +33,13 @@ const (
 // A rule finds secrets either with a regular expression (re, group, valid)
 // or with its own linear scanner (find).
 //
-// Provider token rules do not require a word boundary before the token:
-// a key glued to the text before it (x + ghp_..., "key:"sk-...) is still a
-// key. Where a format has a fixed length the character after the token is
-// matched as a non-token character (or the end), so the same letters inside
-// a longer run (a base64 blob) are not taken for a key.
+// Provider token rules do not require a word boundary before or after the
+// token: a key glued to the text around it (x + ghp_..., "key:"sk-...) is
+// still a key. Formats of a fixed length take that length (ghp_ and 36,
+// AKIA and 16); the others take the whole run of their alphabet. Only a
+// Google key, whose prefix AIza turns up in base64, must be followed by a
+// character outside its alphabet (or the end), so the same letters inside a
+// longer run (a base64 image) are not taken for a key.
 type rule struct {
 	id   string
 	desc string // "" for the second and later entries of the same id
@@ -89,16 +91,14 @@ var rules = []rule{
 	},
 	{
 		id:    RuleGitHub,
-		desc:  "GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_).",
-		re:    regexp.MustCompile(`(gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})(?:[^A-Za-z0-9_]|$)`),
-		group: []int{1},
+		desc:  "GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_ and 36 letters and digits; github_pat_...).",
+		re:    regexp.MustCompile(`gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{30,}`),
 		hints: []string{"ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"},
 	},
 	{
 		id:    RuleNPM,
 		desc:  "npm access tokens (npm_ and 36 letters and digits).",
-		re:    regexp.MustCompile(`(npm_[A-Za-z0-9]{36})(?:[^A-Za-z0-9_]|$)`),
-		group: []int{1},
+		re:    regexp.MustCompile(`npm_[A-Za-z0-9]{36}`),
 		hints: []string{"npm_"},
 	},
 	{

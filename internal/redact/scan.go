@@ -179,7 +179,7 @@ var awsKeyPrefixes = []string{"AKIA", "ASIA", "ABIA", "ACCA"}
 
 // awsKeyIDs yields the AWS access key ids in s, and the markers their rule
 // left of them when anchors is set: a prefix and 16 upper-case letters or
-// digits, then the end or a character that is neither. Each prefix is
+// digits. Each prefix is
 // searched for with strings.Index, the next occurrence cached, so the scan
 // is linear.
 func awsKeyIDs(s string, anchors bool, yield func(start, end int) bool) {
@@ -222,10 +222,10 @@ func awsKeyIDs(s string, anchors bool, yield func(start, end int) bool) {
 	}
 }
 
-// isKeyID reports whether an access key id starts at i: 4 prefix bytes, 16
-// of A-Z 0-9, then the end or a byte that is not a letter or digit.
+// isKeyID reports whether an access key id starts at i: 4 prefix bytes and
+// 16 of A-Z 0-9.
 func isKeyID(s string, i int) bool {
-	if i+20 > len(s) || i+20 < len(s) && isWordByte(s[i+20]) && s[i+20] != '_' {
+	if i+20 > len(s) {
 		return false
 	}
 	for _, c := range []byte(s[i+4 : i+20]) {
