@@ -31,7 +31,7 @@
 // Options.MaxBytes (default 1 MiB) fails with [ErrTooLarge], one whose
 // blockquotes and lists nest deeper than Options.MaxDepth (default 32)
 // with [ErrTooDeep]. Within them the parse is linear in the text; the
-// worst case is about 0.35 s for 1 MiB (BenchmarkPathological). Extract
+// worst case is about 0.4 s of CPU for 1 MiB (BenchmarkPathological). Extract
 // also stops at the next line when its context ends. It is safe for
 // concurrent use.
 package codeblock
