@@ -111,7 +111,9 @@ const CutNotice = "\n[output cut: redaction markers would have made it more than
 // would make it longer, it is cut before the first secret that does not
 // fit (and before the word that secret is glued to), and ends with
 // CutNotice; the secrets of the part kept are all redacted. Redacting the
-// output again changes nothing. Time is linear in len(s).
+// output again changes nothing (unless more than maxPasses secrets are
+// glued into a chain). Time is linear in len(s): at most maxPasses passes,
+// and outputs without secrets take one.
 func (r *Redactor) Redact(s string) (out string, hits []string) {
 	out = s
 	limit := len(s) + MaxGrowth - len(CutNotice)
