@@ -1,6 +1,7 @@
 package codeblock
 
 import (
+	"context"
 	"sort"
 	"strings"
 
@@ -59,6 +60,12 @@ type Options struct {
 	// DetectUnlabeled guesses the language of blocks without an info
 	// string (including indented blocks) with Detect.
 	DetectUnlabeled bool
+	// MaxBytes refuses a longer text with ErrTooLarge; 0 means
+	// DefaultMaxBytes (1 MiB).
+	MaxBytes int
+	// MaxDepth refuses a text whose blockquotes and lists nest deeper with
+	// ErrTooDeep; 0 means DefaultMaxDepth (32).
+	MaxDepth int
 }
 
 // DefaultOptions returns Options with DetectUnlabeled set and indented
@@ -70,16 +77,42 @@ func DefaultOptions() Options {
 
 // Extract returns the code blocks of the Markdown document text in document
 // order.
-func Extract(text string, opt Options) []Block {
+//
+// It fails with an error wrapping ErrTooLarge or ErrTooDeep when text
+// exceeds opt's caps, and with ctx.Err() when ctx ends first: parsing stops
+// at the next line, the blocks found so far are dropped. The caps bound the
+// work: parsing is linear in the text, with a factor of MaxDepth.
+func Extract(ctx context.Context, text string, opt Options) ([]Block, error) {
+	if n, limit := len(text), opt.maxBytes(); n > limit {
+		return nil, tooLarge(n, limit)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	src, shift := normalize(text)
-	rec := &recording{meta: make(map[ast.Node]*blockMeta)}
+	rec := &recording{meta: make(map[ast.Node]*blockMeta), maxDepth: opt.maxDepth()}
 	pc := parser.NewContext()
 	pc.Set(recordingKey, rec)
-	doc := mdParser().Parse(textReader(src), parser.WithContext(pc))
+	done := ctx.Done()
+	stop := func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return rec.tooDeep
+		}
+	}
+	doc := mdParser().Parse(&stoppingReader{Reader: textReader(src), stop: stop}, parser.WithContext(pc))
+	if rec.tooDeep {
+		return nil, tooDeep(rec.maxDepth)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 
 	lines := newLineIndex(src)
 	var blocks []Block
-	_ = ast.Walk(doc, func(n ast.Node, entering bool) (ast.WalkStatus, error) {
+	err := ast.Walk(doc, func(n ast.Node, entering bool) (ast.WalkStatus, error) {
 		if !entering {
 			return ast.WalkContinue, nil
 		}
@@ -100,6 +133,9 @@ func Extract(text string, opt Options) []Block {
 			return ast.WalkContinue, nil
 		}
 		if b.RawLanguage == "" && opt.DetectUnlabeled {
+			if err := ctx.Err(); err != nil {
+				return ast.WalkStop, err
+			}
 			if lang, ok := Detect(b.Code); ok {
 				b.Language, b.Known, b.Detected = lang, true, true
 			}
@@ -109,7 +145,10 @@ func Extract(text string, opt Options) []Block {
 		blocks = append(blocks, b)
 		return ast.WalkSkipChildren, nil
 	})
-	return blocks
+	if err != nil {
+		return nil, err
+	}
+	return blocks, nil
 }
 
 func fencedBlock(n *ast.FencedCodeBlock, m *blockMeta, src []byte, lines lineIndex) Block {

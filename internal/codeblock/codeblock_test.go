@@ -1,6 +1,7 @@
 package codeblock
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -170,7 +171,7 @@ func TestExtract(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Extract(tt.in, tt.opt)
+			got := extract(t, tt.in, tt.opt)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("Extract(%q) mismatch (-want +got):\n%s", tt.in, diff)
 			}
@@ -191,7 +192,7 @@ func TestExtractManyBlocks(t *testing.T) {
 	for range n {
 		sb.WriteString("Some text.\n\n```python\nprint('x')\n```\n\n")
 	}
-	got := Extract(sb.String(), DefaultOptions())
+	got := extract(t, sb.String(), DefaultOptions())
 	if len(got) != n {
 		t.Fatalf("got %d blocks, want %d", len(got), n)
 	}
@@ -204,14 +205,27 @@ func TestExtractManyBlocks(t *testing.T) {
 // safe (run with -race).
 func TestExtractConcurrent(t *testing.T) {
 	in := "```py\nprint(1)\n```\n> ```\n> x\n"
-	want := Extract(in, DefaultOptions())
+	want := extract(t, in, DefaultOptions())
 	done := make(chan []Block)
 	for range 8 {
-		go func() { done <- Extract(in, DefaultOptions()) }()
+		go func() {
+			got, _ := Extract(context.Background(), in, DefaultOptions())
+			done <- got
+		}()
 	}
 	for range 8 {
 		if diff := cmp.Diff(want, <-done); diff != "" {
 			t.Errorf("concurrent result differs (-want +got):\n%s", diff)
 		}
 	}
+}
+
+// extract is Extract for inputs within the caps: an error fails the test.
+func extract(t testing.TB, in string, opt Options) []Block {
+	t.Helper()
+	got, err := Extract(t.Context(), in, opt)
+	if err != nil {
+		t.Fatalf("Extract: %v", err)
+	}
+	return got
 }

@@ -1,18 +1,40 @@
 package codeblock
 
 import (
+	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
 
 // FuzzExtract guards against panics and hangs on arbitrary model output and
 // checks the invariants callers rely on: blocks in document order, offsets
-// that point at the fence, and sane line numbers.
+// that point at the fence, and sane line numbers. It also parses with a
+// depth cap of 3: a text within it gives the same blocks, a text over it
+// fails with ErrTooDeep and nothing else.
 func FuzzExtract(f *testing.F) {
 	f.Add("```python\nprint(1)\n```\n", false)
 	f.Add("> - ```\n>   x\n", true)
+	f.Add("> > > > ```\n", false)
+	f.Add("- a\n  - b\n    - c\n      - ```sh\n        ls\n", false)
 	f.Fuzz(func(t *testing.T, text string, indented bool) {
-		blocks := Extract(text, Options{IncludeIndented: indented, DetectUnlabeled: true})
+		opt := Options{IncludeIndented: indented, DetectUnlabeled: true}
+		blocks, err := Extract(t.Context(), text, opt)
+		if err != nil {
+			if !errors.Is(err, ErrTooDeep) || len(text) <= DefaultMaxDepth {
+				t.Fatalf("Extract of %d bytes: %v", len(text), err)
+			}
+			return
+		}
+		shallow := opt
+		shallow.MaxDepth = 3
+		switch got, err := Extract(t.Context(), text, shallow); {
+		case errors.Is(err, ErrTooDeep):
+		case err != nil:
+			t.Fatalf("MaxDepth 3: %v", err)
+		case !reflect.DeepEqual(got, blocks):
+			t.Fatalf("MaxDepth 3 within the cap changed the blocks:\n%+v\n%+v", got, blocks)
+		}
 		lineAt := lineNumbers(text)
 		lines := lineAt[len(text)]
 		prev := -1

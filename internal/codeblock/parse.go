@@ -24,7 +24,9 @@ type blockMeta struct {
 }
 
 type recording struct {
-	meta map[ast.Node]*blockMeta
+	meta     map[ast.Node]*blockMeta
+	maxDepth int  // containers deeper are not opened (see depthLimiter)
+	tooDeep  bool // a container was refused
 }
 
 var recordingKey = parser.NewContextKey()
@@ -119,6 +121,8 @@ func mdParser() parser.Parser {
 	parserOnce.Do(func() {
 		fenced := parser.NewFencedCodeBlockParser()
 		indented := parser.NewCodeBlockParser()
+		quote := parser.NewBlockquoteParser()
+		list := parser.NewListParser()
 		var bps []util.PrioritizedValue
 		for _, pv := range parser.DefaultBlockParsers() {
 			switch pv.Value {
@@ -126,6 +130,8 @@ func mdParser() parser.Parser {
 				pv.Value = fenceRecorder{fenced}
 			case indented:
 				pv.Value = indentRecorder{indented}
+			case quote, list:
+				pv.Value = depthLimiter{pv.Value.(parser.BlockParser)}
 			}
 			bps = append(bps, pv)
 		}

@@ -25,6 +25,8 @@ var (
 	awsSecret    = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
 	jwt          = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." + "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ." +
 		"SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+	npmToken   = "npm_" + "aB3dE6fG9hJ2kL5mN8pQ1rS4tU7vW0xY3zA6"
+	azureKey   = "kSudfYti2BI4GovM0UGIKsQfZScAeEaNrxomZ48KLbkvKCQ9+wvPSp8uoU40cQwE10KgLdtzopVsPdY5r77bXQ=="
 	privateKey = "-----BEGIN " + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn\n/ygWyF8PbnGy0AHB7MhgwBZ0kBB\n-----END " + "RSA PRIVATE KEY-----"
 )
 
@@ -86,7 +88,43 @@ func TestRedact(t *testing.T) {
 			"a=[REDACTED:github] b=[REDACTED:github] password=[REDACTED:secret_assignment] [REDACTED:aws_access_key_id]",
 			[]string{RuleGitHub, RuleAWSAccessKey, RuleSecretAssign}},
 
+		{"github token glued to a letter", "x" + githubPAT, "x[REDACTED:github]", []string{RuleGitHub}},
+		{"github token glued on both sides by punctuation", `"tok":"` + githubPAT + `"`, `"tok":"[REDACTED:github]"`, []string{RuleGitHub}},
+		{"openai key glued to a word", "mykey" + openaiLegacy, "mykey[REDACTED:openai]", []string{RuleOpenAI}},
+		{"aws key id glued to a letter", "id" + awsKeyID + "\n", "id[REDACTED:aws_access_key_id]\n", []string{RuleAWSAccessKey}},
+		{"google key glued", "k" + googleKey + "&", "k[REDACTED:google_api_key]&", []string{RuleGoogleAPIKey}},
+		{"jwt glued", "t" + jwt, "t[REDACTED:jwt]", []string{RuleJWT}},
+		{"npm token in an npmrc", "//registry.npmjs.org/:_authToken=" + npmToken, "//registry.npmjs.org/:_authToken=[REDACTED:npm]", []string{RuleNPM}},
+		{"npm token glued", "z" + npmToken, "z[REDACTED:npm]", []string{RuleNPM}},
+		{"azure account key in a connection string", "AccountName=a;AccountKey=" + azureKey + ";EndpointSuffix=core.windows.net",
+			"AccountName=a;AccountKey=[REDACTED:azure_key];EndpointSuffix=core.windows.net", []string{RuleAzure}},
+		{"bare aws secret after its key id", awsKeyID + "," + awsSecret + "\n", "[REDACTED:aws_access_key_id],[REDACTED:aws_secret_access_key]\n",
+			[]string{RuleAWSAccessKey, RuleAWSSecret}},
+		{"bare aws secret before its key id", "('" + awsSecret + "', '" + awsKeyID + "')", "('[REDACTED:aws_secret_access_key]', '[REDACTED:aws_access_key_id]')",
+			[]string{RuleAWSAccessKey, RuleAWSSecret}},
+		{"an unterminated private key stops at the text after it", "-----BEGIN " + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn\n\nexit status 1\nmore",
+			"[REDACTED:private_key]\n\nexit status 1\nmore", []string{RulePrivateKey}},
+		{"a private key in a JSON string", `{"private_key": "-----BEGIN ` + `PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END ` + `PRIVATE KEY-----\n", "x": 1}`,
+			`{"private_key": "[REDACTED:private_key]\n", "x": 1}`, []string{RulePrivateKey}},
+
+		{"a URL password that held a slash until a secret in it was replaced", "https://u:api_key='a/b'@h",
+			"https://u:[REDACTED:url_password]@h", []string{RuleURLPassword, RuleSecretAssign}},
+		{"tokens glued to each other", npmToken + githubPAT + googleKey + awsKeyID,
+			"[REDACTED:npm][REDACTED:github][REDACTED:google_api_key][REDACTED:aws_access_key_id]",
+			[]string{RuleGitHub, RuleNPM, RuleGoogleAPIKey, RuleAWSAccessKey}},
+
 		// must not redact
+		{"a git hash next to an aws key id is not its secret", awsKeyID + " a94a8fe5ccb19ba61c4c0873d391e987982fbbd3",
+			"[REDACTED:aws_access_key_id] a94a8fe5ccb19ba61c4c0873d391e987982fbbd3", []string{RuleAWSAccessKey}},
+		{"a 40-character base64 run far from any key id", awsSecret + strings.Repeat(" ", 200) + awsKeyID,
+			awsSecret + strings.Repeat(" ", 200) + "[REDACTED:aws_access_key_id]", []string{RuleAWSAccessKey}},
+		{"the same letters inside a longer run are not a key", "QUJD" + googleKey + "QUJD", "QUJD" + googleKey + "QUJD", nil},
+		{"words after a provider prefix", "risk-averse-investment-strategies-2024 task-ReportGenerator2Service risk_test_parametrizedCases2",
+			"risk-averse-investment-strategies-2024 task-ReportGenerator2Service risk_test_parametrizedCases2", nil},
+		{"an npm config variable", "npm_config_cache=/root/.npm", "npm_config_cache=/root/.npm", nil},
+		{"sha512 integrity is not an azure key", `"integrity": "sha512-` + azureKey + `"`, `"integrity": "sha512-` + azureKey + `"`, nil},
+		{"a private key header in prose", "a PEM file starts with -----BEGIN " + "RSA PRIVATE KEY----- then the key",
+			"a PEM file starts with [REDACTED:private_key] then the key", []string{RulePrivateKey}},
 		{"ordinary text", "Hello, world! 2 + 2 = 4", "Hello, world! 2 + 2 = 4", nil},
 		{"the word password alone", "Enter the password to continue.\nWrong password", "Enter the password to continue.\nWrong password", nil},
 		{"a password prompt with no value", "Password: \n", "Password: \n", nil},
@@ -177,10 +215,72 @@ func TestRules(t *testing.T) {
 // Large output is redacted in linear time.
 func TestRedactLargeOutput(t *testing.T) {
 	r, _ := New(DefaultConfig())
-	line := "INFO step ok token_count=5 sk-not-a-key bearer of news password\n"
+	line := "INFO step ok token_count=5 sk-not-a-key bearer of news password AKIA secret: \n key: -----BEGIN\n"
 	in := strings.Repeat(line, 20000) + "password=last1"
 	got, hits := r.Redact(in)
 	if !strings.HasSuffix(got, "password=[REDACTED:secret_assignment]") || len(hits) != 1 {
 		t.Errorf("hits %v, tail %q", hits, got[len(got)-60:])
+	}
+}
+
+// Redaction never makes output much longer than its input: markers longer
+// than the secrets they replace (password=x) would otherwise make an output
+// at the run's limit several times larger. Before the bound, 1 MiB of short
+// tokens came back as 4 MiB.
+func TestRedactGrowthBounded(t *testing.T) {
+	r, _ := New(DefaultConfig())
+	for _, unit := range []string{"password=q ", "token=1a\n", awsKeyID + " ", "https://u:p@h "} {
+		in := strings.Repeat(unit, (256<<10)/len(unit))
+		out, hits := r.Redact(in)
+		if len(out) > len(in)+MaxGrowth {
+			t.Errorf("%q: %d bytes in, %d out: more than %d longer", unit, len(in), len(out), MaxGrowth)
+		}
+		if !strings.HasSuffix(out, CutNotice) || len(hits) == 0 {
+			t.Errorf("%q: output does not end with the cut notice (hits %v): %q", unit, hits, out[max(0, len(out)-100):])
+		}
+		kept := strings.TrimSuffix(out, CutNotice)
+		for _, leak := range []string{"=q ", "=1a", awsKeyID, ":p@"} {
+			if strings.Contains(kept, leak) {
+				t.Errorf("%q: %q left in the kept output", unit, leak)
+			}
+		}
+		if again, _ := r.Redact(out); again != out {
+			t.Errorf("%q: a second pass changed the cut output", unit)
+		}
+	}
+	// Secrets as long as their markers do not grow the output: no cut.
+	in := strings.Repeat("key "+githubPAT+"\n", 20000)
+	if out, _ := r.Redact(in); strings.HasSuffix(out, CutNotice) || len(out) > len(in) {
+		t.Errorf("github tokens: %d bytes in, %d out", len(in), len(out))
+	}
+}
+
+// A private key block is bounded: a BEGIN line without its END does not take
+// the rest of the output (before, 6 MB after such a line became 22 bytes).
+func TestPrivateKeyBounded(t *testing.T) {
+	r, _ := New(DefaultConfig())
+	header := "-----BEGIN " + "RSA PRIVATE KEY-----\n"
+	body := strings.Repeat("MIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgwBZ0kBB+abc\n", 20)
+	log := strings.Repeat("2026-12-01 INFO step done, 12 items in 3 ms\n", 150_000) // 6 MB
+	b64 := strings.Repeat("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODkw", 150_000)  // 6 MB, one line
+	tests := []struct {
+		name, in, want string
+		minLen         int
+	}{
+		{"key text then a log", header + body + log, "[REDACTED:private_key]\n" + log, 0},
+		{"a BEGIN line then a log", header + log, "[REDACTED:private_key]\n" + log, 0},
+		{"a BEGIN line then one 1 MB base64 line", header + b64, "", len(b64) - maxKeyBytes},
+		{"a complete key then a log", header + body + "-----END " + "RSA PRIVATE KEY-----\n" + log, "[REDACTED:private_key]\n" + log, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, hits := r.Redact(tt.in)
+			if tt.want != "" && out != tt.want {
+				t.Errorf("got %d bytes starting %q, want %d bytes", len(out), out[:min(len(out), 80)], len(tt.want))
+			}
+			if len(out) < tt.minLen || !strings.HasPrefix(out, "[REDACTED:private_key]") || len(hits) != 1 {
+				t.Errorf("got %d bytes (want at least %d), hits %v", len(out), tt.minLen, hits)
+			}
+		})
 	}
 }

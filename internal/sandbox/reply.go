@@ -9,10 +9,17 @@ import (
 	"github.com/vmexec/vmexec/internal/codeblock"
 )
 
+// MaxReplyBlocks is how many blocks of one reply may run; the rest are skipped with a
+// reason that says so.
+const MaxReplyBlocks = 50
+
 // ParseExecute finds the code blocks of an LLM's reply (with a CommonMark parser) and
 // runs them in document order in the agent's sandbox, each as its own transaction with
 // its own history row. Blocks in languages vmexec does not run are reported, not
 // dropped; with StopOnFailure (the default) the blocks after a failure are skipped.
+// A reply over codeblock.DefaultMaxBytes (1 MiB) or nested deeper than
+// codeblock.DefaultMaxDepth (32 blockquotes and lists) is refused (ErrInvalid); at
+// most MaxReplyBlocks blocks run. The parse stops when ctx ends.
 func (s *Service) ParseExecute(ctx context.Context, req api.ParseExecuteRequest) (api.ParseExecuteResult, error) {
 	return s.ParseExecuteFiltered(ctx, req, nil)
 }
@@ -28,10 +35,16 @@ func (s *Service) ParseExecuteFiltered(ctx context.Context, req api.ParseExecute
 	runUnlabeled := req.RunUnlabeled == nil || *req.RunUnlabeled
 	opt := codeblock.DefaultOptions()
 	opt.IncludeIndented = req.IncludeIndented
-	blocks := codeblock.Extract(req.Text, opt)
+	blocks, err := codeblock.Extract(ctx, req.Text, opt)
+	switch {
+	case errors.Is(err, codeblock.ErrTooLarge), errors.Is(err, codeblock.ErrTooDeep):
+		return api.ParseExecuteResult{}, fmt.Errorf("%w: %w", err, ErrInvalid)
+	case err != nil:
+		return api.ParseExecuteResult{}, err
+	}
 
 	out := api.ParseExecuteResult{Blocks: make([]api.BlockResult, 0, len(blocks))}
-	failed := false
+	failed, ran := false, 0
 	for _, b := range blocks {
 		br := api.BlockResult{Block: blockAPI(b)}
 		why := ""
@@ -50,7 +63,10 @@ func (s *Service) ParseExecuteFiltered(ctx context.Context, req api.ParseExecute
 			br.Status, br.Reason = api.BlockSkipped, "the fence has no language and run_unlabeled is false"
 		case why != "":
 			br.Status, br.Reason = api.BlockSkipped, why
+		case ran >= MaxReplyBlocks:
+			br.Status, br.Reason = api.BlockSkipped, fmt.Sprintf("only the first %d blocks of a reply run (%d blocks found)", MaxReplyBlocks, len(blocks))
 		default:
+			ran++
 			res, err := s.Exec(ctx, api.ExecRequest{AgentID: req.AgentID, SandboxID: req.SandboxID, Language: b.Language,
 				Code: b.Code, Limits: req.Limits, History: req.History,
 				Metadata: map[string]any{"source": "parse-execute", "block_index": fmt.Sprint(b.Index)}})
