@@ -191,7 +191,7 @@ func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) ([]b
 	for _, name := range cfg.Backends {
 		switch name {
 		case gvisor.Name:
-			be, err := gvisor.New(gvisor.Config{Runsc: cfg.Runsc, StateDir: cfg.GVisorDir(), AgentPath: cfg.Agent, Logger: log})
+			be, err := gvisor.New(gvisor.Config{Runsc: cfg.Runsc, StateDir: cfg.GVisorDir(), AgentPath: cfg.Agent, CPUs: cfg.CPUs, Logger: log})
 			if err != nil {
 				return nil, err
 			}

@@ -3,7 +3,11 @@ package gvisor_test
 import (
 	"context"
 	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmexec/vmexec/internal/agentproto"
 	"github.com/vmexec/vmexec/internal/backend"
@@ -53,4 +57,95 @@ func TestMemoryCap(t *testing.T) {
 		t.Fatalf("memory bomb ended ok: %+v", res)
 	}
 	t.Logf("verdict %s exit %d", res.Verdict, res.ExitCode)
+}
+
+// Guards the host's CPUs: a sandbox gets at most its CPU quota, and so do processes that
+// outlive their run. An ok run leaves two busy loops behind (the case of an agent's
+// forgotten `while :; do :; done &`): they keep running, but the whole sandbox's CPU
+// time, as the host cgroup counts it, stays within the quota; after a snapshot and a
+// fork from it (a suspend and resume) the loops are back, still within it.
+func TestCPUQuota(t *testing.T) {
+	testenv.Root(t)
+	const cpus = 0.5
+	b, err := gvisor.New(gvisor.Config{Runsc: testenv.Runsc(t), StateDir: t.TempDir(), AgentPath: testenv.Agent(t), CPUs: cpus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := testenv.Template(t).RootFS
+	ctx := context.Background()
+	sb, err := b.Create(ctx, backend.Spec{ID: "cpuquota", RootFS: rootfs, MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash",
+		Code: "for i in 1 2; do (while :; do :; done) & done; echo started"})
+	if err != nil || res.Verdict != agentproto.VerdictOK {
+		t.Fatalf("leaving busy loops: %v %+v", err, res)
+	}
+	checkCPU(t, "cpuquota", cpus)
+
+	// Suspend and resume: the loops come back with the sandbox, under the same quota.
+	img := t.TempDir() + "/img"
+	if err := b.Snapshot(ctx, sb, img); err != nil {
+		t.Fatal(err)
+	}
+	sb.Destroy(ctx)
+	fork, err := b.Fork(ctx, img, backend.Spec{ID: "cpuquota-resumed", RootFS: rootfs, MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fork.Destroy(ctx)
+	res, err = fork.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "grep -l 'run-[1]/main.sh' /proc/[0-9]*/cmdline | wc -l"})
+	if err != nil || strings.TrimSpace(string(res.Stdout)) != "2" {
+		t.Fatalf("the busy loops did not come back with the sandbox: %v %s %s", err, res.Stdout, res.Stderr)
+	}
+	checkCPU(t, "cpuquota-resumed", cpus)
+}
+
+// checkCPU measures sandbox id's CPU time over a window in which it is busy and checks
+// that it stays within cpus cores (with 20% slack for the cgroup's accounting) and that
+// the sandbox was really busy (else the check proves nothing).
+func checkCPU(t *testing.T, id string, cpus float64) {
+	t.Helper()
+	const window = 2 * time.Second
+	before, start := sandboxCPUTime(t, id), time.Now()
+	time.Sleep(window)
+	used, elapsed := sandboxCPUTime(t, id)-before, time.Since(start)
+	limit := time.Duration(cpus * 1.2 * float64(elapsed))
+	t.Logf("%s: %v of CPU time in %v (quota %.2f cores)", id, used.Round(time.Millisecond), elapsed.Round(time.Millisecond), cpus)
+	if used > limit {
+		t.Errorf("sandbox %s used %v of CPU in %v, over its quota of %.2f cores (%v with slack)", id, used, elapsed, cpus, limit)
+	}
+	if used < elapsed/10 {
+		t.Errorf("sandbox %s used only %v of CPU in %v: its busy loops are not running", id, used, elapsed)
+	}
+}
+
+// sandboxCPUTime is the CPU time the host cgroup of sandbox id has used (the backend's
+// cgroup is /vmexec/<id>): cgroup v1's cpuacct.usage, else v2's cpu.stat.
+func sandboxCPUTime(t *testing.T, id string) time.Duration {
+	t.Helper()
+	if b, err := os.ReadFile("/sys/fs/cgroup/cpuacct/vmexec/" + id + "/cpuacct.usage"); err == nil {
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ns)
+	}
+	b, err := os.ReadFile("/sys/fs/cgroup/vmexec/" + id + "/cpu.stat")
+	if err != nil {
+		t.Fatalf("no CPU accounting for sandbox %s: %v", id, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			us, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return time.Duration(us) * time.Microsecond
+		}
+	}
+	t.Fatalf("no usage_usec in cpu.stat of sandbox %s", id)
+	return 0
 }
