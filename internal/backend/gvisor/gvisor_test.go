@@ -149,3 +149,46 @@ func sandboxCPUTime(t *testing.T, id string) time.Duration {
 	t.Fatalf("no usage_usec in cpu.stat of sandbox %s", id)
 	return 0
 }
+
+// A run in a real sandbox has no privileges and cannot gain any: no_new_privs is set,
+// every capability set (the bounding set included) is empty, and the template's
+// setuid-root su runs as the run user. The probe starts su blocked on a FIFO, waits
+// until it has been exec'd and prints its ids.
+func TestRunHasNoPrivileges(t *testing.T) {
+	b, rootfs := newBackend(t)
+	ctx := context.Background()
+	sb, err := b.Create(ctx, backend.Spec{ID: "noprivs", RootFS: rootfs, MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	probe := `grep -E '^(NoNewPrivs|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status
+test -u /usr/bin/su && test "$(stat -c %u /usr/bin/su)" = 0 || { echo "no setuid-root su in the template"; exit 3; }
+f=$(mktemp -u); mkfifo "$f"; exec 3<>"$f"
+su -c id root <&3 >/dev/null 2>&1 &
+pid=$!
+until grep -qE '^Name:[[:space:]]+su$' /proc/$pid/status 2>/dev/null; do sleep 0.01; done
+grep '^Uid:' /proc/$pid/status
+kill $pid; wait; rm -f "$f"`
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: probe, Limits: agentproto.Limits{TimeoutMS: 20000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictOK {
+		t.Fatalf("probe: %s exit %d: %s %s", res.Verdict, res.ExitCode, res.Stdout, res.Stderr)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(res.Stdout)), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		got[k] = strings.Join(strings.Fields(v), " ")
+	}
+	for k, v := range map[string]string{
+		"NoNewPrivs": "1", "CapInh": "0000000000000000", "CapPrm": "0000000000000000",
+		"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "CapAmb": "0000000000000000",
+		"Uid": "1000 1000 1000 1000", // su's real, effective, saved and filesystem uids
+	} {
+		if got[k] != v {
+			t.Errorf("%s: %q, want %q (output:\n%s)", k, got[k], v, res.Stdout)
+		}
+	}
+}
