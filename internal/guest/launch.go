@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/debug"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -43,7 +42,6 @@ type launchSpec struct {
 	GID      uint32 `json:"gid,omitempty"`
 	FileSize int64  `json:"fsize,omitempty"` // RLIMIT_FSIZE
 	NProc    int64  `json:"nproc,omitempty"` // RLIMIT_NPROC
-	AS       int64  `json:"as,omitempty"`    // RLIMIT_AS
 }
 
 // MaybeLaunch runs the launcher and never returns if os.Args asks for it; otherwise it
@@ -62,8 +60,6 @@ func launch(arg string) {
 	syscall.CloseOnExec(launchStatusFD)
 	// Credentials are dropped on this thread only, and this thread execs (see dropTo).
 	runtime.LockOSThread()
-	// Fewer threads: once RLIMIT_AS is set, a new thread may not get a stack.
-	runtime.GOMAXPROCS(1)
 	err := applyAndExec(arg)
 	status := os.NewFile(launchStatusFD, "status")
 	fmt.Fprintf(status, "%v", err)
@@ -118,16 +114,6 @@ func applyAndExec(arg string) error {
 	}
 	if err := noNewPrivileges(); err != nil {
 		return err
-	}
-	// Last, because the launcher itself (a Go program) may not fit in it: the Go
-	// runtime's reservations alone can exceed the limit, so from here on its heap must
-	// not grow (a heap that cannot grow is a fatal error). syscall.Exec still allocates
-	// its C strings: leave it free heap pages, and no garbage collection to run.
-	if s.AS > 0 {
-		reserveHeap()
-		if err := setrlimit(unix.RLIMIT_AS, s.AS); err != nil {
-			return err
-		}
 	}
 	err = syscall.Exec(path, s.Argv, os.Environ())
 	if errors.Is(err, syscall.EAGAIN) {
@@ -200,16 +186,6 @@ func noNewPrivileges() error {
 
 // nprocExhausted is in the launcher's error when the run user is at its process limit.
 const nprocExhausted = "the run user is at its process limit"
-
-// reserveHeap leaves the Go heap enough free pages for a few more small allocations
-// without growing, and stops garbage collection.
-func reserveHeap() {
-	b := make([]byte, 1<<20)
-	runtime.KeepAlive(b)
-	b = nil
-	runtime.GC() // frees b's pages to the heap, already mapped
-	debug.SetGCPercent(-1)
-}
 
 // setrlimit sets both the soft and the hard limit. Without CAP_SYS_RESOURCE a hard
 // limit cannot be raised, so a value above the current hard limit is clamped to it:

@@ -2,6 +2,7 @@ package guest
 
 import (
 	"bytes"
+	"fmt"
 	"strconv"
 	"syscall"
 
@@ -75,6 +76,12 @@ func resultOf(pr *procResult) *agentproto.ExecResult {
 		r.Error = "agent stopping"
 	case pr.exit.Err != nil:
 		r.Verdict = agentproto.VerdictKilled
+	case pr.memoryLimit:
+		r.Verdict = agentproto.VerdictMemoryLimit
+		r.Stderr = append(r.Stderr, fmt.Sprintf("\nvmexec: the run's processes held %d MiB, over its memory limit of %d MiB; they were killed\n", pr.memoryUsed>>20, pr.memoryMax>>20)...)
+		if r.ExitCode == 0 {
+			r.ExitCode = 128 + int(syscall.SIGKILL)
+		}
 	case pr.contained:
 		r.Verdict = agentproto.VerdictKilled
 		if r.ExitCode == 0 {
