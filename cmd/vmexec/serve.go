@@ -197,7 +197,7 @@ func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) ([]b
 			}
 			out = append(out, be)
 		case microvm.Name:
-			be, err := microvm.New(microvm.Config{StateDir: cfg.MicroVMDir(), AgentPath: cfg.Agent, Accel: cfg.MicroVM.Accel,
+			be, err := microvm.New(microvm.Config{StateDir: cfg.MicroVMDir(), AgentPath: cfg.Agent, Accel: cfg.MicroVM.Accel, CPUQuota: cfg.CPUs,
 				CPUs: cfg.MicroVM.CPUs, Logger: log, Progress: os.Stderr})
 			if err != nil {
 				return nil, err
