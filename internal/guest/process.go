@@ -287,7 +287,7 @@ func (a *agent) checkLeftovers(p *proc, pgid int) (killed bool) {
 	// for a moment before the run returns, so the run gets its verdict. A group that
 	// stays small and steady (a server) costs one look.
 	prev := counts.byPgrp[pgid]
-	for end := time.Now().Add(bombSettle); !bomb && time.Now().Before(end); {
+	for n, end := 0, time.Now().Add(bombSettle); !bomb && (n < bombMinLooks || time.Now().Before(end)); n++ {
 		time.Sleep(100 * time.Millisecond)
 		counts = scanProcs()
 		cur := counts.byPgrp[pgid]
