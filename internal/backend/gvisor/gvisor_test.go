@@ -120,6 +120,31 @@ func checkCPU(t *testing.T, id string, cpus float64) {
 	if used < elapsed/10 {
 		t.Errorf("sandbox %s used only %v of CPU in %v: its busy loops are not running", id, used, elapsed)
 	}
+	// On a busy host the sandbox may get less than its quota anyway: the cgroup's
+	// throttling shows that the quota itself holds it.
+	if n := throttled(t, id); n == 0 {
+		t.Errorf("the cgroup never throttled sandbox %s: its quota does not hold it", id)
+	}
+}
+
+// throttled is how many periods the host cgroup /vmexec/<id> throttled (cpu.stat's
+// nr_throttled, cgroup v1 or v2).
+func throttled(t *testing.T, id string) int64 {
+	t.Helper()
+	for _, f := range []string{"/sys/fs/cgroup/cpu/vmexec/" + id + "/cpu.stat", "/sys/fs/cgroup/vmexec/" + id + "/cpu.stat"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "nr_throttled "); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+	}
+	t.Fatalf("no cpu.stat for the cgroup of sandbox %s", id)
+	return 0
 }
 
 // sandboxCPUTime is the CPU time the host cgroup of sandbox id has used (the backend's
