@@ -14,9 +14,9 @@ import (
 // address space: an address-space limit (RLIMIT_AS) also counts the stacks of threads
 // and the arenas malloc reserves for them, so that, say, python could start only a dozen
 // threads under 1.5 GiB. So while a run step runs, a watcher sums the resident memory
-// (RSS, from /proc/PID/stat) of the run's processes every few milliseconds and, when the sum
-// passes the limit, kills them all with SIGKILL; the run ends with verdict memory_limit
-// and a note on stderr (see resultOf).
+// (RSS, from /proc/PID/stat) of the run's processes every 2 to 100 ms (see below) and,
+// when the sum passes the limit, kills them all with SIGKILL; the run ends with verdict
+// memory_limit and a note on stderr (see resultOf).
 //
 // The run's processes are its process group (the launcher makes the program a group
 // leader), every process whose parent is one of them when the watcher first sees it, and
