@@ -217,3 +217,45 @@ kill $pid; wait; rm -f "$f"`
 		}
 	}
 }
+
+// Inside a real sandbox, memory is limited by what a run's processes hold, not by
+// address space: 32 python threads start under 512 MiB, and a memory bomb is killed
+// by the guest's memory watch with verdict memory_limit while the sandbox lives on.
+func TestRunMemoryByAccounting(t *testing.T) {
+	b, rootfs := newBackend(t)
+	ctx := context.Background()
+	sb, err := b.Create(ctx, backend.Spec{ID: "memwatch", RootFS: rootfs, MemoryBytes: 512 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	threads := `import threading
+from concurrent.futures import ThreadPoolExecutor
+barrier = threading.Barrier(32)
+def work(i):
+    barrier.wait(timeout=20)  # all 32 threads exist at once
+    return i
+with ThreadPoolExecutor(32) as pool:
+    print(sum(pool.map(work, range(32))), threading.active_count())
+`
+	cases := []struct {
+		name, code, verdict, out string
+	}{
+		{"32 threads", threads, agentproto.VerdictOK, "496 33"},
+		{"memory bomb", "a = []\nwhile True: a.append(bytearray(50 << 20))\n", agentproto.VerdictMemoryLimit, ""},
+		{"after the bomb", "print('alive')", agentproto.VerdictOK, "alive"},
+	}
+	for _, c := range cases {
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: c.code,
+			Limits: agentproto.Limits{MemoryBytes: 256 << 20, TimeoutMS: 30000}})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if res.Verdict != c.verdict || strings.TrimSpace(string(res.Stdout)) != c.out {
+			t.Errorf("%s: verdict %s, stdout %q, stderr %q; want %s, %q", c.name, res.Verdict, res.Stdout, res.Stderr, c.verdict, c.out)
+		}
+		if c.verdict == agentproto.VerdictMemoryLimit && !strings.Contains(string(res.Stderr), "over its memory limit of 256 MiB") {
+			t.Errorf("%s: stderr %q does not say the memory watch killed it", c.name, res.Stderr)
+		}
+	}
+}
