@@ -217,13 +217,13 @@ func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) ([]b
 	for _, name := range cfg.Backends {
 		switch name {
 		case gvisor.Name:
-			be, err := gvisor.New(gvisor.Config{Runsc: cfg.Runsc, StateDir: cfg.GVisorDir(), AgentPath: cfg.Agent, Logger: log})
+			be, err := gvisor.New(gvisor.Config{Runsc: cfg.Runsc, StateDir: cfg.GVisorDir(), AgentPath: cfg.Agent, CPUs: cfg.CPUs, Logger: log})
 			if err != nil {
 				return nil, err
 			}
 			out = append(out, be)
 		case microvm.Name:
-			be, err := microvm.New(microvm.Config{StateDir: cfg.MicroVMDir(), AgentPath: cfg.Agent, Accel: cfg.MicroVM.Accel,
+			be, err := microvm.New(microvm.Config{StateDir: cfg.MicroVMDir(), AgentPath: cfg.Agent, Accel: cfg.MicroVM.Accel, CPUQuota: cfg.CPUs,
 				CPUs: cfg.MicroVM.CPUs, Logger: log, Progress: os.Stderr})
 			if err != nil {
 				return nil, err

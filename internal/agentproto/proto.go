@@ -108,7 +108,7 @@ type Limits struct {
 	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"` // per stream
 	MaxFileBytes   int64 `json:"max_file_bytes,omitempty"`   // largest file a run may write (RLIMIT_FSIZE)
 	MaxProcs       int64 `json:"max_procs,omitempty"`        // processes of the sandbox user (RLIMIT_NPROC)
-	MemoryBytes    int64 `json:"memory_bytes,omitempty"`     // address-space cap where the language tolerates it
+	MemoryBytes    int64 `json:"memory_bytes,omitempty"`     // resident memory of the run's processes together (see guest's memwatch.go)
 }
 
 // ExecResult is the guest's answer to an ExecRequest.

@@ -40,6 +40,9 @@ type Config struct {
 	// Backends are the enabled sandbox backends, "gvisor" and/or "microvm"; the
 	// first is the default.
 	Backends []string `yaml:"backends"`
+	// CPUs is each sandbox's CPU quota in cores (fractions allowed), enforced by the
+	// host cgroup on everything the sandbox runs, background processes included.
+	CPUs float64 `yaml:"cpus"`
 	// MicroVM configures the microvm backend when it is enabled.
 	MicroVM MicroVM `yaml:"microvm"`
 	// Sandbox configures limits, pool and reaping.
@@ -100,13 +103,14 @@ func (h HTTP) Validate() error {
 type MicroVM struct {
 	// Accel is auto (KVM when a probe boot works, else TCG), kvm or tcg.
 	Accel string `yaml:"accel"`
-	// CPUs is the number of vCPUs per microVM.
+	// CPUs is the number of vCPUs per microVM (their time together is still capped
+	// by Config.CPUs).
 	CPUs int `yaml:"cpus"`
 }
 
 // Default returns the built-in defaults.
 func Default() Config {
-	return Config{Addr: "127.0.0.1:8080", HTTP: DefaultHTTP(), DataDir: "/var/lib/vmexec", LogLevel: "info", Backends: []string{"gvisor"},
+	return Config{Addr: "127.0.0.1:8080", HTTP: DefaultHTTP(), DataDir: "/var/lib/vmexec", LogLevel: "info", Backends: []string{"gvisor"}, CPUs: 1,
 		MicroVM: MicroVM{Accel: "auto", CPUs: 1}, Sandbox: sandbox.DefaultConfig()}
 }
 
@@ -160,6 +164,13 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	if v, ok := lookup("VMEXEC_MICROVM_ACCEL"); ok && v != "" {
 		c.MicroVM.Accel = v
 	}
+	if v, ok := lookup("VMEXEC_CPUS"); ok && v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return fmt.Errorf("VMEXEC_CPUS=%q: %w", v, err)
+		}
+		c.CPUs = f
+	}
 	if v, ok := lookup("VMEXEC_POOL_SIZE"); ok && v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -204,6 +215,9 @@ func (c Config) Validate() error {
 	}
 	if len(c.Backends) == 0 {
 		errs = append(errs, errors.New("backends: enable at least one (gvisor, microvm)"))
+	}
+	if !(c.CPUs >= 0.01 && c.CPUs <= 1024) { // also NaN
+		errs = append(errs, fmt.Errorf("cpus %v: want a CPU quota between 0.01 and 1024 cores", c.CPUs))
 	}
 	switch c.MicroVM.Accel {
 	case "auto", "kvm", "tcg":

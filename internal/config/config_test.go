@@ -11,11 +11,14 @@ import (
 // Guards precedence: file over defaults, environment over file.
 func TestLoadPrecedence(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "vmexec.yaml")
-	os.WriteFile(p, []byte("addr: 127.0.0.1:9999\nsandbox:\n  idle_timeout: 2m\n  pool_size: 1\n"), 0o644)
+	os.WriteFile(p, []byte("addr: 127.0.0.1:9999\ncpus: 0.5\nsandbox:\n  idle_timeout: 2m\n  pool_size: 1\n"), 0o644)
 	t.Setenv("VMEXEC_ADDR", "127.0.0.1:7777")
 	c, err := Load(p)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.CPUs != 0.5 {
+		t.Errorf("cpus = %v, want the file's 0.5", c.CPUs)
 	}
 	if c.Addr != "127.0.0.1:7777" {
 		t.Errorf("addr = %s, env should win", c.Addr)
@@ -43,8 +46,9 @@ func TestValidate(t *testing.T) {
 	c.Addr = "nope"
 	c.LogLevel = "loud"
 	c.Sandbox.Defaults.TimeoutMS = c.Sandbox.Max.TimeoutMS + 1
+	c.CPUs = 0
 	err := c.Validate()
-	for _, want := range []string{"addr", "log_level", "timeout_ms"} {
+	for _, want := range []string{"addr", "log_level", "timeout_ms", "cpus 0"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not mention %s", err, want)
 		}

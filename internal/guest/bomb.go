@@ -29,6 +29,10 @@ const (
 	// the run.
 	bombSuspect = 8
 	bombSettle  = 3 * time.Second
+	// A look can take seconds while a bomb keeps the sandbox's CPU quota busy (reading
+	// /proc competes with its forks), so a group still growing gets at least
+	// bombMinLooks looks, however long they take.
+	bombMinLooks = 4
 )
 
 type watchedGroup struct {

@@ -23,20 +23,32 @@
 // # Limits
 //
 // Every program is started through the launcher (see LaunchCommand) in its own
-// process group. The launcher sets RLIMIT_CORE=0, RLIMIT_FSIZE=max_file_bytes,
-// RLIMIT_NPROC=max_procs and, for the run step only, RLIMIT_AS: memory for python and
-// rust programs; memory+768 MiB for Go programs and memory+1 GiB for node and bash,
-// whose runtimes reserve hundreds of MiB of address space they never use (a Go binary
-// cannot even start under 512 MiB of RLIMIT_AS; bash gets the headroom so that scripts
-// can run go and node), with GOMEMLIMIT=memory for Go and node's own heap cap keeping
-// their real use near the limit. Compilers get no RLIMIT_AS. Then it drops to the run
-// user and execs the program. RLIMIT_AS (not RLIMIT_DATA) because gVisor enforces
-// RLIMIT_DATA only on brk, not on mmap.
+// process group. The launcher sets RLIMIT_CORE=0, RLIMIT_FSIZE=max_file_bytes and
+// RLIMIT_NPROC=max_procs, empties the capability bounding set, drops to the run user,
+// clears the inheritable and ambient capabilities, sets no_new_privs (a setuid-root
+// binary such as su runs as the run user, and no exec gains a capability) and execs
+// the program.
+//
+// Memory is limited by accounting, not by address space (see memwatch.go): while the
+// run step runs, the agent sums the resident memory of the run's processes every few
+// milliseconds and kills them all when it passes the memory limit (verdict
+// memory_limit, with a note on stderr). So threads, whose stacks and malloc arenas
+// reserve address space they barely use, cost only what they touch (32 python threads
+// start under 512 MiB). Node also gets --max-old-space-size=memory and Go programs
+// GOMEMLIMIT=memory, so that their garbage collectors keep the heap under the limit.
+// Compile steps are not watched; they, the run's files (in memory) and background
+// processes left after a run are bounded by the sandbox's own memory cap.
+//
+// CPU is not a per-run limit: the sandbox as a whole has a CPU quota, enforced by the
+// host (the gVisor sandbox's host cgroup; a microVM's vCPUs and, where the host allows,
+// its QEMU process's cgroup). A run's wall time is bounded by its timeout.
 //
 // On timeout or when an output stream passes its limit, the whole process group is
 // killed with SIGKILL (repeatedly, until it is empty). When the program exits by itself,
 // its background processes are left alone — agents start servers and counters and expect
-// them in the next turn — and the agent waits at most 100 ms more for output before it
+// them in the next turn; they keep running, within the sandbox's CPU quota, are frozen
+// with the sandbox when it is suspended (its snapshot holds them) and run on when it
+// resumes — and the agent waits at most 100 ms more for output before it
 // returns; the pipes are drained and discarded after that, so a background process that
 // writes later is not killed by SIGPIPE. The one exception is a fork bomb left running
 // in the background (see bomb.go), whose process group is killed. See resultOf for the
@@ -44,7 +56,7 @@
 //
 // The agent never crashes on what a program does: fork bombs are bounded by
 // RLIMIT_NPROC (which binds the run user, not root) and cleaned up by the group kill;
-// output floods by the per-stream cap; memory bombs by RLIMIT_AS; a run that cannot
+// output floods by the per-stream cap; memory bombs by the memory watch; a run that cannot
 // start is reported with Error set, exit code -1 and verdict killed.
 //
 // # Reaping

@@ -6,16 +6,6 @@ import (
 	"strings"
 )
 
-// Address space granted above the memory limit to runtimes that reserve far more than
-// they use. Measured on this machine kind: a Go 1.19 or 1.26 binary reserves 650-700 MiB
-// at start ("failed to reserve page summary memory" below that, whatever its heap);
-// node 20's V8 needs about 800 MiB to reserve its code range (node 18: under 400 MiB);
-// the go tool and its compiler run in 1 GiB.
-const (
-	runtimeHeadroom = 1 << 30
-	goHeadroom      = 768 << 20
-)
-
 // language says how one language is compiled (optionally) and run. All paths are
 // inside the run's directory; the program itself runs in the request's working dir.
 type language struct {
@@ -24,13 +14,11 @@ type language struct {
 	tool string // the executable that must be on PATH for the language to be offered
 
 	// compile returns the compiler's argv, or nil for interpreted languages. The
-	// compiler runs in the run dir without an address-space limit (compilers reserve
-	// large address space and their real use is bounded by the sandbox).
+	// compiler runs in the run dir without the run's memory watch (see memwatch.go):
+	// its use is bounded by the sandbox's memory.
 	compile func(dir string) []string
-	// run returns the program's argv.
+	// run returns the program's argv; memoryBytes is the run's memory limit.
 	run func(dir string, memoryBytes int64) []string
-	// asHeadroom is added to the memory limit to give the run's RLIMIT_AS.
-	asHeadroom int64
 	// env returns extra environment for both phases and runEnv for the run phase
 	// only (the request's env overrides both).
 	env    func(home string) []string
@@ -46,22 +34,17 @@ var languages = []*language{
 	},
 	{
 		// node's own heap cap gives the clean "JavaScript heap out of memory"; the
-		// address-space cap (with headroom for V8's reservations) also bounds
-		// Buffers and other memory outside the JS heap.
+		// memory watch also bounds Buffers and other memory outside the JS heap.
 		name: "javascript", file: "main.js", tool: "node",
 		run: func(dir string, mem int64) []string {
 			return []string{"node", "--max-old-space-size=" + strconv.FormatInt(max(mem>>20, 16), 10), filepath.Join(dir, "main.js")}
 		},
-		asHeadroom: runtimeHeadroom,
 	},
 	{
-		// bash gets headroom so that scripts can still start node, Go programs and
-		// the go tool, which cannot even start under a plain 512 MiB RLIMIT_AS.
 		name: "bash", file: "main.sh", tool: "bash",
 		run: func(dir string, _ int64) []string {
 			return []string{"bash", filepath.Join(dir, "main.sh")}
 		},
-		asHeadroom: runtimeHeadroom,
 	},
 	{
 		name: "rust", file: "main.rs", tool: "rustc",
@@ -71,15 +54,13 @@ var languages = []*language{
 		run: func(dir string, _ int64) []string { return []string{filepath.Join(dir, "main")} },
 	},
 	{
-		// A Go binary reserves ~700 MiB of address space it never touches, so its
-		// RLIMIT_AS is memory+768 MiB; GOMEMLIMIT makes its GC keep the heap near
-		// the limit, and a real memory bomb hits the hard cap soon after.
+		// GOMEMLIMIT makes the Go GC keep the heap under the limit; a real memory
+		// bomb passes it and the memory watch kills it.
 		name: "go", file: "main.go", tool: "go",
 		compile: func(dir string) []string {
 			return []string{"go", "build", "-o", filepath.Join(dir, "main"), filepath.Join(dir, "main.go")}
 		},
-		run:        func(dir string, _ int64) []string { return []string{filepath.Join(dir, "main")} },
-		asHeadroom: goHeadroom,
+		run: func(dir string, _ int64) []string { return []string{filepath.Join(dir, "main")} },
 		env: func(home string) []string {
 			return []string{
 				"GOCACHE=" + filepath.Join(home, ".cache", "go-build"),

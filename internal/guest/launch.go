@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/debug"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -20,7 +19,8 @@ import (
 // setting them on a running child races with its start. So every program is started
 // through a tiny launcher process: the agent forks /proc/self/exe with this argument
 // (in a new process group, with the run's pipes as fds 0-2 and a status pipe as fd 3);
-// the launcher sets the run's rlimits, drops to the run user and execs the program.
+// the launcher sets the run's rlimits, empties its capability bounding set, drops to
+// the run user, clears its capabilities, sets no_new_privs and execs the program.
 // If any step fails, the launcher writes the reason to fd 3 and exits 127; if the exec
 // succeeds, fd 3 (close-on-exec) is closed with nothing written. The agent therefore
 // tells "could not start" apart from "started and failed".
@@ -42,7 +42,6 @@ type launchSpec struct {
 	GID      uint32 `json:"gid,omitempty"`
 	FileSize int64  `json:"fsize,omitempty"` // RLIMIT_FSIZE
 	NProc    int64  `json:"nproc,omitempty"` // RLIMIT_NPROC
-	AS       int64  `json:"as,omitempty"`    // RLIMIT_AS
 }
 
 // MaybeLaunch runs the launcher and never returns if os.Args asks for it; otherwise it
@@ -61,8 +60,6 @@ func launch(arg string) {
 	syscall.CloseOnExec(launchStatusFD)
 	// Credentials are dropped on this thread only, and this thread execs (see dropTo).
 	runtime.LockOSThread()
-	// Fewer threads: once RLIMIT_AS is set, a new thread may not get a stack.
-	runtime.GOMAXPROCS(1)
 	err := applyAndExec(arg)
 	status := os.NewFile(launchStatusFD, "status")
 	fmt.Fprintf(status, "%v", err)
@@ -105,19 +102,18 @@ func applyAndExec(arg string) error {
 		}
 	}
 	if s.Setuid {
+		if err := dropBoundingSet(); err != nil {
+			return err
+		}
 		if err := dropTo(s.UID, s.GID); err != nil {
 			return err
 		}
-	}
-	// Last, because the launcher itself (a Go program) may not fit in it: the Go
-	// runtime's reservations alone can exceed the limit, so from here on its heap must
-	// not grow (a heap that cannot grow is a fatal error). syscall.Exec still allocates
-	// its C strings: leave it free heap pages, and no garbage collection to run.
-	if s.AS > 0 {
-		reserveHeap()
-		if err := setrlimit(unix.RLIMIT_AS, s.AS); err != nil {
+		if err := clearCapabilities(); err != nil {
 			return err
 		}
+	}
+	if err := noNewPrivileges(); err != nil {
+		return err
 	}
 	err = syscall.Exec(path, s.Argv, os.Environ())
 	if errors.Is(err, syscall.EAGAIN) {
@@ -146,18 +142,50 @@ func dropTo(uid, gid uint32) error {
 	return nil
 }
 
+// dropBoundingSet empties the calling thread's capability bounding set (it needs
+// CAP_SETPCAP, so it comes before dropTo): no exec, of a setuid or file-capability
+// binary included, can give the program a capability again.
+func dropBoundingSet() error {
+	for c := 0; c <= 63; c++ {
+		err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0)
+		if errors.Is(err, syscall.EINVAL) {
+			return nil // past the last capability this kernel knows
+		}
+		if err != nil {
+			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
+		}
+	}
+	return nil
+}
+
+// clearCapabilities empties the calling thread's capability sets. After a setuid from
+// root to another user the permitted and effective sets are already empty; the
+// inheritable and ambient sets may not be.
+func clearCapabilities() error {
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clear capabilities: %w", err)
+	}
+	return nil
+}
+
+// noNewPrivileges sets no_new_privs on the calling thread, inherited by everything the
+// program starts: setuid and setgid bits and file capabilities are ignored at exec, so
+// neither the program nor its children ever gain a privilege (su, mount and passwd run
+// as the run user and fail).
+func noNewPrivileges() error {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	return nil
+}
+
 // nprocExhausted is in the launcher's error when the run user is at its process limit.
 const nprocExhausted = "the run user is at its process limit"
-
-// reserveHeap leaves the Go heap enough free pages for a few more small allocations
-// without growing, and stops garbage collection.
-func reserveHeap() {
-	b := make([]byte, 1<<20)
-	runtime.KeepAlive(b)
-	b = nil
-	runtime.GC() // frees b's pages to the heap, already mapped
-	debug.SetGCPercent(-1)
-}
 
 // setrlimit sets both the soft and the hard limit. Without CAP_SYS_RESOURCE a hard
 // limit cannot be raised, so a value above the current hard limit is clamped to it:

@@ -34,6 +34,7 @@ type proc struct {
 	env    []string
 	stdin  []byte
 	outMax int64 // per stream
+	memory int64 // bytes the run's processes may hold (see memwatch.go); 0: not watched
 	// interpreter is the resolved python3 of a python run, which may then be forked from
 	// the python zygote (see zygote.go), and what stat said of it; empty for anything else.
 	interpreter     string
@@ -47,6 +48,11 @@ type procResult struct {
 	outputLimit bool // a stream passed its limit; the group was killed
 	cancelled   bool // ctx ended; the group was killed
 	contained   bool // exited, but its background processes were killed as a fork bomb
+	// memoryLimit: its processes held memoryUsed bytes, over p.memory (memoryMax), and
+	// the memory watch killed them (see memwatch.go).
+	memoryLimit           bool
+	memoryUsed, memoryMax int64
+
 	stdout      []byte
 	stderr      []byte
 	stdoutTrunc bool
@@ -219,6 +225,8 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 		sp.stdin.Close()
 	}()
 
+	mem := a.watchMemory(sp.pid, p.memory)
+	defer mem.stop()
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	killed := false
@@ -237,6 +245,8 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 		sweepGroup(sp.pid)
 		a.log.Debug("killed process group", "pgid", sp.pid, "timeout", res.timedOut, "output_limit", res.outputLimit)
 	}
+	res.memoryLimit, res.memoryUsed = mem.stop()
+	res.memoryMax = p.memory
 	// Unblock a stdin writer whose reader never read (a background process may still
 	// hold the read end).
 	sp.stdin.Close()
@@ -277,7 +287,7 @@ func (a *agent) checkLeftovers(p *proc, pgid int) (killed bool) {
 	// for a moment before the run returns, so the run gets its verdict. A group that
 	// stays small and steady (a server) costs one look.
 	prev := counts.byPgrp[pgid]
-	for end := time.Now().Add(bombSettle); !bomb && time.Now().Before(end); {
+	for n, end := 0, time.Now().Add(bombSettle); !bomb && (n < bombMinLooks || time.Now().Before(end)); n++ {
 		time.Sleep(100 * time.Millisecond)
 		counts = scanProcs()
 		cur := counts.byPgrp[pgid]

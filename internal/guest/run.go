@@ -99,8 +99,7 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *age
 	}
 	spec := base
 	spec.Argv, spec.Dir = lang.run(runDir, lim.MemoryBytes), workDir
-	spec.AS = lim.MemoryBytes + lang.asHeadroom
-	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes}
+	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes, memory: lim.MemoryBytes}
 	if lang.name == "python" && !strings.ContainsRune(req.Code, 0) { // python3 reads NULs its own way
 		p.interpreter, p.interpreterInfo = tool, toolInfo
 	}

@@ -2,6 +2,7 @@ package guest
 
 import (
 	"bytes"
+	"fmt"
 	"strconv"
 	"syscall"
 
@@ -16,7 +17,7 @@ import (
 var memoryMarkers = [][]byte{
 	[]byte("MemoryError"),                    // python
 	[]byte("JavaScript heap out of memory"),  // node (then SIGABRT)
-	[]byte("Array buffer allocation failed"), // node, Buffers under RLIMIT_AS
+	[]byte("Array buffer allocation failed"), // node, a Buffer it cannot allocate
 	[]byte("memory allocation of"),           // rust: "memory allocation of N bytes failed" (then SIGABRT)
 	[]byte("runtime: out of memory"),         // go: "fatal error: runtime: out of memory"
 	[]byte("cannot allocate memory"),         // ENOMEM from the C library (strerror)
@@ -32,13 +33,14 @@ const markerTail = 8 << 10
 //  1. timeout: the deadline passed and the agent killed the process group.
 //  2. output_limit: a stream passed its limit (the agent killed the group, or the
 //     program exited while passing it).
-//  3. ok: exited 0. Nothing else is looked at.
-//  4. memory_limit: exited non-zero or by a signal with a memory marker (see
+//  3. memory_limit: the memory watch killed the run's processes (see memwatch.go).
+//  4. ok: exited 0. Nothing else is looked at.
+//  5. memory_limit: exited non-zero or by a signal with a memory marker (see
 //     memoryMarkers) near the end of stderr; or killed by SIGKILL, which the agent did
 //     not send: inside a sandbox the only routine sender of SIGKILL is the kernel's
 //     OOM killer (a program that SIGKILLs itself is misreported, an accepted cost).
-//  5. nonzero_exit: exited non-zero (this includes compile errors).
-//  6. killed: any other signal; Signal names it ("SIGSEGV") and the exit code is
+//  6. nonzero_exit: exited non-zero (this includes compile errors).
+//  7. killed: any other signal; Signal names it ("SIGSEGV") and the exit code is
 //     128+signo, as a shell reports it.
 //
 // A run whose background processes were killed as a fork bomb after it exited (see
@@ -75,6 +77,12 @@ func resultOf(pr *procResult) *agentproto.ExecResult {
 		r.Error = "agent stopping"
 	case pr.exit.Err != nil:
 		r.Verdict = agentproto.VerdictKilled
+	case pr.memoryLimit:
+		r.Verdict = agentproto.VerdictMemoryLimit
+		r.Stderr = append(r.Stderr, fmt.Sprintf("\nvmexec: the run's processes held %d MiB, over its memory limit of %d MiB; they were killed\n", pr.memoryUsed>>20, pr.memoryMax>>20)...)
+		if r.ExitCode == 0 {
+			r.ExitCode = 128 + int(syscall.SIGKILL)
+		}
 	case pr.contained:
 		r.Verdict = agentproto.VerdictKilled
 		if r.ExitCode == 0 {

@@ -36,6 +36,8 @@ func TestResultOf(t *testing.T) {
 		{"SIGKILL not ours", procResult{exit: signaled(syscall.SIGKILL)}, agentproto.VerdictMemoryLimit, 137, "SIGKILL"},
 		{"SIGSEGV", procResult{exit: signaled(syscall.SIGSEGV)}, agentproto.VerdictKilled, 139, "SIGSEGV"},
 		{"SIGABRT without marker", procResult{exit: signaled(syscall.SIGABRT), stderr: []byte("assertion failed")}, agentproto.VerdictKilled, 134, "SIGABRT"},
+		{"memory watch", procResult{exit: signaled(syscall.SIGKILL), memoryLimit: true, memoryUsed: 300 << 20, memoryMax: 256 << 20}, agentproto.VerdictMemoryLimit, 137, "SIGKILL"},
+		{"memory watch at exit 0", procResult{exit: exited(0), memoryLimit: true}, agentproto.VerdictMemoryLimit, 137, ""},
 		{"fork bomb contained", procResult{exit: exited(0), contained: true}, agentproto.VerdictKilled, 137, ""},
 		{"lost status", procResult{exit: procExit{Err: errors.New("gone")}}, agentproto.VerdictKilled, -1, ""},
 	}

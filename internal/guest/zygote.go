@@ -29,7 +29,7 @@ import (
 // The zygote is started in the background after a python run, through the launcher, with
 // that run's spec and environment except that the script is zygote.py (written to the run
 // base for the moment it takes to start): so it has the run's interpreter and flags,
-// rlimits (RLIMIT_AS included), user and environment. It is used only by runs whose key
+// rlimits, user and environment. It is used only by runs whose key
 // (zygoteKey: those, plus the interpreter file's identity) is equal, and there is at most
 // one: a run with another key goes the normal way, and a key seen in two runs in a row
 // replaces it. A zygote that fails to start is retried after zygoteRetry. The zygote lives
@@ -118,7 +118,6 @@ type zygoteKey struct {
 	uid, gid    uint32
 	fsize       int64
 	nproc       int64
-	as          int64
 	flags       string // the interpreter's argv without the script, NUL-separated
 	env         string // NUL-separated
 	interpreter string // path, size and mtime
@@ -133,7 +132,7 @@ func zygoteKeyOf(p *proc) (zygoteKey, bool) {
 	}
 	return zygoteKey{
 		setuid: p.spec.Setuid, uid: p.spec.UID, gid: p.spec.GID,
-		fsize: p.spec.FileSize, nproc: p.spec.NProc, as: p.spec.AS,
+		fsize: p.spec.FileSize, nproc: p.spec.NProc,
 		flags:       strings.Join(argv[:len(argv)-1], "\x00"),
 		env:         strings.Join(p.env, "\x00"),
 		interpreter: fmt.Sprintf("%s %d %d", p.interpreter, fi.Size(), fi.ModTime().UnixNano()),

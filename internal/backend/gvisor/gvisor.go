@@ -6,8 +6,9 @@
 // runsc's own) goes to console.log in the sandbox's bundle directory. The container has
 // no network (--network=none), and its root is the template tree with a writable
 // in-memory overlay (--overlay2=root:memory), so the host filesystem is never visible and
-// the template is never written. Memory is capped through the OCI memory limit, which the
-// host cgroup enforces.
+// the template is never written. Memory is capped through the OCI memory limit and CPU
+// time through the OCI CPU quota (Config.CPUs), both enforced by the host cgroup
+// /vmexec/<id> on the sandbox's gofer and sentry, that is on everything that runs in it.
 //
 // Layout under Config.StateDir:
 //
@@ -46,11 +47,18 @@ type Config struct {
 	AgentPath string
 	// Platform is runsc's --platform; empty lets runsc choose (systrap).
 	Platform string
+	// CPUs is each sandbox's CPU quota in cores (fractions allowed): the host cgroup
+	// lets the whole sandbox use CPUs×100 ms of CPU time per 100 ms period. 0 means
+	// DefaultCPUs; negative sets no quota.
+	CPUs float64
 	// StartTimeout bounds the wait for the agent's handshake; default 30s.
 	StartTimeout time.Duration
 	// Logger receives diagnostics; default slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultCPUs is a sandbox's CPU quota when Config.CPUs is 0: one core.
+const DefaultCPUs = 1.0
 
 // Backend runs sandboxes with runsc. It implements backend.Backend and
 // backend.Snapshotter.
@@ -75,6 +83,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.Runsc == "" {
 		cfg.Runsc = "runsc"
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = DefaultCPUs
 	}
 	p, err := exec.LookPath(cfg.Runsc)
 	if err != nil {

@@ -3,7 +3,11 @@ package gvisor_test
 import (
 	"context"
 	"errors"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmexec/vmexec/internal/agentproto"
 	"github.com/vmexec/vmexec/internal/backend"
@@ -53,4 +57,205 @@ func TestMemoryCap(t *testing.T) {
 		t.Fatalf("memory bomb ended ok: %+v", res)
 	}
 	t.Logf("verdict %s exit %d", res.Verdict, res.ExitCode)
+}
+
+// Guards the host's CPUs: a sandbox gets at most its CPU quota, and so do processes that
+// outlive their run. An ok run leaves two busy loops behind (the case of an agent's
+// forgotten `while :; do :; done &`): they keep running, but the whole sandbox's CPU
+// time, as the host cgroup counts it, stays within the quota; after a snapshot and a
+// fork from it (a suspend and resume) the loops are back, still within it.
+func TestCPUQuota(t *testing.T) {
+	testenv.Root(t)
+	const cpus = 0.5
+	b, err := gvisor.New(gvisor.Config{Runsc: testenv.Runsc(t), StateDir: t.TempDir(), AgentPath: testenv.Agent(t), CPUs: cpus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfs := testenv.Template(t).RootFS
+	ctx := context.Background()
+	sb, err := b.Create(ctx, backend.Spec{ID: "cpuquota", RootFS: rootfs, MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash",
+		Code: "for i in 1 2; do (while :; do :; done) & done; echo started"})
+	if err != nil || res.Verdict != agentproto.VerdictOK {
+		t.Fatalf("leaving busy loops: %v %+v", err, res)
+	}
+	checkCPU(t, "cpuquota", cpus)
+
+	// Suspend and resume: the loops come back with the sandbox, under the same quota.
+	img := t.TempDir() + "/img"
+	if err := b.Snapshot(ctx, sb, img); err != nil {
+		t.Fatal(err)
+	}
+	sb.Destroy(ctx)
+	fork, err := b.Fork(ctx, img, backend.Spec{ID: "cpuquota-resumed", RootFS: rootfs, MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fork.Destroy(ctx)
+	res, err = fork.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "grep -l 'run-[1]/main.sh' /proc/[0-9]*/cmdline | wc -l"})
+	if err != nil || strings.TrimSpace(string(res.Stdout)) != "2" {
+		t.Fatalf("the busy loops did not come back with the sandbox: %v %s %s", err, res.Stdout, res.Stderr)
+	}
+	checkCPU(t, "cpuquota-resumed", cpus)
+}
+
+// checkCPU measures sandbox id's CPU time over a window in which it is busy and checks
+// that it stays within cpus cores (with 20% slack for the cgroup's accounting) and that
+// the sandbox was really busy (else the check proves nothing).
+func checkCPU(t *testing.T, id string, cpus float64) {
+	t.Helper()
+	const window = 2 * time.Second
+	before, start := sandboxCPUTime(t, id), time.Now()
+	time.Sleep(window)
+	used, elapsed := sandboxCPUTime(t, id)-before, time.Since(start)
+	limit := time.Duration(cpus * 1.2 * float64(elapsed))
+	t.Logf("%s: %v of CPU time in %v (quota %.2f cores)", id, used.Round(time.Millisecond), elapsed.Round(time.Millisecond), cpus)
+	if used > limit {
+		t.Errorf("sandbox %s used %v of CPU in %v, over its quota of %.2f cores (%v with slack)", id, used, elapsed, cpus, limit)
+	}
+	if used < elapsed/10 {
+		t.Errorf("sandbox %s used only %v of CPU in %v: its busy loops are not running", id, used, elapsed)
+	}
+	// On a busy host the sandbox may get less than its quota anyway: the cgroup's
+	// throttling shows that the quota itself holds it.
+	if n := throttled(t, id); n == 0 {
+		t.Errorf("the cgroup never throttled sandbox %s: its quota does not hold it", id)
+	}
+}
+
+// throttled is how many periods the host cgroup /vmexec/<id> throttled (cpu.stat's
+// nr_throttled, cgroup v1 or v2).
+func throttled(t *testing.T, id string) int64 {
+	t.Helper()
+	for _, f := range []string{"/sys/fs/cgroup/cpu/vmexec/" + id + "/cpu.stat", "/sys/fs/cgroup/vmexec/" + id + "/cpu.stat"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "nr_throttled "); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+	}
+	t.Fatalf("no cpu.stat for the cgroup of sandbox %s", id)
+	return 0
+}
+
+// sandboxCPUTime is the CPU time the host cgroup of sandbox id has used (the backend's
+// cgroup is /vmexec/<id>): cgroup v1's cpuacct.usage, else v2's cpu.stat.
+func sandboxCPUTime(t *testing.T, id string) time.Duration {
+	t.Helper()
+	if b, err := os.ReadFile("/sys/fs/cgroup/cpuacct/vmexec/" + id + "/cpuacct.usage"); err == nil {
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(ns)
+	}
+	b, err := os.ReadFile("/sys/fs/cgroup/vmexec/" + id + "/cpu.stat")
+	if err != nil {
+		t.Fatalf("no CPU accounting for sandbox %s: %v", id, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			us, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return time.Duration(us) * time.Microsecond
+		}
+	}
+	t.Fatalf("no usage_usec in cpu.stat of sandbox %s", id)
+	return 0
+}
+
+// A run in a real sandbox has no privileges and cannot gain any: no_new_privs is set,
+// every capability set (the bounding set included) is empty, and the template's
+// setuid-root su runs as the run user. The probe starts su blocked on a FIFO, waits
+// until it has been exec'd and prints its ids.
+func TestRunHasNoPrivileges(t *testing.T) {
+	b, rootfs := newBackend(t)
+	ctx := context.Background()
+	sb, err := b.Create(ctx, backend.Spec{ID: "noprivs", RootFS: rootfs, MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	probe := `grep -E '^(NoNewPrivs|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status
+test -u /usr/bin/su && test "$(stat -c %u /usr/bin/su)" = 0 || { echo "no setuid-root su in the template"; exit 3; }
+f=$(mktemp -u); mkfifo "$f"; exec 3<>"$f"
+su -c id root <&3 >/dev/null 2>&1 &
+pid=$!
+until grep -qE '^Name:[[:space:]]+su$' /proc/$pid/status 2>/dev/null; do sleep 0.01; done
+grep '^Uid:' /proc/$pid/status
+kill $pid; wait; rm -f "$f"`
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: probe, Limits: agentproto.Limits{TimeoutMS: 20000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictOK {
+		t.Fatalf("probe: %s exit %d: %s %s", res.Verdict, res.ExitCode, res.Stdout, res.Stderr)
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(res.Stdout)), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		got[k] = strings.Join(strings.Fields(v), " ")
+	}
+	for k, v := range map[string]string{
+		"NoNewPrivs": "1", "CapInh": "0000000000000000", "CapPrm": "0000000000000000",
+		"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "CapAmb": "0000000000000000",
+		"Uid": "1000 1000 1000 1000", // su's real, effective, saved and filesystem uids
+	} {
+		if got[k] != v {
+			t.Errorf("%s: %q, want %q (output:\n%s)", k, got[k], v, res.Stdout)
+		}
+	}
+}
+
+// Inside a real sandbox, memory is limited by what a run's processes hold, not by
+// address space: 32 python threads start under 512 MiB, and a memory bomb is killed
+// by the guest's memory watch with verdict memory_limit while the sandbox lives on.
+func TestRunMemoryByAccounting(t *testing.T) {
+	b, rootfs := newBackend(t)
+	ctx := context.Background()
+	sb, err := b.Create(ctx, backend.Spec{ID: "memwatch", RootFS: rootfs, MemoryBytes: 512 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	threads := `import threading
+from concurrent.futures import ThreadPoolExecutor
+barrier = threading.Barrier(32)
+def work(i):
+    barrier.wait(timeout=20)  # all 32 threads exist at once
+    return i
+with ThreadPoolExecutor(32) as pool:
+    print(sum(pool.map(work, range(32))), threading.active_count())
+`
+	cases := []struct {
+		name, code, verdict, out string
+	}{
+		{"32 threads", threads, agentproto.VerdictOK, "496 33"},
+		{"memory bomb", "a = []\nwhile True: a.append(bytearray(50 << 20))\n", agentproto.VerdictMemoryLimit, ""},
+		{"after the bomb", "print('alive')", agentproto.VerdictOK, "alive"},
+	}
+	for _, c := range cases {
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: c.code,
+			Limits: agentproto.Limits{MemoryBytes: 256 << 20, TimeoutMS: 30000}})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if res.Verdict != c.verdict || strings.TrimSpace(string(res.Stdout)) != c.out {
+			t.Errorf("%s: verdict %s, stdout %q, stderr %q; want %s, %q", c.name, res.Verdict, res.Stdout, res.Stderr, c.verdict, c.out)
+		}
+		if c.verdict == agentproto.VerdictMemoryLimit && !strings.Contains(string(res.Stderr), "over its memory limit of 256 MiB") {
+			t.Errorf("%s: stderr %q does not say the memory watch killed it", c.name, res.Stderr)
+		}
+	}
 }

@@ -57,8 +57,15 @@ type ociLinux struct {
 }
 
 type ociResources struct {
+	CPU    *ociCPU    `json:"cpu,omitempty"`
 	Memory *ociMemory `json:"memory,omitempty"`
 	Pids   *ociPids   `json:"pids,omitempty"`
+}
+
+// ociCPU is a CFS bandwidth limit: at most Quota µs of CPU time per Period µs.
+type ociCPU struct {
+	Quota  int64  `json:"quota"`
+	Period uint64 `json:"period"`
 }
 
 type ociMemory struct {
@@ -85,6 +92,18 @@ var agentCaps = []string{
 // so that the guest's processes get the memory the spec promises.
 const sentryOverheadBytes = 128 << 20
 
+// cpuPeriod is the CFS period of the CPU quota, the kernel's default (100 ms).
+const cpuPeriod = 100_000
+
+// cpuQuota is the CFS quota for cpus cores per cpuPeriod; 0 for no quota. The kernel
+// refuses quotas under 1 ms.
+func cpuQuota(cpus float64) int64 {
+	if cpus <= 0 {
+		return 0
+	}
+	return max(int64(cpus*cpuPeriod), 1000)
+}
+
 func (b *Backend) ociSpec(spec backend.Spec) ociSpec {
 	s := ociSpec{
 		OCIVersion: "1.0.2",
@@ -110,6 +129,9 @@ func (b *Backend) ociSpec(spec backend.Spec) ociSpec {
 			CgroupsPath: b.cfg.cgroupPath(spec.ID),
 			Namespaces:  []ociNamespace{{Type: "pid"}, {Type: "ipc"}, {Type: "uts"}, {Type: "mount"}, {Type: "network"}},
 		},
+	}
+	if q := cpuQuota(b.cfg.CPUs); q > 0 {
+		s.Linux.Resources.CPU = &ociCPU{Quota: q, Period: cpuPeriod}
 	}
 	if spec.MemoryBytes > 0 {
 		s.Linux.Resources.Memory = &ociMemory{Limit: spec.MemoryBytes + sentryOverheadBytes}

@@ -104,8 +104,13 @@ type Config struct {
 	// Image overrides the guest kernel, its modules directory and busybox; its
 	// AgentPath is ignored (AgentPath above is used).
 	Image template.ImageOptions
-	// CPUs is the number of vCPUs per sandbox; default 1.
+	// CPUs is the number of vCPUs per sandbox; default 1. The guest never runs on
+	// more host cores than that.
 	CPUs int
+	// CPUQuota caps each sandbox's QEMU process (its vCPUs, device emulation and I/O
+	// threads together) at this many cores of CPU time, through a host cgroup (see
+	// qemu.go's cpuCgroup); 0 sets no cap beyond CPUs.
+	CPUQuota float64
 	// DefaultMemoryBytes is a sandbox's memory when its spec sets none; default 512 MiB.
 	DefaultMemoryBytes int64
 	// KernelOverheadBytes is added to a spec's memory for the guest kernel and the
@@ -140,7 +145,7 @@ func (c Config) Validate() error {
 	if c.AgentPath == "" {
 		return errors.New("microvm: no guest agent path")
 	}
-	if c.CPUs < 0 || c.DefaultMemoryBytes < 0 || c.KernelOverheadBytes < 0 || c.StartTimeout < 0 || c.ProbeTimeout < 0 {
+	if c.CPUs < 0 || c.CPUQuota < 0 || c.DefaultMemoryBytes < 0 || c.KernelOverheadBytes < 0 || c.StartTimeout < 0 || c.ProbeTimeout < 0 {
 		return errors.New("microvm: negative size or timeout")
 	}
 	return nil

@@ -331,3 +331,85 @@ func TestTimings(t *testing.T) {
 		b.Accel(), boot.Round(time.Millisecond), first.Round(time.Millisecond), warm.Round(time.Millisecond), afterRestore.Round(time.Millisecond),
 		snap.Round(time.Millisecond), size("state"), size("disk.qcow2"), restore.Round(time.Millisecond))
 }
+
+// Guards the host's CPUs: a microVM's QEMU process gets at most its CPU quota, even with
+// the guest busy in processes that outlived their run, and its cgroup goes with it.
+func TestCPUQuota(t *testing.T) {
+	const quota = 0.25
+	state := t.TempDir()
+	b, rootfs := newBackend(t, microvm.Config{StateDir: state, CPUs: 1, CPUQuota: quota, NoWarmUp: true})
+	ctx := context.Background()
+	id := "cpuquota-" + strconv.Itoa(os.Getpid())
+	sb, err := b.Create(ctx, backend.Spec{ID: id, RootFS: rootfs, MemoryBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash",
+		Code: "for i in 1 2; do (while :; do :; done) & done; echo started"})
+	if err != nil || res.Verdict != agentproto.VerdictOK {
+		t.Fatalf("leaving busy loops: %v %+v", err, res)
+	}
+	pidb, err := os.ReadFile(filepath.Join(state, "sandboxes", id, "qemu.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
+	const window = 3 * time.Second
+	before, start := processCPUTime(t, pid), time.Now()
+	time.Sleep(window)
+	used, elapsed := processCPUTime(t, pid)-before, time.Since(start)
+	t.Logf("qemu used %v of CPU time in %v (quota %.2f cores)", used, elapsed.Round(time.Millisecond), quota)
+	if limit := time.Duration(quota * 1.2 * float64(elapsed)); used > limit {
+		t.Errorf("qemu used %v of CPU in %v, over its quota of %.2f cores (%v with slack)", used, elapsed, quota, limit)
+	}
+	if used < elapsed/20 {
+		t.Errorf("qemu used only %v of CPU in %v: the guest's busy loops are not running", used, elapsed)
+	}
+	// On a busy host the process may get less than its quota anyway: the cgroup's
+	// throttling shows that the quota itself holds it.
+	if n := throttled(t, "microvm-"+id); n == 0 {
+		t.Errorf("the cgroup never throttled qemu: its quota does not hold it")
+	}
+	if err := sb.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"/sys/fs/cgroup/cpu/vmexec/microvm-" + id, "/sys/fs/cgroup/vmexec/microvm-" + id} {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s left after the sandbox was destroyed", d)
+		}
+	}
+}
+
+// throttled is how many periods the host cgroup vmexec/<name> throttled (cpu.stat's
+// nr_throttled, cgroup v1 or v2).
+func throttled(t *testing.T, name string) int64 {
+	t.Helper()
+	for _, f := range []string{"/sys/fs/cgroup/cpu/vmexec/" + name + "/cpu.stat", "/sys/fs/cgroup/vmexec/" + name + "/cpu.stat"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "nr_throttled "); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+	}
+	t.Fatalf("no cpu.stat for the cgroup vmexec/%s", name)
+	return 0
+}
+
+// processCPUTime is the user and system CPU time of process pid, all its threads.
+func processCPUTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}

@@ -157,8 +157,16 @@ func (b *Backend) startQEMU(dir string, args []string) (*vmProc, error) {
 		return nil, fmt.Errorf("start qemu: %w", err)
 	}
 	p := &vmProc{cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	cg := cpuCgroupOf(dir)
+	if b.cfg.CPUQuota > 0 {
+		// QEMU runs for a moment before it is moved: a few ms of start-up, not a leak.
+		if err := cg.limit(p.pid, b.cfg.CPUQuota); err != nil {
+			b.log.Warn("cannot cap the microVM's CPU time; only its vCPU count bounds it", "dir", dir, "err", err)
+		}
+	}
 	go func() {
 		p.waitErr = cmd.Wait()
+		cg.remove()
 		close(p.exited)
 	}()
 	if err := os.WriteFile(filepath.Join(dir, pidFile), []byte(strconv.Itoa(p.pid)+"\n"), 0o600); err != nil {
@@ -269,9 +277,82 @@ func killVerified(pid int, dir string) error {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	if waitGone(pid, dir, 5*time.Second) {
+		cpuCgroupOf(dir).remove()
 		return nil
 	}
 	return fmt.Errorf("qemu pid %d does not exit", pid)
+}
+
+// cpuCgroup is the host cgroup that caps one sandbox's QEMU process at a CPU quota:
+// vmexec/microvm-<id> in the cpu controller's hierarchy (cgroup v1) or in the unified
+// one (v2). A guest busy on all its vCPUs, and processes it keeps running in the
+// background, then cost the host at most the quota. The cgroup is removed when QEMU
+// exits; without a usable cpu controller (a host that does not delegate it) the
+// sandbox is bounded by its vCPU count only.
+type cpuCgroup struct {
+	name string // relative to the hierarchy's root
+}
+
+// cpuCgroupOf is the cgroup of the sandbox whose directory is dir.
+func cpuCgroupOf(dir string) cpuCgroup {
+	return cpuCgroup{name: filepath.Join("vmexec", "microvm-"+filepath.Base(dir))}
+}
+
+// cgroupRoots: the v1 cpu hierarchy, else the v2 unified one.
+const (
+	cgroupV1CPU = "/sys/fs/cgroup/cpu"
+	cgroupV2    = "/sys/fs/cgroup"
+)
+
+// cpuPeriodUS is the CFS period of the quota (the kernel's default, 100 ms).
+const cpuPeriodUS = 100_000
+
+// limit creates the cgroup with a quota of cpus cores and moves pid (all its threads)
+// into it.
+func (c cpuCgroup) limit(pid int, cpus float64) error {
+	quota := max(int64(cpus*cpuPeriodUS), 1000) // the kernel's minimum is 1 ms
+	var dir string
+	var settings [][2]string
+	switch {
+	case exists(filepath.Join(cgroupV1CPU, "cpu.cfs_quota_us")):
+		dir = filepath.Join(cgroupV1CPU, c.name)
+		settings = [][2]string{{"cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS)}, {"cpu.cfs_quota_us", strconv.FormatInt(quota, 10)}}
+	case exists(filepath.Join(cgroupV2, "cgroup.controllers")):
+		// The cpu controller must be enabled for the children of every ancestor.
+		for _, d := range []string{cgroupV2, filepath.Join(cgroupV2, filepath.Dir(c.name))} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte("+cpu"), 0o644); err != nil {
+				return fmt.Errorf("enable the cpu controller in %s: %w", d, err)
+			}
+		}
+		dir = filepath.Join(cgroupV2, c.name)
+		settings = [][2]string{{"cpu.max", fmt.Sprintf("%d %d", quota, cpuPeriodUS)}}
+	default:
+		return errors.New("no cgroup cpu controller mounted")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, s := range settings {
+		if err := os.WriteFile(filepath.Join(dir, s[0]), []byte(s[1]), 0o644); err != nil {
+			c.remove()
+			return fmt.Errorf("%s: %w", s[0], err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		c.remove()
+		return fmt.Errorf("move qemu into %s: %w", dir, err)
+	}
+	return nil
+}
+
+// remove deletes the cgroup (it must be empty: QEMU has exited); a missing one is fine.
+func (c cpuCgroup) remove() {
+	for _, root := range []string{cgroupV1CPU, cgroupV2} {
+		os.Remove(filepath.Join(root, c.name))
+	}
 }
 
 func waitGone(pid int, dir string, d time.Duration) bool {
