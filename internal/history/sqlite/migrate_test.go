@@ -65,6 +65,16 @@ var migrationSteps = []struct {
 			"table agents":          {"id", "policy", "updated_at"},
 		},
 	},
+	{
+		file: "0005_sandbox_state.sql",
+		schema: map[string][]string{
+			"table sandboxes": {"id", "agent_id", "name", "backend", "memory_mb", "created_at", "current_snapshot", "head_run"},
+			"table snapshots": {
+				"id", "sandbox_id", "agent_id", "name", "description", "kind", "run_id",
+				"path", "size_bytes", "pinned", "created_at", "state_run",
+			},
+		},
+	},
 }
 
 // openRaw opens the database at path with the store's DSN but without
