@@ -62,6 +62,6 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusNoContent, func(r *http.Request, _ struct{}) (struct{}, error) {
-		return struct{}{}, s.svc.Delete(r.Context(), r.PathValue("id"))
+		return struct{}{}, s.svc.DeleteFor(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
 	})(w, r)
 }

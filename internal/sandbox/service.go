@@ -232,6 +232,9 @@ func (s *Service) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// ShutdownTimeout is the budget Close should be given (Config.ShutdownTimeout).
+func (s *Service) ShutdownTimeout() time.Duration { return s.cfg.ShutdownTimeout }
+
 // isClosed reports whether Close has begun.
 func (s *Service) isClosed() bool {
 	s.mu.Lock()
