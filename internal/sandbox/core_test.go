@@ -400,7 +400,10 @@ func TestQueueFIFOAndContext(t *testing.T) {
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); h.svc.Exec(ctx, api.ExecRequest{AgentID: "ff", Language: "bash", Code: "sleep 300"}) }()
+	go func() {
+		defer wg.Done()
+		h.svc.Exec(ctx, api.ExecRequest{AgentID: "ff", Language: "bash", Code: "sleep 300"})
+	}()
 	waitUntil(t, "the first run is in flight", e.busy.Load)
 	cctx, cancel := context.WithCancel(ctx)
 	cancelled := make(chan error, 1)
