@@ -327,3 +327,49 @@ func TestQueueBound(t *testing.T) {
 		t.Fatalf("%d requests refused as busy, want 1 (queue depth 1): %v", busy, results)
 	}
 }
+
+// Fault 12: wherever agent_id is given, it is checked: another agent's sandbox cannot
+// be deleted (403), its runs cannot be read (404 for one run, 403 for its sandbox's
+// history), its policy cannot be rewritten (403); and an agent whose sandbox was
+// deleted is told on its next run (sandbox_recreated).
+func TestOwnershipWhereverAgentIDIsGiven(t *testing.T) {
+	d := shared(t)
+	owner := "owner-12"
+	r := d.exec(t, owner, "bash", "echo mine > ~/f.txt; echo ok")
+	wantOK(t, r, "ok")
+	call := func(method, path, body string) int {
+		t.Helper()
+		req, err := http.NewRequestWithContext(bg(t), method, d.url+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"DELETE", "/v1/sandboxes/" + r.SandboxID + "?agent_id=intruder", "", http.StatusForbidden},
+		{"GET", "/v1/runs/" + r.ExecutionID + "?agent_id=intruder", "", http.StatusNotFound},
+		{"GET", "/v1/runs/" + r.ExecutionID + "?agent_id=" + owner, "", http.StatusOK},
+		{"GET", "/v1/history?agent_id=intruder&sandbox_id=" + r.SandboxID, "", http.StatusForbidden},
+		{"GET", "/api/vms/" + r.SandboxID + "/history?agent_id=intruder", "", http.StatusForbidden},
+		{"PUT", "/v1/agents/" + owner + "/policy?agent_id=intruder", `{"auto_rollback_on_failure":false}`, http.StatusForbidden},
+		{"GET", "/v1/agents/" + owner + "/policy?agent_id=intruder", "", http.StatusForbidden},
+		{"DELETE", "/v1/sandboxes/" + r.SandboxID + "?agent_id=" + owner, "", http.StatusNoContent},
+	} {
+		if got := call(c.method, c.path, c.body); got != c.want {
+			t.Errorf("%s %s: %d, want %d", c.method, c.path, got, c.want)
+		}
+	}
+	next := d.exec(t, owner, "bash", "cat ~/f.txt 2>/dev/null; echo ok")
+	if !next.SandboxRecreated || next.SandboxID == r.SandboxID {
+		t.Fatalf("the run after the owner's sandbox was deleted: %s", describe(next))
+	}
+}
