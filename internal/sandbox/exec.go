@@ -241,8 +241,9 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		out.PreSnapshotID = pre.ID
 	}
 	out.StartedAt = time.Now().UTC()
+	// Exit code -1 until the run reports one: a row a crash cuts off never says 0.
 	rec := history.Run{ID: out.ExecutionID, AgentID: req.AgentID, SandboxID: e.id, Language: req.Language, Code: req.Code,
-		StartedAt: out.StartedAt, PreSnapshotID: pre.ID, Metadata: req.Metadata}
+		StartedAt: out.StartedAt, PreSnapshotID: pre.ID, Metadata: req.Metadata, ExitCode: -1}
 	if err := s.hist.BeginRun(ctx, rec); err != nil {
 		return nil, fmt.Errorf("record run: %w", err)
 	}

@@ -633,6 +633,10 @@ func (s *Service) acquire(ctx context.Context, e *entry) error {
 	if err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil { // the turn came as the caller left
+		e.unlock()
+		return fmt.Errorf("waiting for sandbox %s: %w", e.id, err)
+	}
 	if err := e.usable(); err != nil {
 		e.unlock()
 		return err
@@ -640,9 +644,12 @@ func (s *Service) acquire(ctx context.Context, e *entry) error {
 	return nil
 }
 
-// Get describes one sandbox.
-func (s *Service) Get(id string) (api.Sandbox, error) {
-	e, err := s.lookup(id, "")
+// Get describes one sandbox, as the operator.
+func (s *Service) Get(id string) (api.Sandbox, error) { return s.GetFor(id, "") }
+
+// GetFor describes one sandbox for agentID (ErrForbidden for another agent's).
+func (s *Service) GetFor(id, agentID string) (api.Sandbox, error) {
+	e, err := s.lookup(id, agentID)
 	if err != nil {
 		return api.Sandbox{}, err
 	}

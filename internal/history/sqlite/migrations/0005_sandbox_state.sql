@@ -6,3 +6,10 @@
 ALTER TABLE sandboxes ADD COLUMN current_snapshot TEXT NOT NULL DEFAULT '';
 ALTER TABLE sandboxes ADD COLUMN head_run TEXT NOT NULL DEFAULT '';
 ALTER TABLE snapshots ADD COLUMN state_run TEXT NOT NULL DEFAULT '';
+
+-- Sandboxes recorded before this migration resume, as they did, from their newest
+-- snapshot that is not a failure's.
+UPDATE sandboxes SET current_snapshot = COALESCE((
+    SELECT s.id FROM snapshots s
+    WHERE s.sandbox_id = sandboxes.id AND s.kind != 'failure'
+    ORDER BY s.created_at DESC, s.id DESC LIMIT 1), '');
