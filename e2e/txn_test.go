@@ -300,18 +300,23 @@ func TestQueueBound(t *testing.T) {
 	os.WriteFile(cfg, []byte("sandbox:\n  queue_depth: 1\n"), 0o644)
 	d := startDaemon(t, daemonOpts{extra: []string{"--config", cfg, "--pool-size", "0"}})
 	d.client.MaxRetries = -1
-	wantOK(t, d.exec(t, "q", "bash", "echo warm"), "warm")
+	warm := d.exec(t, "q", "bash", "echo warm")
+	wantOK(t, warm, "warm")
 	var wg sync.WaitGroup
 	results := make([]error, 3)
 	for i := 0; i < 3; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * 200 * time.Millisecond)
-			_, results[i] = d.client.Exec(context.Background(), api.ExecRequest{AgentID: "q", Language: "bash", Code: "sleep 1.5"})
+			_, results[i] = d.client.Exec(context.Background(), api.ExecRequest{AgentID: "q", Language: "bash", Code: "sleep 3"})
 		}(i)
+		if i == 0 { // the others arrive while it runs: one queues, one is refused
+			waitUntil(t, "the first run is in flight", func() bool {
+				sb, err := d.client.GetSandbox(bg(t), warm.SandboxID)
+				return err == nil && sb.Status == "busy"
+			})
+		}
 	}
-	time.Sleep(500 * time.Millisecond)
 	other := d.exec(t, "q-other", "bash", "echo free")
 	wg.Wait()
 	wantOK(t, other, "free")
