@@ -172,6 +172,66 @@ func (e *entry) persist(ctx context.Context) {
 	}
 }
 
+// loaded sets the durable state of an entry recovered after a restart: it resumes
+// from its current snapshot on next use.
+func (e *entry) loaded(st history.SandboxState) {
+	e.suspended, e.gen, e.current, e.headRun = true, 1, st.CurrentSnapshotID, st.HeadRunID
+}
+
+// forkedFrom records that e starts in the state of snapshot from (a fork); turn held.
+func (e *entry) forkedFrom(from history.Snapshot) { e.headRun = from.StateRunID }
+
+// replaces records that e is its agent's new sandbox because old was deleted: the
+// next result says sandbox_recreated; turn held.
+func (e *entry) replaces(old string) {
+	e.recreated = true
+	e.note("sandbox " + old + " was deleted; this run is in a new sandbox, " + e.id)
+}
+
+// beginRun marks the live state as changing under a run of policy pol; turn held.
+func (e *entry) beginRun(pol txPolicy) {
+	e.pol = pol
+	e.cleanSnap = ""
+}
+
+// used counts a run's round trip to the sandbox; turn held.
+func (e *entry) used() {
+	e.lastUsed = time.Now()
+	e.runs++
+}
+
+// ran records that the live state holds run's effects, if the sandbox survived it;
+// turn held.
+func (e *entry) ran(run string) {
+	if e.sb != nil {
+		e.headRun = run
+	}
+}
+
+// lost records that a run ended the sandbox and it was not restored; turn held. When
+// the server's shutdown interrupted the run (and its rollback did not fit in the
+// budget), the sandbox resumes from its pre-run snapshot; otherwise its state is
+// gone and the next run starts fresh.
+func (e *entry) lost(pre history.Snapshot, shutdown bool) {
+	if pre.ID != "" && shutdown {
+		e.current, e.headRun, e.suspended = pre.ID, pre.StateRunID, true
+		return
+	}
+	e.current, e.headRun = "", ""
+}
+
+// forgetSnapshot drops a snapshot about to be deleted from e's state; turn held. The
+// live state is kept; if it was the current snapshot, a crash now resumes fresh.
+func (e *entry) forgetSnapshot(ctx context.Context, id string) {
+	if e.cleanSnap == id {
+		e.cleanSnap = ""
+	}
+	if e.current == id {
+		e.current = ""
+		e.persist(ctx)
+	}
+}
+
 // note adds a message for the next run's result; turn held.
 func (e *entry) note(msg string) { e.notes = append(e.notes, msg) }
 

@@ -222,7 +222,6 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, pol txPolicy) (*api.ExecResult, error) {
 	e.busy.Store(true)
 	defer e.busy.Store(false)
-	e.pol = pol
 	fresh, err := e.resume(ctx)
 	if err != nil {
 		return nil, err
@@ -247,7 +246,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	if err := s.hist.BeginRun(ctx, rec); err != nil {
 		return nil, fmt.Errorf("record run: %w", err)
 	}
-	e.cleanSnap = "" // the run changes the state
+	e.beginRun(pol)
 	// A shutdown interrupts the run: Close cancels s.runs.
 	rctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.runs, cancel)
@@ -257,9 +256,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	if runErr != nil && s.runs.Err() != nil {
 		runErr = fmt.Errorf("interrupted: the server shut down during the run, which was rolled back: %w", ErrClosed)
 	}
-	if e.sb != nil {
-		e.headRun = out.ExecutionID // the live state holds the run's effects
-	}
+	e.ran(out.ExecutionID)
 	s.redactOutput(out)
 	if !out.Success() {
 		// Its own context: a caller that went away still gets its sandbox rolled back.
@@ -268,13 +265,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		cancel()
 	}
 	if e.sb == nil && !out.RolledBack {
-		if pre.ID != "" && s.runs.Err() != nil {
-			// Interrupted by the shutdown, and the rollback did not fit in its
-			// budget: the sandbox resumes from its pre-run state.
-			e.current, e.headRun, e.suspended = pre.ID, pre.StateRunID, true
-		} else {
-			e.current, e.headRun = "", "" // the state is gone; the next run starts fresh
-		}
+		e.lost(pre, s.runs.Err() != nil)
 	}
 	s.finishRecord(e, pol, rec, out, runErr)
 	e.persist(context.Background())
@@ -311,8 +302,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	defer cancel()
 	res, err := e.sb.Exec(rctx, preq)
 	out.CompletedAt = time.Now().UTC()
-	e.lastUsed = time.Now()
-	e.runs++
+	e.used()
 	var dead *backend.DeadError
 	switch {
 	case err == nil:

@@ -52,7 +52,7 @@ func (s *Service) recover(ctx context.Context) error {
 			continue
 		}
 		e := s.makeEntry(r.ID, r.Name, r.AgentID, r.Backend, r.MemoryMB, r.CreatedAt)
-		e.suspended, e.gen, e.current, e.headRun = true, 1, r.CurrentSnapshotID, r.HeadRunID
+		e.loaded(r.SandboxState)
 		e.unlock() // publishes its view
 		s.sandboxes[r.ID] = e
 		if _, ok := s.byAgent[r.AgentID]; r.AgentID != "" && !ok {

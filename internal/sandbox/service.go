@@ -393,8 +393,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 		s.byAgent[r.agentID] = id
 		if old, ok := s.deletedFor[r.agentID]; ok && r.asDefault {
 			delete(s.deletedFor, r.agentID)
-			e.recreated = true
-			e.note("sandbox " + old + " was deleted; this run is in a new sandbox, " + id)
+			e.replaces(old)
 		}
 	}
 	s.mu.Unlock()
@@ -421,7 +420,6 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 		return nil, err
 	}
 	e.setSandbox(sb)
-	e.lastUsed = time.Now()
 	if err := s.hist.PutSandbox(ctx, history.Sandbox{ID: id, AgentID: r.agentID, Name: r.name, Backend: r.backend, MemoryMB: r.memoryMB, CreatedAt: e.created}); err != nil {
 		s.log.Error("recording sandbox", "id", id, "err", err)
 	}
@@ -429,7 +427,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 		// The fork's own image of its starting state, taken now: a crash before its
 		// first run brings it back with its source's state, not empty, and that run's
 		// pre-run snapshot reuses it.
-		e.headRun = r.from.StateRunID
+		e.forkedFrom(*r.from)
 		if _, err := e.snapshot(ctx, history.SnapshotForkBase, "", apiNoMeta); err != nil {
 			s.log.Warn("fork base snapshot; the fork resumes empty after a crash before its first snapshot", "id", id, "err", err)
 		}

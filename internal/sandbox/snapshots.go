@@ -149,13 +149,7 @@ func (s *Service) DeleteSnapshot(ctx context.Context, id, agentID string) error 
 		return err
 	}
 	return s.withEntry(ctx, sn.SandboxID, agentID, func(e *entry) error {
-		if e.cleanSnap == sn.ID {
-			e.cleanSnap = ""
-		}
-		if e.current == sn.ID {
-			e.current = "" // the live state is kept; a crash now resumes fresh
-			e.persist(ctx)
-		}
+		e.forgetSnapshot(ctx, sn.ID)
 		return s.removeSnapshot(ctx, sn)
 	})
 }
