@@ -152,4 +152,3 @@ func (s *Service) fillOne() {
 	s.pool = append(s.pool, pooled{id: id, sb: sb})
 	s.mu.Unlock()
 }
-
