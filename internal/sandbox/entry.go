@@ -389,9 +389,17 @@ func (e *entry) resume(ctx context.Context) (fresh bool, err error) {
 			return false, nil
 		}
 		s.log.Warn("sandbox died while idle; restoring it", "id", e.id, "agent", e.agentID)
-		e.note("the sandbox had died while idle (ended from outside, not by a run); it was restored from its last snapshot")
 		e.drop()
 		e.suspended = true
+		defer func() {
+			switch {
+			case err != nil:
+			case fresh:
+				e.note("the sandbox had died while idle (ended from outside, not by a run) and could not be restored; this run is in a fresh sandbox")
+			default:
+				e.note("the sandbox had died while idle (ended from outside, not by a run); it was restored from its last snapshot")
+			}
+		}()
 	}
 	release, err := s.admit(ctx, e.memoryMB, e)
 	if err != nil {
@@ -403,7 +411,7 @@ func (e *entry) resume(ctx context.Context) (fresh bool, err error) {
 		if err == nil {
 			lost := e.headRun
 			if err = e.restore(ctx, sn); err == nil {
-				if sn.StateRunID != lost {
+				if lost != "" && sn.StateRunID != lost {
 					e.restoredFrom = firstNonEmpty(sn.StateRunID, "none")
 					e.note(fmt.Sprintf("the server stopped before run %s was saved: the state is the one after run %s (state_restored_from); later runs' effects are gone",
 						lost, e.restoredFrom))

@@ -229,6 +229,7 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.bg.Wait() // snapshots, retention and destroys started before Close
+	s.cancelWork()
 	return errors.Join(errs...)
 }
 
