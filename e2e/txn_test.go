@@ -378,3 +378,25 @@ func TestOwnershipWhereverAgentIDIsGiven(t *testing.T) {
 		t.Fatalf("the run after the owner's sandbox was deleted: %s", describe(next))
 	}
 }
+
+// Fault 5: past its snapshot byte budget a sandbox's run that needs a new pre-run
+// snapshot is refused with 507 naming the budget, instead of filling the disk.
+func TestSnapshotBudgetRefuses(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "vmexec.yaml")
+	os.WriteFile(cfg, []byte("sandbox:\n  sandbox_snapshot_bytes: 1\n"), 0o644)
+	d := startDaemon(t, daemonOpts{extra: []string{"--config", cfg, "--pool-size", "0"}})
+	d.client.MaxRetries = -1
+	a := "budget"
+	r := d.exec(t, a, "bash", "echo one")
+	wantOK(t, r, "one")
+	// The first snapshot fits (the sandbox had none); it is the current one, which is
+	// never pruned, so the next snapshot has no room.
+	_, err := d.client.Exec(bg(t), api.ExecRequest{AgentID: a, Language: "bash", Code: "echo two"})
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Status != http.StatusInsufficientStorage || !strings.Contains(ce.Message, "1 byte budget") {
+		t.Fatalf("a run past the snapshot budget: %v, want 507 naming the budget", err)
+	}
+	if _, err := d.client.CreateSnapshot(bg(t), r.SandboxID, api.CreateSnapshotRequest{AgentID: a, Pinned: true}); !isStatus(err, http.StatusInsufficientStorage) {
+		t.Fatalf("a pinned snapshot past the budget: %v, want 507", err)
+	}
+}
