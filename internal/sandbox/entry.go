@@ -385,7 +385,17 @@ func (e *entry) suspend(ctx context.Context) error {
 func (e *entry) resume(ctx context.Context) (fresh bool, err error) {
 	s := e.s
 	if e.sb != nil {
-		if e.sb.Info().Status == "running" && (time.Since(e.lastUsed) < time.Second || e.sb.Ping(ctx) == nil) {
+		alive := e.sb.Info().Status == "running"
+		if alive && time.Since(e.lastUsed) >= time.Second { // idle a while: ask the guest
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			perr := e.sb.Ping(pctx)
+			cancel()
+			if ctx.Err() != nil {
+				return false, fmt.Errorf("sandbox %s: %w", e.id, ctx.Err())
+			}
+			alive = perr == nil
+		}
+		if alive {
 			return false, nil
 		}
 		s.log.Warn("sandbox died while idle; restoring it", "id", e.id, "agent", e.agentID)
