@@ -12,12 +12,12 @@ import (
 	"github.com/vmexec/vmexec/internal/history"
 )
 
-// retain applies the retention policy to a sandbox in the background, off the
-// path of the run or snapshot that triggered it: past MaxSnapshots the oldest unpinned
-// snapshots are deleted, and past MaxHistoryEntries the oldest runs. keep (the
-// snapshot just taken) is never deleted; nor, in practice, is any snapshot a run may
-// still need, since the newest ones are kept. A run that finds its snapshot gone
-// takes a new one, and a failed restore is reported as a warning.
+// retain applies the retention policy pol to a sandbox in the background, off the
+// path of the run or snapshot that triggered it, in the sandbox's turn (queued like a
+// request): past max_snapshots the oldest unpinned snapshots are deleted, and past
+// max_history_entries the oldest runs. keep (the snapshot just taken), the current
+// snapshot (what the sandbox resumes from) and one equal to the live state are never
+// deleted, so neither a rollback in progress nor a resume loses its image.
 func (s *Service) retain(e *entry, pol txPolicy, keep string) {
 	sandboxID := e.id
 	s.goBackground(func() {
