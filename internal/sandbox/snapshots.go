@@ -13,9 +13,9 @@ import (
 )
 
 // retain applies the retention policy pol to a sandbox in the background, off the
-// path of the run or snapshot that triggered it, in the sandbox's turn (queued like a
-// request): past max_snapshots the oldest unpinned snapshots are deleted, and past
-// max_history_entries the oldest runs. keep (the snapshot just taken), the current
+// path of the run or snapshot that triggered it: past max_history_entries the oldest
+// runs are deleted, and past max_snapshots, in the sandbox's turn (queued like a
+// request), the oldest unpinned snapshots. keep (the snapshot just taken), the current
 // snapshot (what the sandbox resumes from) and one equal to the live state are never
 // deleted, so neither a rollback in progress nor a resume loses its image.
 func (s *Service) retain(e *entry, pol txPolicy, keep string) {
@@ -23,17 +23,17 @@ func (s *Service) retain(e *entry, pol txPolicy, keep string) {
 	s.goBackground(func() {
 		ctx, cancel := context.WithTimeout(s.work, time.Minute)
 		defer cancel()
-		if err := e.lock(ctx); err != nil {
-			return
-		}
-		defer e.unlock()
-		if e.deleted {
-			return
-		}
 		if err := s.hist.PruneRuns(ctx, sandboxID, pol.maxHistory); err != nil {
 			s.log.Warn("retention: prune history", "sandbox", sandboxID, "err", err)
 		}
 		if keep == "" {
+			return
+		}
+		if err := e.lock(ctx); err != nil { // snapshots: in the sandbox's turn
+			return
+		}
+		defer e.unlock()
+		if e.deleted {
 			return
 		}
 		snaps, err := s.hist.ListSnapshots(ctx, sandboxID)
