@@ -76,7 +76,7 @@ func (s *Service) admit(ctx context.Context, memMB int64, except *entry) (releas
 			return nil, fmt.Errorf("%s, and none is idle to suspend: %w", why, ErrLimit)
 		}
 		if victim.tryLock() {
-			if !victim.deleted && victim.sb != nil && victim.waiting.Load() == 0 {
+			if !victim.deleted && victim.sb != nil && victim.waiting() == 0 {
 				s.log.Info("suspending the least recently used sandbox to make room", "id", victim.id, "agent", victim.agentID)
 				sctx, cancel := context.WithTimeout(ctx, s.cfg.SuspendTimeout)
 				if err := victim.suspend(sctx); err != nil {
@@ -95,7 +95,7 @@ func (s *Service) idlest(except *entry) *entry {
 	var best *entry
 	var bestUsed time.Time
 	for _, e := range s.sandboxes {
-		if e == except || !e.live.Load() || e.busy.Load() || e.waiting.Load() > 0 {
+		if e == except || !e.live.Load() || e.busy.Load() || e.waiting() > 0 {
 			continue
 		}
 		v := e.view.Load()

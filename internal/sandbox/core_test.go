@@ -144,7 +144,7 @@ func TestRequestsDuringShutdown(t *testing.T) {
 		_, err := h.svc.CreateSnapshot(ctx, r.SandboxID, api.CreateSnapshotRequest{AgentID: "cl"})
 		queued <- err
 	}()
-	waitUntil(t, "the snapshot request is queued", func() bool { return e.waiting.Load() == 1 })
+	waitUntil(t, "the snapshot request is queued", func() bool { return e.waiting() == 1 })
 	// Rollbacks of another sandbox race Close.
 	other := h.run(t, "cl2", "set y 1", nil)
 	sn, err := h.svc.CreateSnapshot(ctx, other.SandboxID, api.CreateSnapshotRequest{AgentID: "cl2"})
@@ -204,7 +204,7 @@ func TestFailedStartLeaksNothing(t *testing.T) {
 		return e != nil
 	})
 	go exec()
-	waitUntil(t, "the second request is queued on the starting sandbox", func() bool { return e.waiting.Load() == 1 })
+	waitUntil(t, "the second request is queued on the starting sandbox", func() bool { return e.waiting() == 1 })
 	h.be.mu.Lock()
 	h.be.createGate = nil
 	h.be.mu.Unlock()
@@ -411,14 +411,14 @@ func TestQueueFIFOAndContext(t *testing.T) {
 		_, err := h.svc.Exec(cctx, api.ExecRequest{AgentID: "ff", Language: "bash", Code: "set x never"})
 		cancelled <- err
 	}()
-	waitUntil(t, "the cancellable request is queued", func() bool { return e.waiting.Load() == 1 })
+	waitUntil(t, "the cancellable request is queued", func() bool { return e.waiting() == 1 })
 	for i := 1; i <= 5; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			h.svc.Exec(ctx, api.ExecRequest{AgentID: "ff", Language: "bash", Code: "set x " + string(rune('0'+i)), Metadata: map[string]string{"i": string(rune('0' + i))}})
 		}()
-		waitUntil(t, "request queued", func() bool { return e.waiting.Load() == int32(i+1) })
+		waitUntil(t, "request queued", func() bool { return e.waiting() == i+1 })
 	}
 	cancel()
 	if err := <-cancelled; !errors.Is(err, context.Canceled) {
@@ -437,5 +437,47 @@ func TestQueueFIFOAndContext(t *testing.T) {
 	}
 	if strings.Join(order, "") != "12345" {
 		t.Fatalf("queued requests ran in order %v, want 1..5", order)
+	}
+}
+
+// Guards the turn itself: FIFO hand-over, a waiter whose context ends leaves the
+// queue (and one handed the turn as it left passes it on), the request bound.
+func TestTurn(t *testing.T) {
+	var tu turn
+	ctx := context.Background()
+	if err := tu.lock(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan int, 3)
+	for i := 1; i <= 2; i++ {
+		go func() {
+			if err := tu.lock(ctx, 2); err == nil {
+				order <- i
+				tu.unlock()
+			}
+		}()
+		waitUntil(t, "queued", func() bool { return tu.waiters() == i })
+	}
+	if err := tu.lock(ctx, 2); !errors.Is(err, errQueueFull) {
+		t.Fatalf("a third request past a bound of 2: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	left := make(chan error, 1)
+	go func() { left <- tu.lock(cctx, 0) }() // background work: not bounded, not counted
+	waitUntil(t, "the background waiter is queued", func() bool {
+		tu.mu.Lock()
+		defer tu.mu.Unlock()
+		return len(tu.queue) == 3
+	})
+	cancel()
+	if err := <-left; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a waiter whose context ended: %v", err)
+	}
+	tu.unlock()
+	if a, b := <-order, <-order; a != 1 || b != 2 {
+		t.Fatalf("served %d then %d, want 1 then 2", a, b)
+	}
+	if !tu.tryLock() {
+		t.Fatal("the turn is not free after everyone left")
 	}
 }

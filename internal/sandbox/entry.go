@@ -22,9 +22,9 @@ import (
 // # Turn
 //
 // Everything done to the backend sandbox (a run, a snapshot, a rollback, a suspension)
-// holds the entry's turn: a token in a one-slot channel. Waiting for it honours the
-// caller's context, and waiters are served in arrival order (a channel's blocked
-// senders queue FIFO), so a request never overtakes one that came before it.
+// holds the entry's turn (see turn): waiting for it honours the caller's context, and
+// waiters are served in arrival order, so a request never overtakes one that came
+// before it.
 //
 // # State
 //
@@ -48,8 +48,7 @@ type entry struct {
 	memoryMB                   int64
 	created                    time.Time
 
-	turn    chan struct{} // holds one token while someone has the turn
-	waiting atomic.Int32  // requests queued for the turn
+	turn turn // held by whoever acts on the sandbox; FIFO, context-aware
 
 	// view is what describe reports, published by unlock so that reading it never
 	// waits for a run; busy is set while a run is in flight; live while a backend
@@ -87,35 +86,24 @@ type entryView struct {
 // makeEntry returns an entry whose turn the caller holds.
 func (s *Service) makeEntry(id, name, agentID, be string, memoryMB int64, created time.Time) *entry {
 	e := &entry{s: s, id: id, name: name, agentID: agentID, backend: be, memoryMB: memoryMB, created: created,
-		turn: make(chan struct{}, 1), pol: s.policyFor(settings{}, nil), lastUsed: time.Now()}
-	e.turn <- struct{}{}
+		pol: s.policyFor(settings{}, nil), lastUsed: time.Now()}
+	e.turn.tryLock()
 	return e
 }
 
 // lock waits for e's turn, in arrival order, until ctx ends.
 func (e *entry) lock(ctx context.Context) error {
-	select {
-	case e.turn <- struct{}{}:
-		return nil
-	default:
+	if err := e.turn.lock(ctx, 0); err != nil {
+		return fmt.Errorf("waiting for sandbox %s: %w", e.id, err)
 	}
-	select {
-	case e.turn <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for sandbox %s: %w", e.id, ctx.Err())
-	}
+	return nil
 }
 
 // tryLock takes e's turn if it is free.
-func (e *entry) tryLock() bool {
-	select {
-	case e.turn <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
+func (e *entry) tryLock() bool { return e.turn.tryLock() }
+
+// waiting is how many requests are queued for e's turn.
+func (e *entry) waiting() int { return e.turn.waiters() }
 
 // unlock publishes e's state for describe and gives up the turn; turn held.
 func (e *entry) unlock() {
@@ -130,7 +118,7 @@ func (e *entry) unlock() {
 		v.status = "dead"
 	}
 	e.view.Store(v)
-	<-e.turn
+	e.turn.unlock()
 }
 
 // setSandbox replaces the backend sandbox handle; turn held.

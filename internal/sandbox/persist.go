@@ -101,7 +101,7 @@ func (s *Service) reapIdle() {
 	s.mu.Lock()
 	var idle []*entry
 	for _, e := range s.sandboxes {
-		if v := e.view.Load(); e.live.Load() && e.waiting.Load() == 0 && !e.busy.Load() && v != nil && time.Since(v.lastUsed) > s.cfg.IdleTimeout {
+		if v := e.view.Load(); e.live.Load() && e.waiting() == 0 && !e.busy.Load() && v != nil && time.Since(v.lastUsed) > s.cfg.IdleTimeout {
 			idle = append(idle, e)
 		}
 	}

@@ -47,6 +47,8 @@ var (
 	ErrClosed      = errors.New("service closed")
 	// ErrStorage: a snapshot byte budget is spent (HTTP 507).
 	ErrStorage = errors.New("snapshot storage budget exceeded")
+
+	errQueueFull = errors.New("queue full")
 )
 
 // Deps are the parts a Service is built from.
@@ -482,14 +484,10 @@ func (s *Service) lookup(id, agentID string) (*entry, error) {
 // acquire queues for e's turn like a run, refusing past the queue bound, and checks
 // that e is still usable; on success the caller holds the turn.
 func (s *Service) acquire(ctx context.Context, e *entry) error {
-	if n := e.waiting.Add(1); int(n) > s.cfg.QueueDepth {
-		e.waiting.Add(-1)
-		return fmt.Errorf("sandbox %s has %d requests waiting; retry later: %w", e.id, n-1, ErrBusy)
-	}
-	err := e.lock(ctx)
-	e.waiting.Add(-1)
-	if err != nil {
-		return err
+	if err := e.turn.lock(ctx, s.cfg.QueueDepth); errors.Is(err, errQueueFull) {
+		return fmt.Errorf("sandbox %s has %d requests waiting; retry later: %w", e.id, s.cfg.QueueDepth, ErrBusy)
+	} else if err != nil {
+		return fmt.Errorf("waiting for sandbox %s: %w", e.id, err)
 	}
 	if err := ctx.Err(); err != nil { // the turn came as the caller left
 		e.unlock()

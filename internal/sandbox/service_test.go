@@ -271,7 +271,7 @@ func TestQueueBound(t *testing.T) {
 		case 0:
 			waitUntil(t, "the first run is in flight", e.busy.Load)
 		case 1:
-			waitUntil(t, "the second run is queued", func() bool { return e.waiting.Load() == 1 })
+			waitUntil(t, "the second run is queued", func() bool { return e.waiting() == 1 })
 		}
 	}
 	wg.Wait()
@@ -304,10 +304,9 @@ func TestSnapshotWaitsForRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-done:
-	default:
-		t.Fatal("the snapshot returned before the run it was queued behind")
+	run := <-done
+	if !sn.CreatedAt.After(run.CompletedAt) {
+		t.Fatalf("the snapshot (%v) was taken before the run it was queued behind ended (%v)", sn.CreatedAt, run.CompletedAt)
 	}
 	h.svc.bg.Wait()
 	go func() { done <- h.run(t, "s", "set x half\nsleep 200\nset x 2", nil) }()
