@@ -481,3 +481,25 @@ func TestTurn(t *testing.T) {
 		t.Fatal("the turn is not free after everyone left")
 	}
 }
+
+// Guards durable: true on a run that fails and is rolled back (its state is already a
+// snapshot) and with snapshots before runs turned off (the commit snapshot is still
+// taken).
+func TestDurableVariants(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.run(t, "du", "set x 1", nil)
+	res, err := h.svc.Exec(ctx, api.ExecRequest{AgentID: "du", Language: "bash", Code: "set x 2\nexit 1", Durable: true})
+	if err != nil || !res.RolledBack || !res.Durable {
+		t.Fatalf("a rolled-back durable run: %+v %v", res, err)
+	}
+	off := &api.ExecPolicy{SnapshotBeforeExecution: ptr(false)}
+	res, err = h.svc.Exec(ctx, api.ExecRequest{AgentID: "du", Language: "bash", Code: "set x 3", Durable: true, History: off})
+	if err != nil || !res.Durable || res.PreSnapshotID != "" {
+		t.Fatalf("a durable run without a pre-run snapshot: %+v %v", res, err)
+	}
+	h2 := h.crash(t, nil, nil)
+	if got := h2.run(t, "du", "print x", nil); got.Stdout != "3\n" || got.StateRestoredFrom != "" {
+		t.Fatalf("after a crash: %+v", got)
+	}
+}

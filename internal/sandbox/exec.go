@@ -78,12 +78,17 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 	defer e.unlock()
 	pol := s.policyFor(set, req.History)
 	res, err := s.execLocked(ctx, e, req, lim, pol)
-	if err == nil && res.PreSnapshotID != "" && e.sb != nil && e.cleanSnap == "" {
-		if req.Durable {
+	if err == nil && e.sb != nil && s.snapperOf(e) != nil {
+		switch {
+		case req.Durable && e.cleanSnap != "":
+			res.Durable = true // the state equals a snapshot already (e.g. rolled back)
+		case req.Durable:
 			s.commitLocked(ctx, e, res)
-		} else {
+		case res.PreSnapshotID != "" && e.cleanSnap == "":
 			s.snapshotAfter(e)
 		}
+	} else if err == nil && req.Durable {
+		res.Warnings = append(res.Warnings, "durable: the state could not be saved (the sandbox's backend cannot snapshot, or the sandbox is gone)")
 	}
 	return res, err
 }
