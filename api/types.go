@@ -46,6 +46,9 @@ type ExecRequest struct {
 	Metadata map[string]any `json:"metadata,omitempty"`
 	// History overrides the transaction policy for this run only.
 	History *ExecPolicy `json:"history,omitempty"`
+	// Durable saves the state the run leaves (a snapshot) before the answer, so a
+	// crash right after it cannot lose the run's effects; it costs one snapshot.
+	Durable bool `json:"durable,omitempty"`
 }
 
 // ExecResult is the outcome of one run. A program that fails is still a result (with
@@ -72,6 +75,13 @@ type ExecResult struct {
 	SandboxLost bool `json:"sandbox_lost"`
 	// Error explains a run that could not start or whose sandbox died.
 	Error string `json:"error,omitempty"`
+
+	// StateRestoredFrom is set when the server stopped (a crash) before the state of
+	// an earlier acknowledged run was saved: the sandbox came back with the state
+	// after this run ("none": the state before any run); later runs' effects are gone.
+	StateRestoredFrom string `json:"state_restored_from,omitempty"`
+	// Durable: the state this run left was saved before the answer (durable: true).
+	Durable bool `json:"durable,omitempty"`
 
 	// The run's transaction: the snapshot taken before it, the one keeping the
 	// state it left when it failed, and the one the sandbox was rolled back to.

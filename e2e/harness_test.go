@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,13 +25,39 @@ import (
 // daemon is one running `vmexec serve`.
 type daemon struct {
 	t       *testing.T
+	mu      sync.Mutex // guards cmd and exited
 	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has exited (one goroutine waits for it)
 	url     string
 	dataDir string
-	log     *bytes.Buffer
+	log     *syncBuffer
 	args    []string
 	client  *client.Client
 }
+
+// syncBuffer is the daemon's log: written by the process's output copier while the
+// test reads it, so it is locked.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testTimeout bounds one test that starts its own daemon, inside the binary's
+// -timeout: past it the test fails with the daemon's log and the daemon is killed, so
+// one hung test does not take the whole run down with no clue.
+const testTimeout = 8 * time.Minute
 
 type daemonOpts struct {
 	dataDir string
@@ -54,7 +81,14 @@ func startDaemon(t *testing.T, o daemonOpts) *daemon {
 		o.dataDir = t.TempDir()
 	}
 	d := startDaemonRaw(t, o)
+	watchdog := time.AfterFunc(testTimeout, func() {
+		t.Errorf("test still running after %v; daemon log:\n%s", testTimeout, tail(d.log.String(), 60))
+		if p := d.proc(); p != nil {
+			p.Kill()
+		}
+	})
 	t.Cleanup(func() {
+		watchdog.Stop()
 		d.stop()
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", tail(d.log.String(), 60))
@@ -73,19 +107,26 @@ func startDaemonRaw(t *testing.T, o daemonOpts) *daemon {
 	addr := freeAddr(t)
 	args := append([]string{"serve", "--addr", addr, "--data-dir", o.dataDir, "--template-dir", filepath.Dir(tpl.Dir),
 		"--runsc", runsc, "--agent", agent, "--log-level", "debug"}, o.extra...)
-	d := &daemon{t: t, url: "http://" + addr, dataDir: o.dataDir, log: &bytes.Buffer{}, args: args}
+	d := &daemon{t: t, url: "http://" + addr, dataDir: o.dataDir, log: &syncBuffer{}, args: args}
 	d.client = client.New(d.url)
 	d.start()
 	return d
 }
 
+// start starts the daemon and waits until /health answers; a daemon that exits
+// first fails the test at once, with its log.
 func (d *daemon) start() {
 	d.t.Helper()
-	d.cmd = exec.Command(testenv.Vmexec(d.t), d.args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
+	cmd := exec.Command(testenv.Vmexec(d.t), d.args...)
+	cmd.Stdout, cmd.Stderr = d.log, d.log
+	if err := cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	d.mu.Lock()
+	d.cmd, d.exited = cmd, exited
+	d.mu.Unlock()
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -94,37 +135,60 @@ func (d *daemon) start() {
 		if err == nil {
 			return
 		}
-		if d.cmd.ProcessState != nil {
-			break
+		select {
+		case <-exited:
+			d.t.Fatalf("daemon exited at start (%v); log:\n%s", cmd.ProcessState, tail(d.log.String(), 40))
+		case <-time.After(50 * time.Millisecond):
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 	d.t.Fatalf("daemon did not become healthy; log:\n%s", tail(d.log.String(), 40))
 }
 
+// proc is the running daemon's process, or nil.
+func (d *daemon) proc() *os.Process {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil {
+		return nil
+	}
+	return d.cmd.Process
+}
+
+// signal sends sig to the daemon and returns a channel closed when it has exited.
+func (d *daemon) signal(sig os.Signal) <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	d.cmd.Process.Signal(sig)
+	return d.exited
+}
+
 // stop sends SIGTERM and waits for a clean exit.
 func (d *daemon) stop() {
-	if d.cmd == nil || d.cmd.Process == nil {
+	if d.proc() == nil {
 		return
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
 	select {
-	case <-done:
+	case <-d.signal(syscall.SIGTERM):
 	case <-time.After(60 * time.Second):
-		d.cmd.Process.Kill()
-		<-done
+		<-d.signal(syscall.SIGKILL)
 		d.t.Errorf("daemon did not stop within 60s of SIGTERM")
 	}
+	d.mu.Lock()
 	d.cmd = nil
+	d.mu.Unlock()
 }
 
 // kill ends the daemon with SIGKILL, as a crash would.
 func (d *daemon) kill() {
-	d.cmd.Process.Kill()
-	d.cmd.Wait()
+	<-d.signal(syscall.SIGKILL)
+	d.mu.Lock()
 	d.cmd = nil
+	d.mu.Unlock()
 }
 
 func tail(s string, n int) string {

@@ -300,18 +300,23 @@ func TestQueueBound(t *testing.T) {
 	os.WriteFile(cfg, []byte("sandbox:\n  queue_depth: 1\n"), 0o644)
 	d := startDaemon(t, daemonOpts{extra: []string{"--config", cfg, "--pool-size", "0"}})
 	d.client.MaxRetries = -1
-	wantOK(t, d.exec(t, "q", "bash", "echo warm"), "warm")
+	warm := d.exec(t, "q", "bash", "echo warm")
+	wantOK(t, warm, "warm")
 	var wg sync.WaitGroup
 	results := make([]error, 3)
 	for i := 0; i < 3; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * 200 * time.Millisecond)
-			_, results[i] = d.client.Exec(context.Background(), api.ExecRequest{AgentID: "q", Language: "bash", Code: "sleep 1.5"})
+			_, results[i] = d.client.Exec(context.Background(), api.ExecRequest{AgentID: "q", Language: "bash", Code: "sleep 3"})
 		}(i)
+		if i == 0 { // the others arrive while it runs: one queues, one is refused
+			waitUntil(t, "the first run is in flight", func() bool {
+				sb, err := d.client.GetSandbox(bg(t), warm.SandboxID)
+				return err == nil && sb.Status == "busy"
+			})
+		}
 	}
-	time.Sleep(500 * time.Millisecond)
 	other := d.exec(t, "q-other", "bash", "echo free")
 	wg.Wait()
 	wantOK(t, other, "free")
@@ -325,5 +330,73 @@ func TestQueueBound(t *testing.T) {
 	}
 	if busy != 1 {
 		t.Fatalf("%d requests refused as busy, want 1 (queue depth 1): %v", busy, results)
+	}
+}
+
+// Fault 12: wherever agent_id is given, it is checked: another agent's sandbox cannot
+// be deleted (403), its runs cannot be read (404 for one run, 403 for its sandbox's
+// history), its policy cannot be rewritten (403); and an agent whose sandbox was
+// deleted is told on its next run (sandbox_recreated).
+func TestOwnershipWhereverAgentIDIsGiven(t *testing.T) {
+	d := shared(t)
+	owner := "owner-12"
+	r := d.exec(t, owner, "bash", "echo mine > ~/f.txt; echo ok")
+	wantOK(t, r, "ok")
+	call := func(method, path, body string) int {
+		t.Helper()
+		req, err := http.NewRequestWithContext(bg(t), method, d.url+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"DELETE", "/v1/sandboxes/" + r.SandboxID + "?agent_id=intruder", "", http.StatusForbidden},
+		{"GET", "/v1/runs/" + r.ExecutionID + "?agent_id=intruder", "", http.StatusNotFound},
+		{"GET", "/v1/runs/" + r.ExecutionID + "?agent_id=" + owner, "", http.StatusOK},
+		{"GET", "/v1/history?agent_id=intruder&sandbox_id=" + r.SandboxID, "", http.StatusForbidden},
+		{"GET", "/api/vms/" + r.SandboxID + "/history?agent_id=intruder", "", http.StatusForbidden},
+		{"PUT", "/v1/agents/" + owner + "/policy?agent_id=intruder", `{"auto_rollback_on_failure":false}`, http.StatusForbidden},
+		{"GET", "/v1/agents/" + owner + "/policy?agent_id=intruder", "", http.StatusForbidden},
+		{"DELETE", "/v1/sandboxes/" + r.SandboxID + "?agent_id=" + owner, "", http.StatusNoContent},
+	} {
+		if got := call(c.method, c.path, c.body); got != c.want {
+			t.Errorf("%s %s: %d, want %d", c.method, c.path, got, c.want)
+		}
+	}
+	next := d.exec(t, owner, "bash", "cat ~/f.txt 2>/dev/null; echo ok")
+	if !next.SandboxRecreated || next.SandboxID == r.SandboxID {
+		t.Fatalf("the run after the owner's sandbox was deleted: %s", describe(next))
+	}
+}
+
+// Fault 5: past its snapshot byte budget a sandbox's run that needs a new pre-run
+// snapshot is refused with 507 naming the budget, instead of filling the disk.
+func TestSnapshotBudgetRefuses(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "vmexec.yaml")
+	os.WriteFile(cfg, []byte("sandbox:\n  sandbox_snapshot_bytes: 1\n"), 0o644)
+	d := startDaemon(t, daemonOpts{extra: []string{"--config", cfg, "--pool-size", "0"}})
+	d.client.MaxRetries = -1
+	a := "budget"
+	r := d.exec(t, a, "bash", "echo one")
+	wantOK(t, r, "one")
+	// The first snapshot fits (the sandbox had none); it is the current one, which is
+	// never pruned, so the next snapshot has no room.
+	_, err := d.client.Exec(bg(t), api.ExecRequest{AgentID: a, Language: "bash", Code: "echo two"})
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Status != http.StatusInsufficientStorage || !strings.Contains(ce.Message, "1 byte budget") {
+		t.Fatalf("a run past the snapshot budget: %v, want 507 naming the budget", err)
+	}
+	if _, err := d.client.CreateSnapshot(bg(t), r.SandboxID, api.CreateSnapshotRequest{AgentID: a, Pinned: true}); !isStatus(err, http.StatusInsufficientStorage) {
+		t.Fatalf("a pinned snapshot past the budget: %v, want 507", err)
 	}
 }

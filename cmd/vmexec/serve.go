@@ -42,8 +42,10 @@ func newServeCmd() *cobra.Command {
 
 On first start it builds the sandbox template (debootstrap, about a minute) into the
 data dir and reuses it afterwards. It removes sandboxes a crashed predecessor left, and
-suspends all of its sandboxes when it stops (SIGINT or SIGTERM): each is snapshotted
-and stopped, and the next run for its agent resumes it.
+suspends all of its sandboxes when it stops (SIGINT or SIGTERM) within the shutdown
+budget (sandbox.shutdown_timeout, 30 s): runs in flight are interrupted and rolled
+back, then each sandbox is snapshotted (sandbox.suspend_timeout, 10 s each) and
+stopped, and the next run for its agent resumes it.
 
 Configuration: built-in defaults, then the --config YAML file, then VMEXEC_*
 environment variables (VMEXEC_ADDR, VMEXEC_DATA_DIR, VMEXEC_RUNSC, VMEXEC_AGENT,
@@ -158,14 +160,30 @@ func serve(cfg config.Config) error {
 	if err := svc.Start(ctx); err != nil {
 		return err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := svc.Close(cctx); err != nil {
-			log.Error("suspending sandboxes", "err", err)
-		}
-		log.Info("stopped; all sandboxes suspended")
-	}()
+	// shutdown stops the service and the HTTP server within the shutdown budget
+	// (shutdown_timeout, 30 s by default): the service refuses new work (503),
+	// interrupts runs in flight (recorded as interrupted, rolled back), which lets
+	// their handlers answer, then suspends each sandbox within suspend_timeout.
+	var shutdownOnce sync.Once
+	shutdown := func(srv *http.Server) {
+		shutdownOnce.Do(func() {
+			start := time.Now()
+			sctx, cancel := context.WithTimeout(context.Background(), svc.ShutdownTimeout())
+			defer cancel()
+			closed := make(chan error, 1)
+			go func() { closed <- svc.Close(sctx) }()
+			if srv != nil {
+				if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+					log.Warn("http shutdown", "err", err)
+				}
+			}
+			if err := <-closed; err != nil {
+				log.Error("suspending sandboxes", "err", err)
+			}
+			log.Info("stopped; sandboxes suspended", "took", time.Since(start).Round(time.Millisecond), "budget", svc.ShutdownTimeout())
+		})
+	}
+	defer shutdown(nil)
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -193,12 +211,8 @@ func serve(cfg config.Config) error {
 		return fmt.Errorf("http server: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		log.Warn("http shutdown", "err", err)
-	}
+	log.Info("shutting down", "budget", svc.ShutdownTimeout())
+	shutdown(srv)
 	return nil
 }
 

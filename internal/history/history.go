@@ -134,7 +134,7 @@ type Store interface {
 	CountRuns(ctx context.Context, f RunFilter) (int, error)
 
 	// AbortRunning marks every "running" run as Status "error", Verdict
-	// "error", completed now, with reason stored in Metadata under the
+	// "error", ExitCode -1 (the run never reported one), completed now, with reason stored in Metadata under the
 	// key "abort_reason". It is meant for startup after a crash, before
 	// any new run begins. It returns how many runs it marked.
 	AbortRunning(ctx context.Context, reason string) (int, error)
@@ -186,6 +186,14 @@ type Store interface {
 
 	// ListSandboxes returns every sandbox record, oldest first.
 	ListSandboxes(ctx context.Context) ([]Sandbox, error)
+
+	// SetSandboxState updates the durable state of sandbox id (see
+	// SandboxState), or returns ErrNotFound.
+	SetSandboxState(ctx context.Context, id string, st SandboxState) error
+
+	// SnapshotBytes returns the total SizeBytes of the snapshots of
+	// sandboxID, or of every snapshot when sandboxID is "".
+	SnapshotBytes(ctx context.Context, sandboxID string) (int64, error)
 
 	// DeleteSandbox deletes a sandbox record, or returns ErrNotFound. Its
 	// runs and snapshots are the caller's to remove.

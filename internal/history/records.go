@@ -38,6 +38,20 @@ type Sandbox struct {
 	ID, AgentID, Name, Backend string
 	MemoryMB                   int64
 	CreatedAt                  time.Time
+	SandboxState
+}
+
+// SandboxState is what a sandbox resumes from, kept durable so that a crash cannot
+// undo what the API acknowledged (a rollback, a fork, a committed run).
+type SandboxState struct {
+	// CurrentSnapshotID is the snapshot the sandbox resumes from: the newest one
+	// taken of its live state, the target of its last rollback, or its fork's source.
+	// Empty: none yet (the sandbox resumes fresh).
+	CurrentSnapshotID string
+	// HeadRunID is the newest acknowledged run whose effects the live state holds
+	// ("" before any). When it differs from the current snapshot's StateRunID, runs
+	// acknowledged after that snapshot are not in it.
+	HeadRunID string
 }
 
 // Run is one execution attempt of code in a sandbox.
@@ -101,6 +115,9 @@ type Snapshot struct {
 	// the flag.
 	Pinned    bool
 	CreatedAt time.Time
+	// StateRunID is the run whose end state the image holds ("" for a state
+	// before any run).
+	StateRunID string
 }
 
 // Rollback is the record of a sandbox restored to a snapshot.

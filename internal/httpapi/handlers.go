@@ -56,12 +56,12 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.Sandbox, error) {
-		return s.svc.Get(r.PathValue("id"))
+		return s.svc.GetFor(r.PathValue("id"), r.URL.Query().Get("agent_id"))
 	})(w, r)
 }
 
 func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusNoContent, func(r *http.Request, _ struct{}) (struct{}, error) {
-		return struct{}{}, s.svc.Delete(r.Context(), r.PathValue("id"))
+		return struct{}{}, s.svc.DeleteFor(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
 	})(w, r)
 }

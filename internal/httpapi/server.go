@@ -237,6 +237,8 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		status, code = http.StatusConflict, api.CodeConflict
 	case errors.Is(err, sandbox.ErrUnsupported):
 		status, code = http.StatusNotImplemented, api.CodeUnsupported
+	case errors.Is(err, sandbox.ErrStorage):
+		status, code = http.StatusInsufficientStorage, api.CodeLimit
 	case errors.Is(err, sandbox.ErrLimit):
 		status, code = http.StatusServiceUnavailable, api.CodeLimit
 	case errors.Is(err, sandbox.ErrUnavailable), errors.Is(err, sandbox.ErrClosed):

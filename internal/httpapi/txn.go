@@ -71,7 +71,7 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.Run, error) {
-		return s.svc.GetRun(r.Context(), r.PathValue("id"))
+		return s.svc.GetRunFor(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
 	})(w, r)
 }
 
@@ -117,6 +117,9 @@ type policyResponse struct {
 
 func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (policyResponse, error) {
+		if err := sandbox.CheckAgent(r.URL.Query().Get("agent_id"), r.PathValue("id")); err != nil {
+			return policyResponse{}, err
+		}
 		eff, own, err := s.svc.AgentPolicy(r.Context(), r.PathValue("id"))
 		return policyResponse{AgentID: r.PathValue("id"), Effective: eff, Own: own}, err
 	})(w, r)
@@ -124,6 +127,9 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, in api.ExecPolicy) (policyResponse, error) {
+		if err := sandbox.CheckAgent(r.URL.Query().Get("agent_id"), r.PathValue("id")); err != nil {
+			return policyResponse{}, err
+		}
 		eff, err := s.svc.SetAgentPolicy(r.Context(), r.PathValue("id"), in)
 		return policyResponse{AgentID: r.PathValue("id"), Effective: eff, Own: in}, err
 	})(w, r)
@@ -200,7 +206,7 @@ func (s *Server) compatHistory(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return compatHistory{}, err
 		}
-		f.SandboxID, f.AgentID = vm, ""
+		f.SandboxID = vm // with agent_id, History checks that the sandbox is the agent's
 		list, err := s.svc.History(r.Context(), f)
 		out := compatHistory{History: make([]compatHistoryEntry, 0, len(list.Runs)), Total: list.Total}
 		for _, run := range list.Runs {

@@ -3,6 +3,8 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/vmexec/vmexec/api"
@@ -40,11 +42,51 @@ type Config struct {
 	Policy policy.Config `json:"policy" yaml:"policy"`
 	// Redact replaces secrets in output, in results and in the history.
 	Redact redact.Config `json:"redact" yaml:"redact"`
+
+	// MemoryBudgetMB bounds the memory all live sandboxes are given together (their
+	// memory_mb, pool included); at the bound the least recently used idle sandbox is
+	// suspended. 0 takes the host's memory (MemTotal of /proc/meminfo); negative: none.
+	MemoryBudgetMB int64 `json:"memory_budget_mb" yaml:"memory_budget_mb"`
+	// SandboxSnapshotBytes bounds the disk one sandbox's snapshots use, pinned ones
+	// included; TotalSnapshotBytes bounds all of them. Past a budget the sandbox's
+	// oldest unpinned snapshots are removed, and if that is not enough the snapshot
+	// (and the run that needs it) is refused with ErrStorage. 0 takes the default;
+	// negative: none.
+	SandboxSnapshotBytes int64 `json:"sandbox_snapshot_bytes" yaml:"sandbox_snapshot_bytes"`
+	TotalSnapshotBytes   int64 `json:"total_snapshot_bytes" yaml:"total_snapshot_bytes"`
+	// MaxSnapshotsLimit and MaxHistoryLimit bound what a policy may set as
+	// max_snapshots and max_history_entries.
+	MaxSnapshotsLimit int `json:"max_snapshots_limit" yaml:"max_snapshots_limit"`
+	MaxHistoryLimit   int `json:"max_history_limit" yaml:"max_history_limit"`
+	// ShutdownTimeout is the budget of Close (the daemon's shutdown): runs in flight
+	// are interrupted and rolled back, then sandboxes are suspended, each within
+	// SuspendTimeout.
+	ShutdownTimeout time.Duration `json:"shutdown_timeout" yaml:"shutdown_timeout"`
+	SuspendTimeout  time.Duration `json:"suspend_timeout" yaml:"suspend_timeout"`
+}
+
+// limitSpec is one per-run limit: its name on the wire, its minimum, and its field in
+// api.Limits. It is the one list the defaults, the maximums, Validate and resolve
+// walk.
+type limitSpec struct {
+	name  string
+	min   int64
+	field func(*api.Limits) *int64
+}
+
+var limitSpecs = []limitSpec{
+	{"timeout_ms", 1, func(l *api.Limits) *int64 { return &l.TimeoutMS }},
+	{"max_output_bytes", 1, func(l *api.Limits) *int64 { return &l.MaxOutputBytes }},
+	{"memory_mb", 64, func(l *api.Limits) *int64 { return &l.MemoryMB }},
+	{"max_procs", 8, func(l *api.Limits) *int64 { return &l.MaxProcs }},
+	{"max_file_bytes", 1, func(l *api.Limits) *int64 { return &l.MaxFileBytes }},
 }
 
 // DefaultConfig returns the defaults: 30 s, 1 MiB per stream, 512 MiB, 256 processes,
 // 1 GiB files; maximums 10 min, 16 MiB, 4 GiB, 4096, 8 GiB; code up to 1 MiB (the
-// policy's own, lower, limit of 100 KB blocks with a reason before that).
+// policy's own, lower, limit of 100 KB blocks with a reason before that); snapshots up
+// to 4 GiB per sandbox and 32 GiB in all, max_snapshots at most 100; a 30 s shutdown
+// with 10 s per suspension.
 func DefaultConfig() Config {
 	return Config{
 		Defaults:        api.Limits{TimeoutMS: 30_000, MaxOutputBytes: 1 << 20, MemoryMB: 512, MaxProcs: 256, MaxFileBytes: 1 << 30},
@@ -58,6 +100,13 @@ func DefaultConfig() Config {
 		MaxStoredOutput: 64 << 10,
 		Policy:          policy.DefaultConfig(),
 		Redact:          redact.DefaultConfig(),
+
+		SandboxSnapshotBytes: 4 << 30,
+		TotalSnapshotBytes:   32 << 30,
+		MaxSnapshotsLimit:    100,
+		MaxHistoryLimit:      100_000,
+		ShutdownTimeout:      30 * time.Second,
+		SuspendTimeout:       10 * time.Second,
 	}
 }
 
@@ -69,16 +118,10 @@ func (c Config) withDefaults() Config {
 			*dst = v
 		}
 	}
-	fill(&c.Defaults.TimeoutMS, d.Defaults.TimeoutMS)
-	fill(&c.Defaults.MaxOutputBytes, d.Defaults.MaxOutputBytes)
-	fill(&c.Defaults.MemoryMB, d.Defaults.MemoryMB)
-	fill(&c.Defaults.MaxProcs, d.Defaults.MaxProcs)
-	fill(&c.Defaults.MaxFileBytes, d.Defaults.MaxFileBytes)
-	fill(&c.Max.TimeoutMS, d.Max.TimeoutMS)
-	fill(&c.Max.MaxOutputBytes, d.Max.MaxOutputBytes)
-	fill(&c.Max.MemoryMB, d.Max.MemoryMB)
-	fill(&c.Max.MaxProcs, d.Max.MaxProcs)
-	fill(&c.Max.MaxFileBytes, d.Max.MaxFileBytes)
+	for _, l := range limitSpecs {
+		fill(l.field(&c.Defaults), *l.field(&d.Defaults))
+		fill(l.field(&c.Max), *l.field(&d.Max))
+	}
 	fill(&c.HostMaxPIDs, d.HostMaxPIDs)
 	if c.MaxCodeBytes == 0 {
 		c.MaxCodeBytes = d.MaxCodeBytes
@@ -95,6 +138,20 @@ func (c Config) withDefaults() Config {
 	if c.MaxStoredOutput == 0 {
 		c.MaxStoredOutput = d.MaxStoredOutput
 	}
+	fill(&c.SandboxSnapshotBytes, d.SandboxSnapshotBytes)
+	fill(&c.TotalSnapshotBytes, d.TotalSnapshotBytes)
+	if c.MaxSnapshotsLimit == 0 {
+		c.MaxSnapshotsLimit = d.MaxSnapshotsLimit
+	}
+	if c.MaxHistoryLimit == 0 {
+		c.MaxHistoryLimit = d.MaxHistoryLimit
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	if c.SuspendTimeout == 0 {
+		c.SuspendTimeout = d.SuspendTimeout
+	}
 	return c
 }
 
@@ -110,13 +167,21 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: default %d exceeds maximum %d", name, def, max))
 		}
 	}
-	check("timeout_ms", c.Defaults.TimeoutMS, c.Max.TimeoutMS)
-	check("max_output_bytes", c.Defaults.MaxOutputBytes, c.Max.MaxOutputBytes)
-	check("memory_mb", c.Defaults.MemoryMB, c.Max.MemoryMB)
-	check("max_procs", c.Defaults.MaxProcs, c.Max.MaxProcs)
-	check("max_file_bytes", c.Defaults.MaxFileBytes, c.Max.MaxFileBytes)
-	if c.Defaults.MemoryMB < 64 {
-		errs = append(errs, fmt.Errorf("memory_mb: %d is below the 64 MiB a sandbox needs", c.Defaults.MemoryMB))
+	for _, l := range limitSpecs {
+		def, max := *l.field(&c.Defaults), *l.field(&c.Max)
+		check(l.name, def, max)
+		if def < l.min {
+			errs = append(errs, fmt.Errorf("%s: default %d is below the minimum %d", l.name, def, l.min))
+		}
+	}
+	if c.MaxSnapshotsLimit < 1 || c.MaxHistoryLimit < 1 {
+		errs = append(errs, fmt.Errorf("max_snapshots_limit and max_history_limit must be at least 1"))
+	}
+	if c.ShutdownTimeout < 0 || c.SuspendTimeout < 0 || c.SuspendTimeout > c.ShutdownTimeout {
+		errs = append(errs, fmt.Errorf("suspend_timeout %v must be positive and within shutdown_timeout %v", c.SuspendTimeout, c.ShutdownTimeout))
+	}
+	if c.MemoryBudgetMB > 0 && c.MemoryBudgetMB < c.Max.MemoryMB {
+		errs = append(errs, fmt.Errorf("memory_budget_mb %d is below max.memory_mb %d: the largest sandbox could never start", c.MemoryBudgetMB, c.Max.MemoryMB))
 	}
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("policy: %w", err))
@@ -124,7 +189,7 @@ func (c Config) Validate() error {
 	if err := c.Redact.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("redact: %w", err))
 	}
-	if err := validatePolicy(&c.History); err != nil {
+	if err := c.validatePolicy(&c.History); err != nil {
 		errs = append(errs, fmt.Errorf("history: %w", err))
 	}
 	if c.PoolSize < 0 || c.PoolSize > c.MaxSandboxes {
@@ -133,29 +198,36 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// resolve applies defaults to req and checks it against the maximums.
+// resolve applies defaults to req and checks it against the minimums and maximums.
 func (c Config) resolve(req api.Limits) (api.Limits, error) {
 	out := req
-	type lim struct {
-		name          string
-		v             *int64
-		def, max, min int64
-	}
-	for _, l := range []lim{
-		{"timeout_ms", &out.TimeoutMS, c.Defaults.TimeoutMS, c.Max.TimeoutMS, 1},
-		{"max_output_bytes", &out.MaxOutputBytes, c.Defaults.MaxOutputBytes, c.Max.MaxOutputBytes, 1},
-		{"memory_mb", &out.MemoryMB, c.Defaults.MemoryMB, c.Max.MemoryMB, 64},
-		{"max_procs", &out.MaxProcs, c.Defaults.MaxProcs, c.Max.MaxProcs, 8},
-		{"max_file_bytes", &out.MaxFileBytes, c.Defaults.MaxFileBytes, c.Max.MaxFileBytes, 1},
-	} {
+	for _, l := range limitSpecs {
+		v, def, max := l.field(&out), *l.field(&c.Defaults), *l.field(&c.Max)
 		switch {
-		case *l.v == 0:
-			*l.v = l.def
-		case *l.v < l.min:
-			return out, fmt.Errorf("limit %s=%d is below the minimum %d: %w", l.name, *l.v, l.min, ErrInvalid)
-		case *l.v > l.max:
-			return out, fmt.Errorf("limit %s=%d exceeds the server maximum %d: %w", l.name, *l.v, l.max, ErrInvalid)
+		case *v == 0:
+			*v = def
+		case *v < l.min:
+			return out, fmt.Errorf("limit %s=%d is below the minimum %d: %w", l.name, *v, l.min, ErrInvalid)
+		case *v > max:
+			return out, fmt.Errorf("limit %s=%d exceeds the server maximum %d: %w", l.name, *v, max, ErrInvalid)
 		}
 	}
 	return out, nil
+}
+
+// hostMemoryMB is the host's memory (MemTotal of /proc/meminfo) in MiB, or 0 when
+// it cannot be read (then memory is not budgeted).
+func hostMemoryMB() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb)
+			return kb >> 10
+		}
+	}
+	return 0
 }

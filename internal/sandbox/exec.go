@@ -33,7 +33,7 @@ func (s *Service) validate(req *api.ExecRequest) (api.Limits, error) {
 		return api.Limits{}, fmt.Errorf("unknown language %q (supported: %s): %w", req.Language, strings.Join(api.Languages, ", "), ErrInvalid)
 	}
 	req.Language = lang
-	if err := validatePolicy(req.History); err != nil {
+	if err := s.cfg.validatePolicy(req.History); err != nil {
 		return api.Limits{}, err
 	}
 	if strings.TrimSpace(req.Code) == "" {
@@ -48,6 +48,12 @@ func (s *Service) validate(req *api.ExecRequest) (api.Limits, error) {
 // Exec runs code for an agent: in req.SandboxID if given, else in the agent's own
 // sandbox, created on first use. The program's failure is a result, not an error;
 // errors are for requests that could not run (see the ErrX classes).
+//
+// Durability: the answer to a run is sent once its history row and the sandbox's
+// head (the newest run in its state) are durable. Its state is saved by a snapshot
+// taken after the answer, in the background; with req.Durable, before it. A crash in
+// between loses the run's effects, and the next result says so with
+// state_restored_from (the run whose state the sandbox came back with).
 func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResult, error) {
 	lim, err := s.validate(&req)
 	if err != nil {
@@ -58,25 +64,43 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 			return nil, err
 		}
 	}
-	if d := s.checkPolicy(ctx, req); d.Blocked {
+	set := s.settingsFor(ctx, req.AgentID)
+	if d := s.checkPolicy(req, set); d.Blocked {
 		return s.blocked(ctx, req, d), nil
 	}
-	e, err := s.entryFor(ctx, req, lim)
+	e, err := s.entryFor(ctx, req, lim, set)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.enqueue(ctx, e); err != nil {
+	if err := s.acquire(ctx, e); err != nil {
 		return nil, err
 	}
 	defer e.unlock()
-	if e.deleted {
-		return nil, fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound)
-	}
-	res, err := s.execLocked(ctx, e, req, lim)
-	if err == nil && res.PreSnapshotID != "" && e.sb != nil && e.cleanSnap == "" {
-		s.snapshotAfter(e)
+	pol := s.policyFor(set, req.History)
+	res, err := s.execLocked(ctx, e, req, lim, pol)
+	if err == nil && e.sb != nil && s.snapperOf(e) != nil {
+		switch {
+		case req.Durable && e.cleanSnap != "":
+			res.Durable = true // the state equals a snapshot already (e.g. rolled back)
+		case req.Durable:
+			s.commitLocked(ctx, e, res)
+		case res.PreSnapshotID != "" && e.cleanSnap == "":
+			s.snapshotAfter(e)
+		}
+	} else if err == nil && req.Durable {
+		res.Warnings = append(res.Warnings, "durable: the state could not be saved (the sandbox's backend cannot snapshot, or the sandbox is gone)")
 	}
 	return res, err
+}
+
+// commitLocked saves the state a run left before its answer (durable: true); turn
+// held.
+func (s *Service) commitLocked(ctx context.Context, e *entry, res *api.ExecResult) {
+	if _, err := e.snapshot(ctx, history.SnapshotPreRun, "", apiNoMeta); err != nil {
+		res.Warnings = append(res.Warnings, "the run's state could not be saved before the answer (durable); a crash before the next snapshot loses it: "+err.Error())
+		return
+	}
+	res.Durable = true
 }
 
 // snapshotAfter takes, in the background, the snapshot the next run would take
@@ -84,41 +108,34 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 // turns, and the snapshot is taken meanwhile. It also gives a crash or a suspension
 // the latest state to resume from.
 func (s *Service) snapshotAfter(e *entry) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		e.run.Lock()
+	s.goBackground(func() {
+		ctx, cancel := context.WithTimeout(s.work, time.Minute)
+		defer cancel()
+		if err := e.lock(ctx); err != nil {
+			return
+		}
 		defer e.unlock()
-		if e.deleted || e.sb == nil || e.cleanSnap != "" {
+		if e.usable() != nil || e.sb == nil || e.cleanSnap != "" {
 			return // a run, rollback or suspension came first
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if _, err := s.takeSnapshot(ctx, e, history.SnapshotPreRun, "", apiNoMeta); err != nil {
+		if _, err := e.snapshot(ctx, history.SnapshotPreRun, "", apiNoMeta); err != nil {
 			s.log.Warn("background snapshot", "sandbox", e.id, "err", err)
 		}
-	}()
+	})
 }
 
 // checkPolicy applies the server's policy as narrowed by the agent's own.
-func (s *Service) checkPolicy(ctx context.Context, req api.ExecRequest) policy.Decision {
+func (s *Service) checkPolicy(req api.ExecRequest, set settings) policy.Decision {
 	cfg := s.cfg.Policy
-	if req.AgentID != "" {
-		if own, err := s.agentPolicy(ctx, req.AgentID); err == nil {
-			if len(own.AllowedLanguages) > 0 { // an agent may narrow the server's list, not widen it
-				cfg.AllowedLanguages = narrow(cfg.AllowedLanguages, own.AllowedLanguages)
-				if len(cfg.AllowedLanguages) == 0 && cfg.Enabled {
-					return policy.Decision{Blocked: true, Rule: policy.RuleLanguageNotAllowed,
-						Reason: "the agent's allowed_languages leave no language the server allows; update the agent's policy"}
-				}
+	if own := set.own; set.found {
+		if len(own.AllowedLanguages) > 0 { // an agent may narrow the server's list, not widen it
+			cfg.AllowedLanguages = narrow(cfg.AllowedLanguages, own.AllowedLanguages)
+			if len(cfg.AllowedLanguages) == 0 && cfg.Enabled {
+				return policy.Decision{Blocked: true, Rule: policy.RuleLanguageNotAllowed,
+					Reason: "the agent's allowed_languages leave no language the server allows; update the agent's policy"}
 			}
-			cfg.DisabledRules = append(append([]string(nil), cfg.DisabledRules...), own.DisabledRules...)
 		}
+		cfg.DisabledRules = append(append([]string(nil), cfg.DisabledRules...), own.DisabledRules...)
 	}
 	p, err := policy.New(cfg)
 	if err != nil { // a stored agent policy naming a rule that no longer exists
@@ -172,7 +189,7 @@ func (s *Service) blocked(ctx context.Context, req api.ExecRequest, d policy.Dec
 
 // entryFor finds the sandbox a request runs in, creating the agent's default sandbox
 // on first use.
-func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Limits) (*entry, error) {
+func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Limits, set settings) (*entry, error) {
 	if req.SandboxID != "" {
 		return s.lookup(req.SandboxID, req.AgentID)
 	}
@@ -185,39 +202,17 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 		}
 	}
 	be := s.def.Name()
-	if own, err := s.agentPolicy(ctx, req.AgentID); err == nil && own.Backend != "" {
-		if be, err = s.backendFor(own.Backend); err != nil {
+	if set.own.Backend != "" {
+		var err error
+		if be, err = s.backendFor(set.own.Backend); err != nil {
 			return nil, fmt.Errorf("the agent's policy: %w", err)
 		}
 	}
 	return s.newEntry(ctx, newEntryReq{agentID: req.AgentID, backend: be, memoryMB: lim.MemoryMB, asDefault: true})
 }
 
-// enqueue waits for e's turn, refusing past the queue bound.
-func (s *Service) enqueue(ctx context.Context, e *entry) error {
-	s.mu.Lock()
-	if n := e.waiting; n >= s.cfg.QueueDepth {
-		s.mu.Unlock()
-		return fmt.Errorf("sandbox %s has %d requests waiting; retry later: %w", e.id, n, ErrBusy)
-	}
-	e.waiting++
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		e.waiting--
-		s.mu.Unlock()
-	}()
-	for !e.run.TryLock() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for sandbox %s: %w", e.id, ctx.Err())
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-// execLocked runs one request in e as a transaction; e.run held.
+// execLocked runs one request in e as a transaction under the resolved policy pol;
+// turn held.
 //
 //  1. Resume or replace the sandbox if it is not running.
 //  2. With snapshot_before_execution, snapshot it (reusing a snapshot the state is
@@ -226,40 +221,59 @@ func (s *Service) enqueue(ctx context.Context, e *entry) error {
 //  4. On failure (any verdict but ok): with snapshot_on_failure keep the failed state
 //     as a snapshot; with auto_rollback_on_failure restore the pre-run snapshot. A run
 //     that killed its sandbox is restored from the pre-run snapshot whatever the
-//     policy, since its failed state is gone anyway.
-func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits) (*api.ExecResult, error) {
+//     policy, since its failed state is gone anyway. A run interrupted by the
+//     server's shutdown is rolled back too, and its caller gets ErrClosed.
+//  5. Record the sandbox's head (the newest run in its state) durably.
+func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, pol txPolicy) (*api.ExecResult, error) {
 	e.busy.Store(true)
 	defer e.busy.Store(false)
-	pol := s.policyFor(ctx, e.agentID, req.History)
-	fresh, err := s.resumeLocked(ctx, e)
+	fresh, err := e.resume(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := &api.ExecResult{ExecutionID: randID("ex-", 8), SandboxID: e.id, AgentID: req.AgentID, Language: req.Language, SandboxRecreated: fresh}
+	e.takeNotes(out)
 	var pre history.Snapshot
 	if pol.snapshotBefore && s.snapperOf(e) != nil {
 		pre, err = s.preSnapshot(ctx, e, out.ExecutionID)
+		if errors.Is(err, ErrStorage) {
+			return nil, err // a run that could not be rolled back is not started
+		}
 		if err != nil {
 			out.Warnings = append(out.Warnings, "no snapshot before the run, so it cannot be rolled back: "+err.Error())
 		}
 		out.PreSnapshotID = pre.ID
 	}
 	out.StartedAt = time.Now().UTC()
+	// Exit code -1 until the run reports one: a row a crash cuts off never says 0.
 	rec := history.Run{ID: out.ExecutionID, AgentID: req.AgentID, SandboxID: e.id, Language: req.Language, Code: req.Code,
-		StartedAt: out.StartedAt, PreSnapshotID: pre.ID, Metadata: req.Metadata}
+		StartedAt: out.StartedAt, PreSnapshotID: pre.ID, Metadata: req.Metadata, ExitCode: -1}
 	if err := s.hist.BeginRun(ctx, rec); err != nil {
 		return nil, fmt.Errorf("record run: %w", err)
 	}
-	e.cleanSnap = "" // the run changes the state
-	runErr := s.runLocked(ctx, e, req, lim, out)
+	e.beginRun(pol)
+	// A shutdown interrupts the run: Close cancels s.runs.
+	rctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.runs, cancel)
+	runErr := s.runLocked(rctx, e, req, lim, out)
+	stop()
+	cancel()
+	if runErr != nil && s.runs.Err() != nil {
+		runErr = fmt.Errorf("interrupted: the server shut down during the run, which was rolled back: %w", ErrClosed)
+	}
+	e.ran(out.ExecutionID)
 	s.redactOutput(out)
 	if !out.Success() {
 		// Its own context: a caller that went away still gets its sandbox rolled back.
-		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		fctx, cancel := context.WithTimeout(s.work, 2*time.Minute)
 		s.afterFailure(fctx, e, pol, pre, out)
 		cancel()
 	}
-	s.finishRecord(e, rec, out, runErr)
+	if e.sb == nil && !out.RolledBack {
+		e.lost(pre, s.runs.Err() != nil)
+	}
+	s.finishRecord(e, pol, rec, out, runErr)
+	e.persist(context.Background())
 	if runErr != nil {
 		return nil, runErr
 	}
@@ -274,7 +288,7 @@ func (s *Service) preSnapshot(ctx context.Context, e *entry, runID string) (hist
 			return sn, nil
 		}
 	}
-	return s.takeSnapshot(ctx, e, history.SnapshotPreRun, runID, apiNoMeta)
+	return e.snapshot(ctx, history.SnapshotPreRun, runID, apiNoMeta)
 }
 
 // runLocked sends the request to the guest and fills out with the outcome. A sandbox
@@ -293,8 +307,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	defer cancel()
 	res, err := e.sb.Exec(rctx, preq)
 	out.CompletedAt = time.Now().UTC()
-	e.lastUsed = time.Now()
-	e.runs++
+	e.used()
 	var dead *backend.DeadError
 	switch {
 	case err == nil:
@@ -311,18 +324,15 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	default:
 		// The guest did not answer in time, or the caller went away mid-run: the
 		// sandbox is in an unknown state, so it is replaced either way.
-		e.sb.Destroy(context.Background())
-		e.sb = nil
+		e.drop()
 		if ctx.Err() != nil {
+			out.ExitCode = -1
 			return fmt.Errorf("run cancelled: %w", ctx.Err())
 		}
 		out.Verdict = api.VerdictKilled
 		out.Error = "the sandbox stopped answering: " + err.Error()
 	}
-	if e.sb != nil {
-		e.sb.Destroy(context.Background())
-		e.sb = nil
-	}
+	e.drop()
 	out.ExitCode, out.SandboxLost = 137, true
 	out.DurationMS = out.CompletedAt.Sub(out.StartedAt).Milliseconds()
 	return nil
@@ -343,7 +353,7 @@ func (s *Service) redactOutput(out *api.ExecResult) {
 // afterFailure applies the failure half of the transaction policy.
 func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre history.Snapshot, out *api.ExecResult) {
 	if pol.snapshotOnFailure && e.sb != nil && s.snapperOf(e) != nil {
-		if sn, err := s.takeSnapshot(ctx, e, history.SnapshotFailure, out.ExecutionID, apiNoMeta); err != nil {
+		if sn, err := e.snapshot(ctx, history.SnapshotFailure, out.ExecutionID, apiNoMeta); err != nil {
 			out.Warnings = append(out.Warnings, "could not keep the failed state: "+err.Error())
 		} else {
 			out.FailureSnapshotID = sn.ID
@@ -358,7 +368,7 @@ func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre 
 		}
 		return
 	}
-	if err := s.restoreLocked(ctx, e, pre); err != nil {
+	if err := e.restore(ctx, pre); err != nil {
 		out.Warnings = append(out.Warnings, "rollback failed: "+err.Error())
 		if e.sb == nil {
 			out.Error += "; the next run starts in a fresh sandbox"
@@ -375,7 +385,7 @@ func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre 
 
 // finishRecord writes the run's outcome to the history and applies retention. It
 // uses a context of its own: the record must be written even if the caller left.
-func (s *Service) finishRecord(e *entry, rec history.Run, out *api.ExecResult, runErr error) {
+func (s *Service) finishRecord(e *entry, pol txPolicy, rec history.Run, out *api.ExecResult, runErr error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	rec.Status, rec.Verdict = history.StatusDone, out.Verdict
@@ -397,7 +407,7 @@ func (s *Service) finishRecord(e *entry, rec history.Run, out *api.ExecResult, r
 	if err := s.hist.FinishRun(ctx, rec); err != nil {
 		s.log.Error("recording run outcome", "run", rec.ID, "err", err)
 	}
-	s.retain(e.id, e.agentID, "")
+	s.retain(e, pol, "")
 }
 
 // text turns program output into valid UTF-8 for JSON.

@@ -18,10 +18,18 @@ import (
 // is a map of variables; "programs" are lines of:
 //
 //	set K V      print K     exit N      sleep MS     die (the sandbox dies)
+//
+// Its knobs let tests stage what a real host does: snapGate holds every snapshot
+// until closed (a crash "before the background snapshot"), failCreate fails that many
+// Creates after createGate is closed, snapPad makes images that many bytes bigger.
 type fakeBackend struct {
-	mu      sync.Mutex
-	live    map[string]*fakeSandbox
-	created int
+	mu         sync.Mutex
+	live       map[string]*fakeSandbox
+	created    int
+	snapGate   chan struct{}
+	createGate chan struct{}
+	failCreate int
+	snapPad    int
 }
 
 func newFake() *fakeBackend { return &fakeBackend{live: map[string]*fakeSandbox{}} }
@@ -37,6 +45,21 @@ type fakeSandbox struct {
 func (b *fakeBackend) Name() string { return "fake" }
 
 func (b *fakeBackend) Create(ctx context.Context, spec backend.Spec) (backend.Sandbox, error) {
+	b.mu.Lock()
+	gate := b.createGate
+	b.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	b.mu.Lock()
+	fail := b.failCreate > 0
+	if fail {
+		b.failCreate--
+	}
+	b.mu.Unlock()
+	if fail {
+		return nil, fmt.Errorf("fake: create %s failed", spec.ID)
+	}
 	return b.start(spec, map[string]string{})
 }
 
@@ -79,12 +102,27 @@ func (b *fakeBackend) count() int {
 }
 
 func (b *fakeBackend) Snapshot(ctx context.Context, s backend.Sandbox, dir string) error {
+	b.mu.Lock()
+	gate, pad := b.snapGate, b.snapPad
+	b.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	sb := s.(*fakeSandbox)
 	sb.mu.Lock()
 	data, _ := json.Marshal(sb.vars)
 	sb.mu.Unlock()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
+	}
+	if pad > 0 {
+		if err := os.WriteFile(filepath.Join(dir, "pad"), make([]byte, pad), 0o600); err != nil {
+			return err
+		}
 	}
 	return os.WriteFile(filepath.Join(dir, "state.json"), data, 0o600)
 }
@@ -120,6 +158,8 @@ func (b *fakeBackend) Fork(ctx context.Context, dir string, spec backend.Spec) (
 func (s *fakeSandbox) ID() string { return s.id }
 
 func (s *fakeSandbox) Info() backend.Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	st := "running"
 	if s.dead {
 		st = "dead"
@@ -127,7 +167,33 @@ func (s *fakeSandbox) Info() backend.Info {
 	return backend.Info{ID: s.id, Backend: "fake", Status: st}
 }
 
-func (s *fakeSandbox) Ping(ctx context.Context) error { return nil }
+func (s *fakeSandbox) Ping(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return &backend.DeadError{Verdict: agentproto.VerdictKilled}
+	}
+	return nil
+}
+
+// kill ends the sandbox from outside, as an operator's kill or the host's OOM killer
+// would.
+func (s *fakeSandbox) kill() {
+	s.mu.Lock()
+	s.dead = true
+	s.mu.Unlock()
+}
+
+// sandboxes returns the live fake sandboxes.
+func (b *fakeBackend) sandboxes() []*fakeSandbox {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []*fakeSandbox
+	for _, sb := range b.live {
+		out = append(out, sb)
+	}
+	return out
+}
 
 func (s *fakeSandbox) Destroy(ctx context.Context) error {
 	s.b.DestroyID(ctx, s.id)
@@ -164,7 +230,11 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*a
 		case len(f) == 2 && f[0] == "sleep":
 			var ms int
 			fmt.Sscan(f[1], &ms)
-			time.Sleep(time.Duration(ms) * time.Millisecond)
+			select {
+			case <-time.After(time.Duration(ms) * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		case len(f) == 1 && f[0] == "die":
 			s.mu.Lock()
 			s.dead = true

@@ -6,8 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/vmexec/vmexec/internal/history"
 )
 
 // recover brings the service's state in line with the history after a restart (or a
@@ -53,9 +51,8 @@ func (s *Service) recover(ctx context.Context) error {
 			s.log.Warn("sandbox of a backend not enabled now; it stays in the history until that backend is back", "id", r.ID, "backend", r.Backend)
 			continue
 		}
-		e := &entry{id: r.ID, name: r.Name, agentID: r.AgentID, backend: r.Backend, memoryMB: r.MemoryMB, created: r.CreatedAt,
-			suspended: true, lastUsed: time.Now(), gen: 1}
-		e.run.Lock()
+		e := s.makeEntry(r.ID, r.Name, r.AgentID, r.Backend, r.MemoryMB, r.CreatedAt)
+		e.loaded(r.SandboxState)
 		e.unlock() // publishes its view
 		s.sandboxes[r.ID] = e
 		if _, ok := s.byAgent[r.AgentID]; r.AgentID != "" && !ok {
@@ -68,55 +65,14 @@ func (s *Service) recover(ctx context.Context) error {
 	return nil
 }
 
-// suspendLocked stops e's sandbox, first saving it to a suspend snapshot when it can,
-// so the next use resumes it; e.run held.
-func (s *Service) suspendLocked(ctx context.Context, e *entry) error {
-	if e.sb == nil {
-		return nil
-	}
-	if s.snapperOf(e) != nil && e.sb.Info().Status == "running" {
-		if _, err := s.takeSnapshot(ctx, e, history.SnapshotSuspend, "", apiNoMeta); err != nil {
-			s.log.Warn("suspend snapshot failed; the sandbox's state is lost", "id", e.id, "err", err)
-		}
-	}
-	err := e.sb.Destroy(ctx)
-	e.sb, e.suspended = nil, true
-	return err
-}
+// suspendLocked stops e's sandbox, saving its state first; turn held (see
+// entry.suspend).
+func (s *Service) suspendLocked(ctx context.Context, e *entry) error { return e.suspend(ctx) }
 
-// resumeLocked makes sure e has a running sandbox; e.run held. A suspended sandbox is
-// restored from its newest snapshot that is not a failure's (a fresh one if there is
-// none); a dead one is replaced by a fresh one. It reports whether the sandbox is
-// fresh, i.e. earlier state is gone.
+// resumeLocked makes sure e has a running sandbox; turn held (see entry.resume). It
+// reports whether the sandbox is fresh, i.e. earlier state is gone.
 func (s *Service) resumeLocked(ctx context.Context, e *entry) (fresh bool, err error) {
-	if e.sb != nil {
-		return false, nil
-	}
-	if e.suspended && s.snapperOf(e) != nil {
-		snaps, err := s.hist.ListSnapshots(ctx, e.id)
-		if err != nil {
-			return false, err
-		}
-		for i := len(snaps) - 1; i >= 0; i-- {
-			if snaps[i].Kind == history.SnapshotFailure {
-				continue
-			}
-			if err := s.restoreLocked(ctx, e, snaps[i]); err != nil {
-				s.log.Warn("resume from snapshot failed; trying an older one", "id", e.id, "snapshot", snaps[i].ID, "err", err)
-				continue
-			}
-			s.log.Info("resumed suspended sandbox", "id", e.id, "snapshot", snaps[i].ID)
-			return false, nil
-		}
-	}
-	e.gen++
-	sb, err := s.backendOf(e).Create(ctx, s.specFor(e))
-	if err != nil {
-		return false, fmt.Errorf("start sandbox %s: %w", e.id, classifyBackend(err))
-	}
-	e.sb, e.suspended, e.cleanSnap = sb, false, ""
-	s.log.Info("started a fresh sandbox", "id", e.id, "agent", e.agentID)
-	return true, nil
+	return e.resume(ctx)
 }
 
 // reaper suspends sandboxes idle for longer than IdleTimeout.
@@ -145,24 +101,22 @@ func (s *Service) reapIdle() {
 	s.mu.Lock()
 	var idle []*entry
 	for _, e := range s.sandboxes {
-		if e.waiting > 0 || !e.run.TryLock() {
-			continue
-		}
-		if e.sb != nil && time.Since(e.lastUsed) > s.cfg.IdleTimeout {
+		if v := e.view.Load(); e.live.Load() && e.waiting() == 0 && !e.busy.Load() && v != nil && time.Since(v.lastUsed) > s.cfg.IdleTimeout {
 			idle = append(idle, e)
 		}
-		e.unlock()
 	}
 	s.mu.Unlock()
 	for _, e := range idle {
-		if !e.run.TryLock() {
+		if !e.tryLock() {
 			continue // a run arrived meanwhile
 		}
-		if !e.deleted && e.sb != nil {
+		if !e.deleted && e.sb != nil && time.Since(e.lastUsed) > s.cfg.IdleTimeout {
 			s.log.Info("suspending idle sandbox", "id", e.id, "agent", e.agentID, "idle", time.Since(e.lastUsed).Round(time.Second))
-			if err := s.suspendLocked(context.Background(), e); err != nil {
+			ctx, cancel := context.WithTimeout(s.work, s.cfg.SuspendTimeout)
+			if err := e.suspend(ctx); err != nil {
 				s.log.Warn("suspend", "id", e.id, "err", err)
 			}
+			cancel()
 		}
 		e.unlock()
 	}

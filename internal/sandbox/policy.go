@@ -50,27 +50,51 @@ func (t txPolicy) api() api.ExecPolicy {
 		SnapshotOnFailure: &t.snapshotOnFailure, MaxHistoryEntries: &t.maxHistory, MaxSnapshots: &t.maxSnapshots}
 }
 
-func validatePolicy(p *api.ExecPolicy) error {
+// validatePolicy checks the numbers of an ExecPolicy against the server's bounds.
+func (c Config) validatePolicy(p *api.ExecPolicy) error {
 	if p == nil {
 		return nil
 	}
-	if p.MaxHistoryEntries != nil && *p.MaxHistoryEntries < 1 {
-		return fmt.Errorf("max_history_entries must be at least 1: %w", ErrInvalid)
+	if p.MaxHistoryEntries != nil && (*p.MaxHistoryEntries < 1 || *p.MaxHistoryEntries > c.MaxHistoryLimit) {
+		return fmt.Errorf("max_history_entries must be between 1 and %d (max_history_limit): %w", c.MaxHistoryLimit, ErrInvalid)
 	}
-	if p.MaxSnapshots != nil && *p.MaxSnapshots < 1 {
-		return fmt.Errorf("max_snapshots must be at least 1: %w", ErrInvalid)
+	if p.MaxSnapshots != nil && (*p.MaxSnapshots < 1 || *p.MaxSnapshots > c.MaxSnapshotsLimit) {
+		return fmt.Errorf("max_snapshots must be between 1 and %d (max_snapshots_limit): %w", c.MaxSnapshotsLimit, ErrInvalid)
 	}
 	return nil
 }
 
-// policyFor resolves the policy of a run: built-in defaults, the server's
-// configuration, the agent's stored policy, then the request's.
-func (s *Service) policyFor(ctx context.Context, agentID string, req *api.ExecPolicy) txPolicy {
+// settings are an agent's stored settings, read and decoded once per request: the
+// policy check, the choice of backend and the transaction policy all use them.
+type settings struct {
+	agentID string
+	own     api.ExecPolicy // the fields the agent set itself
+	found   bool
+}
+
+// settingsFor reads agentID's stored policy ("" or none: the zero settings). A
+// stored policy that cannot be decoded is logged and ignored.
+func (s *Service) settingsFor(ctx context.Context, agentID string) settings {
+	set := settings{agentID: agentID}
+	if agentID == "" {
+		return set
+	}
+	own, err := s.agentPolicy(ctx, agentID)
+	switch {
+	case err == nil:
+		set.own, set.found = own, true
+	case !errors.Is(err, history.ErrNotFound):
+		s.log.Warn("agent policy unreadable; using the server's", "agent", agentID, "err", err)
+	}
+	return set
+}
+
+// policyFor resolves the transaction policy of a run: built-in defaults, the
+// server's configuration, the agent's stored policy, then the request's.
+func (s *Service) policyFor(set settings, req *api.ExecPolicy) txPolicy {
 	p := defaultPolicy.apply(&s.cfg.History)
-	if agentID != "" {
-		if stored, err := s.agentPolicy(ctx, agentID); err == nil {
-			p = p.apply(&stored)
-		}
+	if set.found {
+		p = p.apply(&set.own)
 	}
 	return p.apply(req)
 }
@@ -93,7 +117,7 @@ func (s *Service) AgentPolicy(ctx context.Context, agentID string) (effective, o
 	if err != nil && !errors.Is(err, history.ErrNotFound) {
 		return effective, own, err
 	}
-	return s.policyFor(ctx, agentID, nil).api(), own, nil
+	return s.policyFor(settings{agentID: agentID, own: own, found: err == nil}, nil).api(), own, nil
 }
 
 // SetAgentPolicy stores the fields p sets as the agent's policy; fields left unset
@@ -102,7 +126,7 @@ func (s *Service) SetAgentPolicy(ctx context.Context, agentID string, p api.Exec
 	if agentID == "" {
 		return api.ExecPolicy{}, fmt.Errorf("agent id is required: %w", ErrInvalid)
 	}
-	if err := validatePolicy(&p); err != nil {
+	if err := s.cfg.validatePolicy(&p); err != nil {
 		return api.ExecPolicy{}, err
 	}
 	check := policy.Config{Enabled: true, AllowedLanguages: p.AllowedLanguages, DisabledRules: p.DisabledRules}
@@ -113,11 +137,17 @@ func (s *Service) SetAgentPolicy(ctx context.Context, agentID string, p api.Exec
 	if err := s.hist.PutAgentPolicy(ctx, agentID, string(b)); err != nil {
 		return api.ExecPolicy{}, err
 	}
-	return s.policyFor(ctx, agentID, nil).api(), nil
+	return s.policyFor(settings{agentID: agentID, own: p, found: true}, nil).api(), nil
 }
 
-// History lists recorded runs, newest first.
+// History lists recorded runs, newest first. With both an agent and a sandbox, the
+// sandbox must be the agent's (ErrForbidden); with an agent, only its runs are listed.
 func (s *Service) History(ctx context.Context, f history.RunFilter) (api.RunList, error) {
+	if f.AgentID != "" && f.SandboxID != "" {
+		if _, err := s.lookup(f.SandboxID, f.AgentID); err != nil && !errors.Is(err, ErrNotFound) {
+			return api.RunList{}, err
+		}
+	}
 	runs, next, err := s.hist.ListRuns(ctx, f)
 	if errors.Is(err, history.ErrInvalid) {
 		return api.RunList{}, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -136,10 +166,16 @@ func (s *Service) History(ctx context.Context, f history.RunFilter) (api.RunList
 	return out, nil
 }
 
-// GetRun returns one recorded run.
+// GetRun returns one recorded run, as the operator.
 func (s *Service) GetRun(ctx context.Context, id string) (api.Run, error) {
+	return s.GetRunFor(ctx, id, "")
+}
+
+// GetRunFor returns one recorded run for agentID. Another agent's run is reported as
+// not found, so its existence does not leak.
+func (s *Service) GetRunFor(ctx context.Context, id, agentID string) (api.Run, error) {
 	r, err := s.hist.GetRun(ctx, id)
-	if errors.Is(err, history.ErrNotFound) {
+	if errors.Is(err, history.ErrNotFound) || err == nil && CheckAgent(agentID, r.AgentID) != nil {
 		return api.Run{}, fmt.Errorf("run %s: %w", id, ErrNotFound)
 	}
 	return runAPI(r), err

@@ -9,9 +9,11 @@
 // translated at the edge.
 //
 // Concurrency: everything done to one sandbox (runs, snapshots, rollbacks) holds that
-// sandbox's run lock, so they never interleave; requests queue for it up to
-// Config.QueueDepth and are refused with ErrBusy past that. Different sandboxes proceed
-// in parallel.
+// sandbox's turn (see entry), so they never interleave; requests queue for it in
+// arrival order up to Config.QueueDepth and are refused with ErrBusy past that.
+// Different sandboxes proceed in parallel. Work off a request's path (pool fills,
+// snapshots after a run, retention, destroys) goes through goBackground, which
+// refuses once Close has begun.
 package sandbox
 
 import (
@@ -24,7 +26,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/vmexec/vmexec/api"
@@ -44,6 +45,10 @@ var (
 	ErrUnavailable = errors.New("unavailable")
 	ErrUnsupported = errors.New("not supported by this backend")
 	ErrClosed      = errors.New("service closed")
+	// ErrStorage: a snapshot byte budget is spent (HTTP 507).
+	ErrStorage = errors.New("snapshot storage budget exceeded")
+
+	errQueueFull = errors.New("queue full")
 )
 
 // Deps are the parts a Service is built from.
@@ -73,70 +78,33 @@ type Service struct {
 
 	redactor *redact.Redactor
 
-	mu        sync.Mutex
-	sandboxes map[string]*entry // by sandbox id
-	byAgent   map[string]string // agent id → sandbox id of its default sandbox
-	pool      []pooled
-	filling   int // pool sandboxes being created
-	closed    bool
+	memBudgetMB int64 // the memory all live sandboxes may be given together; 0: no bound
+
+	mu         sync.Mutex
+	sandboxes  map[string]*entry // by sandbox id
+	byAgent    map[string]string // agent id → sandbox id of its default sandbox
+	deletedFor map[string]string // agent id → its default sandbox deleted since its last run
+	pool       []pooled
+	filling    int   // pool sandboxes being created
+	startingN  int   // sandboxes admitted and starting (see admit)
+	startingMB int64 // their memory
+	closed     bool
+
+	// runs is cancelled when Close begins: in-flight runs are interrupted and rolled
+	// back. work is cancelled when Close's budget ends: background work stops.
+	runs       context.Context
+	cancelRuns context.CancelFunc
+	work       context.Context
+	cancelWork context.CancelFunc
 
 	stop chan struct{}
 	wg   sync.WaitGroup // the reaper
-	bg   sync.WaitGroup // background work: pool fills, snapshots, destroys, retention
+	bg   sync.WaitGroup // background work, started only by goBackground
 }
 
 type pooled struct {
 	id string
 	sb backend.Sandbox
-}
-
-// entry is one sandbox the service manages. run serialises everything done to the
-// backend sandbox; waiting counts the requests queued on it.
-type entry struct {
-	id, name, agentID string
-	backend           string
-	memoryMB          int64
-	created           time.Time
-
-	run     sync.Mutex
-	waiting int // guarded by Service.mu
-
-	// view is what describe reports, published by unlock so that reading it never
-	// waits for a run; busy is set while a run is in flight.
-	view atomic.Pointer[entryView]
-	busy atomic.Bool
-
-	// Guarded by run.
-	sb        backend.Sandbox // nil when dead, suspended, or not yet started
-	gen       int             // incarnation: the backend id is id-gen
-	suspended bool            // sb is nil because it was suspended: resume from a snapshot
-	cleanSnap string          // a snapshot equal to the current state, if known
-	lastUsed  time.Time
-	runs      int
-	deleted   bool
-}
-
-type entryView struct {
-	status   string // starting, running, dead, suspended
-	runs     int
-	lastUsed time.Time
-	accel    string // the accelerator, for backends that have one
-}
-
-// unlock publishes e's state for describe and releases e.run; e.run held.
-func (e *entry) unlock() {
-	v := &entryView{status: "running", runs: e.runs, lastUsed: e.lastUsed}
-	if a, ok := e.sb.(accelerated); ok && e.sb != nil {
-		v.accel = a.Accel()
-	}
-	switch {
-	case e.suspended:
-		v.status = "suspended"
-	case e.sb == nil || e.sb.Info().Status != "running":
-		v.status = "dead"
-	}
-	e.view.Store(v)
-	e.run.Unlock()
 }
 
 // New returns a service. Call Start before use and Close when done.
@@ -153,7 +121,13 @@ func New(cfg Config, d Deps) (*Service, error) {
 	s := &Service{
 		cfg: cfg.withDefaults(), backends: map[string]backend.Backend{}, def: d.Backends[0], rootfs: d.RootFS,
 		hist: d.History, snaps: d.SnapshotDir, log: d.Logger.With("component", "sandbox"),
-		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, stop: make(chan struct{}),
+		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, deletedFor: map[string]string{}, stop: make(chan struct{}),
+	}
+	s.runs, s.cancelRuns = context.WithCancel(context.Background())
+	s.work, s.cancelWork = context.WithCancel(context.Background())
+	s.memBudgetMB = s.cfg.MemoryBudgetMB
+	if s.memBudgetMB == 0 {
+		s.memBudgetMB = hostMemoryMB()
 	}
 	for _, b := range d.Backends {
 		s.backends[b.Name()] = b
@@ -192,9 +166,13 @@ func (s *Service) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close suspends every running sandbox to a snapshot (so agents resume where they
-// were after a restart), destroys all backend sandboxes, pooled ones included, and
-// waits for background work.
+// Close stops the service within ctx's deadline (the daemon gives it
+// Config.ShutdownTimeout): it refuses new work (ErrClosed, 503), interrupts runs in
+// flight (each is recorded as an error "interrupted by shutdown" and rolled back to its
+// pre-run snapshot, and its caller gets ErrClosed), then suspends every sandbox to a
+// snapshot, each within Config.SuspendTimeout, so agents resume where they were after a
+// restart. A sandbox whose suspension does not fit in the budget is stopped without
+// one and resumes from its current snapshot. Pool sandboxes are destroyed.
 func (s *Service) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
@@ -203,29 +181,85 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	s.closed = true
 	close(s.stop)
+	s.cancelRuns()
 	entries := make([]*entry, 0, len(s.sandboxes))
 	for _, e := range s.sandboxes {
 		entries = append(entries, e)
 	}
-	s.mu.Unlock()
-	s.wg.Wait() // the reaper
-	s.bg.Wait() // pool fillers, background snapshots, destroys, retention
-	s.mu.Lock()
 	pool := s.pool
 	s.pool = nil
 	s.mu.Unlock()
+	stopWork := context.AfterFunc(ctx, s.cancelWork) // past the budget, background work stops
+	defer stopWork()
+	s.wg.Wait() // the reaper
 
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 4) // suspensions in parallel
+	)
+	add := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
 	for _, p := range pool {
-		errs = append(errs, p.sb.Destroy(ctx))
+		add(p.sb.Destroy(context.Background()))
 	}
 	for _, e := range entries {
-		e.run.Lock()
-		errs = append(errs, s.suspendLocked(ctx, e))
-		e.deleted = true
-		e.unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := e.lock(ctx); err != nil {
+				// A run that does not give its sandbox back in the budget: its backend
+				// sandbox is removed by the next start; it resumes from its current
+				// snapshot, which is its pre-run state.
+				add(fmt.Errorf("sandbox %s not suspended within the shutdown budget: %w", e.id, err))
+				return
+			}
+			defer e.unlock()
+			if !e.deleted {
+				sctx, cancel := context.WithTimeout(ctx, s.cfg.SuspendTimeout)
+				add(e.suspend(sctx))
+				cancel()
+			}
+			e.remove(fmt.Errorf("sandbox %s: the server is shutting down: %w", e.id, ErrClosed))
+		}()
 	}
+	wg.Wait()
+	s.bg.Wait() // snapshots, retention and destroys started before Close
+	s.cancelWork()
 	return errors.Join(errs...)
+}
+
+// ShutdownTimeout is the budget Close should be given (Config.ShutdownTimeout).
+func (s *Service) ShutdownTimeout() time.Duration { return s.cfg.ShutdownTimeout }
+
+// isClosed reports whether Close has begun.
+func (s *Service) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// goBackground runs f in the background, unless Close has begun (it reports whether
+// f was started). All background work goes through it, so Close waits for all of it
+// and none starts after Close began waiting.
+func (s *Service) goBackground(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		f()
+	}()
+	return true
 }
 
 func randID(prefix string, n int) string {
@@ -307,25 +341,44 @@ type newEntryReq struct {
 
 // newEntry registers a sandbox and starts it: from a snapshot image (a fork), else
 // from the pool when it can, else anew. It becomes the agent's default sandbox if the
-// agent has none.
+// agent has none. A pool sandbox is handed out before the cap is checked (it already
+// counts); otherwise admit makes room, suspending the least recently used idle
+// sandbox at the cap. A failed start removes the entry (deleted, so a request queued
+// on it fails instead of starting a sandbox no map holds).
 func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil, ErrClosed
+	var release func()
+	unreserve := func() {
+		if release != nil {
+			release()
+		}
 	}
-	if existing, ok := s.sandboxes[s.byAgent[r.agentID]]; r.asDefault && ok {
-		s.mu.Unlock() // a concurrent first request of the same agent made it
-		return existing, nil
-	}
-	if n := s.live(); n >= s.cfg.MaxSandboxes {
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			unreserve()
+			return nil, fmt.Errorf("the server is shutting down: %w", ErrClosed)
+		}
+		if existing, ok := s.sandboxes[s.byAgent[r.agentID]]; r.asDefault && ok {
+			s.mu.Unlock() // a concurrent first request of the same agent made it
+			unreserve()
+			return existing, nil
+		}
+		if release != nil || r.from == nil && r.backend == s.def.Name() && r.memoryMB == s.cfg.Defaults.MemoryMB && len(s.pool) > 0 {
+			break // admitted, or served from the pool
+		}
 		s.mu.Unlock()
-		return nil, fmt.Errorf("%d sandboxes are running, the configured maximum: %w", n, ErrLimit)
+		var err error
+		if release, err = s.admit(ctx, r.memoryMB, nil); err != nil {
+			return nil, err
+		}
 	}
 	var p pooled
-	if r.from == nil && r.backend == s.def.Name() && r.memoryMB == s.cfg.Defaults.MemoryMB && len(s.pool) > 0 {
+	if release == nil {
 		p, s.pool = s.pool[0], s.pool[1:]
+		release = func() {}
 	}
+	defer release()
 	id := p.id
 	if id == "" {
 		id = randID("sb-", 6)
@@ -333,11 +386,18 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	if r.name == "" {
 		r.name = id
 	}
-	e := &entry{id: id, name: r.name, agentID: r.agentID, backend: r.backend, memoryMB: r.memoryMB, created: time.Now()}
-	e.run.Lock() // held until the sandbox is up, so a concurrent run waits for it
+	e := s.makeEntry(id, r.name, r.agentID, r.backend, r.memoryMB, time.Now())
+	if p.sb != nil {
+		e.setSandbox(p.sb) // counted from here on, not as a pool sandbox
+	}
+	// The turn is held until the sandbox is up, so a concurrent run waits for it.
 	s.sandboxes[id] = e
 	if _, ok := s.byAgent[r.agentID]; r.agentID != "" && !ok {
 		s.byAgent[r.agentID] = id
+		if old, ok := s.deletedFor[r.agentID]; ok && r.asDefault {
+			delete(s.deletedFor, r.agentID)
+			e.replaces(old)
+		}
 	}
 	s.mu.Unlock()
 	defer e.unlock()
@@ -358,26 +418,25 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	}
 	if err != nil {
 		s.forget(e)
-		return nil, fmt.Errorf("start sandbox: %w", classifyBackend(err))
+		err = fmt.Errorf("start sandbox %s: %w", id, classifyBackend(err))
+		e.remove(err)
+		return nil, err
 	}
-	e.sb = sb
-	e.lastUsed = time.Now()
+	e.setSandbox(sb)
 	if err := s.hist.PutSandbox(ctx, history.Sandbox{ID: id, AgentID: r.agentID, Name: r.name, Backend: r.backend, MemoryMB: r.memoryMB, CreatedAt: e.created}); err != nil {
 		s.log.Error("recording sandbox", "id", id, "err", err)
 	}
-	s.log.Info("sandbox ready", "id", id, "agent", r.agentID, "backend", r.backend, "pooled", p.sb != nil, "forked", r.from != nil)
-	return e, nil
-}
-
-// live counts running sandboxes (pooled and starting ones included); s.mu held.
-func (s *Service) live() int {
-	n := len(s.pool) + s.filling
-	for _, e := range s.sandboxes {
-		if v := e.view.Load(); v == nil || v.status == "running" || e.busy.Load() {
-			n++
+	if r.from != nil {
+		// The fork's own image of its starting state, taken now: a crash before its
+		// first run brings it back with its source's state, not empty, and that run's
+		// pre-run snapshot reuses it.
+		e.forkedFrom(*r.from)
+		if _, err := e.snapshot(ctx, history.SnapshotForkBase, "", apiNoMeta); err != nil {
+			s.log.Warn("fork base snapshot; the fork resumes empty after a crash before its first snapshot", "id", id, "err", err)
 		}
 	}
-	return n
+	s.log.Info("sandbox ready", "id", id, "agent", r.agentID, "backend", r.backend, "pooled", p.sb != nil, "forked", r.from != nil)
+	return e, nil
 }
 
 func classifyBackend(err error) error {
@@ -397,35 +456,14 @@ func (s *Service) forget(e *entry) {
 	}
 }
 
-// fillPool starts background creation of pool sandboxes up to PoolSize.
-func (s *Service) fillPool() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for !s.closed && len(s.pool)+s.filling < s.cfg.PoolSize && s.live() < s.cfg.MaxSandboxes {
-		s.filling++
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			id := randID("sb-", 6)
-			sb, err := s.def.Create(ctx, s.spec(id+"-0", s.cfg.Defaults.MemoryMB))
-			s.mu.Lock()
-			s.filling--
-			if err != nil {
-				s.mu.Unlock()
-				s.log.Warn("pool sandbox failed to start", "err", err)
-				return
-			}
-			if s.closed {
-				s.mu.Unlock()
-				sb.Destroy(context.Background())
-				return
-			}
-			s.pool = append(s.pool, pooled{id: id, sb: sb})
-			s.mu.Unlock()
-		}()
+// CheckAgent is the ownership rule: an agent acting (actor) may use what belongs to
+// owner. An empty actor is the operator, who may use anything; a thing without an
+// owner is anyone's.
+func CheckAgent(actor, owner string) error {
+	if actor != "" && owner != "" && actor != owner {
+		return fmt.Errorf("agent %s may not act for agent %s: %w", actor, owner, ErrForbidden)
 	}
+	return nil
 }
 
 // lookup finds a sandbox by id and checks that agentID may use it. An empty agentID
@@ -437,15 +475,37 @@ func (s *Service) lookup(id, agentID string) (*entry, error) {
 	if !ok {
 		return nil, fmt.Errorf("sandbox %s: %w", id, ErrNotFound)
 	}
-	if agentID != "" && e.agentID != "" && e.agentID != agentID {
+	if CheckAgent(agentID, e.agentID) != nil {
 		return nil, fmt.Errorf("sandbox %s belongs to another agent: %w", id, ErrForbidden)
 	}
 	return e, nil
 }
 
-// Get describes one sandbox.
-func (s *Service) Get(id string) (api.Sandbox, error) {
-	e, err := s.lookup(id, "")
+// acquire queues for e's turn like a run, refusing past the queue bound, and checks
+// that e is still usable; on success the caller holds the turn.
+func (s *Service) acquire(ctx context.Context, e *entry) error {
+	if err := e.turn.lock(ctx, s.cfg.QueueDepth); errors.Is(err, errQueueFull) {
+		return fmt.Errorf("sandbox %s has %d requests waiting; retry later: %w", e.id, s.cfg.QueueDepth, ErrBusy)
+	} else if err != nil {
+		return fmt.Errorf("waiting for sandbox %s: %w", e.id, err)
+	}
+	if err := ctx.Err(); err != nil { // the turn came as the caller left
+		e.unlock()
+		return fmt.Errorf("waiting for sandbox %s: %w", e.id, err)
+	}
+	if err := e.usable(); err != nil {
+		e.unlock()
+		return err
+	}
+	return nil
+}
+
+// Get describes one sandbox, as the operator.
+func (s *Service) Get(id string) (api.Sandbox, error) { return s.GetFor(id, "") }
+
+// GetFor describes one sandbox for agentID (ErrForbidden for another agent's).
+func (s *Service) GetFor(id, agentID string) (api.Sandbox, error) {
+	e, err := s.lookup(id, agentID)
 	if err != nil {
 		return api.Sandbox{}, err
 	}
@@ -486,27 +546,41 @@ func (s *Service) describe(e *entry) api.Sandbox {
 	return d
 }
 
-// Delete destroys a sandbox and its snapshots, waiting for a run in progress to
-// finish. Its run history stays.
-func (s *Service) Delete(ctx context.Context, id string) error {
-	e, err := s.lookup(id, "")
+// Delete destroys a sandbox and its snapshots as the operator; see DeleteFor.
+func (s *Service) Delete(ctx context.Context, id string) error { return s.DeleteFor(ctx, id, "") }
+
+// DeleteFor destroys a sandbox and its snapshots for agentID (ErrForbidden for
+// another agent's sandbox), waiting for a run in progress to finish. Its run history
+// stays. Its agent's next run is in a new sandbox and says so (sandbox_recreated).
+func (s *Service) DeleteFor(ctx context.Context, id, agentID string) error {
+	e, err := s.lookup(id, agentID)
 	if err != nil {
 		return err
 	}
-	s.forget(e)
-	e.run.Lock()
+	if err := e.lock(ctx); err != nil {
+		return err
+	}
 	defer e.unlock()
-	e.deleted = true
+	if e.deleted {
+		return e.gone
+	}
+	s.forget(e)
+	s.mu.Lock()
+	if e.agentID != "" {
+		s.deletedFor[e.agentID] = e.id
+	}
+	s.mu.Unlock()
+	e.remove(fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound))
 	var errs []error
 	if e.sb != nil {
 		errs = append(errs, e.sb.Destroy(ctx))
-		e.sb = nil
+		e.setSandbox(nil)
 	}
 	errs = append(errs, s.deleteSnapshots(ctx, e.id))
 	if err := s.hist.DeleteSandbox(ctx, e.id); err != nil && !errors.Is(err, history.ErrNotFound) {
 		errs = append(errs, err)
 	}
-	s.log.Info("sandbox deleted", "id", e.id)
+	s.log.Info("sandbox deleted", "id", e.id, "by", agentID)
 	return errors.Join(errs...)
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -31,6 +33,11 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 }
 
 func startHarness(t *testing.T, dir string, be *fakeBackend, mod func(*Config)) *harness {
+	return startHarnessWith(t, dir, be, mod, nil)
+}
+
+// startHarnessWith is startHarness with the history store wrapped by wrap.
+func startHarnessWith(t *testing.T, dir string, be *fakeBackend, mod func(*Config), wrap func(history.Store) history.Store) *harness {
 	t.Helper()
 	ctx := context.Background()
 	hist, err := sqlite.Open(ctx, filepath.Join(dir, "history.db"))
@@ -42,7 +49,12 @@ func startHarness(t *testing.T, dir string, be *fakeBackend, mod func(*Config)) 
 	if mod != nil {
 		mod(&cfg)
 	}
-	svc, err := New(cfg, Deps{Backends: []backend.Backend{be}, RootFS: "/nonexistent-rootfs", History: hist, SnapshotDir: filepath.Join(dir, "snapshots")})
+	var store history.Store = hist
+	if wrap != nil {
+		store = wrap(hist)
+	}
+	svc, err := New(cfg, Deps{Backends: []backend.Backend{be}, RootFS: "/nonexistent-rootfs", History: store, SnapshotDir: filepath.Join(dir, "snapshots"),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +81,45 @@ func (h *harness) run(t *testing.T, agent, code string, pol *api.ExecPolicy) *ap
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// waitUntil waits for cond, which tests use to order steps instead of sleeping; it
+// fails the test after 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// entryOf is the service's entry of a sandbox.
+func (h *harness) entryOf(t *testing.T, id string) *entry {
+	t.Helper()
+	e, err := h.svc.lookup(id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// crash abandons h's service as a SIGKILL would (no Close: its sandboxes and
+// background work are simply gone to the next process) and starts a new service on
+// the same data dir with a new backend. The abandoned service is closed when the test
+// ends, after release (if given) is closed.
+func (h *harness) crash(t *testing.T, release chan struct{}, mod func(*Config)) *harness {
+	t.Helper()
+	old := h
+	t.Cleanup(func() {
+		if release != nil {
+			close(release)
+		}
+		old.svc.cancelWork()
+	})
+	return startHarness(t, h.dir, newFake(), mod)
+}
 
 // Guards the transaction: a failed run is rolled back to the pre-run snapshot, its
 // failed state kept; a successful one is committed.
@@ -207,16 +258,21 @@ func TestRetention(t *testing.T) {
 // with ErrBusy rather than queued without limit.
 func TestQueueBound(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.QueueDepth = 1 })
-	h.run(t, "q", "set x 1", nil)
+	e := h.entryOf(t, h.run(t, "q", "set x 1", nil).SandboxID)
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
 	for i := range errs {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * 30 * time.Millisecond)
 			_, errs[i] = h.svc.Exec(context.Background(), api.ExecRequest{AgentID: "q", Language: "bash", Code: "sleep 300"})
 		}(i)
+		switch i {
+		case 0:
+			waitUntil(t, "the first run is in flight", e.busy.Load)
+		case 1:
+			waitUntil(t, "the second run is queued", func() bool { return e.waiting() == 1 })
+		}
 	}
 	wg.Wait()
 	busy := 0
@@ -239,20 +295,22 @@ func TestSnapshotWaitsForRun(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	r := h.run(t, "s", "set x 0", nil)
+	e := h.entryOf(t, r.SandboxID)
+	h.svc.bg.Wait()
 	done := make(chan *api.ExecResult, 1)
 	go func() { done <- h.run(t, "s", "set x half\nsleep 200\nset x 1", nil) }()
-	time.Sleep(50 * time.Millisecond)
+	waitUntil(t, "the run is in flight", e.busy.Load)
 	sn, err := h.svc.CreateSnapshot(ctx, r.SandboxID, api.CreateSnapshotRequest{AgentID: "s"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-done:
-	default:
-		t.Fatal("the snapshot returned before the run it was queued behind")
+	run := <-done
+	if !sn.CreatedAt.After(run.CompletedAt) {
+		t.Fatalf("the snapshot (%v) was taken before the run it was queued behind ended (%v)", sn.CreatedAt, run.CompletedAt)
 	}
+	h.svc.bg.Wait()
 	go func() { done <- h.run(t, "s", "set x half\nsleep 200\nset x 2", nil) }()
-	time.Sleep(50 * time.Millisecond)
+	waitUntil(t, "the second run is in flight", e.busy.Load)
 	if _, err := h.svc.Rollback(ctx, r.SandboxID, api.RollbackRequest{AgentID: "s", SnapshotID: sn.ID}); err != nil {
 		t.Fatal(err)
 	}
@@ -326,13 +384,7 @@ func TestSuspendResume(t *testing.T) {
 	be := newFake()
 	h := startHarness(t, dir, be, func(c *Config) { c.IdleTimeout = 50 * time.Millisecond })
 	h.run(t, "s", "set x kept", nil)
-	deadline := time.Now().Add(5 * time.Second)
-	for be.count() > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if be.count() != 0 {
-		t.Fatal("idle sandbox not suspended")
-	}
+	waitUntil(t, "the idle sandbox is suspended", func() bool { return be.count() == 0 })
 	if sb := h.svc.List(); len(sb) != 1 || sb[0].Status != "suspended" {
 		t.Fatalf("list: %+v", sb)
 	}

@@ -9,96 +9,31 @@ import (
 	"time"
 
 	"github.com/vmexec/vmexec/api"
-	"github.com/vmexec/vmexec/internal/fsutil"
 	"github.com/vmexec/vmexec/internal/history"
 )
 
-// takeSnapshot saves e's state as a snapshot of the given kind; e.run held and e.sb
-// running. The image is written under a temporary name and renamed into place before
-// its record is stored, so a crash leaves at worst an unrecorded directory, which
-// Start removes.
-func (s *Service) takeSnapshot(ctx context.Context, e *entry, kind, runID string, meta api.CreateSnapshotRequest) (history.Snapshot, error) {
-	snapper := s.snapperOf(e)
-	if snapper == nil {
-		return history.Snapshot{}, fmt.Errorf("snapshots of %s sandboxes: %w", e.backend, ErrUnsupported)
-	}
-	if e.sb == nil {
-		return history.Snapshot{}, fmt.Errorf("sandbox %s is not running: %w", e.id, ErrConflict)
-	}
-	id := randID("snap-", 8)
-	final := filepath.Join(s.snaps, e.id, id)
-	tmp := final + ".tmp"
-	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
-		return history.Snapshot{}, fmt.Errorf("snapshot dir: %w", err)
-	}
-	if err := snapper.Snapshot(ctx, e.sb, tmp); err != nil {
-		os.RemoveAll(tmp)
-		return history.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", e.id, err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.RemoveAll(tmp)
-		return history.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", e.id, err)
-	}
-	rec := history.Snapshot{
-		ID: id, SandboxID: e.id, AgentID: e.agentID, Name: meta.Name, Description: meta.Description, Kind: kind,
-		RunID: runID, Path: final, SizeBytes: fsutil.DirSize(final), Pinned: meta.Pinned, CreatedAt: time.Now().UTC(),
-	}
-	if err := s.hist.PutSnapshot(ctx, rec); err != nil {
-		os.RemoveAll(final)
-		return history.Snapshot{}, fmt.Errorf("record snapshot: %w", err)
-	}
-	e.cleanSnap = id
-	s.retain(e.id, e.agentID, id)
-	return rec, nil
-}
-
-// restoreLocked replaces e's sandbox by one restored from snap; e.run held. The new
-// incarnation starts before the old one is destroyed (in the background), so a
-// rollback costs one restore.
-func (s *Service) restoreLocked(ctx context.Context, e *entry, snap history.Snapshot) error {
-	snapper := s.snapperOf(e)
-	if snapper == nil {
-		return fmt.Errorf("rollback of %s sandboxes: %w", e.backend, ErrUnsupported)
-	}
-	old := e.sb
-	e.gen++
-	sb, err := snapper.Fork(ctx, snap.Path, s.specFor(e))
-	if err != nil {
-		return fmt.Errorf("restore snapshot %s: %w", snap.ID, classifyBackend(err))
-	}
-	e.sb, e.suspended, e.cleanSnap = sb, false, snap.ID
-	if old != nil {
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			old.Destroy(context.Background())
-		}()
-	}
-	return nil
-}
-
-// retain applies the retention policy to a sandbox in the background, off the
-// path of the run or snapshot that triggered it: past MaxSnapshots the oldest unpinned
-// snapshots are deleted, and past MaxHistoryEntries the oldest runs. keep (the
-// snapshot just taken) is never deleted; nor, in practice, is any snapshot a run may
-// still need, since the newest ones are kept. A run that finds its snapshot gone
-// takes a new one, and a failed restore is reported as a warning.
-func (s *Service) retain(sandboxID, agentID, keep string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+// retain applies the retention policy pol to a sandbox in the background, off the
+// path of the run or snapshot that triggered it: past max_history_entries the oldest
+// runs are deleted, and past max_snapshots, in the sandbox's turn (queued like a
+// request), the oldest unpinned snapshots. keep (the snapshot just taken), the current
+// snapshot (what the sandbox resumes from) and one equal to the live state are never
+// deleted, so neither a rollback in progress nor a resume loses its image.
+func (s *Service) retain(e *entry, pol txPolicy, keep string) {
+	sandboxID := e.id
+	s.goBackground(func() {
+		ctx, cancel := context.WithTimeout(s.work, time.Minute)
 		defer cancel()
-		pol := s.policyFor(ctx, agentID, nil)
 		if err := s.hist.PruneRuns(ctx, sandboxID, pol.maxHistory); err != nil {
 			s.log.Warn("retention: prune history", "sandbox", sandboxID, "err", err)
 		}
 		if keep == "" {
+			return
+		}
+		if err := e.lock(ctx); err != nil { // snapshots: in the sandbox's turn
+			return
+		}
+		defer e.unlock()
+		if e.deleted {
 			return
 		}
 		snaps, err := s.hist.ListSnapshots(ctx, sandboxID)
@@ -111,7 +46,7 @@ func (s *Service) retain(sandboxID, agentID, keep string) {
 			if excess <= 0 {
 				break
 			}
-			if sn.Pinned || sn.ID == keep {
+			if sn.Pinned || sn.ID == keep || sn.ID == e.current || sn.ID == e.cleanSnap {
 				continue
 			}
 			if err := s.removeSnapshot(ctx, sn); err != nil {
@@ -120,7 +55,7 @@ func (s *Service) retain(sandboxID, agentID, keep string) {
 			}
 			excess--
 		}
-	}()
+	})
 }
 
 func (s *Service) removeSnapshot(ctx context.Context, sn history.Snapshot) error {
@@ -143,19 +78,17 @@ func (s *Service) deleteSnapshots(ctx context.Context, sandboxID string) error {
 	return errors.Join(errs...)
 }
 
-// withEntry runs f with e's run lock held, queueing like a run does.
+// withEntry runs f with e's turn held, queueing like a run does; a sandbox deleted
+// meanwhile is ErrNotFound, a server shutting down ErrClosed.
 func (s *Service) withEntry(ctx context.Context, sandboxID, agentID string, f func(e *entry) error) error {
 	e, err := s.lookup(sandboxID, agentID)
 	if err != nil {
 		return err
 	}
-	if err := s.enqueue(ctx, e); err != nil {
+	if err := s.acquire(ctx, e); err != nil {
 		return err
 	}
 	defer e.unlock()
-	if e.deleted {
-		return fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound)
-	}
 	return f(e)
 }
 
@@ -166,7 +99,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, sandboxID string, req api.
 		if _, err := s.resumeLocked(ctx, e); err != nil {
 			return err
 		}
-		rec, err := s.takeSnapshot(ctx, e, history.SnapshotManual, "", req)
+		rec, err := e.snapshot(ctx, history.SnapshotManual, "", req)
 		out = snapshotAPI(rec)
 		return err
 	})
@@ -216,9 +149,7 @@ func (s *Service) DeleteSnapshot(ctx context.Context, id, agentID string) error 
 		return err
 	}
 	return s.withEntry(ctx, sn.SandboxID, agentID, func(e *entry) error {
-		if e.cleanSnap == sn.ID {
-			e.cleanSnap = ""
-		}
+		e.forgetSnapshot(ctx, sn.ID)
 		return s.removeSnapshot(ctx, sn)
 	})
 }
@@ -250,7 +181,14 @@ func (s *Service) Rollback(ctx context.Context, sandboxID string, req api.Rollba
 			out = api.RollbackResult{SandboxID: e.id, Message: "sandbox " + e.id + " is already in the state of its last successful run"}
 			return nil
 		}
-		if err := s.restoreLocked(ctx, e, sn); err != nil {
+		if e.sb == nil { // suspended: restoring starts a sandbox
+			release, err := s.admit(ctx, e.memoryMB, e)
+			if err != nil {
+				return err
+			}
+			defer release()
+		}
+		if err := e.restore(ctx, sn); err != nil {
 			return err
 		}
 		s.recordRollback(ctx, e, sn.ID, reason, "")

@@ -65,6 +65,16 @@ var migrationSteps = []struct {
 			"table agents":          {"id", "policy", "updated_at"},
 		},
 	},
+	{
+		file: "0005_sandbox_state.sql",
+		schema: map[string][]string{
+			"table sandboxes": {"id", "agent_id", "name", "backend", "memory_mb", "created_at", "current_snapshot", "head_run"},
+			"table snapshots": {
+				"id", "sandbox_id", "agent_id", "name", "description", "kind", "run_id",
+				"path", "size_bytes", "pinned", "created_at", "state_run",
+			},
+		},
+	},
 }
 
 // openRaw opens the database at path with the store's DSN but without
@@ -307,6 +317,35 @@ func TestOpenBadPath(t *testing.T) {
 				s.Close()
 			}
 			t.Errorf("Open(%q) err = %v, want ErrInvalid", p, err)
+		}
+	}
+}
+
+// TestMigration5KeepsResumePoint guards upgrades: a sandbox recorded before 0005
+// resumes from its newest snapshot that is not a failure's, as it did before.
+func TestMigration5KeepsResumePoint(t *testing.T) {
+	ctx := context.Background()
+	db := openRaw(t, filepath.Join(t.TempDir(), "history.db"))
+	if err := migrate(ctx, db, 4); err != nil {
+		t.Fatal(err)
+	}
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := db.ExecContext(ctx, q, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec(`INSERT INTO sandboxes (id, created_at) VALUES ('sb-a', 1), ('sb-empty', 1)`)
+	for i, sn := range []struct{ id, kind string }{{"snap-1", "pre_run"}, {"snap-2", "suspend"}, {"snap-3", "failure"}} {
+		exec(`INSERT INTO snapshots (id, sandbox_id, kind, path, created_at) VALUES (?, 'sb-a', ?, '/x', ?)`, sn.id, sn.kind, i+1)
+	}
+	if err := migrate(ctx, db, 5); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{"sb-a": "snap-2", "sb-empty": ""} {
+		var got string
+		if err := db.QueryRowContext(ctx, `SELECT current_snapshot FROM sandboxes WHERE id = ?`, id).Scan(&got); err != nil || got != want {
+			t.Errorf("%s: current_snapshot %q, %v; want %q", id, got, err, want)
 		}
 	}
 }

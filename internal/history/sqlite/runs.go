@@ -150,7 +150,7 @@ func (s *Store) LastSuccessfulRun(ctx context.Context, sandboxID string) (histor
 func (s *Store) AbortRunning(ctx context.Context, reason string) (int, error) {
 	t := nanos(now())
 	res, err := s.db.ExecContext(ctx, `UPDATE runs SET
-		status = ?, verdict = ?, completed_at = ?,
+		status = ?, verdict = ?, exit_code = -1, completed_at = ?,
 		duration_ms = MAX(0, (? - started_at) / 1000000),
 		metadata = json_set(metadata, '$.abort_reason', ?)
 		WHERE status = ?`,

@@ -343,7 +343,8 @@ func TestListRunsLimit(t *testing.T) {
 }
 
 // TestAbortRunning guards crash recovery: every in-flight run is closed as
-// an error with the reason kept, and finished runs are untouched.
+// an error with the reason kept and exit code -1 (a run cut off by a crash
+// never exited 0), and finished runs are untouched.
 func TestAbortRunning(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTest(t)
@@ -370,8 +371,8 @@ func TestAbortRunning(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Status != history.StatusError || r.Verdict != history.VerdictError || r.CompletedAt.IsZero() || r.DurationMS <= 0 {
-			t.Errorf("%s after abort: status %q verdict %q completed %v duration %d", id, r.Status, r.Verdict, r.CompletedAt, r.DurationMS)
+		if r.Status != history.StatusError || r.Verdict != history.VerdictError || r.ExitCode != -1 || r.CompletedAt.IsZero() || r.DurationMS <= 0 {
+			t.Errorf("%s after abort: status %q verdict %q exit %d completed %v duration %d", id, r.Status, r.Verdict, r.ExitCode, r.CompletedAt, r.DurationMS)
 		}
 		if r.Metadata["abort_reason"] != "daemon restarted" {
 			t.Errorf("%s metadata = %v, want abort_reason", id, r.Metadata)

@@ -17,11 +17,12 @@ func (s *Store) PutSandbox(ctx context.Context, sb history.Sandbox) error {
 	if sb.CreatedAt.IsZero() {
 		sb.CreatedAt = now()
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes (id, agent_id, name, backend, memory_mb, created_at)
-		VALUES (?, ?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO sandboxes (id, agent_id, name, backend, memory_mb, created_at, current_snapshot, head_run)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET agent_id = excluded.agent_id, name = excluded.name,
-			backend = excluded.backend, memory_mb = excluded.memory_mb, created_at = excluded.created_at`,
-		sb.ID, sb.AgentID, sb.Name, sb.Backend, sb.MemoryMB, nanos(sb.CreatedAt))
+			backend = excluded.backend, memory_mb = excluded.memory_mb, created_at = excluded.created_at,
+			current_snapshot = excluded.current_snapshot, head_run = excluded.head_run`,
+		sb.ID, sb.AgentID, sb.Name, sb.Backend, sb.MemoryMB, nanos(sb.CreatedAt), sb.CurrentSnapshotID, sb.HeadRunID)
 	if err != nil {
 		return fmt.Errorf("put sandbox %q: %w", sb.ID, err)
 	}
@@ -30,7 +31,7 @@ func (s *Store) PutSandbox(ctx context.Context, sb history.Sandbox) error {
 
 // ListSandboxes implements history.Store.
 func (s *Store) ListSandboxes(ctx context.Context) ([]history.Sandbox, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, agent_id, name, backend, memory_mb, created_at
+	rows, err := s.db.QueryContext(ctx, `SELECT id, agent_id, name, backend, memory_mb, created_at, current_snapshot, head_run
 		FROM sandboxes ORDER BY created_at, id`)
 	if err != nil {
 		return nil, fmt.Errorf("list sandboxes: %w", err)
@@ -42,7 +43,7 @@ func (s *Store) ListSandboxes(ctx context.Context) ([]history.Sandbox, error) {
 			sb      history.Sandbox
 			created int64
 		)
-		if err := rows.Scan(&sb.ID, &sb.AgentID, &sb.Name, &sb.Backend, &sb.MemoryMB, &created); err != nil {
+		if err := rows.Scan(&sb.ID, &sb.AgentID, &sb.Name, &sb.Backend, &sb.MemoryMB, &created, &sb.CurrentSnapshotID, &sb.HeadRunID); err != nil {
 			return nil, fmt.Errorf("list sandboxes: %w", err)
 		}
 		sb.CreatedAt = fromNanos(created)
@@ -52,6 +53,19 @@ func (s *Store) ListSandboxes(ctx context.Context) ([]history.Sandbox, error) {
 		return nil, fmt.Errorf("list sandboxes: %w", err)
 	}
 	return out, nil
+}
+
+// SetSandboxState implements history.Store.
+func (s *Store) SetSandboxState(ctx context.Context, id string, st history.SandboxState) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE sandboxes SET current_snapshot = ?, head_run = ? WHERE id = ?`,
+		st.CurrentSnapshotID, st.HeadRunID, id)
+	if err != nil {
+		return fmt.Errorf("set state of sandbox %q: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("set state of sandbox %q: %w", id, history.ErrNotFound)
+	}
+	return nil
 }
 
 // DeleteSandbox implements history.Store.

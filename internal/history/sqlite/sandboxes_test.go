@@ -55,3 +55,48 @@ func TestSandboxesAndAgentsPersist(t *testing.T) {
 		t.Fatalf("empty id: %v", err)
 	}
 }
+
+// Guards the sandbox's durable state: what it resumes from (its current snapshot) and
+// the newest acknowledged run in its state survive a reopen, so a crash cannot undo a
+// rollback or hide a lost commit.
+func TestSandboxStatePersists(t *testing.T) {
+	ctx := context.Background()
+	s, path := openTest(t)
+	if err := s.PutSandbox(ctx, history.Sandbox{ID: "sb-a", Backend: "gvisor", CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+	st := history.SandboxState{CurrentSnapshotID: "snap-1", HeadRunID: "ex-2"}
+	if err := s.SetSandboxState(ctx, "sb-a", st); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetSandboxState(ctx, "sb-none", st); !errors.Is(err, history.ErrNotFound) {
+		t.Fatalf("unknown sandbox: %v", err)
+	}
+	for _, sn := range []history.Snapshot{
+		{ID: "snap-1", SandboxID: "sb-a", Kind: history.SnapshotPreRun, SizeBytes: 100, StateRunID: "ex-1", CreatedAt: t0},
+		{ID: "snap-2", SandboxID: "sb-b", Kind: history.SnapshotManual, SizeBytes: 20, CreatedAt: t0},
+	} {
+		if err := s.PutSnapshot(ctx, sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	s2, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	got, err := s2.ListSandboxes(ctx)
+	if err != nil || len(got) != 1 || got[0].SandboxState != st {
+		t.Fatalf("sandboxes after reopen: %+v %v", got, err)
+	}
+	sn, err := s2.GetSnapshot(ctx, "snap-1")
+	if err != nil || sn.StateRunID != "ex-1" {
+		t.Fatalf("snapshot state run: %+v %v", sn, err)
+	}
+	for id, want := range map[string]int64{"sb-a": 100, "sb-b": 20, "": 120, "sb-none": 0} {
+		if n, err := s2.SnapshotBytes(ctx, id); err != nil || n != want {
+			t.Errorf("SnapshotBytes(%q) = %d, %v; want %d", id, n, err, want)
+		}
+	}
+}

@@ -10,7 +10,7 @@ import (
 )
 
 const snapshotColumns = `id, sandbox_id, agent_id, name, description, kind, run_id,
-	path, size_bytes, pinned, created_at`
+	path, size_bytes, pinned, created_at, state_run`
 
 // PutSnapshot implements history.Store.
 func (s *Store) PutSnapshot(ctx context.Context, snap history.Snapshot) error {
@@ -26,15 +26,15 @@ func (s *Store) PutSnapshot(ctx context.Context, snap history.Snapshot) error {
 		snap.CreatedAt = now()
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET
 			sandbox_id = excluded.sandbox_id, agent_id = excluded.agent_id,
 			name = excluded.name, description = excluded.description,
 			kind = excluded.kind, run_id = excluded.run_id, path = excluded.path,
 			size_bytes = excluded.size_bytes, pinned = excluded.pinned,
-			created_at = excluded.created_at`,
+			created_at = excluded.created_at, state_run = excluded.state_run`,
 		snap.ID, snap.SandboxID, snap.AgentID, snap.Name, snap.Description, snap.Kind, snap.RunID,
-		snap.Path, snap.SizeBytes, b2i(snap.Pinned), nanos(snap.CreatedAt))
+		snap.Path, snap.SizeBytes, b2i(snap.Pinned), nanos(snap.CreatedAt), snap.StateRunID)
 	if err != nil {
 		return fmt.Errorf("put snapshot %q: %w", snap.ID, err)
 	}
@@ -97,11 +97,24 @@ func scanSnapshot(sc scanner) (history.Snapshot, error) {
 		created int64
 	)
 	err := sc.Scan(&snap.ID, &snap.SandboxID, &snap.AgentID, &snap.Name, &snap.Description, &snap.Kind, &snap.RunID,
-		&snap.Path, &snap.SizeBytes, &pinned, &created)
+		&snap.Path, &snap.SizeBytes, &pinned, &created, &snap.StateRunID)
 	if err != nil {
 		return history.Snapshot{}, err
 	}
 	snap.Pinned = pinned != 0
 	snap.CreatedAt = fromNanos(created)
 	return snap, nil
+}
+
+// SnapshotBytes implements history.Store.
+func (s *Store) SnapshotBytes(ctx context.Context, sandboxID string) (int64, error) {
+	q, args := `SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots`, []any{}
+	if sandboxID != "" {
+		q, args = q+` WHERE sandbox_id = ?`, append(args, sandboxID)
+	}
+	var n int64
+	if err := s.db.QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("snapshot bytes of %q: %w", sandboxID, err)
+	}
+	return n, nil
 }

@@ -1,0 +1,154 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Capacity: how many sandboxes live at once and how much memory they are given.
+// Every start (a new sandbox, a resume, a rollback of a suspended one, a fork) is
+// admitted first; the pool fills only with room to spare; at a bound the least
+// recently used idle sandbox is suspended rather than a request refused.
+
+// usage counts the live sandboxes (pooled, filling and starting ones included) and
+// the memory they were given; s.mu held.
+func (s *Service) usage() (n int, memMB int64) {
+	n = len(s.pool) + s.filling + s.startingN
+	memMB = int64(len(s.pool)+s.filling)*s.cfg.Defaults.MemoryMB + s.startingMB
+	for _, e := range s.sandboxes {
+		if e.live.Load() {
+			n++
+			memMB += e.memoryMB
+		}
+	}
+	return n, memMB
+}
+
+// admit reserves room for one more sandbox of memMB: under MaxSandboxes and within
+// the memory budget (the host's memory by default). At the bound it makes room: a
+// pool sandbox is destroyed first, else the least recently used idle sandbox (not
+// except) is suspended. It refuses with ErrLimit when nothing can give way. The
+// caller calls release once its sandbox is live (or failed to start).
+func (s *Service) admit(ctx context.Context, memMB int64, except *entry) (release func(), err error) {
+	for attempt := 0; ; attempt++ {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("the server is shutting down: %w", ErrClosed)
+		}
+		n, used := s.usage()
+		fitsN := n+1 <= s.cfg.MaxSandboxes
+		fitsMem := s.memBudgetMB <= 0 || used+memMB <= s.memBudgetMB
+		if fitsN && fitsMem {
+			s.startingN++
+			s.startingMB += memMB
+			s.mu.Unlock()
+			var once sync.Once
+			return func() {
+				once.Do(func() {
+					s.mu.Lock()
+					s.startingN--
+					s.startingMB -= memMB
+					s.mu.Unlock()
+				})
+			}, nil
+		}
+		if s.memBudgetMB > 0 && memMB > s.memBudgetMB {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("a sandbox of %d MiB does not fit the server's memory budget of %d MiB: %w", memMB, s.memBudgetMB, ErrLimit)
+		}
+		if len(s.pool) > 0 {
+			p := s.pool[len(s.pool)-1]
+			s.pool = s.pool[:len(s.pool)-1]
+			s.mu.Unlock()
+			p.sb.Destroy(context.Background())
+			continue
+		}
+		victim := s.idlest(except)
+		s.mu.Unlock()
+		if victim == nil || attempt >= 8 {
+			why := fmt.Sprintf("%d sandboxes are running, the configured maximum (max_sandboxes)", n)
+			if fitsN {
+				why = fmt.Sprintf("running sandboxes hold %d MiB of the %d MiB memory budget (memory_budget_mb), %d MiB more do not fit", used, s.memBudgetMB, memMB)
+			}
+			return nil, fmt.Errorf("%s, and none is idle to suspend: %w", why, ErrLimit)
+		}
+		if victim.tryLock() {
+			if !victim.deleted && victim.sb != nil && victim.waiting() == 0 {
+				s.log.Info("suspending the least recently used sandbox to make room", "id", victim.id, "agent", victim.agentID)
+				sctx, cancel := context.WithTimeout(ctx, s.cfg.SuspendTimeout)
+				if err := victim.suspend(sctx); err != nil {
+					s.log.Warn("suspend", "id", victim.id, "err", err)
+				}
+				cancel()
+			}
+			victim.unlock()
+		}
+	}
+}
+
+// idlest is the least recently used live sandbox that no request uses or waits for,
+// other than except; s.mu held.
+func (s *Service) idlest(except *entry) *entry {
+	var best *entry
+	var bestUsed time.Time
+	for _, e := range s.sandboxes {
+		if e == except || !e.live.Load() || e.busy.Load() || e.waiting() > 0 {
+			continue
+		}
+		v := e.view.Load()
+		if v == nil {
+			continue // starting
+		}
+		if best == nil || v.lastUsed.Before(bestUsed) {
+			best, bestUsed = e, v.lastUsed
+		}
+	}
+	return best
+}
+
+// fillPool starts background creation of pool sandboxes up to PoolSize, as far as
+// they fit under the cap and the memory budget without making anything give way.
+func (s *Service) fillPool() {
+	for {
+		s.mu.Lock()
+		n, used := s.usage()
+		if s.closed || len(s.pool)+s.filling >= s.cfg.PoolSize || n+1 > s.cfg.MaxSandboxes ||
+			s.memBudgetMB > 0 && used+s.cfg.Defaults.MemoryMB > s.memBudgetMB {
+			s.mu.Unlock()
+			return
+		}
+		s.filling++
+		s.mu.Unlock()
+		if !s.goBackground(s.fillOne) {
+			s.mu.Lock()
+			s.filling--
+			s.mu.Unlock()
+			return
+		}
+	}
+}
+
+// fillOne creates one pool sandbox.
+func (s *Service) fillOne() {
+	ctx, cancel := context.WithTimeout(s.work, 2*time.Minute)
+	defer cancel()
+	id := randID("sb-", 6)
+	sb, err := s.def.Create(ctx, s.spec(id+"-0", s.cfg.Defaults.MemoryMB))
+	s.mu.Lock()
+	s.filling--
+	if err != nil {
+		s.mu.Unlock()
+		s.log.Warn("pool sandbox failed to start", "err", err)
+		return
+	}
+	if s.closed {
+		s.mu.Unlock()
+		sb.Destroy(context.Background())
+		return
+	}
+	s.pool = append(s.pool, pooled{id: id, sb: sb})
+	s.mu.Unlock()
+}
