@@ -291,7 +291,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	// up on the guest.
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(lim.TimeoutMS)*time.Millisecond+15*time.Second)
 	defer cancel()
-	res, err := e.sb.Exec(rctx, preq)
+	res, err := e.sb.Exec(rctx, preq, nil)
 	out.CompletedAt = time.Now().UTC()
 	e.lastUsed = time.Now()
 	e.runs++

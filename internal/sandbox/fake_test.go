@@ -3,7 +3,9 @@ package sandbox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,7 +136,31 @@ func (s *fakeSandbox) Destroy(ctx context.Context) error {
 	return nil
 }
 
-func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*agentproto.ExecResult, error) {
+// The fake has no files.
+func (s *fakeSandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) error {
+	return errors.ErrUnsupported
+}
+func (s *fakeSandbox) OpenFile(ctx context.Context, path string) (agentproto.FileInfo, io.ReadCloser, error) {
+	return agentproto.FileInfo{}, nil, errors.ErrUnsupported
+}
+func (s *fakeSandbox) StatFile(ctx context.Context, path string) (agentproto.FileInfo, error) {
+	return agentproto.FileInfo{}, errors.ErrUnsupported
+}
+func (s *fakeSandbox) ListFiles(ctx context.Context, path string, depth int) ([]agentproto.FileInfo, error) {
+	return nil, errors.ErrUnsupported
+}
+func (s *fakeSandbox) MakeDir(ctx context.Context, path string) error { return errors.ErrUnsupported }
+func (s *fakeSandbox) RemoveFile(ctx context.Context, path string, recursive bool) error {
+	return errors.ErrUnsupported
+}
+
+// Exec runs the program; its whole output goes to out at the end.
+func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, outFn agentproto.OutputFunc) (res *agentproto.ExecResult, err error) {
+	defer func() {
+		if outFn != nil && res != nil && len(res.Stdout) > 0 {
+			outFn(agentproto.StreamStdout, res.Stdout)
+		}
+	}()
 	// The lock is held per line, not per program, so that only the service's own
 	// serialisation keeps a snapshot from seeing a run half done.
 	s.mu.Lock()
@@ -143,7 +169,7 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*a
 	if dead {
 		return nil, &backend.DeadError{Verdict: agentproto.VerdictKilled}
 	}
-	res := &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
+	res = &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
 	var out strings.Builder
 	for _, line := range strings.Split(req.Code, "\n") {
 		f := strings.Fields(line)
