@@ -3,9 +3,7 @@ package sandbox
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,31 +134,10 @@ func (s *fakeSandbox) Destroy(ctx context.Context) error {
 	return nil
 }
 
-// The fake has no files.
-func (s *fakeSandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) error {
-	return errors.ErrUnsupported
-}
-func (s *fakeSandbox) OpenFile(ctx context.Context, path string) (agentproto.FileInfo, io.ReadCloser, error) {
-	return agentproto.FileInfo{}, nil, errors.ErrUnsupported
-}
-func (s *fakeSandbox) StatFile(ctx context.Context, path string) (agentproto.FileInfo, error) {
-	return agentproto.FileInfo{}, errors.ErrUnsupported
-}
-func (s *fakeSandbox) ListFiles(ctx context.Context, path string, depth int) ([]agentproto.FileInfo, error) {
-	return nil, errors.ErrUnsupported
-}
-func (s *fakeSandbox) MakeDir(ctx context.Context, path string) error { return errors.ErrUnsupported }
-func (s *fakeSandbox) RemoveFile(ctx context.Context, path string, recursive bool) error {
-	return errors.ErrUnsupported
-}
-
-// Exec runs the program; its whole output goes to out at the end.
+// Exec runs the program, passing each line it prints to outFn as it prints it. sleep
+// and wait end early, with verdict canceled, when ctx ends (wait waits for nothing
+// else); warn prints to stderr.
 func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, outFn agentproto.OutputFunc) (res *agentproto.ExecResult, err error) {
-	defer func() {
-		if outFn != nil && res != nil && len(res.Stdout) > 0 {
-			outFn(agentproto.StreamStdout, res.Stdout)
-		}
-	}()
 	// The lock is held per line, not per program, so that only the service's own
 	// serialisation keeps a snapshot from seeing a run half done.
 	s.mu.Lock()
@@ -170,7 +147,26 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out
 		return nil, &backend.DeadError{Verdict: agentproto.VerdictKilled}
 	}
 	res = &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
-	var out strings.Builder
+	var out, errOut strings.Builder
+	say := func(stream, text string) {
+		if stream == agentproto.StreamStderr {
+			errOut.WriteString(text)
+		} else {
+			out.WriteString(text)
+		}
+		if outFn != nil {
+			outFn(stream, []byte(text))
+		}
+	}
+	defer func() {
+		if res != nil {
+			res.Stdout, res.Stderr = []byte(out.String()), []byte(errOut.String())
+		}
+	}()
+	canceled := func() (*agentproto.ExecResult, error) {
+		res.Verdict, res.ExitCode = agentproto.VerdictCanceled, -1
+		return res, nil
+	}
 	for _, line := range strings.Split(req.Code, "\n") {
 		f := strings.Fields(line)
 		switch {
@@ -180,28 +176,34 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out
 			s.mu.Unlock()
 		case len(f) == 2 && f[0] == "print":
 			s.mu.Lock()
-			fmt.Fprintln(&out, s.vars[f[1]])
+			v := s.vars[f[1]]
 			s.mu.Unlock()
+			say(agentproto.StreamStdout, v+"\n")
 		case len(f) == 2 && f[0] == "exit":
 			fmt.Sscan(f[1], &res.ExitCode)
 			res.Verdict = agentproto.VerdictNonzeroExit
-			res.Stdout = []byte(out.String())
 			return res, nil
 		case len(f) == 2 && f[0] == "sleep":
 			var ms int
 			fmt.Sscan(f[1], &ms)
-			time.Sleep(time.Duration(ms) * time.Millisecond)
+			select {
+			case <-time.After(time.Duration(ms) * time.Millisecond):
+			case <-ctx.Done():
+				return canceled()
+			}
+		case len(f) == 1 && f[0] == "wait":
+			<-ctx.Done()
+			return canceled()
 		case len(f) == 1 && f[0] == "die":
 			s.mu.Lock()
 			s.dead = true
 			s.mu.Unlock()
 			return nil, &backend.DeadError{Verdict: agentproto.VerdictMemoryLimit}
-		case len(f) == 1 && f[0] == "echo":
-			fmt.Fprintln(&out, strings.Join(f[1:], " "))
-		case len(f) > 1 && f[0] == "echo":
-			fmt.Fprintln(&out, strings.Join(f[1:], " "))
+		case len(f) >= 1 && f[0] == "echo":
+			say(agentproto.StreamStdout, strings.Join(f[1:], " ")+"\n")
+		case len(f) >= 1 && f[0] == "warn":
+			say(agentproto.StreamStderr, strings.Join(f[1:], " ")+"\n")
 		}
 	}
-	res.Stdout = []byte(out.String())
 	return res, nil
 }
