@@ -136,7 +136,8 @@ func (s *fakeSandbox) Destroy(ctx context.Context) error {
 
 // Exec runs the program, passing each line it prints to outFn as it prints it. sleep
 // and wait end early, with verdict canceled, when ctx ends (wait waits for nothing
-// else); warn prints to stderr.
+// else); hang waits for ctx and then fails with its error, as a guest that does not
+// answer; warn prints to stderr.
 func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, outFn agentproto.OutputFunc) (res *agentproto.ExecResult, err error) {
 	// The lock is held per line, not per program, so that only the service's own
 	// serialisation keeps a snapshot from seeing a run half done.
@@ -191,6 +192,9 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out
 			case <-ctx.Done():
 				return canceled()
 			}
+		case len(f) == 1 && f[0] == "hang": // a guest that does not answer the cancellation
+			<-ctx.Done()
+			return nil, ctx.Err()
 		case len(f) == 1 && f[0] == "wait":
 			<-ctx.Done()
 			return canceled()
