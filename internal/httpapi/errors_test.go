@@ -28,6 +28,7 @@ func TestWriteError(t *testing.T) {
 	}{
 		{fmt.Errorf("%w: unexpected EOF", errBadJSON), 400, api.CodeInvalidJSON},
 		{fmt.Errorf("body is over 4 bytes: %w", errBodyTooLong), 413, api.CodeTooLarge},
+		{fmt.Errorf("f is over the file limit: %w", sandbox.ErrTooLarge), 413, api.CodeTooLarge},
 		{fmt.Errorf("unknown language %q: %w", "cobol", sandbox.ErrInvalid), 400, api.CodeBadRequest},
 		{fmt.Errorf("sandbox x: %w", sandbox.ErrNotFound), 404, api.CodeNotFound},
 		{fmt.Errorf("another agent's: %w", sandbox.ErrForbidden), 403, api.CodeForbidden},
