@@ -44,9 +44,11 @@ func (memBackend) Create(ctx context.Context, spec backend.Spec) (backend.Sandbo
 func (memBackend) List(ctx context.Context) ([]backend.Info, error) { return nil, nil }
 func (memBackend) DestroyID(ctx context.Context, id string) error   { return nil }
 
-func (s *memSandbox) ID() string                        { return s.id }
-func (s *memSandbox) Ping(ctx context.Context) error    { return nil }
-func (s *memSandbox) Info() backend.Info                { return backend.Info{ID: s.id, Backend: "mem", Status: "running"} }
+func (s *memSandbox) ID() string                     { return s.id }
+func (s *memSandbox) Ping(ctx context.Context) error { return nil }
+func (s *memSandbox) Info() backend.Info {
+	return backend.Info{ID: s.id, Backend: "mem", Status: "running"}
+}
 func (s *memSandbox) Destroy(ctx context.Context) error { return nil }
 
 func (s *memSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out agentproto.OutputFunc) (*agentproto.ExecResult, error) {
