@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -126,6 +127,14 @@ func normalize(b []byte, opts Options) string {
 // signal, verdict) when forked by the zygote as when started as python3 -u main.py.
 func TestZygoteEquivalence(t *testing.T) {
 	slow, fast, slowOpts, fastOpts := pythonAgents(t)
+	// The working directories of the requests below (a missing one is refused).
+	for _, o := range []Options{slowOpts, fastOpts} {
+		for _, d := range []string{"project/sub", "state"} {
+			if err := os.MkdirAll(filepath.Join(o.Home, d), 0o777); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	tests := []struct {
 		name string
 		req  agentproto.ExecRequest
