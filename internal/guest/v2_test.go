@@ -345,3 +345,64 @@ func aliveNotZombie(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	return err == nil && !bytes.Contains(b, []byte(") Z "))
 }
+
+// A slow host slows the program down instead of filling the agent's memory: while the
+// host holds on to the first chunk, the program ends up blocked writing to its stdout
+// pipe, having written only a little of its 4 MiB; once the host reads on, all of it
+// arrives.
+func TestFlowControl(t *testing.T) {
+	opts := testOptions(t, sandboxUser())
+	c := startAgent(t, opts)
+	code := `import os, sys
+home = os.path.expanduser('~')
+open(home + '/pid.tmp', 'w').write(str(os.getpid()))
+os.rename(home + '/pid.tmp', home + '/pid')
+for i in range(64):
+    sys.stdout.buffer.write(b'z' * 65536)
+    sys.stdout.flush()
+    open(home + '/progress.tmp', 'w').write(str(i + 1))
+    os.rename(home + '/progress.tmp', home + '/progress')
+`
+	release := make(chan struct{})
+	var once sync.Once
+	done := make(chan *agentproto.ExecResult, 1)
+	go func() {
+		res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: "python", Code: code,
+			Limits: agentproto.Limits{TimeoutMS: 60000, MaxOutputBytes: 16 << 20}}, func(string, []byte) {
+			once.Do(func() { <-release })
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	defer once.Do(func() {})
+	var pid int
+	waitFor(t, "the program's pid", func() bool {
+		b, err := os.ReadFile(filepath.Join(opts.Home, "pid"))
+		pid, _ = strconv.Atoi(string(b))
+		return err == nil && pid > 0
+	})
+	wchan := func() string {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")
+		return string(b)
+	}
+	for end := time.Now().Add(10 * time.Second); !strings.Contains(wchan(), "pipe_write"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			close(release)
+			<-done
+			t.Skipf("the program was never seen blocked in a pipe write (wchan %q): this kernel may not report it", wchan())
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(opts.Home, "progress"))
+	written, _ := strconv.Atoi(string(b))
+	if written > 16 {
+		t.Errorf("the program wrote %d of its 64 chunks while the host read none: output is buffered without bound", written)
+	}
+	t.Logf("blocked after %d chunks of 64 KiB", written)
+	close(release)
+	res := <-done
+	if res == nil || res.Verdict != agentproto.VerdictOK || len(res.Stdout) != 4<<20 {
+		t.Fatalf("after the host read on: %v", res)
+	}
+}
