@@ -363,6 +363,7 @@ for i in range(64):
     open(home + '/progress.tmp', 'w').write(str(i + 1))
     os.rename(home + '/progress.tmp', home + '/progress')
 `
+	t0 := time.Now()
 	release := make(chan struct{})
 	var once sync.Once
 	done := make(chan *agentproto.ExecResult, 1)
@@ -399,9 +400,10 @@ for i in range(64):
 	if written > 16 {
 		t.Errorf("the program wrote %d of its 64 chunks while the host read none: output is buffered without bound", written)
 	}
-	t.Logf("blocked after %d chunks of 64 KiB", written)
+	t.Logf("blocked after %d chunks of 64 KiB (%v)", written, time.Since(t0))
 	close(release)
 	res := <-done
+	t.Logf("done (%v)", time.Since(t0))
 	if res == nil || res.Verdict != agentproto.VerdictOK || len(res.Stdout) != 4<<20 {
 		t.Fatalf("after the host read on: %v", res)
 	}
