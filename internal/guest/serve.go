@@ -250,4 +250,3 @@ func isMalformed(err error) bool {
 	var typ *json.UnmarshalTypeError
 	return errors.Is(err, agentproto.ErrFrameTooLarge) || errors.As(err, &syn) || errors.As(err, &typ)
 }
-
