@@ -408,3 +408,45 @@ for i in range(64):
 		t.Fatalf("after the host read on: %v", res)
 	}
 }
+
+// A new connection starts a new session: a run the previous host left behind is killed,
+// and nothing of it reaches the new host, whose operation IDs start again from the
+// same numbers (as a restored sandbox's new host's do).
+func TestNewSessionEndsOldRuns(t *testing.T) {
+	opts := testOptions(t, sandboxUser())
+	opts.Persistent = true
+	var stdio reattachable
+	hostR, hostW := stdio.attach()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, &stdio, &stdio, opts) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	c1, err := agentproto.Dial(ctx, hostR, hostW, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := make(chan int, 1)
+	go c1.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "sleep 60 & echo $!; wait; echo old-run-finished",
+		Limits: agentproto.Limits{TimeoutMS: 60000}}, func(_ string, p []byte) {
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(p)))
+		pids <- pid
+	})
+	pid := <-pids
+	hostW.Close() // the first host goes away mid-run
+
+	hostR2, hostW2 := stdio.attach()
+	c2, err := agentproto.Dial(ctx, hostR2, hostW2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same operation ID as the old run's (2): only this run's frames may come.
+	if r := run(t, c2, &agentproto.ExecRequest{Language: "bash", Code: "echo new"}); string(r.Stdout) != "new\n" || r.Verdict != agentproto.VerdictOK {
+		t.Errorf("run on the new connection: %s", describe(r))
+	}
+	waitFor(t, "the old run's sleep to be killed", func() bool { return !aliveNotZombie(pid) })
+	hostR.Close()
+}
