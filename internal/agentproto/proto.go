@@ -322,8 +322,8 @@ type Limits struct {
 
 // ExecResult is the guest's answer to an ExecRequest.
 type ExecResult struct {
-	ExitCode        int    `json:"exit_code"`
-	Signal          string `json:"signal,omitempty"`
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal,omitempty"`
 	// Stdout and Stderr are not sent in the result frame (the output came before it,
 	// in output frames): the Client fills them in from those.
 	Stdout          []byte `json:"stdout,omitempty"`

@@ -97,8 +97,8 @@ type fakeGuest struct {
 	guestW  *io.PipeWriter
 	handle  func(g *fakeGuest, e *Envelope)
 
-	mu    sync.Mutex
-	files map[string][]byte
+	mu     sync.Mutex
+	files  map[string][]byte
 	runs   map[uint64]chan string // an exec's cancel or signal, by ID
 	writes map[uint64]string      // a write's path, by ID
 }

@@ -54,11 +54,11 @@ type proc struct {
 // procResult is how a proc ended.
 type procResult struct {
 	exit        procExit
-	timedOut    bool // the deadline passed; the group was killed
-	outputLimit bool // a stream passed its limit; the group was killed
-	cancelled   bool // ctx ended; the group was killed
-	hostCancel  bool // ... because the host cancelled the run
-	contained   bool // exited, but its background processes were killed as a fork bomb
+	timedOut    bool   // the deadline passed; the group was killed
+	outputLimit bool   // a stream passed its limit; the group was killed
+	cancelled   bool   // ctx ended; the group was killed
+	hostCancel  bool   // ... because the host cancelled the run
+	contained   bool   // exited, but its background processes were killed as a fork bomb
 	stdout      []byte // kept output (when not emitted)
 	stderr      []byte
 	stderrTail  []byte // the end of stderr, emitted or not, for the memory markers

@@ -153,8 +153,10 @@ func Serve(ctx context.Context, r io.Reader, w io.Writer, opts Options) error {
 	conn := agentproto.NewConn(r, w)
 	a.out = &sender{conn: conn, log: a.log, failed: make(chan error, 1)}
 	a.ops.init()
-	defer a.ops.wait() // after cancel: the operations end with ctx
-	defer cancel()
+	// The operations end first (their runs killed), then the zygotes, then the reaper.
+	opsCtx, cancelOps := context.WithCancel(ctx)
+	defer a.ops.wait()
+	defer cancelOps()
 	frames := make(chan frame)
 	go a.readLoop(ctx, conn, frames)
 	var writeFailed <-chan error
@@ -177,7 +179,7 @@ func Serve(ctx context.Context, r io.Reader, w io.Writer, opts Options) error {
 			a.out.sendAny(&agentproto.Envelope{Type: agentproto.TypeError, Error: f.err.Error()})
 			continue
 		}
-		a.dispatch(ctx, f.env)
+		a.dispatch(opsCtx, f.env)
 	}
 }
 
@@ -248,4 +250,3 @@ func isMalformed(err error) bool {
 	var typ *json.UnmarshalTypeError
 	return errors.Is(err, agentproto.ErrFrameTooLarge) || errors.As(err, &syn) || errors.As(err, &typ)
 }
-

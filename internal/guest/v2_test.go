@@ -345,3 +345,108 @@ func aliveNotZombie(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	return err == nil && !bytes.Contains(b, []byte(") Z "))
 }
+
+// A slow host slows the program down instead of filling the agent's memory: while the
+// host holds on to the first chunk, the program ends up blocked writing to its stdout
+// pipe, having written only a little of its 4 MiB; once the host reads on, all of it
+// arrives.
+func TestFlowControl(t *testing.T) {
+	opts := testOptions(t, sandboxUser())
+	c := startAgent(t, opts)
+	code := `import os, sys
+home = os.path.expanduser('~')
+open(home + '/pid.tmp', 'w').write(str(os.getpid()))
+os.rename(home + '/pid.tmp', home + '/pid')
+for i in range(64):
+    sys.stdout.buffer.write(b'z' * 65536)
+    sys.stdout.flush()
+    open(home + '/progress.tmp', 'w').write(str(i + 1))
+    os.rename(home + '/progress.tmp', home + '/progress')
+`
+	t0 := time.Now()
+	release := make(chan struct{})
+	var once sync.Once
+	done := make(chan *agentproto.ExecResult, 1)
+	go func() {
+		res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: "python", Code: code,
+			Limits: agentproto.Limits{TimeoutMS: 60000, MaxOutputBytes: 16 << 20}}, func(string, []byte) {
+			once.Do(func() { <-release })
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	defer once.Do(func() {})
+	var pid int
+	waitFor(t, "the program's pid", func() bool {
+		b, err := os.ReadFile(filepath.Join(opts.Home, "pid"))
+		pid, _ = strconv.Atoi(string(b))
+		return err == nil && pid > 0
+	})
+	wchan := func() string {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")
+		return string(b)
+	}
+	for end := time.Now().Add(10 * time.Second); !strings.Contains(wchan(), "pipe_write"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			close(release)
+			<-done
+			t.Skipf("the program was never seen blocked in a pipe write (wchan %q): this kernel may not report it", wchan())
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(opts.Home, "progress"))
+	written, _ := strconv.Atoi(string(b))
+	if written > 16 {
+		t.Errorf("the program wrote %d of its 64 chunks while the host read none: output is buffered without bound", written)
+	}
+	t.Logf("blocked after %d chunks of 64 KiB (%v)", written, time.Since(t0))
+	close(release)
+	res := <-done
+	t.Logf("done (%v)", time.Since(t0))
+	if res == nil || res.Verdict != agentproto.VerdictOK || len(res.Stdout) != 4<<20 {
+		t.Fatalf("after the host read on: %v", res)
+	}
+}
+
+// A new connection starts a new session: a run the previous host left behind is killed,
+// and nothing of it reaches the new host, whose operation IDs start again from the
+// same numbers (as a restored sandbox's new host's do).
+func TestNewSessionEndsOldRuns(t *testing.T) {
+	opts := testOptions(t, sandboxUser())
+	opts.Persistent = true
+	var stdio reattachable
+	hostR, hostW := stdio.attach()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, &stdio, &stdio, opts) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	c1, err := agentproto.Dial(ctx, hostR, hostW, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := make(chan int, 1)
+	go c1.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "sleep 60 & echo $!; wait; echo old-run-finished",
+		Limits: agentproto.Limits{TimeoutMS: 60000}}, func(_ string, p []byte) {
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(p)))
+		pids <- pid
+	})
+	pid := <-pids
+	hostW.Close() // the first host goes away mid-run
+
+	hostR2, hostW2 := stdio.attach()
+	c2, err := agentproto.Dial(ctx, hostR2, hostW2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same operation ID as the old run's (2): only this run's frames may come.
+	if r := run(t, c2, &agentproto.ExecRequest{Language: "bash", Code: "echo new"}); string(r.Stdout) != "new\n" || r.Verdict != agentproto.VerdictOK {
+		t.Errorf("run on the new connection: %s", describe(r))
+	}
+	waitFor(t, "the old run's sleep to be killed", func() bool { return !aliveNotZombie(pid) })
+	hostR.Close()
+}

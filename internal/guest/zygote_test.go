@@ -293,7 +293,7 @@ func TestZygoteMemoryBomb(t *testing.T) {
 func TestZygoteBackgroundSurvives(t *testing.T) {
 	_, fast, _, _ := pythonAgents(t)
 	req := agentproto.ExecRequest{Language: "python",
-		Code: "import subprocess\np = subprocess.Popen(['sh', '-c', 'sleep 0.3; echo late; sleep 30'])\nprint(p.pid)\n"}
+		Code: "import subprocess\np = subprocess.Popen(['sh', '-c', 'sleep 1; echo late; sleep 30'])\nprint(p.pid)\n"}
 	warmZygote(t, fast, req)
 	start := time.Now()
 	res := run(t, fast, &req)
@@ -305,7 +305,7 @@ func TestZygoteBackgroundSurvives(t *testing.T) {
 		t.Fatalf("no pid: %s", describe(res))
 	}
 	defer killGroupOf(pid)
-	time.Sleep(600 * time.Millisecond)
+	time.Sleep(1300 * time.Millisecond) // past its late write
 	if !alive(pid) {
 		t.Errorf("background process %d is gone", pid)
 	}
