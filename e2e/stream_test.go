@@ -308,3 +308,18 @@ func TestMicroVMStreamAndFiles(t *testing.T) {
 	r := d.execReq(t, api.ExecRequest{SandboxID: sb.ID, Language: "bash", Code: "stat -c %u in/m.txt; wc -c < in/m.txt", Limits: api.Limits{TimeoutMS: 120_000}})
 	wantOK(t, r, fmt.Sprintf("1000\n%d", len(data)))
 }
+
+// Guards redaction of streamed output: a secret is redacted in the events as in the
+// result (the unit tests cover one written in pieces).
+func TestStreamRedacts(t *testing.T) {
+	d := shared(t)
+	code := "print('key=ghp_' + 'abcdefghijklmnopqrstuvwxyzABCDEF123456 done', flush=True)\n"
+	var w lineWatch
+	res, err := d.client.ExecStream(context.Background(), api.ExecRequest{AgentID: "stream-redact", Language: "python", Code: code}, client.Output{Stdout: w.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.text.String(); strings.Contains(got, "ghp_") || !strings.Contains(got, "[REDACTED:github]") || strings.Contains(res.Stdout, "ghp_") {
+		t.Fatalf("streamed %q, result %q: the token leaked", got, res.Stdout)
+	}
+}
