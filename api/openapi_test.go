@@ -255,6 +255,7 @@ func TestOpenAPIEnums(t *testing.T) {
 	check("Error.code", enum("Error", "properties", "code", "enum"), stringConsts(t, ".", "Code"))
 	check("BlockStatus", enum("BlockStatus", "enum"), stringConsts(t, ".", "Block"))
 	check("SnapshotKind", enum("SnapshotKind", "enum"), stringConsts(t, ".", "Snapshot"))
+	check("FileInfo.type", enum("FileInfo", "properties", "type", "enum"), stringConsts(t, ".", "FileType"))
 	check("LanguageList.languages", enum("LanguageList", "properties", "languages", "items", "enum"), sorted(Languages...))
 	check("ExecResult.language", enum("ExecResult", "properties", "language", "enum"), sorted(Languages...))
 
@@ -323,6 +324,9 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"CompatCreateVM":        {CompatCreateVM{}, false},
 		"CompatVM":              {CompatVM{}, true},
 		"CompatVMList":          {CompatVMList{}, true},
+		"OutputChunk":           {OutputChunk{}, true},
+		"FileInfo":              {FileInfo{}, true},
+		"FileList":              {FileList{}, true},
 	}
 	for name, d := range types {
 		schema, ok := schemas[name]

@@ -87,6 +87,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.execIn)
 	s.txnRoutes()
 	s.replyRoutes()
+	s.fileRoutes()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, fmt.Errorf("no route %s %s: %w", r.Method, r.URL.Path, errNoRoute))
@@ -116,8 +117,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if listed && cors(rec, r) {
 		return
 	}
-	bodyDeadline(w, r, s.bodyWait)
-	r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+	if !isUpload(r) { // an upload has its own, larger, limit and its own stall timeout
+		bodyDeadline(w, r, s.bodyWait)
+		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+	}
 	s.mux.ServeHTTP(rec, r)
 }
 
@@ -211,11 +214,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeError is the one place errors become HTTP statuses. Client errors carry their
 // message; server errors are logged in full and answered with a generic one.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	status, body := errorBody(r, log, err)
+	writeJSON(w, status, body)
+}
+
+// errorBody classifies err: its status and the body answered with it (see writeError).
+func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 	status, code := http.StatusInternalServerError, api.CodeInternal
 	switch {
 	case errors.Is(err, errBadJSON):
 		status, code = http.StatusBadRequest, api.CodeInvalidJSON
-	case errors.Is(err, errBodyTooLong):
+	case errors.Is(err, errBodyTooLong), errors.Is(err, sandbox.ErrTooLarge):
 		status, code = http.StatusRequestEntityTooLarge, api.CodeTooLarge
 	case errors.Is(err, errMediaType):
 		status, code = http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType
@@ -255,5 +264,5 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	} else if status >= 500 {
 		log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeJSON(w, status, api.Error{Error: msg, Code: code})
+	return status, api.Error{Error: msg, Code: code}
 }

@@ -55,6 +55,14 @@ func (s *Service) validate(req *api.ExecRequest) (api.Limits, error) {
 // between loses the run's effects, and the next result says so with
 // state_restored_from (the run whose state the sandbox came back with).
 func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResult, error) {
+	return s.ExecStream(ctx, req, nil)
+}
+
+// ExecStream is Exec that also passes the run's output to out (when not nil) while it
+// runs, redacted and cut as stream.go describes; out is not called after ExecStream
+// returns. If ctx ends during the run (the caller went away), the run is stopped and
+// ends with verdict canceled: it is rolled back like any failure and recorded.
+func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out OutputFunc) (*api.ExecResult, error) {
 	lim, err := s.validate(&req)
 	if err != nil {
 		return nil, err
@@ -77,7 +85,7 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 	}
 	defer e.unlock()
 	pol := s.policyFor(set, req.History)
-	res, err := s.execLocked(ctx, e, req, lim, pol)
+	res, err := s.execLocked(ctx, e, req, lim, pol, newStreamer(s.redactor, out))
 	if err == nil && e.sb != nil && s.snapperOf(e) != nil {
 		switch {
 		case req.Durable && e.cleanSnap != "":
@@ -224,7 +232,7 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 //     policy, since its failed state is gone anyway. A run interrupted by the
 //     server's shutdown is rolled back too, and its caller gets ErrClosed.
 //  5. Record the sandbox's head (the newest run in its state) durably.
-func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, pol txPolicy) (*api.ExecResult, error) {
+func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, pol txPolicy, st *streamer) (*api.ExecResult, error) {
 	e.busy.Store(true)
 	defer e.busy.Store(false)
 	fresh, err := e.resume(ctx)
@@ -255,15 +263,15 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	// A shutdown interrupts the run: Close cancels s.runs.
 	rctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(s.runs, cancel)
-	runErr := s.runLocked(rctx, e, req, lim, out)
+	runErr := s.runLocked(rctx, e, req, lim, out, st)
 	stop()
 	cancel()
-	if runErr != nil && s.runs.Err() != nil {
+	if s.runs.Err() != nil && (runErr != nil || out.Verdict == api.VerdictCanceled) {
 		runErr = fmt.Errorf("interrupted: the server shut down during the run, which was rolled back: %w", ErrClosed)
 	}
 	e.ran(out.ExecutionID)
 	s.redactOutput(out)
-	if !out.Success() {
+	if !out.Success() && !errors.Is(runErr, ErrInvalid) { // a refused request changed nothing
 		// Its own context: a caller that went away still gets its sandbox rolled back.
 		fctx, cancel := context.WithTimeout(s.work, 2*time.Minute)
 		s.afterFailure(fctx, e, pol, pre, out)
@@ -293,7 +301,7 @@ func (s *Service) preSnapshot(ctx context.Context, e *entry, runID string) (hist
 
 // runLocked sends the request to the guest and fills out with the outcome. A sandbox
 // that died or stopped answering is dropped (e.sb = nil) and the result says so.
-func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, out *api.ExecResult) error {
+func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, out *api.ExecResult, st *streamer) error {
 	preq := &agentproto.ExecRequest{
 		Language: req.Language, Code: req.Code, Stdin: []byte(req.Stdin), Env: req.Env, WorkDir: req.WorkDir,
 		Limits: agentproto.Limits{
@@ -305,7 +313,8 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	// up on the guest.
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(lim.TimeoutMS)*time.Millisecond+15*time.Second)
 	defer cancel()
-	res, err := e.sb.Exec(rctx, preq)
+	res, err := e.sb.Exec(rctx, preq, st.output())
+	st.close()
 	out.CompletedAt = time.Now().UTC()
 	e.used()
 	var dead *backend.DeadError
@@ -316,18 +325,25 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 		out.StdoutTruncated, out.StderrTruncated = res.StdoutTruncated, res.StderrTruncated
 		out.DurationMS = res.DurationMS
 		out.Error = res.Error
+		if out.Verdict == api.VerdictCanceled && out.Error == "" {
+			out.Error = "the caller went away; the run was stopped"
+		}
 		return nil
 	case errors.As(err, &dead):
 		s.log.Warn("sandbox died during a run", "id", e.id, "agent", e.agentID, "verdict", dead.Verdict, "detail", dead.Detail)
 		out.Verdict = dead.Verdict
 		out.Error = "the run ended its sandbox (" + dead.Verdict + ")"
+	case errors.Is(err, agentproto.ErrInvalidRequest):
+		return fmt.Errorf("the guest refused the request: %w: %w", ErrInvalid, err) // nothing ran
 	default:
 		// The guest did not answer in time, or the caller went away mid-run: the
 		// sandbox is in an unknown state, so it is replaced either way.
 		e.drop()
 		if ctx.Err() != nil {
-			out.ExitCode = -1
-			return fmt.Errorf("run cancelled: %w", ctx.Err())
+			out.Verdict = api.VerdictCanceled
+			out.Error = "the caller went away and the guest did not answer the cancellation"
+			out.Stdout, out.Stderr = st.passed() // what the caller was sent is all there is
+			break
 		}
 		out.Verdict = api.VerdictKilled
 		out.Error = "the sandbox stopped answering: " + err.Error()
