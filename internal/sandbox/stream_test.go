@@ -55,7 +55,7 @@ func newRedactor(t *testing.T) *redact.Redactor {
 	return r
 }
 
-const ghToken = "ghp_abcdefghijklmnopqrstuvwxyzABCDEF123456"
+const ghToken = "ghp_abcdefghijklmnopqrstuvwxyzABCDEF1234" // ghp_ and 36 characters, as GitHub issues them
 
 // Guards what a streaming client sees: chunks cut at line ends and never inside a
 // UTF-8 character, secrets redacted even when the program wrote them in pieces, a
