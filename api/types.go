@@ -18,6 +18,9 @@ const (
 	VerdictMemoryLimit = "memory_limit"
 	VerdictKilled      = "killed"
 	VerdictBlocked     = "blocked" // refused by policy; never ran
+	// VerdictCanceled: the caller went away (a streaming client disconnected) and the
+	// run was stopped; it is rolled back like any failure.
+	VerdictCanceled = "canceled"
 )
 
 // Limits bound one run. Zero fields take the server's defaults; values above the

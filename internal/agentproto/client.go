@@ -2,6 +2,7 @@ package agentproto
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -38,7 +39,8 @@ func Dial(ctx context.Context, r io.Reader, w io.Writer, closer io.Closer) (*Cli
 
 // Exec runs one program in the guest and waits for its result. The guest enforces
 // req.Limits; ctx is the host's own bound (it should exceed the run's timeout).
-func (c *Client) Exec(ctx context.Context, req *ExecRequest) (*ExecResult, error) {
+// out (may be nil) receives the output.
+func (c *Client) Exec(ctx context.Context, req *ExecRequest, out OutputFunc) (*ExecResult, error) {
 	reply, err := c.roundTrip(ctx, &Envelope{Type: TypeExec, Exec: req})
 	if err != nil {
 		return nil, err
@@ -46,7 +48,45 @@ func (c *Client) Exec(ctx context.Context, req *ExecRequest) (*ExecResult, error
 	if reply.Type != TypeResult || reply.Result == nil {
 		return nil, fmt.Errorf("exec: got %q: %w", reply.Type, ErrUnexpected)
 	}
+	if out != nil {
+		if len(reply.Result.Stdout) > 0 {
+			out(StreamStdout, reply.Result.Stdout)
+		}
+		if len(reply.Result.Stderr) > 0 {
+			out(StreamStderr, reply.Result.Stderr)
+		}
+	}
 	return reply.Result, nil
+}
+
+// WriteFile writes r's content to path in the guest.
+func (c *Client) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) error {
+	return fmt.Errorf("write %s: %w", path, errors.ErrUnsupported)
+}
+
+// OpenFile opens path in the guest for reading.
+func (c *Client) OpenFile(ctx context.Context, path string) (FileInfo, io.ReadCloser, error) {
+	return FileInfo{}, nil, fmt.Errorf("read %s: %w", path, errors.ErrUnsupported)
+}
+
+// StatFile describes path in the guest.
+func (c *Client) StatFile(ctx context.Context, path string) (FileInfo, error) {
+	return FileInfo{}, fmt.Errorf("stat %s: %w", path, errors.ErrUnsupported)
+}
+
+// ListFiles lists the directory path in the guest, depth levels deep.
+func (c *Client) ListFiles(ctx context.Context, path string, depth int) ([]FileInfo, error) {
+	return nil, fmt.Errorf("list %s: %w", path, errors.ErrUnsupported)
+}
+
+// MakeDir creates the directory path in the guest, with its parents.
+func (c *Client) MakeDir(ctx context.Context, path string) error {
+	return fmt.Errorf("mkdir %s: %w", path, errors.ErrUnsupported)
+}
+
+// RemoveFile removes path in the guest.
+func (c *Client) RemoveFile(ctx context.Context, path string, recursive bool) error {
+	return fmt.Errorf("remove %s: %w", path, errors.ErrUnsupported)
 }
 
 // Ping checks that the guest answers.
@@ -72,7 +112,7 @@ func (c *Client) roundTrip(ctx context.Context, e *Envelope) (*Envelope, error) 
 	c.nextID++
 	e.ID = c.nextID
 	if err := c.conn.Send(e); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	done := make(chan recvResult, 1)
 	go func() {
@@ -88,7 +128,7 @@ func (c *Client) roundTrip(ctx context.Context, e *Envelope) (*Envelope, error) 
 	select {
 	case r := <-done:
 		if r.err != nil {
-			return nil, fmt.Errorf("%s: %w", e.Type, r.err)
+			return nil, fmt.Errorf("%s: %w: %w", e.Type, ErrClosed, r.err)
 		}
 		if r.env.Type == TypeError {
 			return nil, fmt.Errorf("%s: guest error: %s", e.Type, r.env.Error)

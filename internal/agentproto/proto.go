@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // Version is the protocol version. Host and guest must agree exactly.
@@ -53,6 +54,51 @@ var (
 	ErrFrameTooLarge = errors.New("frame exceeds size limit")
 	ErrVersion       = errors.New("protocol version mismatch")
 	ErrUnexpected    = errors.New("unexpected message")
+	// ErrClosed means the connection to the guest ended or failed: the guest (or its
+	// sandbox) may have died. Every transport failure the Client returns wraps it.
+	ErrClosed = errors.New("agent connection closed")
+)
+
+// Errors the guest reports about a request, returned (wrapped) by the Client so that
+// errors.Is works on them.
+var (
+	// ErrInvalidRequest: the guest refused the exec request itself (a working directory
+	// that is missing or not a directory, an invalid environment variable name, an empty
+	// PATH); the program never ran.
+	ErrInvalidRequest = errors.New("invalid request")
+	ErrNotExist       = errors.New("no such file or directory")
+	ErrIsDir          = errors.New("is a directory")
+	ErrNotDir         = errors.New("not a directory")
+	ErrFileTooLarge   = errors.New("file too large")
+	ErrInvalidPath    = errors.New("invalid path")
+)
+
+// Output streams.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+)
+
+// OutputFunc receives a run's output while it runs: stream is StreamStdout or
+// StreamStderr; chunks of one stream arrive in order. It must not retain p.
+type OutputFunc func(stream string, p []byte)
+
+// FileInfo describes one file in a sandbox.
+type FileInfo struct {
+	Name  string    `json:"name"`
+	Path  string    `json:"path"` // absolute, inside the sandbox
+	Type  string    `json:"type"` // file, dir, symlink, other
+	Size  int64     `json:"size"`
+	Mode  uint32    `json:"mode"` // permission bits (0o777 mask)
+	MTime time.Time `json:"mtime"`
+}
+
+// File types of FileInfo.Type.
+const (
+	FileTypeFile    = "file"
+	FileTypeDir     = "dir"
+	FileTypeSymlink = "symlink"
+	FileTypeOther   = "other"
 )
 
 // Message types.
@@ -90,6 +136,7 @@ const (
 	VerdictOutputLimit = "output_limit" // an output stream passed its limit; the process group was killed
 	VerdictMemoryLimit = "memory_limit" // memory limit reached
 	VerdictKilled      = "killed"       // ended by a signal it did not choose (or the sandbox died)
+	VerdictCanceled    = "canceled"     // the host cancelled the run (its caller went away)
 )
 
 // ExecRequest asks the guest to run one program. Zero limits mean the guest's defaults.

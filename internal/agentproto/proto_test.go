@@ -125,7 +125,7 @@ func TestExecCancel(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err = c.Exec(ctx, &ExecRequest{Language: "bash", Code: "sleep 100"})
+	_, err = c.Exec(ctx, &ExecRequest{Language: "bash", Code: "sleep 100"}, nil)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want deadline exceeded", err)
 	}

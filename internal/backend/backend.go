@@ -43,6 +43,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/vmexec/vmexec/internal/agentproto"
@@ -115,8 +116,29 @@ type Info struct {
 // Sandbox is one running sandbox.
 type Sandbox interface {
 	ID() string
-	// Exec runs one program through the guest agent. See the package doc for errors.
-	Exec(ctx context.Context, req *agentproto.ExecRequest) (*agentproto.ExecResult, error)
+	// Exec runs one program. out (may be nil) receives output as it is written; the
+	// result still carries the whole captured stdout/stderr (up to the limit).
+	// If ctx ends first, Exec asks the guest to cancel the run and returns its result
+	// with verdict agentproto.VerdictCanceled and a nil error when the guest answers
+	// within a short grace period; otherwise it returns ctx's error (the sandbox is then
+	// in an unknown state and should be destroyed).
+	Exec(ctx context.Context, req *agentproto.ExecRequest, out agentproto.OutputFunc) (*agentproto.ExecResult, error)
+	// WriteFile writes r's content to path (mode 0 means 0o644), creating missing
+	// parents. Paths are absolute, or relative to /home/user. Written files and
+	// created dirs are owned by the run user (uid 1000).
+	WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) error
+	// OpenFile returns the file's info and a reader of its content that streams from
+	// the guest; the caller must Close it (and must not issue other calls on the
+	// sandbox until it has). A directory is ErrIsDir.
+	OpenFile(ctx context.Context, path string) (agentproto.FileInfo, io.ReadCloser, error)
+	// StatFile describes path (a symlink is described, not followed).
+	StatFile(ctx context.Context, path string) (agentproto.FileInfo, error)
+	// ListFiles lists a directory's entries, recursing depth levels (depth 1 = entries only).
+	ListFiles(ctx context.Context, path string, depth int) ([]agentproto.FileInfo, error)
+	// MakeDir creates a directory with its parents; one that exists is ok.
+	MakeDir(ctx context.Context, path string) error
+	// RemoveFile removes a file, or a directory (recursive removes a non-empty one).
+	RemoveFile(ctx context.Context, path string, recursive bool) error
 	// Ping checks that the guest agent answers.
 	Ping(ctx context.Context) error
 	// Info reports the sandbox's state.

@@ -179,7 +179,7 @@ func run(t *testing.T, c *agentproto.Client, req *agentproto.ExecRequest) *agent
 	req.Env = env
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	res, err := c.Exec(ctx, req)
+	res, err := c.Exec(ctx, req, nil)
 	if err != nil {
 		t.Fatalf("exec %s: %v", req.Language, err)
 	}

@@ -173,7 +173,7 @@ func TestAgentBinary(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial: %v\nagent stderr:\n%s", err, stderr.String())
 	}
-	res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: `echo "hi $(id -u) $PWD"`})
+	res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: `echo "hi $(id -u) $PWD"`}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

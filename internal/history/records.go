@@ -21,6 +21,7 @@ const (
 	VerdictKilled      = "killed"
 	VerdictBlocked     = "blocked"
 	VerdictError       = "error"
+	VerdictCanceled    = "canceled" // the caller went away mid-run
 )
 
 // Snapshot kinds: why a snapshot was taken.

@@ -32,12 +32,20 @@ func (s *Server) runExec(r *http.Request, req api.ExecRequest) (*api.ExecResult,
 }
 
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
+	if wantsEvents(r) {
+		s.execEvents(w, r)
+		return
+	}
 	handle(s, http.StatusOK, func(r *http.Request, req api.ExecRequest) (*api.ExecResult, error) {
 		return s.runExec(r, req)
 	})(w, r)
 }
 
 func (s *Server) execIn(w http.ResponseWriter, r *http.Request) {
+	if wantsEvents(r) {
+		s.execEvents(w, r)
+		return
+	}
 	handle(s, http.StatusOK, func(r *http.Request, req api.ExecRequest) (*api.ExecResult, error) {
 		req.SandboxID = r.PathValue("id")
 		return s.runExec(r, req)

@@ -13,6 +13,10 @@ func (s *Server) replyRoutes() {
 }
 
 func (s *Server) parseExecute(w http.ResponseWriter, r *http.Request) {
+	if wantsEvents(r) {
+		s.parseExecuteEvents(w, r)
+		return
+	}
 	handle(s, http.StatusOK, func(r *http.Request, in api.ParseExecuteRequest) (api.ParseExecuteResult, error) {
 		res, err := s.svc.ParseExecute(r.Context(), in)
 		s.observeBlocks(res)

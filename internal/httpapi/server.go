@@ -73,6 +73,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.execIn)
 	s.txnRoutes()
 	s.replyRoutes()
+	s.fileRoutes()
 	s.jsRoutes()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -94,7 +95,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics.requests.WithLabelValues(r.Method, strconv.Itoa(rec.status)).Inc()
 		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start))
 	}()
-	r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+	if !isUpload(r) { // an upload has its own, larger, limit
+		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+	}
 	s.mux.ServeHTTP(rec, r)
 }
 
@@ -113,6 +116,9 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	r.wrote = true
 	return r.ResponseWriter.Write(b)
 }
+
+// Unwrap lets http.ResponseController reach the connection (to flush a stream).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 type metrics struct {
 	reg      *prometheus.Registry
@@ -205,11 +211,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeError is the one place errors become HTTP statuses. Client errors carry their
 // message; server errors are logged in full and answered with a generic one.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	status, body := errorBody(r, log, err)
+	writeJSON(w, status, body)
+}
+
+// errorBody classifies err: its status and the body answered with it (see writeError).
+func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 	status, code := http.StatusInternalServerError, api.CodeInternal
 	switch {
 	case errors.Is(err, errBadJSON):
 		status, code = http.StatusBadRequest, api.CodeInvalidJSON
-	case errors.Is(err, errBodyTooLong):
+	case errors.Is(err, errBodyTooLong), errors.Is(err, sandbox.ErrTooLarge):
 		status, code = http.StatusRequestEntityTooLarge, api.CodeTooLarge
 	case errors.Is(err, errNoRoute):
 		status, code = http.StatusNotFound, api.CodeNotFound
@@ -241,5 +253,5 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	} else if status >= 500 {
 		log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeJSON(w, status, api.Error{Error: msg, Code: code})
+	return status, api.Error{Error: msg, Code: code}
 }

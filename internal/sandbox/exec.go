@@ -49,6 +49,14 @@ func (s *Service) validate(req *api.ExecRequest) (api.Limits, error) {
 // sandbox, created on first use. The program's failure is a result, not an error;
 // errors are for requests that could not run (see the ErrX classes).
 func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResult, error) {
+	return s.ExecStream(ctx, req, nil)
+}
+
+// ExecStream is Exec that also passes the run's output to out (when not nil) while it
+// runs, redacted and cut as stream.go describes; out is not called after ExecStream
+// returns. If ctx ends during the run (the caller went away), the run is stopped and
+// ends with verdict canceled: it is rolled back like any failure and recorded.
+func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out OutputFunc) (*api.ExecResult, error) {
 	lim, err := s.validate(&req)
 	if err != nil {
 		return nil, err
@@ -72,7 +80,7 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 	if e.deleted {
 		return nil, fmt.Errorf("sandbox %s was deleted: %w", e.id, ErrNotFound)
 	}
-	res, err := s.execLocked(ctx, e, req, lim)
+	res, err := s.execLocked(ctx, e, req, lim, newStreamer(s.redactor, out))
 	if err == nil && res.PreSnapshotID != "" && e.sb != nil && e.cleanSnap == "" {
 		s.snapshotAfter(e)
 	}
@@ -227,7 +235,7 @@ func (s *Service) enqueue(ctx context.Context, e *entry) error {
 //     as a snapshot; with auto_rollback_on_failure restore the pre-run snapshot. A run
 //     that killed its sandbox is restored from the pre-run snapshot whatever the
 //     policy, since its failed state is gone anyway.
-func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits) (*api.ExecResult, error) {
+func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, st *streamer) (*api.ExecResult, error) {
 	e.busy.Store(true)
 	defer e.busy.Store(false)
 	pol := s.policyFor(ctx, e.agentID, req.History)
@@ -251,9 +259,9 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		return nil, fmt.Errorf("record run: %w", err)
 	}
 	e.cleanSnap = "" // the run changes the state
-	runErr := s.runLocked(ctx, e, req, lim, out)
+	runErr := s.runLocked(ctx, e, req, lim, out, st)
 	s.redactOutput(out)
-	if !out.Success() {
+	if !out.Success() && !errors.Is(runErr, ErrInvalid) { // a refused request changed nothing
 		// Its own context: a caller that went away still gets its sandbox rolled back.
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		s.afterFailure(fctx, e, pol, pre, out)
@@ -279,7 +287,7 @@ func (s *Service) preSnapshot(ctx context.Context, e *entry, runID string) (hist
 
 // runLocked sends the request to the guest and fills out with the outcome. A sandbox
 // that died or stopped answering is dropped (e.sb = nil) and the result says so.
-func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, out *api.ExecResult) error {
+func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, out *api.ExecResult, st *streamer) error {
 	preq := &agentproto.ExecRequest{
 		Language: req.Language, Code: req.Code, Stdin: []byte(req.Stdin), Env: req.Env, WorkDir: req.WorkDir,
 		Limits: agentproto.Limits{
@@ -291,7 +299,8 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	// up on the guest.
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(lim.TimeoutMS)*time.Millisecond+15*time.Second)
 	defer cancel()
-	res, err := e.sb.Exec(rctx, preq)
+	res, err := e.sb.Exec(rctx, preq, st.output())
+	st.close()
 	out.CompletedAt = time.Now().UTC()
 	e.lastUsed = time.Now()
 	e.runs++
@@ -303,18 +312,25 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 		out.StdoutTruncated, out.StderrTruncated = res.StdoutTruncated, res.StderrTruncated
 		out.DurationMS = res.DurationMS
 		out.Error = res.Error
+		if out.Verdict == api.VerdictCanceled && out.Error == "" {
+			out.Error = "the caller went away; the run was stopped"
+		}
 		return nil
 	case errors.As(err, &dead):
 		s.log.Warn("sandbox died during a run", "id", e.id, "agent", e.agentID, "verdict", dead.Verdict, "detail", dead.Detail)
 		out.Verdict = dead.Verdict
 		out.Error = "the run ended its sandbox (" + dead.Verdict + ")"
+	case errors.Is(err, agentproto.ErrInvalidRequest):
+		return fmt.Errorf("the guest refused the request: %w: %w", ErrInvalid, err) // nothing ran
 	default:
 		// The guest did not answer in time, or the caller went away mid-run: the
 		// sandbox is in an unknown state, so it is replaced either way.
 		e.sb.Destroy(context.Background())
 		e.sb = nil
 		if ctx.Err() != nil {
-			return fmt.Errorf("run cancelled: %w", ctx.Err())
+			out.Verdict = api.VerdictCanceled
+			out.Error = "the caller went away and the guest did not answer the cancellation"
+			break
 		}
 		out.Verdict = api.VerdictKilled
 		out.Error = "the sandbox stopped answering: " + err.Error()

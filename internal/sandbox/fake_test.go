@@ -134,7 +134,11 @@ func (s *fakeSandbox) Destroy(ctx context.Context) error {
 	return nil
 }
 
-func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*agentproto.ExecResult, error) {
+// Exec runs the program, passing each line it prints to outFn as it prints it. sleep
+// and wait end early, with verdict canceled, when ctx ends (wait waits for nothing
+// else); hang waits for ctx and then fails with its error, as a guest that does not
+// answer; warn prints to stderr.
+func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, outFn agentproto.OutputFunc) (res *agentproto.ExecResult, err error) {
 	// The lock is held per line, not per program, so that only the service's own
 	// serialisation keeps a snapshot from seeing a run half done.
 	s.mu.Lock()
@@ -143,8 +147,27 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*a
 	if dead {
 		return nil, &backend.DeadError{Verdict: agentproto.VerdictKilled}
 	}
-	res := &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
-	var out strings.Builder
+	res = &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
+	var out, errOut strings.Builder
+	say := func(stream, text string) {
+		if stream == agentproto.StreamStderr {
+			errOut.WriteString(text)
+		} else {
+			out.WriteString(text)
+		}
+		if outFn != nil {
+			outFn(stream, []byte(text))
+		}
+	}
+	defer func() {
+		if res != nil {
+			res.Stdout, res.Stderr = []byte(out.String()), []byte(errOut.String())
+		}
+	}()
+	canceled := func() (*agentproto.ExecResult, error) {
+		res.Verdict, res.ExitCode = agentproto.VerdictCanceled, -1
+		return res, nil
+	}
 	for _, line := range strings.Split(req.Code, "\n") {
 		f := strings.Fields(line)
 		switch {
@@ -154,28 +177,37 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*a
 			s.mu.Unlock()
 		case len(f) == 2 && f[0] == "print":
 			s.mu.Lock()
-			fmt.Fprintln(&out, s.vars[f[1]])
+			v := s.vars[f[1]]
 			s.mu.Unlock()
+			say(agentproto.StreamStdout, v+"\n")
 		case len(f) == 2 && f[0] == "exit":
 			fmt.Sscan(f[1], &res.ExitCode)
 			res.Verdict = agentproto.VerdictNonzeroExit
-			res.Stdout = []byte(out.String())
 			return res, nil
 		case len(f) == 2 && f[0] == "sleep":
 			var ms int
 			fmt.Sscan(f[1], &ms)
-			time.Sleep(time.Duration(ms) * time.Millisecond)
+			select {
+			case <-time.After(time.Duration(ms) * time.Millisecond):
+			case <-ctx.Done():
+				return canceled()
+			}
+		case len(f) == 1 && f[0] == "hang": // a guest that does not answer the cancellation
+			<-ctx.Done()
+			return nil, ctx.Err()
+		case len(f) == 1 && f[0] == "wait":
+			<-ctx.Done()
+			return canceled()
 		case len(f) == 1 && f[0] == "die":
 			s.mu.Lock()
 			s.dead = true
 			s.mu.Unlock()
 			return nil, &backend.DeadError{Verdict: agentproto.VerdictMemoryLimit}
-		case len(f) == 1 && f[0] == "echo":
-			fmt.Fprintln(&out, strings.Join(f[1:], " "))
-		case len(f) > 1 && f[0] == "echo":
-			fmt.Fprintln(&out, strings.Join(f[1:], " "))
+		case len(f) >= 1 && f[0] == "echo":
+			say(agentproto.StreamStdout, strings.Join(f[1:], " ")+"\n")
+		case len(f) >= 1 && f[0] == "warn":
+			say(agentproto.StreamStderr, strings.Join(f[1:], " ")+"\n")
 		}
 	}
-	res.Stdout = []byte(out.String())
 	return res, nil
 }

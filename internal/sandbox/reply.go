@@ -20,6 +20,23 @@ func (s *Service) ParseExecute(ctx context.Context, req api.ParseExecuteRequest)
 // ParseExecuteFiltered is ParseExecute with a filter: a block for which skip returns
 // a reason is skipped with it.
 func (s *Service) ParseExecuteFiltered(ctx context.Context, req api.ParseExecuteRequest, skip func(api.CodeBlock) string) (api.ParseExecuteResult, error) {
+	return s.ParseExecuteStream(ctx, req, skip, ParseStream{})
+}
+
+// ParseStream receives a streaming parse-execute's events; nil fields are not called.
+// They are called from the goroutine of ParseExecuteStream or of the run in progress,
+// one at a time, and never after ParseExecuteStream returns.
+type ParseStream struct {
+	// Output receives the output of block (its index) while it runs, as ExecStream's
+	// out does.
+	Output func(block int, stream string, p []byte)
+	// Block receives each block's outcome, in document order, as soon as it is known.
+	Block func(api.BlockResult)
+}
+
+// ParseExecuteStream is ParseExecuteFiltered with events as it goes. A caller that
+// goes away (ctx ends) cancels the block running, and the blocks after it are not run.
+func (s *Service) ParseExecuteStream(ctx context.Context, req api.ParseExecuteRequest, skip func(api.CodeBlock) string, ev ParseStream) (api.ParseExecuteResult, error) {
 	if req.AgentID == "" && req.SandboxID == "" {
 		return api.ParseExecuteResult{}, fmt.Errorf("agent_id is required: %w", ErrInvalid)
 	}
@@ -51,9 +68,16 @@ func (s *Service) ParseExecuteFiltered(ctx context.Context, req api.ParseExecute
 		case why != "":
 			br.Status, br.Reason = api.BlockSkipped, why
 		default:
-			res, err := s.Exec(ctx, api.ExecRequest{AgentID: req.AgentID, SandboxID: req.SandboxID, Language: b.Language,
+			if err := ctx.Err(); err != nil {
+				return out, err
+			}
+			var blockOut OutputFunc
+			if ev.Output != nil {
+				blockOut = func(stream string, p []byte) { ev.Output(b.Index, stream, p) }
+			}
+			res, err := s.ExecStream(ctx, api.ExecRequest{AgentID: req.AgentID, SandboxID: req.SandboxID, Language: b.Language,
 				Code: b.Code, Limits: req.Limits, History: req.History,
-				Metadata: map[string]string{"source": "parse-execute", "block_index": fmt.Sprint(b.Index)}})
+				Metadata: map[string]string{"source": "parse-execute", "block_index": fmt.Sprint(b.Index)}}, blockOut)
 			bad := true
 			switch {
 			case errors.Is(err, ErrInvalid):
@@ -76,6 +100,9 @@ func (s *Service) ParseExecuteFiltered(ctx context.Context, req api.ParseExecute
 			out.Skipped++
 		}
 		out.Blocks = append(out.Blocks, br)
+		if ev.Block != nil {
+			ev.Block(br)
+		}
 	}
 	out.Success = out.Executed > 0 && out.Failed == 0
 	return out, nil

@@ -47,7 +47,7 @@ func (e *Env) create(t *testing.T, ctx context.Context) backend.Sandbox {
 
 func run(t *testing.T, ctx context.Context, sb backend.Sandbox, lang, code string) *agentproto.ExecResult {
 	t.Helper()
-	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: lang, Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}})
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: lang, Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
 	if err != nil {
 		t.Fatalf("exec %s %q: %v", lang, code, err)
 	}
@@ -161,7 +161,7 @@ for host, port in [("127.0.0.1", 8080), ("10.0.2.2", 80), ("1.1.1.1", 53)]:
 		if listed(t, ctx, e.Backend, sb.ID()) {
 			t.Fatalf("%s still listed after destroy", sb.ID())
 		}
-		if _, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "true"}); err == nil {
+		if _, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "true"}, nil); err == nil {
 			t.Fatal("exec on a destroyed sandbox succeeded")
 		}
 		if err := e.Backend.DestroyID(ctx, "no-such-sandbox"); err != nil {

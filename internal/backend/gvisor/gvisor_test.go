@@ -40,7 +40,7 @@ func TestMemoryCap(t *testing.T) {
 	}
 	defer sb.Destroy(ctx)
 	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "a=[]\nwhile True: a.append(bytearray(10**7))",
-		Limits: agentproto.Limits{TimeoutMS: 30000, MemoryBytes: 1 << 30}})
+		Limits: agentproto.Limits{TimeoutMS: 30000, MemoryBytes: 1 << 30}}, nil)
 	if err != nil {
 		var dead *backend.DeadError
 		if !errors.As(err, &dead) {

@@ -165,35 +165,80 @@ func (sb *Sandbox) Info() backend.Info {
 }
 
 // Exec implements backend.Sandbox.
-func (sb *Sandbox) Exec(ctx context.Context, req *agentproto.ExecRequest) (*agentproto.ExecResult, error) {
-	select {
-	case <-sb.exited:
-		return nil, sb.deadError()
-	default:
-	}
-	res, err := sb.client.Exec(ctx, req)
-	if err == nil {
-		return res, nil
-	}
-	return nil, sb.classify(ctx, err)
+func (sb *Sandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out agentproto.OutputFunc) (res *agentproto.ExecResult, err error) {
+	err = sb.do(ctx, func() error {
+		res, err = sb.client.Exec(ctx, req, out)
+		return err
+	})
+	return res, err
 }
 
 // Ping implements backend.Sandbox.
 func (sb *Sandbox) Ping(ctx context.Context) error {
+	return sb.do(ctx, func() error { return sb.client.Ping(ctx) })
+}
+
+// WriteFile implements backend.Sandbox.
+func (sb *Sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) error {
+	return sb.do(ctx, func() error { return sb.client.WriteFile(ctx, path, mode, r) })
+}
+
+// OpenFile implements backend.Sandbox.
+func (sb *Sandbox) OpenFile(ctx context.Context, path string) (fi agentproto.FileInfo, rc io.ReadCloser, err error) {
+	err = sb.do(ctx, func() error {
+		fi, rc, err = sb.client.OpenFile(ctx, path)
+		return err
+	})
+	return fi, rc, err
+}
+
+// StatFile implements backend.Sandbox.
+func (sb *Sandbox) StatFile(ctx context.Context, path string) (fi agentproto.FileInfo, err error) {
+	err = sb.do(ctx, func() error {
+		fi, err = sb.client.StatFile(ctx, path)
+		return err
+	})
+	return fi, err
+}
+
+// ListFiles implements backend.Sandbox.
+func (sb *Sandbox) ListFiles(ctx context.Context, path string, depth int) (list []agentproto.FileInfo, err error) {
+	err = sb.do(ctx, func() error {
+		list, err = sb.client.ListFiles(ctx, path, depth)
+		return err
+	})
+	return list, err
+}
+
+// MakeDir implements backend.Sandbox.
+func (sb *Sandbox) MakeDir(ctx context.Context, path string) error {
+	return sb.do(ctx, func() error { return sb.client.MakeDir(ctx, path) })
+}
+
+// RemoveFile implements backend.Sandbox.
+func (sb *Sandbox) RemoveFile(ctx context.Context, path string, recursive bool) error {
+	return sb.do(ctx, func() error { return sb.client.RemoveFile(ctx, path, recursive) })
+}
+
+// do runs one call to the guest agent, failing fast when the sandbox is dead and
+// classifying a failed call (see classify).
+func (sb *Sandbox) do(ctx context.Context, call func() error) error {
 	select {
 	case <-sb.exited:
 		return sb.deadError()
 	default:
 	}
-	if err := sb.client.Ping(ctx); err != nil {
+	if err := call(); err != nil {
 		return sb.classify(ctx, err)
 	}
 	return nil
 }
 
-// classify turns a failed round trip into a DeadError when the sandbox died.
+// classify turns a call that failed because the connection broke into a DeadError
+// when the sandbox died. Errors the guest reported (a missing file, an invalid
+// request) and ctx's own error are returned as they are.
 func (sb *Sandbox) classify(ctx context.Context, err error) error {
-	if ctx.Err() != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+	if !errors.Is(err, agentproto.ErrClosed) {
 		return err
 	}
 	// The pipe broke: give runsc a moment to exit so the cause can be read.

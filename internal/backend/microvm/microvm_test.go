@@ -139,7 +139,7 @@ func TestCrashedDaemonOrphan(t *testing.T) {
 	if ps := qemuProcesses(t, "orphan"); len(ps) != 0 {
 		t.Fatalf("orphan qemu still running: %v", ps)
 	}
-	if _, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "true"}); !errors.Is(err, backend.ErrSandboxDead) {
+	if _, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "true"}, nil); !errors.Is(err, backend.ErrSandboxDead) {
 		t.Fatalf("exec in a sandbox destroyed by id: %v", err)
 	}
 }
@@ -262,7 +262,7 @@ func TestSnapshotStandsAlone(t *testing.T) {
 	defer func() { sb.Destroy(ctx) }()
 	run := func(code, want string) {
 		t.Helper()
-		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 30000}})
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 30000}}, nil)
 		if err != nil || strings.TrimSpace(string(res.Stdout)) != want {
 			t.Fatalf("%q: %+v, %v", code, res, err)
 		}
@@ -306,7 +306,7 @@ func TestTimings(t *testing.T) {
 	boot := time.Since(t0)
 	py := func() time.Duration {
 		t0 := time.Now()
-		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "print(6*7)", Limits: agentproto.Limits{TimeoutMS: 60000}})
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "print(6*7)", Limits: agentproto.Limits{TimeoutMS: 60000}}, nil)
 		if err != nil || strings.TrimSpace(string(res.Stdout)) != "42" {
 			t.Fatalf("python: %+v, %v", res, err)
 		}
