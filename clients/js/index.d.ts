@@ -209,9 +209,10 @@ export interface PolicyResponse { agent_id: string; effective: ExecPolicy; own: 
 export interface FileEntry {
   name: string;
   path: string;
-  type: 'file' | 'dir' | 'symlink' | string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
   size: number;
-  mode: string | number;
+  /** Permission bits. */
+  mode: number;
   mtime: string;
 }
 
@@ -221,7 +222,7 @@ export interface Backend { name: string; default: boolean; accel?: string; snaps
 // ----- streaming
 
 export type StreamEvent =
-  | { type: 'stdout' | 'stderr'; data: string; raw: unknown }
+  | { type: 'stdout' | 'stderr'; data: string; /** parse-execute: the block that wrote it. */ blockIndex?: number; raw: unknown }
   | { type: 'block'; block: BlockResult }
   | { type: 'result'; result: ExecResult | ParseExecuteResult | any };
 
@@ -234,6 +235,7 @@ export interface StreamCallbacks {
 
 export interface CallOptions { signal?: AbortSignal; timeoutMs?: number; headers?: Record<string, string> }
 export interface StreamOptions extends StreamCallbacks, CallOptions {}
+export interface FileOptions extends CallOptions { agentId?: string }
 
 export class EventStream<R = unknown> implements AsyncIterable<StreamEvent> {
   [Symbol.asyncIterator](): AsyncIterator<StreamEvent>;
@@ -307,11 +309,11 @@ export class Client {
   getPolicy(agentId: string, opts?: CallOptions): Promise<PolicyResponse>;
   setPolicy(agentId: string, policy: ExecPolicy, opts?: CallOptions): Promise<PolicyResponse>;
 
-  writeFile(sandboxId: string, path: string, data: string | Uint8Array | ArrayBuffer | Blob, opts?: CallOptions): Promise<unknown>;
-  readFile(sandboxId: string, path: string, opts?: CallOptions): Promise<Uint8Array>;
-  readText(sandboxId: string, path: string, opts?: CallOptions): Promise<string>;
-  listFiles(sandboxId: string, path?: string, opts?: CallOptions & { depth?: number }): Promise<{ entries: FileEntry[]; [key: string]: unknown }>;
-  deleteFile(sandboxId: string, path: string, opts?: CallOptions): Promise<void>;
+  writeFile(sandboxId: string, path: string, data: string | Uint8Array | ArrayBuffer | Blob, opts?: FileOptions & { mode?: number }): Promise<FileEntry>;
+  readFile(sandboxId: string, path: string, opts?: FileOptions): Promise<Uint8Array>;
+  readText(sandboxId: string, path: string, opts?: FileOptions): Promise<string>;
+  listFiles(sandboxId: string, path?: string, opts?: FileOptions & { depth?: number }): Promise<{ entries: FileEntry[] }>;
+  deleteFile(sandboxId: string, path: string, opts?: FileOptions & { recursive?: boolean }): Promise<void>;
 }
 
 // ----- code blocks

@@ -275,7 +275,7 @@ function toEvent(raw) {
   switch (raw.event) {
     case 'stdout':
     case 'stderr':
-      return { type: raw.event, data: outputText(data), raw: data };
+      return { type: raw.event, data: outputText(data), ...(data && data.block != null ? { blockIndex: data.block } : {}), raw: data };
     case 'result':
       return { type: 'result', result: data };
     case 'block':
@@ -287,6 +287,21 @@ function toEvent(raw) {
   }
 }
 
+// The HTTP status a plain call answers for each error code; an `error` event carries
+// only the code.
+const CODE_STATUS = {
+  bad_request: 400, invalid_json: 400, too_large: 413, not_found: 404, forbidden: 403, busy: 429,
+  conflict: 409, unsupported: 501, limit: 503, unavailable: 503, timeout: 504, internal: 500,
+};
+
+function streamError(body) {
+  const e = body && typeof body === 'object' ? body : { error: String(body ?? 'stream error') };
+  const status = CODE_STATUS[e.code] ?? 500;
+  return new VmexecError(`vmexec: ${e.error || 'stream error'}`, {
+    status, code: e.code || 'error', body: e, retryable: status === 429 || status === 503,
+  });
+}
+
 /**
  * EventStream is a streaming call: an async iterator of its events ({type:'stdout'|
  * 'stderr', data}, {type:'block', block}, {type:'result', result}), and `result()`,
@@ -295,8 +310,9 @@ function toEvent(raw) {
  * `abort()` ends the call; the server cancels a run whose client went away.
  */
 export class EventStream {
-  constructor(start, { onStdout, onStderr, onBlock, onEvent } = {}, controller) {
+  constructor(start, { onStdout, onStderr, onBlock, onEvent } = {}, controller, retry = { maxRetries: 0 }) {
     this._start = start;
+    this._retry = retry;
     this._cb = { onStdout, onStderr, onBlock, onEvent };
     this._controller = controller;
     this._final = undefined;
@@ -308,36 +324,55 @@ export class EventStream {
   async *[Symbol.asyncIterator]() {
     if (this._iterating) throw new Error('vmexec: an EventStream can be read only once');
     this._iterating = true;
-    const res = await this._start();
-    const type = res.headers.get('content-type') || '';
-    if (!type.includes('text/event-stream')) {
-      // A server that answered with one JSON body (no streaming on this route).
-      const body = await res.json();
-      yield this._dispatch({ type: 'result', result: body });
-      return;
-    }
-    const parser = new SSEParser();
-    try {
-      for await (const chunk of readBody(res.body)) {
-        for (const raw of parser.push(chunk)) {
-          const ev = this._dispatch(toEvent(raw));
-          if (ev.type === 'error') {
-            const e = ev.error || {};
-            throw new VmexecError(e.error || 'stream error', { status: res.status, code: e.code || 'error', body: e });
-          }
-          yield ev;
-        }
+    const retry = this._retry;
+    for (let attempt = 1; ; attempt++) {
+      const res = await this._start();
+      const type = res.headers.get('content-type') || '';
+      if (!type.includes('text/event-stream')) {
+        // A server that answered with one JSON body (no streaming on this route).
+        const body = await res.json();
+        yield this._dispatch({ type: 'result', result: body });
+        return;
       }
-    } catch (err) {
-      if (err instanceof VmexecError) throw err;
-      if (this._controller.signal.aborted) throw this._controller.signal.reason ?? err;
-      throw new ConnectionError(`vmexec: the event stream broke: ${err.message}`, { cause: err });
-    } finally {
-      parser.end();
-      this._controller.abort(); // releases the connection if the caller stopped early
-    }
-    if (this._final === undefined) {
-      throw new ConnectionError('vmexec: the event stream ended before its result');
+      const parser = new SSEParser();
+      let yielded = false;
+      let again = null;
+      try {
+        for await (const chunk of readBody(res.body)) {
+          for (const raw of parser.push(chunk)) {
+            const ev = toEvent(raw);
+            if (ev.type === 'error') {
+              const err = streamError(ev.error);
+              // Refused before anything ran (queue full, at capacity): retry as a
+              // plain call's 429 or 503 would be.
+              if (err.retryable && !yielded && attempt <= retry.maxRetries) {
+                again = err;
+                break;
+              }
+              this._dispatch(ev);
+              throw err;
+            }
+            yielded = true;
+            yield this._dispatch(ev);
+          }
+          if (again) break;
+        }
+      } catch (err) {
+        if (err instanceof VmexecError) throw err;
+        if (this._controller.signal.aborted) throw this._controller.signal.reason ?? err;
+        throw new ConnectionError(`vmexec: the event stream broke: ${err.message}`, { cause: err });
+      } finally {
+        parser.end();
+        if (!again) this._controller.abort(); // releases the connection if the caller stopped early
+      }
+      if (again) {
+        await sleep(backoffDelay(attempt, { baseMs: retry.baseMs, maxMs: retry.maxMs }), this._controller.signal);
+        continue;
+      }
+      if (this._final === undefined) {
+        throw new ConnectionError('vmexec: the event stream ended before its result');
+      }
+      return;
     }
   }
 
@@ -454,7 +489,7 @@ export class Client {
       body, signal: sig.signal, timeoutMs: opts.timeoutMs ?? 0,
       headers: { Accept: 'text/event-stream', ...(opts.headers || {}) },
     });
-    return new EventStream(start, opts, ctl);
+    return new EventStream(start, opts, ctl, { maxRetries: this.maxRetries, baseMs: this.retryBaseMs, maxMs: this.retryMaxMs });
   }
 
   withAgent(req) {
@@ -561,17 +596,22 @@ export class Client {
 
   // Files (paths relative to /home/user unless absolute)
 
-  /** writeFile puts data (string, Uint8Array, ArrayBuffer or Blob) at path; parents are created. */
-  async writeFile(sandboxId, path, data, opts = {}) {
+  /**
+   * writeFile puts data (string, Uint8Array, ArrayBuffer or Blob) at path; parents are
+   * created. Options: mode (permission bits, e.g. 0o755), agentId.
+   */
+  async writeFile(sandboxId, path, data, { mode, agentId, ...opts } = {}) {
     const body = typeof data === 'string' ? new TextEncoder().encode(data) : data;
-    const res = await this.send('PUT', `/v1/sandboxes/${enc(sandboxId)}/files${query({ path })}`,
+    const q = query({ path, mode: mode === undefined ? undefined : mode.toString(8), agent_id: agentId ?? this.agentId });
+    const res = await this.send('PUT', `/v1/sandboxes/${enc(sandboxId)}/files${q}`,
       { ...opts, body, contentType: 'application/octet-stream' });
     return parseJSON(res);
   }
 
   /** readFile returns the bytes of the file at path. */
-  async readFile(sandboxId, path, opts = {}) {
-    const res = await this.send('GET', `/v1/sandboxes/${enc(sandboxId)}/files${query({ path })}`, opts);
+  async readFile(sandboxId, path, { agentId, ...opts } = {}) {
+    const q = query({ path, agent_id: agentId ?? this.agentId });
+    const res = await this.send('GET', `/v1/sandboxes/${enc(sandboxId)}/files${q}`, opts);
     return new Uint8Array(await res.arrayBuffer());
   }
 
@@ -580,13 +620,16 @@ export class Client {
     return new TextDecoder().decode(await this.readFile(sandboxId, path, opts));
   }
 
-  /** listFiles lists a directory: entries with name, path, type, size, mode, mtime. */
-  listFiles(sandboxId, path = '.', { depth, ...opts } = {}) {
-    return this.request(`/v1/sandboxes/${enc(sandboxId)}/files/list`, { ...opts, query: { path, depth } });
+  /** listFiles lists a directory: {entries: [{name, path, type, size, mode, mtime}]}. */
+  listFiles(sandboxId, path = '.', { depth, agentId, ...opts } = {}) {
+    return this.request(`/v1/sandboxes/${enc(sandboxId)}/files/list`, { ...opts, query: { path, depth, agent_id: agentId ?? this.agentId } });
   }
 
-  async deleteFile(sandboxId, path, opts = {}) {
-    await this.request(`/v1/sandboxes/${enc(sandboxId)}/files`, { ...opts, method: 'DELETE', query: { path } });
+  /** deleteFile removes a file, or a directory with {recursive: true}. */
+  async deleteFile(sandboxId, path, { recursive, agentId, ...opts } = {}) {
+    await this.request(`/v1/sandboxes/${enc(sandboxId)}/files`, {
+      ...opts, method: 'DELETE', query: { path, recursive: recursive ? 'true' : undefined, agent_id: agentId ?? this.agentId },
+    });
   }
 }
 

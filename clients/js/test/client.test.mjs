@@ -5,7 +5,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { Client, VmexecError } from '../vmexec.js';
-import { startDaemon, missing } from './daemon.mjs';
+import { startDaemon, missing, waitUntil } from './daemon.mjs';
 
 const why = missing();
 let d;
@@ -195,11 +195,27 @@ describe('Client against the daemon', { skip: why || false }, () => {
     assert.equal(streamed, result.stdout);
     assert.equal(out, result.stdout, 'onStdout saw the same chunks');
     assert.equal(err, 'err1\nerr2\nerr3\n');
-    // out1 is delivered before out3 was written: the first stdout event precedes the
-    // first stderr event of a later iteration.
-    const firstOut = events.findIndex((e) => e.type === 'stdout');
-    const lastErr = events.findLastIndex((e) => e.type === 'stderr');
-    assert.ok(firstOut < lastErr, 'events arrive as written, not all at the end');
+  });
+
+  it('output arrives while the program runs: aborting at the first chunk cancels the run', async () => {
+    // If output came only at the end, the first chunk would follow a completed run
+    // (verdict ok); arriving live, the abort ends the run itself.
+    const a = agent('live');
+    const stream = vx.execStream({ agent_id: a, language: 'bash', code: 'echo tick; sleep 50; echo tock', limits: { timeout_ms: 120000 } });
+    let first;
+    await assert.rejects(async () => {
+      for await (const ev of stream) {
+        if (ev.type === 'result') assert.fail(`the run completed before its first output reached the client: ${JSON.stringify(ev.result)}`);
+        if (ev.type === 'stdout') { first = ev.data; stream.abort(); }
+      }
+    });
+    assert.equal(first, 'tick\n');
+    const run = await waitUntil(async () => {
+      const h = await vx.history({ agent_id: a });
+      return h.runs.find((r) => r.status !== 'running');
+    }, { what: 'the canceled run in the history' });
+    assert.equal(run.verdict, 'canceled');
+    assert.equal(run.rolled_back, true);
   });
 
   it('exec with onStdout streams and resolves with the result', async () => {
@@ -238,7 +254,7 @@ describe('Client against the daemon', { skip: why || false }, () => {
     const seen = await vx.exec({ agent_id: a, language: 'bash', code: 'cat note.txt; stat -c %s dir/sub/data.bin' });
     assert.equal(seen.stdout, 'héllo\n300000\n', 'a program sees the files');
     const list = await vx.listFiles(sb, 'dir', { depth: 2 });
-    const entries = list.entries ?? list;
+    const entries = list.entries;
     assert.ok(entries.some((e) => e.name === 'data.bin' && e.size === 300000), JSON.stringify(list));
     await vx.deleteFile(sb, 'note.txt');
     await assert.rejects(vx.readFile(sb, 'note.txt'), (e) => e instanceof VmexecError && e.status === 404);
