@@ -445,8 +445,9 @@ export interface ExecutionResult {
   reason?: string;
   rule?: string;
   error?: string;
+  /** A request that could not be served: the server's error code and the HTTP status (0: no response). */
   code?: string;
-  status?: number;
+  httpStatus?: number;
 }
 
 export interface ParseAndExecuteResult {

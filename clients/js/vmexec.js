@@ -681,10 +681,10 @@ export function extractCodeBlocks(text) {
       // Strip block-quote markers and list markers before the fence.
       const m = /^((?:\s{0,3}>\s?)*(?:\s{0,3}(?:[-*+]|\d{1,9}[.)])\s+)?)(\s{0,3})(`{3,}|~{3,})(.*)$/.exec(line);
       if (!m) continue;
-      const fence = m[4];
-      const info = m[5].trim();
+      const fence = m[3];
+      const info = m[4].trim();
       if (fence[0] === '`' && info.includes('`')) continue; // not a fence: an inline code span
-      const prefix = m[1].length + m[3].length;
+      const prefix = m[1].length + m[2].length;
       open = { fence, info, prefix, quote: (m[1].match(/>/g) || []).length, start: i, code: [] };
       continue;
     }
@@ -923,7 +923,7 @@ export class VmExecutionClient {
           continue;
         }
         const errorResult = {
-          success: false, executionId, vmId, error: error.message, code: error.code, status: error.status,
+          success: false, executionId, vmId, error: error.message, code: error.code, httpStatus: error.status,
           duration: Date.now() - startTime, attempts, snapshotId, timestamp: new Date().toISOString(),
         };
         this.executionHistory.push(errorResult);
