@@ -7,15 +7,15 @@ import "time"
 
 // CompatExecRequest is POST /api/llm/execute.
 type CompatExecRequest struct {
-	AgentID        string            `json:"agent_id"`
-	Language       string            `json:"language"`
-	Code           string            `json:"code"`
-	VMID           string            `json:"vm_id,omitempty"`
-	Requirements   []string          `json:"requirements,omitempty"`
-	TimeoutSeconds float64           `json:"timeout_seconds,omitempty"`
-	TimeoutMS      int64             `json:"timeout_ms,omitempty"`
-	WorkingDir     string            `json:"working_dir,omitempty"`
-	Metadata       map[string]string `json:"metadata,omitempty"`
+	AgentID        string         `json:"agent_id"`
+	Language       string         `json:"language"`
+	Code           string         `json:"code"`
+	VMID           string         `json:"vm_id,omitempty"`
+	Requirements   []string       `json:"requirements,omitempty"`
+	TimeoutSeconds float64        `json:"timeout_seconds,omitempty"`
+	TimeoutMS      int64          `json:"timeout_ms,omitempty"`
+	WorkingDir     string         `json:"working_dir,omitempty"`
+	Metadata       map[string]any `json:"metadata,omitempty"`
 }
 
 // CompatExecResponse is the answer of POST /api/llm/execute: the v1 result plus the

@@ -44,7 +44,9 @@ type ExecRequest struct {
 	Env       map[string]string `json:"env,omitempty"`
 	WorkDir   string            `json:"working_dir,omitempty"`
 	Limits    Limits            `json:"limits,omitempty"`
-	Metadata  map[string]string `json:"metadata,omitempty"`
+	// Metadata is the caller's own: any JSON object (values of any JSON type), stored
+	// with the run and returned with it in the history.
+	Metadata map[string]any `json:"metadata,omitempty"`
 	// History overrides the transaction policy for this run only.
 	History *ExecPolicy `json:"history,omitempty"`
 }
@@ -168,15 +170,18 @@ const (
 	CodeBadRequest  = "bad_request"
 	CodeInvalidJSON = "invalid_json"
 	CodeTooLarge    = "too_large"
-	CodeNotFound    = "not_found"
-	CodeForbidden   = "forbidden"
-	CodeBusy        = "busy"
-	CodeConflict    = "conflict"
-	CodeUnavailable = "unavailable"
-	CodeInternal    = "internal"
-	CodeTimeout     = "timeout"
-	CodeLimit       = "limit"
-	CodeUnsupported = "unsupported"
+	// CodeUnsupportedMediaType: a JSON route got a body that is not
+	// Content-Type application/json (415).
+	CodeUnsupportedMediaType = "unsupported_media_type"
+	CodeNotFound             = "not_found"
+	CodeForbidden            = "forbidden"
+	CodeBusy                 = "busy"
+	CodeConflict             = "conflict"
+	CodeUnavailable          = "unavailable"
+	CodeInternal             = "internal"
+	CodeTimeout              = "timeout"
+	CodeLimit                = "limit"
+	CodeUnsupported          = "unsupported"
 )
 
 // ExecPolicy is the transaction policy of runs: the seed's `history` block. Unset
@@ -273,28 +278,28 @@ type ForkRequest struct {
 
 // Run is one recorded run (or blocked attempt) in the history.
 type Run struct {
-	ID                 string            `json:"id"`
-	AgentID            string            `json:"agent_id"`
-	SandboxID          string            `json:"sandbox_id"`
-	Language           string            `json:"language"`
-	Code               string            `json:"code"`
-	Status             string            `json:"status"` // running, done, blocked, error
-	Verdict            string            `json:"verdict"`
-	ExitCode           int               `json:"exit_code"`
-	Stdout             string            `json:"stdout"`
-	Stderr             string            `json:"stderr"`
-	StdoutTruncated    bool              `json:"stdout_truncated"`
-	StderrTruncated    bool              `json:"stderr_truncated"`
-	BlockedRule        string            `json:"blocked_rule,omitempty"`
-	BlockedReason      string            `json:"blocked_reason,omitempty"`
-	PreSnapshotID      string            `json:"pre_snapshot_id,omitempty"`
-	FailureSnapshotID  string            `json:"failure_snapshot_id,omitempty"`
-	RestoredSnapshotID string            `json:"restored_snapshot_id,omitempty"`
-	RolledBack         bool              `json:"rolled_back"`
-	StartedAt          time.Time         `json:"started_at"`
-	CompletedAt        time.Time         `json:"completed_at"`
-	DurationMS         int64             `json:"duration_ms"`
-	Metadata           map[string]string `json:"metadata,omitempty"`
+	ID                 string         `json:"id"`
+	AgentID            string         `json:"agent_id"`
+	SandboxID          string         `json:"sandbox_id"`
+	Language           string         `json:"language"`
+	Code               string         `json:"code"`
+	Status             string         `json:"status"` // running, done, blocked, error
+	Verdict            string         `json:"verdict"`
+	ExitCode           int            `json:"exit_code"`
+	Stdout             string         `json:"stdout"`
+	Stderr             string         `json:"stderr"`
+	StdoutTruncated    bool           `json:"stdout_truncated"`
+	StderrTruncated    bool           `json:"stderr_truncated"`
+	BlockedRule        string         `json:"blocked_rule,omitempty"`
+	BlockedReason      string         `json:"blocked_reason,omitempty"`
+	PreSnapshotID      string         `json:"pre_snapshot_id,omitempty"`
+	FailureSnapshotID  string         `json:"failure_snapshot_id,omitempty"`
+	RestoredSnapshotID string         `json:"restored_snapshot_id,omitempty"`
+	RolledBack         bool           `json:"rolled_back"`
+	StartedAt          time.Time      `json:"started_at"`
+	CompletedAt        time.Time      `json:"completed_at"`
+	DurationMS         int64          `json:"duration_ms"`
+	Metadata           map[string]any `json:"metadata,omitempty"`
 }
 
 // RunList is GET /v1/history: newest first.

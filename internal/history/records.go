@@ -74,8 +74,19 @@ type Run struct {
 	StartedAt, CompletedAt time.Time
 	DurationMS             int64
 
-	// Metadata is free-form; an empty map is returned as nil.
-	Metadata map[string]string
+	// Metadata is the caller's JSON object (values of any JSON type; numbers read
+	// back as json.Number, exactly as written); an empty map is returned as nil.
+	Metadata map[string]any
+}
+
+// WithMetadata returns a copy of m with key set to v; m is not changed.
+func WithMetadata(m map[string]any, key string, v any) map[string]any {
+	out := make(map[string]any, len(m)+1)
+	for k, x := range m {
+		out[k] = x
+	}
+	out[key] = v
+	return out
 }
 
 // Snapshot is the record of a saved sandbox state.

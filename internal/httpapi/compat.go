@@ -10,13 +10,9 @@ import (
 
 func (s *Server) compatExecute(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, req api.CompatExecRequest) (api.CompatExecResponse, error) {
-		lim := api.Limits{TimeoutMS: req.TimeoutMS}
-		if lim.TimeoutMS == 0 && req.TimeoutSeconds > 0 {
-			lim.TimeoutMS = int64(req.TimeoutSeconds * 1000)
-		}
 		res, err := s.runExec(r, api.ExecRequest{
 			AgentID: req.AgentID, SandboxID: req.VMID, Language: req.Language, Code: req.Code,
-			WorkDir: req.WorkingDir, Metadata: req.Metadata, Limits: lim,
+			WorkDir: req.WorkingDir, Metadata: req.Metadata, Limits: req.Limits(),
 		})
 		if err != nil {
 			return api.CompatExecResponse{}, err

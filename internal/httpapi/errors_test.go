@@ -28,6 +28,10 @@ func TestWriteError(t *testing.T) {
 	}{
 		{fmt.Errorf("%w: unexpected EOF", errBadJSON), 400, api.CodeInvalidJSON},
 		{fmt.Errorf("body is over 4 bytes: %w", errBodyTooLong), 413, api.CodeTooLarge},
+		{fmt.Errorf("send Content-Type: application/json: %w", errMediaType), 415, api.CodeUnsupportedMediaType},
+		{fmt.Errorf("the body did not arrive in time: %w", errBodyTimeout), 408, api.CodeTimeout},
+		{fmt.Errorf("from evil.example: %w", errForeignOrigin), 403, api.CodeForbidden},
+		{fmt.Errorf("Host evil.example: %w", errForeignHost), 403, api.CodeForbidden},
 		{fmt.Errorf("unknown language %q: %w", "cobol", sandbox.ErrInvalid), 400, api.CodeBadRequest},
 		{fmt.Errorf("sandbox x: %w", sandbox.ErrNotFound), 404, api.CodeNotFound},
 		{fmt.Errorf("another agent's: %w", sandbox.ErrForbidden), 403, api.CodeForbidden},
@@ -59,14 +63,13 @@ func TestWriteError(t *testing.T) {
 // malformed JSON is errBadJSON.
 func TestDecode(t *testing.T) {
 	var v api.ExecRequest
-	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"agent_id":"a","unknown_field":1}`))
-	if err := decode(r, &v); err != nil || v.AgentID != "a" {
+	if err := decode(jsonPost(http.MethodPost, "/", `{"agent_id":"a","unknown_field":1}`), &v); err != nil || v.AgentID != "a" {
 		t.Fatalf("unknown field: %v %+v", err, v)
 	}
 	if err := decode(httptest.NewRequest(http.MethodPost, "/", nil), &v); err != nil {
 		t.Fatalf("empty body: %v", err)
 	}
-	if err := decode(httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"agent_id":`)), &v); !errors.Is(err, errBadJSON) {
+	if err := decode(jsonPost(http.MethodPost, "/", `{"agent_id":`), &v); !errors.Is(err, errBadJSON) {
 		t.Fatalf("malformed: %v", err)
 	}
 }

@@ -33,7 +33,6 @@ func staticFile(name, contentType string) http.HandlerFunc {
 		w.Header().Set("Content-Type", contentType)
 		w.Header().Set("ETag", etag)
 		w.Header().Set("Cache-Control", "no-cache")
-		w.Header().Set("Access-Control-Allow-Origin", "*")
 		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(b))
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -29,27 +28,42 @@ const MaxBodyBytes = 4 << 20
 
 // Server is the HTTP front of a sandbox service.
 type Server struct {
-	svc     *sandbox.Service
-	log     *slog.Logger
-	version string
-	mux     *http.ServeMux
-	metrics *metrics
+	svc      *sandbox.Service
+	log      *slog.Logger
+	version  string
+	mux      *http.ServeMux
+	metrics  *metrics
+	boundary boundary
+	bodyWait time.Duration
 }
 
 // Options configures a Server.
 type Options struct {
 	Version string
 	Logger  *slog.Logger
+	// Addr is the address the server listens on (as bound, with its real port). The
+	// Host check accepts it and the loopback names with its port; empty accepts the
+	// loopback names on any port.
+	Addr string
+	// AllowedHosts are more names accepted in Host: "name" (any port) or "name:port".
+	AllowedHosts []string
+	// AllowedOrigins are web origins (scheme://host[:port]) whose pages may call the
+	// API; they get CORS headers. Pages of any other foreign origin are refused.
+	AllowedOrigins []string
+	// BodyTimeout bounds the time a request body may take to arrive (0: no bound).
+	BodyTimeout time.Duration
 }
 
-// New returns a Server for svc.
+// New returns a Server for svc. It warns when opt.Addr is not a loopback address.
 func New(svc *sandbox.Service, opt Options) *Server {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux()}
+	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux(),
+		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout}
 	s.metrics = newMetrics()
 	s.routes()
+	warnIfExposed(s.log, opt.Addr)
 	return s
 }
 
@@ -95,6 +109,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics.requests.WithLabelValues(r.Method, strconv.Itoa(rec.status)).Inc()
 		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start))
 	}()
+	listed, err := s.boundary.check(r)
+	if err != nil {
+		s.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "host", r.Host, "origin", r.Header.Get("Origin"))
+		writeError(rec, r, s.log, err)
+		return
+	}
+	if listed && cors(rec, r) {
+		return
+	}
+	bodyDeadline(w, r, s.bodyWait)
 	if !isUpload(r) { // an upload has its own, larger, limit
 		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
 	}
@@ -117,7 +141,7 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	return r.ResponseWriter.Write(b)
 }
 
-// Unwrap lets http.ResponseController reach the connection (to flush a stream).
+// Unwrap lets http.ResponseController reach the connection (deadlines, Flush).
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 type metrics struct {
@@ -180,26 +204,6 @@ func handle[In, Out any](s *Server, status int, f func(r *http.Request, in In) (
 	}
 }
 
-// decode reads a JSON body into v. Unknown fields are ignored; an empty body is an
-// empty object.
-func decode(r *http.Request, v any) error {
-	b, err := io.ReadAll(r.Body)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return fmt.Errorf("body is over %d bytes: %w", mbe.Limit, errBodyTooLong)
-		}
-		return fmt.Errorf("read body: %w", err)
-	}
-	if len(b) == 0 {
-		return nil
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%w: %v", errBadJSON, err)
-	}
-	return nil
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -223,6 +227,12 @@ func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 		status, code = http.StatusBadRequest, api.CodeInvalidJSON
 	case errors.Is(err, errBodyTooLong), errors.Is(err, sandbox.ErrTooLarge):
 		status, code = http.StatusRequestEntityTooLarge, api.CodeTooLarge
+	case errors.Is(err, errMediaType):
+		status, code = http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType
+	case errors.Is(err, errBodyTimeout):
+		status, code = http.StatusRequestTimeout, api.CodeTimeout
+	case errors.Is(err, errForeignOrigin), errors.Is(err, errForeignHost):
+		status, code = http.StatusForbidden, api.CodeForbidden
 	case errors.Is(err, errNoRoute):
 		status, code = http.StatusNotFound, api.CodeNotFound
 	case errors.Is(err, sandbox.ErrInvalid):

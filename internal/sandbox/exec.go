@@ -397,7 +397,7 @@ func (s *Service) finishRecord(e *entry, rec history.Run, out *api.ExecResult, r
 	rec.Status, rec.Verdict = history.StatusDone, out.Verdict
 	if runErr != nil {
 		rec.Status, rec.Verdict = history.StatusError, history.VerdictError
-		rec.Metadata = map[string]string{"error": runErr.Error()}
+		rec.Metadata = history.WithMetadata(rec.Metadata, "error", runErr.Error())
 	}
 	rec.ExitCode = out.ExitCode
 	var cut bool

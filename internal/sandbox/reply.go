@@ -77,7 +77,7 @@ func (s *Service) ParseExecuteStream(ctx context.Context, req api.ParseExecuteRe
 			}
 			res, err := s.ExecStream(ctx, api.ExecRequest{AgentID: req.AgentID, SandboxID: req.SandboxID, Language: b.Language,
 				Code: b.Code, Limits: req.Limits, History: req.History,
-				Metadata: map[string]string{"source": "parse-execute", "block_index": fmt.Sprint(b.Index)}}, blockOut)
+				Metadata: map[string]any{"source": "parse-execute", "block_index": fmt.Sprint(b.Index)}}, blockOut)
 			bad := true
 			switch {
 			case errors.Is(err, ErrInvalid):

@@ -233,7 +233,7 @@ func scanRun(sc scanner) (history.Run, error) {
 	return r, nil
 }
 
-func encodeMetadata(m map[string]string) (string, error) {
+func encodeMetadata(m map[string]any) (string, error) {
 	if len(m) == 0 {
 		return "{}", nil
 	}
@@ -244,12 +244,16 @@ func encodeMetadata(m map[string]string) (string, error) {
 	return string(b), nil
 }
 
-func decodeMetadata(s string) (map[string]string, error) {
+// decodeMetadata reads a stored JSON object: older rows hold string values, newer
+// ones any JSON; numbers come back as json.Number so they keep every digit.
+func decodeMetadata(s string) (map[string]any, error) {
 	if s == "" || strings.TrimSpace(s) == "{}" {
 		return nil, nil
 	}
-	var m map[string]string
-	if err := json.Unmarshal([]byte(s), &m); err != nil {
+	var m map[string]any
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("decode metadata: %w", err)
 	}
 	if len(m) == 0 {

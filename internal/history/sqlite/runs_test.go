@@ -28,7 +28,7 @@ func TestRunRoundTrip(t *testing.T) {
 		Verdict:       "ignored",
 		PreSnapshotID: "snap-pre",
 		StartedAt:     t0,
-		Metadata:      map[string]string{"model": "m1", "turn": "7"},
+		Metadata:      map[string]any{"model": "m1", "turn": "7"},
 	}
 	if err := s.BeginRun(ctx, begin); err != nil {
 		t.Fatalf("BeginRun: %v", err)
@@ -87,13 +87,13 @@ func TestFinishRunOverwrites(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTest(t)
 	if err := s.BeginRun(ctx, history.Run{ID: "r", SandboxID: "sb", AgentID: "a", Code: "x", StartedAt: t0,
-		PreSnapshotID: "p1", Metadata: map[string]string{"k": "v"}}); err != nil {
+		PreSnapshotID: "p1", Metadata: map[string]any{"k": "v"}}); err != nil {
 		t.Fatal(err)
 	}
 	before := time.Now()
 	if err := s.FinishRun(ctx, history.Run{ID: "r", SandboxID: "other", AgentID: "other", Code: "other",
 		StartedAt: t0.Add(time.Hour), Status: history.StatusError, Verdict: history.VerdictError,
-		PreSnapshotID: "p2", Metadata: map[string]string{"k2": "v2"}}); err != nil {
+		PreSnapshotID: "p2", Metadata: map[string]any{"k2": "v2"}}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.GetRun(ctx, "r")
@@ -106,7 +106,7 @@ func TestFinishRunOverwrites(t *testing.T) {
 	if got.PreSnapshotID != "p2" {
 		t.Errorf("PreSnapshotID = %q, want p2", got.PreSnapshotID)
 	}
-	if diff := cmp.Diff(map[string]string{"k2": "v2"}, got.Metadata); diff != "" {
+	if diff := cmp.Diff(map[string]any{"k2": "v2"}, got.Metadata); diff != "" {
 		t.Errorf("Metadata (-want +got):\n%s", diff)
 	}
 	if got.CompletedAt.Before(before.Add(-time.Second)) {
@@ -352,7 +352,7 @@ func TestAbortRunning(t *testing.T) {
 	for i, id := range []string{"inflight1", "inflight2"} {
 		r := history.Run{ID: id, SandboxID: "sb", StartedAt: t0.Add(time.Duration(i) * time.Second)}
 		if i == 0 {
-			r.Metadata = map[string]string{"model": "m"}
+			r.Metadata = map[string]any{"model": "m"}
 		}
 		if err := s.BeginRun(ctx, r); err != nil {
 			t.Fatal(err)

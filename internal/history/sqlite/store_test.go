@@ -22,7 +22,7 @@ func TestPersistence(t *testing.T) {
 	ctx := context.Background()
 	s, path := openTest(t)
 	run := finishedRun("r1", "a", "sb", 1, history.VerdictOK)
-	run.Metadata = map[string]string{"k": "v"}
+	run.Metadata = map[string]any{"k": "v"}
 	snap := history.Snapshot{ID: "s1", SandboxID: "sb", Kind: history.SnapshotManual, Pinned: true, CreatedAt: t0}
 	rb := history.Rollback{ID: "rb1", SandboxID: "sb", SnapshotID: "s1", At: t0}
 	mustRecord(t, s, run)
