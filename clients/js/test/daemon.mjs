@@ -44,6 +44,7 @@ function binaries() {
     return built;
   }
   const dir = mkdtempSync(join(tmpdir(), 'vmexec-js-bin-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
   const vmexec = join(dir, 'vmexec');
   const agent = join(dir, 'vmexec-agent');
   execFileSync('go', ['build', '-o', vmexec, './cmd/vmexec'], { cwd: repoRoot, env: goEnv(), stdio: 'inherit' });
@@ -76,7 +77,11 @@ export async function startDaemon({ extra = [] } = {}) {
   const logFd = openSync(logPath, 'w');
   const args = ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', data, '--template-dir', join(dataDir, 'templates'),
     '--runsc', runscPath(), '--agent', bins.agent, '--log-level', 'debug', '--pool-size', '1', ...extra];
-  const child = spawn(bins.vmexec, args, { stdio: ['ignore', logFd, logFd] });
+  // setpriv --pdeathsig: the daemon gets SIGTERM if this test process dies without
+  // stopping it (killed, crashed), so no daemon outlives its tests.
+  const guard = existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--pdeathsig', 'TERM', '--'] : [];
+  const argv = [...guard, bins.vmexec, ...args];
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', logFd, logFd] });
   let exited = false;
   const exit = new Promise((res) => child.on('exit', (code, sig) => { exited = true; res({ code, sig }); }));
   const url = `http://127.0.0.1:${port}`;

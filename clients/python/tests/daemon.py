@@ -1,6 +1,7 @@
 """The real daemon for the client tests: `vmexec serve` built from this tree, on a free
 loopback port, with a temporary data dir, the template of scripts/setup and its runsc."""
 
+import atexit
 import os
 import shutil
 import socket
@@ -45,6 +46,7 @@ def binaries():
         _bins = (os.environ["VMEXEC_BIN"], os.environ["VMEXEC_AGENT_BIN"])
         return _bins
     d = tempfile.mkdtemp(prefix="vmexec-py-bin-")
+    atexit.register(shutil.rmtree, d, True)
     env = dict(os.environ, PATH="/usr/local/go/bin:" + os.environ.get("PATH", ""))
     subprocess.run(["go", "build", "-o", os.path.join(d, "vmexec"), "./cmd/vmexec"], cwd=REPO, env=env, check=True)
     subprocess.run(["go", "build", "-o", os.path.join(d, "vmexec-agent"), "./cmd/vmexec-agent"], cwd=REPO,
@@ -67,8 +69,11 @@ class Daemon:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._log = open(self.log_path, "wb")
+        # setpriv --pdeathsig: the daemon gets SIGTERM if this test process dies
+        # without stopping it (killed, a broken pipe), so no daemon outlives its tests.
+        guard = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
         self.proc = subprocess.Popen(
-            [vmexec, "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", self.data,
+            guard + [vmexec, "serve", "--addr", f"127.0.0.1:{port}", "--data-dir", self.data,
              "--template-dir", os.path.join(DATA, "templates"), "--runsc", runsc(), "--agent", agent,
              "--log-level", "debug", "--pool-size", "1"],
             stdout=self._log, stderr=subprocess.STDOUT)
