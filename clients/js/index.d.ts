@@ -233,7 +233,13 @@ export interface StreamCallbacks {
   onEvent?: (event: StreamEvent) => void;
 }
 
-export interface CallOptions { signal?: AbortSignal; timeoutMs?: number; headers?: Record<string, string> }
+export interface CallOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
+  headers?: Record<string, string>;
+  /** Overrides the client's maxRetries for this call. */
+  maxRetries?: number;
+}
 export interface StreamOptions extends StreamCallbacks, CallOptions {}
 export interface FileOptions extends CallOptions { agentId?: string }
 

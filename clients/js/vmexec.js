@@ -424,7 +424,8 @@ export class Client {
 
   // send performs one HTTP exchange with the retry rule and returns the Response of a
   // 2xx, or throws a VmexecError.
-  async send(method, path, { body, headers, signal, timeoutMs, contentType } = {}) {
+  async send(method, path, { body, headers, signal, timeoutMs, contentType, maxRetries } = {}) {
+    const retries = maxRetries ?? this.maxRetries;
     const url = this.baseUrl + path;
     const h = { ...this.headers, ...(headers || {}) };
     if (this.apiKey) h.Authorization = `Bearer ${this.apiKey}`;
@@ -458,13 +459,13 @@ export class Client {
         if (timer?.signal.aborted) throw timer.signal.reason;
         const retryable = isRetryable(err);
         const ce = new ConnectionError(`vmexec: ${method} ${url}: ${err.cause?.message || err.message}`, { cause: err, retryable });
-        if (!retryable || attempt > this.maxRetries) throw ce;
+        if (!retryable || attempt > retries) throw ce;
         await sleep(backoffDelay(attempt, { baseMs: this.retryBaseMs, maxMs: this.retryMaxMs }), signal);
         continue;
       }
       if (res.ok) return res;
       const e = await errorFrom(res, method, path);
-      if (!e.retryable || attempt > this.maxRetries) throw e;
+      if (!e.retryable || attempt > retries) throw e;
       await sleep(backoffDelay(attempt, {
         baseMs: this.retryBaseMs, maxMs: this.retryMaxMs, retryAfter: retryAfterMs(res.headers.get('retry-after')),
       }), signal);
@@ -485,11 +486,12 @@ export class Client {
   stream(path, body, opts = {}) {
     const ctl = new AbortController();
     const sig = combineSignals([opts.signal, ctl.signal]);
+    const maxRetries = opts.maxRetries ?? this.maxRetries;
     const start = () => this.send('POST', path, {
-      body, signal: sig.signal, timeoutMs: opts.timeoutMs ?? 0,
+      body, signal: sig.signal, timeoutMs: opts.timeoutMs ?? 0, maxRetries,
       headers: { Accept: 'text/event-stream', ...(opts.headers || {}) },
     });
-    return new EventStream(start, opts, ctl, { maxRetries: this.maxRetries, baseMs: this.retryBaseMs, maxMs: this.retryMaxMs });
+    return new EventStream(start, opts, ctl, { maxRetries, baseMs: this.retryBaseMs, maxMs: this.retryMaxMs });
   }
 
   withAgent(req) {
@@ -513,7 +515,7 @@ export class Client {
   exec(req, opts = {}) {
     const path = req.sandbox_id ? `/v1/sandboxes/${enc(req.sandbox_id)}/exec` : '/v1/exec';
     if (opts.onStdout || opts.onStderr || opts.onEvent) return this.stream(path, this.withAgent(req), opts).result();
-    return this.request(path, { method: 'POST', body: this.withAgent(req), signal: opts.signal, timeoutMs: opts.timeoutMs });
+    return this.request(path, { method: 'POST', body: this.withAgent(req), signal: opts.signal, timeoutMs: opts.timeoutMs, maxRetries: opts.maxRetries });
   }
 
   /** execStream runs code and returns its events as they come. */
@@ -854,8 +856,8 @@ export class VmExecutionClient {
 
   // call sends one request through the api-client; request bodies are JSON strings, as
   // the seed's api-client expects.
-  call(path, method, body) {
-    const opts = { method };
+  call(path, method, body, extra) {
+    const opts = { method, ...extra };
     if (body !== undefined) opts.body = JSON.stringify(body);
     return this.apiClient.request(path, opts);
   }
@@ -906,7 +908,7 @@ export class VmExecutionClient {
       : () => this.call('/api/llm/execute', 'POST', {
         agent_id: agentId, language, code, vm_id: vmId, requirements,
         timeout_seconds: Math.floor(this.options.timeout / 1000), working_dir: workingDir, metadata: meta,
-      });
+      }, { maxRetries: 0 }); // executeCode counts and paces the attempts itself
 
     progress({ status: 'executing', executionId, vmId });
     let attempts = 0;
@@ -945,12 +947,12 @@ export class VmExecutionClient {
       limits: { timeout_ms: this.options.timeout }, metadata: meta,
       ...(Object.keys(history).length ? { history } : {}),
     };
-    if (!live) return this.client.exec(req);
+    if (!live) return this.client.exec(req, { maxRetries: 0 });
     const out = (stream) => (data) => {
       progress({ status: 'output', executionId, stream, data });
       (stream === 'stdout' ? onStdout : onStderr)?.(data);
     };
-    return this.client.exec(req, { onStdout: out('stdout'), onStderr: out('stderr') });
+    return this.client.exec(req, { onStdout: out('stdout'), onStderr: out('stderr'), maxRetries: 0 });
   }
 
   // finish turns the server's result into the seed's result shape.

@@ -5,7 +5,7 @@
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { Client, VmExecutionClient, VmexecError, ConnectionError, backoffDelay, isRetryable } from '../vmexec.js';
+import { ApiClient, Client, VmExecutionClient, VmexecError, ConnectionError, backoffDelay, isRetryable } from '../vmexec.js';
 import { freePort } from './daemon.mjs';
 
 // stub starts a server answering each request with the next of responses (a function
@@ -208,6 +208,14 @@ describe('VmExecutionClient retries', () => {
     assert.equal(r.attempts, 3);
     assert.equal(s.seen.length, 3);
     assert.deepEqual(statuses.filter((x) => x !== 'output'), ['validating', 'executing', 'retrying', 'retrying', 'completed']);
+  });
+
+  it('over a vmexec Client with its own retries, the attempts are counted once', async () => {
+    const s = await stub([busy, busy, { status: 200, body: compat() }]);
+    const vm = new VmExecutionClient(new ApiClient(s.url, { maxRetries: 3, ...fast }), { retryDelay: 1 });
+    const r = await vm.executeCode({ language: 'python', code: 'print(1)' });
+    assert.equal(r.attempts, 3);
+    assert.equal(s.seen.length, 3);
   });
 
   it('a program that ran and failed: one attempt, failed, never retried', async () => {
