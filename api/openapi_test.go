@@ -323,6 +323,9 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"CompatCreateVM":        {CompatCreateVM{}, false},
 		"CompatVM":              {CompatVM{}, true},
 		"CompatVMList":          {CompatVMList{}, true},
+		"OutputChunk":           {OutputChunk{}, true},
+		"FileInfo":              {FileInfo{}, true},
+		"FileList":              {FileList{}, true},
 	}
 	for name, d := range types {
 		schema, ok := schemas[name]

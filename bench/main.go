@@ -2,7 +2,8 @@
 // because these machines are noisy: a native `python3 -c 'print(1)'` spawn on the host,
 // and `runsc do` per run. It starts its own daemon (built from this tree) on a free
 // port with a temporary data dir and the installed template, and prints p50/p95 and
-// ratios. Not a test: it passes or fails nothing.
+// ratios. It also reports, for streamed runs, the lag from a program's write to the
+// client's receipt of that chunk. Not a test: it passes or fails nothing.
 //
 //	sudo go run ./bench [-n 40] [-microvm=false]
 package main
@@ -17,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -208,6 +210,19 @@ func warmSeries(ctx context.Context, c *client.Client, n int) ([]series, error) 
 	if err := add(measure("warm run, no snapshot", n, func(int) error { _, err := run("warm-nosnap", noSnap); return err })); err != nil {
 		return out, err
 	}
+	if err := add(measureWith("warm run, streamed (SSE)", n, think, func(int) error {
+		var got string
+		r, err := c.ExecStream(ctx, api.ExecRequest{AgentID: "warm", Language: "python", Code: "print(1)"}, client.Output{Stdout: func(s string) { got += s }})
+		if err == nil && (strings.TrimSpace(got) != "1" || r.Verdict != api.VerdictOK) {
+			err = fmt.Errorf("unexpected result %+v (streamed %q)", r, got)
+		}
+		return err
+	})); err != nil {
+		return out, err
+	}
+	if err := add(streamLag(ctx, c, n)); err != nil {
+		return out, err
+	}
 	var snapID string
 	if err := add(measure("snapshot (API)", n, func(int) error {
 		sn, err := c.CreateSnapshot(ctx, first.SandboxID, api.CreateSnapshotRequest{})
@@ -221,6 +236,36 @@ func warmSeries(ctx context.Context, c *client.Client, n int) ([]series, error) 
 		return err
 	}))
 	return out, err
+}
+
+// streamLag measures the lag from a program's write to the client's receipt of that
+// chunk: the program prints its clock (time.time_ns) every 20 ms, and the client
+// compares each line with the time it received it. Both read the host's one clock
+// (gVisor's realtime clock is the host's).
+func streamLag(ctx context.Context, c *client.Client, n int) (series, error) {
+	s := series{name: "stream lag: write → client"}
+	code := fmt.Sprintf("import time\nfor i in range(%d):\n    print(time.time_ns(), flush=True)\n    time.sleep(0.02)\n", n)
+	var bad error
+	r, err := c.ExecStream(ctx, api.ExecRequest{AgentID: "warm", Language: "python", Code: code}, client.Output{Stdout: func(text string) {
+		now := time.Now()
+		for _, line := range strings.Fields(text) {
+			ns, err := strconv.ParseInt(line, 10, 64)
+			if err != nil {
+				bad = fmt.Errorf("unexpected line %q", line)
+				return
+			}
+			s.d = append(s.d, now.Sub(time.Unix(0, ns)))
+		}
+	}})
+	switch {
+	case err != nil:
+		return s, fmt.Errorf("%s: %w", s.name, err)
+	case bad != nil:
+		return s, fmt.Errorf("%s: %w", s.name, bad)
+	case r.Verdict != api.VerdictOK || len(s.d) != n:
+		return s, fmt.Errorf("%s: %d lines received, result %+v", s.name, len(s.d), r)
+	}
+	return s, nil
 }
 
 type daemon struct {

@@ -192,7 +192,8 @@ func TestCLIHelp(t *testing.T) {
 	walk(nil)
 	for _, want := range []string{"vmexec serve", "vmexec exec", "vmexec run-reply", "vmexec sandboxes list", "vmexec sandboxes create",
 		"vmexec sandboxes rm", "vmexec backends", "vmexec snapshot", "vmexec snapshot list", "vmexec snapshot rm", "vmexec rollback",
-		"vmexec fork", "vmexec history", "vmexec template build", "vmexec template list", "vmexec doctor"} {
+		"vmexec fork", "vmexec history", "vmexec template build", "vmexec template list", "vmexec doctor",
+		"vmexec files put", "vmexec files get", "vmexec files ls", "vmexec files rm"} {
 		if !seen[want] {
 			t.Errorf("%s not reached from the root's help (seen %v)", want, seen)
 		}

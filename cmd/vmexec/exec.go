@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/client"
 )
 
 var extLanguage = map[string]string{
@@ -35,7 +38,10 @@ written by one run are there for the next).
 
 The code comes from -c, from a file argument, or from standard input. The program's
 stdout and stderr are printed as they were, and vmexec exits with the program's exit
-code. A run that ends by a limit (timeout, output, memory) says so on stderr.`,
+code. Output is printed as the program writes it (stdout to stdout, stderr to stderr);
+Ctrl-C cancels the run, which is then rolled back. A run that ends by a limit
+(timeout, output, memory) says so on stderr. --json waits for the run and prints the
+whole result.`,
 		Example: `  vmexec exec --agent demo --lang python -c 'print(2+2)'
   vmexec exec --agent demo hello.go
   vmexec exec --agent demo --lang bash --timeout 5s < script.sh
@@ -64,17 +70,24 @@ code. A run that ends by a limit (timeout, output, memory) says so on stderr.`,
 					req.Env[k] = v
 				}
 			}
-			res, err := g.client().Exec(context.Background(), req)
-			if err != nil {
-				return err
-			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop() // Ctrl-C disconnects, which cancels the run (and rolls it back)
+			var res *api.ExecResult
 			if asJSON {
+				if res, err = g.client().Exec(ctx, req); err != nil {
+					return err
+				}
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				enc.Encode(res)
 			} else {
-				io.WriteString(cmd.OutOrStdout(), res.Stdout)
-				io.WriteString(cmd.ErrOrStderr(), res.Stderr)
+				res, err = g.client().ExecStream(ctx, req, client.Output{
+					Stdout: func(s string) { io.WriteString(cmd.OutOrStdout(), s) },
+					Stderr: func(s string) { io.WriteString(cmd.ErrOrStderr(), s) },
+				})
+				if err != nil {
+					return err
+				}
 				explain(cmd.ErrOrStderr(), res)
 			}
 			if res.ExitCode == 0 && !res.Success() {
@@ -134,6 +147,8 @@ func explain(w io.Writer, r *api.ExecResult) {
 		fmt.Fprintln(w, "vmexec: the run hit its memory limit")
 	case api.VerdictKilled:
 		fmt.Fprintf(w, "vmexec: the run was killed (%s)\n", firstNonEmpty(r.Signal, r.Error, "signal"))
+	case api.VerdictCanceled:
+		fmt.Fprintln(w, "vmexec: the run was canceled")
 	}
 	if r.StdoutTruncated || r.StderrTruncated {
 		fmt.Fprintln(w, "vmexec: output truncated")

@@ -32,6 +32,7 @@ func TestWriteError(t *testing.T) {
 		{fmt.Errorf("the body did not arrive in time: %w", errBodyTimeout), 408, api.CodeTimeout},
 		{fmt.Errorf("from evil.example: %w", errForeignOrigin), 403, api.CodeForbidden},
 		{fmt.Errorf("Host evil.example: %w", errForeignHost), 403, api.CodeForbidden},
+		{fmt.Errorf("f is over the file limit: %w", sandbox.ErrTooLarge), 413, api.CodeTooLarge},
 		{fmt.Errorf("unknown language %q: %w", "cobol", sandbox.ErrInvalid), 400, api.CodeBadRequest},
 		{fmt.Errorf("sandbox x: %w", sandbox.ErrNotFound), 404, api.CodeNotFound},
 		{fmt.Errorf("another agent's: %w", sandbox.ErrForbidden), 403, api.CodeForbidden},

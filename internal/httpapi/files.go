@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/sandbox"
@@ -43,7 +44,8 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	info, err := s.svc.PutFile(r.Context(), r.PathValue("id"), q.Get("agent_id"), q.Get("path"), uint32(mode), r.Body)
+	body := &deadlineReader{r: r.Body, rc: http.NewResponseController(w)}
+	info, err := s.svc.PutFile(r.Context(), r.PathValue("id"), q.Get("agent_id"), q.Get("path"), uint32(mode), body)
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
@@ -77,7 +79,7 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	err := s.svc.OpenFile(r.Context(), id, agent, p, func(info api.FileInfo, body io.Reader) error {
 		fileHeaders(w, info)
 		w.WriteHeader(http.StatusOK)
-		if _, err := io.CopyN(w, body, info.Size); err != nil {
+		if _, err := io.CopyN(&deadlineWriter{w: w, rc: http.NewResponseController(w)}, body, info.Size); err != nil {
 			return errStreaming{err}
 		}
 		return nil
@@ -89,6 +91,28 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		writeError(w, r, s.log, err)
 	}
+}
+
+// A file transfer holds its sandbox (other requests queue behind it), so a client that
+// stops sending or reading for writeTimeout is cut off rather than waited for.
+type deadlineReader struct {
+	r  io.Reader
+	rc *http.ResponseController
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	d.rc.SetReadDeadline(time.Now().Add(writeTimeout)) // not every connection supports it
+	return d.r.Read(p)
+}
+
+type deadlineWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return d.w.Write(p)
 }
 
 func fileHeaders(w http.ResponseWriter, info api.FileInfo) {

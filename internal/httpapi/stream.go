@@ -32,7 +32,9 @@ import (
 
 var (
 	keepAliveEvery = 15 * time.Second
-	writeTimeout   = 30 * time.Second
+	// writeTimeout bounds one write of a stream or a download, and one read of an
+	// upload: a client idle that long is treated as gone.
+	writeTimeout = 30 * time.Second
 )
 
 // wantsEvents reports whether the request asks for Server-Sent Events.

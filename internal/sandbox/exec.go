@@ -330,6 +330,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 		if ctx.Err() != nil {
 			out.Verdict = api.VerdictCanceled
 			out.Error = "the caller went away and the guest did not answer the cancellation"
+			out.Stdout, out.Stderr = st.passed() // what the caller was sent is all there is
 			break
 		}
 		out.Verdict = api.VerdictKilled

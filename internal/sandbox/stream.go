@@ -39,6 +39,7 @@ const (
 	flushDelay = 50 * time.Millisecond // a mid-line pause this long flushes the partial line
 	maxLine    = 8 << 10               // a partial line this long is flushed
 	maxHold    = 64 << 10              // a private key block held longer than this is flushed
+	maxKept    = 1 << 20               // what passed is kept, per stream, up to this
 )
 
 // keyBegin starts a private key block, as the redact package's private_key rule sees it.
@@ -57,6 +58,7 @@ type streamer struct {
 
 	mu      sync.Mutex
 	pending map[string][]byte // per stream, not yet passed on
+	kept    map[string][]byte // per stream, what passed (up to maxKept)
 	order   []string          // streams in the order they first wrote
 	timer   *time.Timer
 	closed  bool
@@ -67,7 +69,7 @@ func newStreamer(red *redact.Redactor, out OutputFunc) *streamer {
 	if out == nil {
 		return nil
 	}
-	return &streamer{red: red, out: out, pending: map[string][]byte{}}
+	return &streamer{red: red, out: out, pending: map[string][]byte{}, kept: map[string][]byte{}}
 }
 
 // output is the callback to hand the backend (nil for a nil streamer).
@@ -127,6 +129,17 @@ func (st *streamer) close() {
 	st.closed = true
 }
 
+// passed returns what was passed on (the first maxKept bytes of each stream): the
+// output of a run whose guest never answered, so has no result of its own.
+func (st *streamer) passed() (stdout, stderr string) {
+	if st == nil {
+		return "", ""
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return string(st.kept[agentproto.StreamStdout]), string(st.kept[agentproto.StreamStderr])
+}
+
 type cutMode int
 
 const (
@@ -144,6 +157,9 @@ func (st *streamer) emit(stream string, mode cutMode) {
 	}
 	text, _ := st.red.Redact(string(data[:n]))
 	st.out(stream, []byte(text))
+	if k := st.kept[stream]; len(k) < maxKept {
+		st.kept[stream] = append(k, text[:min(len(text), maxKept-len(k))]...)
+	}
 	st.pending[stream] = append(data[:0], data[n:]...)
 }
 

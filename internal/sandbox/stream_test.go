@@ -232,7 +232,7 @@ func testCanceled(t *testing.T, wait string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if run.Verdict != history.VerdictCanceled || run.Status != history.StatusDone || !run.RolledBack || (wait == "wait" && run.Stdout != "started\n") {
+	if run.Verdict != history.VerdictCanceled || run.Status != history.StatusDone || !run.RolledBack || run.Stdout != "started\n" {
 		t.Fatalf("history row: status %s verdict %s rolled back %v stdout %q", run.Status, run.Verdict, run.RolledBack, run.Stdout)
 	}
 }
