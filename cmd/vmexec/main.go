@@ -62,7 +62,7 @@ Then look back, or undo:
   vmexec rollback SANDBOX --last-success
 
 Or over HTTP:
-  curl -s localhost:8080/api/llm/execute -d '{"agent_id":"demo","language":"python","code":"print(2+2)"}'`,
+  curl -s localhost:8080/api/llm/execute -H 'Content-Type: application/json' -d '{"agent_id":"demo","language":"python","code":"print(2+2)"}'`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version,

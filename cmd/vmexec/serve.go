@@ -32,6 +32,8 @@ func newServeCmd() *cobra.Command {
 		cfgPath      string
 		flags        config.Config
 		backendsFlag string
+		hostsFlag    string
+		originsFlag  string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -46,7 +48,13 @@ and stopped, and the next run for its agent resumes it.
 Configuration: built-in defaults, then the --config YAML file, then VMEXEC_*
 environment variables (VMEXEC_ADDR, VMEXEC_DATA_DIR, VMEXEC_RUNSC, VMEXEC_AGENT,
 VMEXEC_BACKENDS, VMEXEC_MICROVM_ACCEL,
-VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), then flags.`,
+VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT,
+VMEXEC_ALLOWED_HOSTS, VMEXEC_ALLOWED_ORIGINS), then flags.
+
+Who may call: requests must name the server in Host (localhost, 127.0.0.1, [::1] or
+the listen address, with its port; or one of --allowed-hosts), and a browser page
+must be the server's own origin or one of --allowed-origins. This keeps web pages
+from using a loopback daemon; it is not authentication.`,
 		Example: `  sudo vmexec serve
   sudo vmexec serve --addr 127.0.0.1:9090 --data-dir /srv/vmexec
   sudo vmexec serve --config /etc/vmexec.yaml
@@ -71,6 +79,12 @@ VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), t
 			set("log-level", &cfg.LogLevel, flags.LogLevel)
 			if fl.Changed("backends") {
 				cfg.Backends = config.SplitList(backendsFlag)
+			}
+			if fl.Changed("allowed-hosts") {
+				cfg.HTTP.AllowedHosts = config.SplitList(hostsFlag)
+			}
+			if fl.Changed("allowed-origins") {
+				cfg.HTTP.AllowedOrigins = config.SplitList(originsFlag)
 			}
 			set("microvm-accel", &cfg.MicroVM.Accel, flags.MicroVM.Accel)
 			if fl.Changed("pool-size") {
@@ -98,6 +112,8 @@ VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT), t
 	f.StringVar(&flags.Agent, "agent", "", "guest agent binary (default vmexec-agent beside vmexec, else $PATH)")
 	f.StringVar(&flags.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
 	f.StringVar(&backendsFlag, "backends", strings.Join(d.Backends, ","), "enabled backends, the default first: gvisor, microvm")
+	f.StringVar(&hostsFlag, "allowed-hosts", "", "more names accepted in Host, comma-separated: name (any port) or name:port")
+	f.StringVar(&originsFlag, "allowed-origins", "", "web origins whose pages may call the API, comma-separated: scheme://host[:port]")
 	f.StringVar(&flags.MicroVM.Accel, "microvm-accel", d.MicroVM.Accel, "microVM accelerator: auto (KVM if it boots a guest, else TCG), kvm, tcg")
 	f.IntVar(&flags.Sandbox.PoolSize, "pool-size", d.Sandbox.PoolSize, "ready sandboxes kept for new agents")
 	f.DurationVar(&flags.Sandbox.IdleTimeout, "idle-timeout", d.Sandbox.IdleTimeout, "suspend (snapshot and stop) sandboxes unused this long")
@@ -155,7 +171,8 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{Handler: httpapi.New(svc, httpapi.Options{Version: version, Logger: log}), ReadHeaderTimeout: 10 * time.Second}
+	srv := newHTTPServer(httpapi.New(svc, httpapi.Options{Version: version, Logger: log, Addr: ln.Addr().String(),
+		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout}), cfg.HTTP)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	// The microVM image and accelerator are settled ahead of the first microVM; the
@@ -183,6 +200,15 @@ func serve(cfg config.Config) error {
 		log.Warn("http shutdown", "err", err)
 	}
 	return nil
+}
+
+// newHTTPServer is the daemon's http.Server. Slow clients are cut off by the header
+// timeout, the per-request body deadline (httpapi's read_body_timeout) and the idle
+// timeout between requests. There is deliberately no ReadTimeout or WriteTimeout:
+// they would bound the whole request, and runs (up to 10 min), event streams and
+// large file transfers last longer than any such bound should.
+func newHTTPServer(h http.Handler, c config.HTTP) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: c.ReadHeaderTimeout, IdleTimeout: c.IdleTimeout, MaxHeaderBytes: c.MaxHeaderBytes}
 }
 
 // openBackends makes the enabled backends, the default first.

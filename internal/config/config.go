@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,8 @@ import (
 type Config struct {
 	// Addr is the HTTP listen address.
 	Addr string `yaml:"addr"`
+	// HTTP configures who may call the HTTP API and the server's timeouts.
+	HTTP HTTP `yaml:"http"`
 	// DataDir holds templates, tools, sandbox state, snapshots and the history database.
 	DataDir string `yaml:"data_dir"`
 	// TemplateDir holds built templates; empty means <data_dir>/templates.
@@ -43,6 +46,56 @@ type Config struct {
 	Sandbox sandbox.Config `yaml:"sandbox"`
 }
 
+// HTTP configures the HTTP server's boundary (see internal/httpapi) and timeouts.
+type HTTP struct {
+	// AllowedHosts are names accepted in the Host header besides localhost,
+	// 127.0.0.1, [::1] and the listen address (all with the listen port): "name" for
+	// any port, "name:port" for one. Needed for a proxy's public name.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+	// AllowedOrigins are web origins (scheme://host[:port]) whose pages may call the
+	// API from a browser; pages of any other origin are refused.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// ReadHeaderTimeout bounds the time a client may take to send a request's headers.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// ReadBodyTimeout bounds the time a client may take to send a request's body.
+	ReadBodyTimeout time.Duration `yaml:"read_body_timeout"`
+	// IdleTimeout closes a kept-alive connection idle this long between requests.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxHeaderBytes bounds a request's headers.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+}
+
+// DefaultHTTP returns the HTTP defaults.
+func DefaultHTTP() HTTP {
+	return HTTP{ReadHeaderTimeout: 10 * time.Second, ReadBodyTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+}
+
+// Validate reports what is wrong with h.
+func (h HTTP) Validate() error {
+	var errs []error
+	for name, d := range map[string]time.Duration{"read_header_timeout": h.ReadHeaderTimeout,
+		"read_body_timeout": h.ReadBodyTimeout, "idle_timeout": h.IdleTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("http.%s %s: want a positive duration", name, d))
+		}
+	}
+	if h.MaxHeaderBytes < 4<<10 || h.MaxHeaderBytes > 1<<20 {
+		errs = append(errs, fmt.Errorf("http.max_header_bytes %d: want between 4096 and 1048576", h.MaxHeaderBytes))
+	}
+	for _, o := range h.AllowedOrigins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.Trim(u.Path, "/") != "" || u.RawQuery != "" {
+			errs = append(errs, fmt.Errorf("http.allowed_origins: %q is not an origin (want scheme://host[:port], e.g. https://ui.example)", o))
+		}
+	}
+	for _, host := range h.AllowedHosts {
+		if host == "" || strings.ContainsAny(host, "/ \t") {
+			errs = append(errs, fmt.Errorf("http.allowed_hosts: %q is not a host name (want name or name:port)", host))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // MicroVM configures the QEMU microvm backend.
 type MicroVM struct {
 	// Accel is auto (KVM when a probe boot works, else TCG), kvm or tcg.
@@ -53,7 +106,7 @@ type MicroVM struct {
 
 // Default returns the built-in defaults.
 func Default() Config {
-	return Config{Addr: "127.0.0.1:8080", DataDir: "/var/lib/vmexec", LogLevel: "info", Backends: []string{"gvisor"},
+	return Config{Addr: "127.0.0.1:8080", HTTP: DefaultHTTP(), DataDir: "/var/lib/vmexec", LogLevel: "info", Backends: []string{"gvisor"},
 		MicroVM: MicroVM{Accel: "auto", CPUs: 1}, Sandbox: sandbox.DefaultConfig()}
 }
 
@@ -98,6 +151,12 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	if v, ok := lookup("VMEXEC_BACKENDS"); ok && v != "" {
 		c.Backends = SplitList(v)
 	}
+	if v, ok := lookup("VMEXEC_ALLOWED_HOSTS"); ok && v != "" {
+		c.HTTP.AllowedHosts = SplitList(v)
+	}
+	if v, ok := lookup("VMEXEC_ALLOWED_ORIGINS"); ok && v != "" {
+		c.HTTP.AllowedOrigins = SplitList(v)
+	}
 	if v, ok := lookup("VMEXEC_MICROVM_ACCEL"); ok && v != "" {
 		c.MicroVM.Accel = v
 	}
@@ -123,6 +182,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("addr %q: want host:port", c.Addr))
+	}
+	if err := c.HTTP.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir is empty"))

@@ -53,3 +53,37 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("defaults invalid: %v", err)
 	}
 }
+
+// Guards the HTTP boundary settings: the allow lists come from the file and the
+// environment, and malformed entries and timeouts are reported.
+func TestHTTPConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vmexec.yaml")
+	os.WriteFile(p, []byte("http:\n  allowed_origins: [https://ui.example]\n  allowed_hosts: [box.lan]\n  read_body_timeout: 5m\n"), 0o644)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTP.ReadBodyTimeout != 5*time.Minute || c.HTTP.ReadHeaderTimeout != 10*time.Second ||
+		len(c.HTTP.AllowedOrigins) != 1 || c.HTTP.AllowedHosts[0] != "box.lan" {
+		t.Errorf("http = %+v", c.HTTP)
+	}
+	t.Setenv("VMEXEC_ALLOWED_ORIGINS", "http://localhost:3000, https://b.example")
+	t.Setenv("VMEXEC_ALLOWED_HOSTS", "proxy.example:443")
+	if c, err = Load(p); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.HTTP.AllowedOrigins, " ") != "http://localhost:3000 https://b.example" || c.HTTP.AllowedHosts[0] != "proxy.example:443" {
+		t.Errorf("env not applied: %+v", c.HTTP)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("valid config refused: %v", err)
+	}
+	c.HTTP = HTTP{AllowedOrigins: []string{"ui.example", "https://ui.example/app", "*"}, AllowedHosts: []string{"", "a b"}}
+	err = c.Validate()
+	for _, want := range []string{`"ui.example" is not an origin`, `"https://ui.example/app"`, `"*"`, `allowed_hosts: ""`, `"a b"`,
+		"read_header_timeout", "read_body_timeout", "idle_timeout", "max_header_bytes"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not mention %s", err, want)
+		}
+	}
+}

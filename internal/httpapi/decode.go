@@ -80,17 +80,19 @@ func unmarshal(b []byte, v any) error {
 	dec.UseNumber()
 	err := dec.Decode(v)
 	if err == nil {
-		off := dec.InputOffset()
-		if rest := bytes.TrimSpace(b[off:]); len(rest) > 0 {
-			return fmt.Errorf("%w at %s: unexpected data after the JSON value", errBadJSON, where(b, int64(len(b)-len(bytes.TrimLeft(b[off:], " \t\r\n")))))
+		if rest := bytes.TrimLeft(b[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+			return fmt.Errorf("%w at %s: unexpected data after the JSON value", errBadJSON, where(b, int64(len(b)-len(rest))))
 		}
 		return nil
 	}
 	var (
 		se *json.SyntaxError
 		te *json.UnmarshalTypeError
+		ie *json.InvalidUnmarshalError
 	)
 	switch {
+	case errors.As(err, &ie):
+		return fmt.Errorf("decode request: %w", err) // a bug here, not the client's: 500
 	case errors.As(err, &se):
 		return fmt.Errorf("%w at %s: %s", errBadJSON, where(b, se.Offset-1), se.Error()) // Offset is past the bad byte
 	case errors.Is(err, io.ErrUnexpectedEOF):

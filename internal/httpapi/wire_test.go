@@ -341,3 +341,27 @@ func TestDecodeErrorClasses(t *testing.T) {
 		t.Errorf("wrong type: %v, want errBadJSON", err)
 	}
 }
+
+// FuzzDecode guards decode on arbitrary bodies: it never panics, and whatever it
+// refuses is a client error (invalid_json, bad_request) whose message names no Go
+// type.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{`{}`, `{"agent_id":"a","metadata":{"x":[1,{"y":null}]}}`, `{"limits":{"timeout_ms":"x"}}`,
+		`{"env":{"A=B":""}}`, `[`, `{"history":{"max_snapshots":1.5}}`, "{\n\"code\": x}", `{"timeout_seconds":-1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		for _, v := range []any{&api.ExecRequest{}, &api.CompatExecRequest{}, &compatParseRequest{}} {
+			err := decode(jsonPost("POST", "/", string(body)), v)
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, errBadJSON) && !errors.Is(err, sandbox.ErrInvalid) {
+				t.Fatalf("%q: %v is not a client error", body, err)
+			}
+			if errors.Is(err, errBadJSON) && goTypeName.MatchString(err.Error()) {
+				t.Fatalf("%q: message %q names Go types", body, err)
+			}
+		}
+	})
+}
