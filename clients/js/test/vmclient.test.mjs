@@ -5,8 +5,10 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { ApiClient, Client, VmExecutionClient, withVmMethods, PROGRESS_STATUSES } from '../vmexec.js';
-import { startDaemon, missing } from './daemon.mjs';
+import { startDaemon, missing, repoRoot } from './daemon.mjs';
 
 const why = missing();
 let d;
@@ -215,6 +217,26 @@ describe('the seed api-client methods against the daemon', { skip: why || false 
     const c = withVmMethods(new Client({ baseUrl: d.url }));
     const r = await c.executeCode('bash', 'echo mixin', { agentId: agent('mix') });
     assert.equal(r.stdout, 'mixin\n');
+  });
+
+  it('the README example works when pasted', async () => {
+    const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('### JavaScript client'));
+    const code = /```js\n([\s\S]*?)```/.exec(section)[1];
+    const file = join(repoRoot, `.readme-example-${process.pid}.mjs`); // the example imports ./clients/js/vmexec.js
+    writeFileSync(file, code);
+    try {
+      const stdout = await new Promise((resolve, reject) => {
+        execFile(process.execPath, [file], { env: { ...process.env, VMEXEC_URL: d.url }, timeout: 120_000 }, (err, so, se) => {
+          if (err) reject(new Error(`README example failed: ${err.message}\n${so}\n${se}`)); else resolve(so);
+        });
+      });
+      assert.match(stdout, /^ok 42\n/);
+      assert.match(stdout, /1\n2\n3\n/);
+      assert.match(stdout, /false true snap-[0-9a-f]+\n$/);
+    } finally {
+      rmSync(file, { force: true });
+    }
   });
 
   it('the seed workflow example runs unchanged', async () => {

@@ -2,11 +2,15 @@
 method, streaming order, a blocked run, failure → rollback → state check, history
 paging, files, policy."""
 
+import json
 import os
+import re
+import subprocess
+import sys
 import unittest
 
 import vmexec
-from tests.daemon import Daemon, missing, wait_until
+from tests.daemon import REPO, Daemon, missing, wait_until
 
 WHY = missing()
 D = None
@@ -200,6 +204,34 @@ class DaemonTest(unittest.TestCase):
         with self.assertRaises(vmexec.VmexecError) as cm:
             vx.read_file(sb, "note.txt")
         self.assertEqual(cm.exception.status, 404)
+
+
+@unittest.skipIf(WHY, WHY)
+class ReadmeTest(unittest.TestCase):
+    """The README's Python examples work when pasted (run in clients/python)."""
+
+    def examples(self):
+        with open(os.path.join(REPO, "README.md")) as f:
+            readme = f.read()
+        section = readme[readme.index("### Python client"):]
+        section = section[:section.index("\n## ")]
+        return re.findall(r"```python\n(.*?)```", section, re.S)
+
+    def run_example(self, code):
+        env = dict(os.environ, VMEXEC_URL=D.url)
+        p = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(REPO, "clients", "python"),
+                           env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return p.stdout
+
+    def test_examples(self):
+        first, tool = self.examples()
+        out = self.run_example(first)
+        self.assertTrue(out.startswith("ok 3628800\n"), out)
+        self.assertIn("1\n2\n3\n-> ok\n", out)
+        self.assertTrue(out.endswith("\n1\n"), out)
+        got = json.loads(self.run_example(tool).strip().splitlines()[-1])
+        self.assertEqual((got["verdict"], got["stdout"], got["rolled_back"]), ("ok", "45\n", False))
 
 
 if __name__ == "__main__":
