@@ -839,14 +839,16 @@ export class VmExecutionClient {
     // The v1 routes (live output, per-request transaction options) need a vmexec
     // transport; a foreign api-client gets the compatible routes only.
     this.client = this.apiClient instanceof Client ? this.apiClient : null;
+    // The seed's defaults, then the caller's options over them (as the seed spread them).
+    const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
     this.options = {
-      ...options,
       maxRetries: options.maxRetries || 3,
       retryDelay: options.retryDelay || 1000,
       autoRollback: options.autoRollback !== false,
       snapshotOnExecution: options.snapshotOnExecution || false,
       snapshotOnFailure: options.snapshotOnFailure !== false,
       timeout: options.timeout || 30000,
+      ...given,
     };
     this.explicit = { autoRollback: options.autoRollback === false, snapshotOnFailure: options.snapshotOnFailure === false };
     this.executionHistory = [];
@@ -918,7 +920,7 @@ export class VmExecutionClient {
       try {
         response = await send();
       } catch (error) {
-        if (isRetryable(error) && attempts < this.options.maxRetries) {
+        if (isRetryable(error) && attempts < this.options.maxRetries) { // maxRetries: attempts in all (at least one)
           const wait = backoffDelay(attempts, { baseMs: this.options.retryDelay, maxMs: this.options.retryDelay * 30 });
           progress({ status: 'retrying', executionId, attempt: attempts + 1, maxRetries: this.options.maxRetries, error: error.message, delay: wait });
           await sleep(wait);

@@ -264,4 +264,13 @@ describe('VmExecutionClient retries', () => {
     assert.equal(typeof body.metadata.workflow_timestamp, 'number');
     assert.deepEqual(body.metadata.mine, [1]);
   });
+
+  it('{baseUrl, apiKey}: the key goes as a bearer token on every call', async () => {
+    const s = await stub([{ status: 200, body: compat() }, { status: 201, body: { snapshot_id: 'snap-1' } }]);
+    const vm = new VmExecutionClient({ baseUrl: s.url, apiKey: 'sk-wf' });
+    await vm.executeCode({ language: 'python', code: 'print(1)' });
+    await vm.createSnapshot('sb-1', 'cp');
+    assert.deepEqual(s.seen.map((r) => r.headers.authorization), ['Bearer sk-wf', 'Bearer sk-wf']);
+    assert.deepEqual(JSON.parse(s.seen[1].body), { name: 'cp', description: 'Workflow snapshot: cp' });
+  });
 });
