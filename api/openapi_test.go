@@ -255,6 +255,7 @@ func TestOpenAPIEnums(t *testing.T) {
 	check("Error.code", enum("Error", "properties", "code", "enum"), stringConsts(t, ".", "Code"))
 	check("BlockStatus", enum("BlockStatus", "enum"), stringConsts(t, ".", "Block"))
 	check("SnapshotKind", enum("SnapshotKind", "enum"), stringConsts(t, ".", "Snapshot"))
+	check("FileInfo.type", enum("FileInfo", "properties", "type", "enum"), stringConsts(t, ".", "FileType"))
 	check("LanguageList.languages", enum("LanguageList", "properties", "languages", "items", "enum"), sorted(Languages...))
 	check("ExecResult.language", enum("ExecResult", "properties", "language", "enum"), sorted(Languages...))
 

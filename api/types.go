@@ -26,11 +26,11 @@ const (
 // Limits bound one run. Zero fields take the server's defaults; values above the
 // server's maximums are refused.
 type Limits struct {
-	TimeoutMS      int64 `json:"timeout_ms,omitempty"`
-	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"` // per stream
-	MemoryMB       int64 `json:"memory_mb,omitempty"`
-	MaxProcs       int64 `json:"max_procs,omitempty"`
-	MaxFileBytes   int64 `json:"max_file_bytes,omitempty"`
+	TimeoutMS      int64 `json:"timeout_ms,omitempty" yaml:"timeout_ms,omitempty"`
+	MaxOutputBytes int64 `json:"max_output_bytes,omitempty" yaml:"max_output_bytes,omitempty"` // per stream
+	MemoryMB       int64 `json:"memory_mb,omitempty" yaml:"memory_mb,omitempty"`
+	MaxProcs       int64 `json:"max_procs,omitempty" yaml:"max_procs,omitempty"`
+	MaxFileBytes   int64 `json:"max_file_bytes,omitempty" yaml:"max_file_bytes,omitempty"`
 }
 
 // ExecRequest runs code for an agent. With SandboxID it runs in that sandbox;

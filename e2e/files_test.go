@@ -89,6 +89,11 @@ func TestFilesAPI(t *testing.T) {
 	if s, err := read("../../../../../etc/os-release"); err != nil || s != osRelease {
 		t.Fatalf("../../etc/os-release: %v; want the sandbox's own", err)
 	}
+	// So is a symlink: one to / made by a run leads to the sandbox's root.
+	wantOK(t, d.exec(t, agent, "bash", "ln -s / ~/root && echo ok"), "ok")
+	if s, err := read("root/etc/os-release"); err != nil || s != osRelease {
+		t.Fatalf("root/etc/os-release through a symlink: %v; want the sandbox's own", err)
+	}
 	_, missing := read("nope.txt")
 	_, dir := read("out")
 	_, _, other := d.client.GetFile(ctx, sb, "out/r.txt", client.FileOptions{AgentID: "files-intruder"})

@@ -13,24 +13,94 @@
 // JSON encoding an [Envelope]. Frames longer than [MaxFrame] are refused by both sides;
 // the reader treats an oversize length as a fatal protocol error rather than allocating.
 //
-// # Conversation
+// Each frame belongs to one operation, named by the frame's ID (see below). A frame's
+// data is bounded by [ChunkSize]: output and file contents travel as a sequence of
+// chunks, never as one whole frame, so neither side ever holds a whole output or file
+// in one message. Bytes are base64 in JSON (encoding/json's []byte).
+//
+// # Handshake
 //
 // The host speaks first. Each new connection (a new sandbox, or the new pipes of a
-// restored sandbox) begins with a handshake:
+// restored sandbox) begins with a handshake, in which each side says the version it
+// speaks:
 //
-//	host → guest  {"type":"hello","hello":{"version":1}}
-//	guest → host  {"type":"hello","hello":{"version":1,"agent":"vmexec-agent/…","languages":[…]}}
+//	host → guest  {"type":"hello","id":1,"hello":{"version":2}}
+//	guest → host  {"type":"hello","id":1,"hello":{"version":2,"agent":"vmexec-agent/…","languages":[…]}}
 //
-// The host checks Version before sending anything else and fails fast on a mismatch
-// ([ErrVersion]). After the handshake the host sends requests one at a time, each with a
-// fresh ID, and the guest answers each with exactly one reply carrying the same ID:
+// The guest always answers with its own version; the host checks it before sending
+// anything else and fails fast on a mismatch ([ErrVersion]) — a version 1 guest
+// answers a version 2 hello with version 1, and the other way round. A hello also
+// starts a new session in the guest: operations of an earlier connection are cancelled
+// and nothing more is sent for them.
 //
-//	exec  → result   run a program (see [ExecRequest], [ExecResult])
-//	ping  → pong     liveness check
+// # Operations and multiplexing
 //
-// The guest holds no per-connection state beyond the handshake, so a sandbox that is
-// checkpointed while idle (blocked reading the next frame) and restored onto new pipes
-// simply reads the next hello from the new connection.
+// After the handshake the host may have many operations in flight at once. It gives
+// each a fresh ID (increasing, unique on the connection); every frame of an operation,
+// in both directions, carries it. Frames of different operations interleave freely;
+// frames of one operation keep their order. The host client has a single reader
+// goroutine that hands each frame to the operation waiting for its ID (a frame for an
+// ID nobody waits for, say a late reply to an abandoned operation, is dropped).
+//
+//	host → guest                    guest → host
+//	ping                            pong
+//	exec {exec}                     output {stream, data}* then result {result}
+//	cancel (ID of a running op)     — (the op ends early: a run with verdict canceled)
+//	signal {signal} (ID of a run)   — (the signal goes to the run's process group)
+//	stat {file}                     info {info}
+//	list {file: path, depth}        entries {entries}* then done
+//	read {file}                     info {info}, data {data}* then done
+//	write {file: path, mode},       done (when the file is in place)
+//	  data {data}*, data {eof}
+//	mkdir {file}                    done
+//	remove {file: path, recursive}  done
+//
+// Any operation may instead end with an error frame {error, code}: code names one of
+// the sentinel errors ([ErrNotExist], [ErrIsDir], [ErrNotDir], [ErrFileTooLarge],
+// [ErrInvalidPath], [ErrInvalidRequest]) or is empty; the client returns a
+// [*GuestError] wrapping that sentinel. An exec the guest refuses (a missing working
+// directory, an invalid environment variable name, an empty PATH) is an error frame
+// with code invalid_request, not a result. A malformed frame gets an error frame with
+// ID 0.
+//
+// # Runs
+//
+// A run's output streams as output frames while it runs, each stream's chunks in
+// order, all of them before the result frame, which carries no output (only the
+// truncation flags). The guest counts what it sends: a stream passes its
+// max_output_bytes limit → the chunk is cut at the limit, nothing more is sent for that
+// stream, the process group is killed and the verdict is output_limit. The client
+// accumulates the chunks into ExecResult.Stdout/Stderr and hands them to the caller's
+// [OutputFunc] as they come. Stdin travels whole in the exec request and is closed
+// after it is written. cancel kills the run's process group; its result follows with
+// verdict canceled. signal sends a signal to the run's process group and nothing else.
+//
+// # Files
+//
+// Paths are absolute or relative to the run user's home. read answers with the file's
+// info, then its content as data frames and done; a cancel stops the stream early
+// (done or error follows; the client discards it). write sends the file's body as data
+// frames after the request, the last with eof set; the guest writes it to a temporary
+// file next to the target, renamed into place when the body is complete (a failed or
+// cancelled write leaves nothing). If the guest fails early it answers with an error
+// frame at once and drops the rest of the body.
+//
+// # Flow control
+//
+// There are no credits or windows: back-pressure is the transport's. A sender whose
+// frame the other side does not read blocks in its write (pipes and virtio-serial
+// ports have small buffers), and the guest's output pump blocks with it, and with the
+// pump the program writing to its stdout. So a slow host makes a chatty program wait
+// rather than making the guest buffer its output; likewise the guest reads a write's
+// body only as fast as it can write it to the file. A reader on either side that stops
+// reading stalls the whole connection, which is why the client hands frames to an
+// operation through a small buffer and the OpenFile caller must read or close.
+//
+// # Checkpoint and restore
+//
+// A sandbox is checkpointed only while no operation is in flight: the guest is blocked
+// reading the next frame. Restored onto new pipes (or a new virtio-serial connection),
+// it reads the host's next hello from there, which starts a fresh session.
 package agentproto
 
 import (
@@ -44,10 +114,19 @@ import (
 )
 
 // Version is the protocol version. Host and guest must agree exactly.
-const Version = 1
+const Version = 2
 
-// MaxFrame bounds a frame's payload: two capped output streams plus JSON overhead.
+// MaxFrame bounds a frame's payload. Only a host's exec request (code and stdin) can
+// come near it; every frame the guest sends is at most a ChunkSize chunk (or a batch of
+// directory entries) plus JSON overhead.
 const MaxFrame = 16 << 20
+
+// ChunkSize bounds the data of one output or file data frame.
+const ChunkSize = 64 << 10
+
+// MaxOutputBytes is what the Client keeps of one output stream of a run whose request
+// sets no limit (the guest's own default is lower): a bound on the host's memory.
+const MaxOutputBytes = 16 << 20
 
 // Errors returned by this package.
 var (
@@ -60,7 +139,7 @@ var (
 )
 
 // Errors the guest reports about a request, returned (wrapped) by the Client so that
-// errors.Is works on them.
+// errors.Is works on them. On the wire they are the Code of an error frame.
 var (
 	// ErrInvalidRequest: the guest refused the exec request itself (a working directory
 	// that is missing or not a directory, an invalid environment variable name, an empty
@@ -72,6 +151,101 @@ var (
 	ErrFileTooLarge   = errors.New("file too large")
 	ErrInvalidPath    = errors.New("invalid path")
 )
+
+// Error codes of error frames, one per sentinel error above.
+const (
+	CodeInvalidRequest = "invalid_request"
+	CodeNotExist       = "not_exist"
+	CodeIsDir          = "is_dir"
+	CodeNotDir         = "not_dir"
+	CodeFileTooLarge   = "file_too_large"
+	CodeInvalidPath    = "invalid_path"
+)
+
+var codes = []struct {
+	code string
+	err  error
+}{
+	{CodeInvalidRequest, ErrInvalidRequest},
+	{CodeNotExist, ErrNotExist},
+	{CodeIsDir, ErrIsDir},
+	{CodeNotDir, ErrNotDir},
+	{CodeFileTooLarge, ErrFileTooLarge},
+	{CodeInvalidPath, ErrInvalidPath},
+}
+
+// CodeOf returns the error code of err (one wrapping a sentinel error of this
+// package), or "" for any other error.
+func CodeOf(err error) string {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return ""
+}
+
+// GuestError is an error frame from the guest. It wraps the sentinel error of its Code
+// (none for an unknown or empty code).
+type GuestError struct {
+	Code string
+	Msg  string
+}
+
+func (e *GuestError) Error() string { return "guest: " + e.Msg }
+
+// Unwrap returns the sentinel error of e.Code, or nil.
+func (e *GuestError) Unwrap() error {
+	for _, c := range codes {
+		if c.code == e.Code {
+			return c.err
+		}
+	}
+	return nil
+}
+
+// Message types. See the package doc for who sends which, and the replies.
+const (
+	TypeHello   = "hello"
+	TypePing    = "ping"
+	TypePong    = "pong"
+	TypeExec    = "exec"
+	TypeOutput  = "output"
+	TypeResult  = "result"
+	TypeCancel  = "cancel"
+	TypeSignal  = "signal"
+	TypeRead    = "read"
+	TypeWrite   = "write"
+	TypeData    = "data"
+	TypeStat    = "stat"
+	TypeList    = "list"
+	TypeMkdir   = "mkdir"
+	TypeRemove  = "remove"
+	TypeInfo    = "info"
+	TypeEntries = "entries"
+	TypeDone    = "done"
+	TypeError   = "error"
+)
+
+// Envelope is the JSON body of every frame. Type says which of the other fields are set.
+type Envelope struct {
+	Type string `json:"type"`
+	// ID names the operation the frame belongs to: chosen by the host, unique on the
+	// connection, carried by every frame of the operation in both directions.
+	ID      uint64       `json:"id,omitempty"`
+	Hello   *Hello       `json:"hello,omitempty"`   // hello
+	Exec    *ExecRequest `json:"exec,omitempty"`    // exec
+	Result  *ExecResult  `json:"result,omitempty"`  // result
+	File    *FileRequest `json:"file,omitempty"`    // read, write, stat, list, mkdir, remove
+	Info    *FileInfo    `json:"info,omitempty"`    // info
+	Entries []FileInfo   `json:"entries,omitempty"` // entries
+	Stream  string       `json:"stream,omitempty"`  // output: StreamStdout or StreamStderr
+	Data    []byte       `json:"data,omitempty"`    // output, data: at most ChunkSize bytes
+	EOF     bool         `json:"eof,omitempty"`     // data: the last frame of a write's body
+	Signal  string       `json:"signal,omitempty"`  // signal: a name, "SIGTERM" or "TERM"
+	Error   string       `json:"error,omitempty"`   // error
+	Code    string       `json:"code,omitempty"`    // error: one of the Code constants, or ""
+}
 
 // Output streams.
 const (
@@ -101,24 +275,12 @@ const (
 	FileTypeOther   = "other"
 )
 
-// Message types.
-const (
-	TypeHello  = "hello"
-	TypeExec   = "exec"
-	TypeResult = "result"
-	TypePing   = "ping"
-	TypePong   = "pong"
-	TypeError  = "error"
-)
-
-// Envelope is the JSON body of every frame. Exactly one payload field matching Type is set.
-type Envelope struct {
-	Type   string       `json:"type"`
-	ID     uint64       `json:"id,omitempty"`
-	Hello  *Hello       `json:"hello,omitempty"`
-	Exec   *ExecRequest `json:"exec,omitempty"`
-	Result *ExecResult  `json:"result,omitempty"`
-	Error  string       `json:"error,omitempty"`
+// FileRequest names the file of a file operation.
+type FileRequest struct {
+	Path      string `json:"path"`                // absolute, or relative to the run user's home
+	Mode      uint32 `json:"mode,omitempty"`      // write: permission bits (0 = 0o644)
+	Depth     int    `json:"depth,omitempty"`     // list: levels (0 or 1 = entries only)
+	Recursive bool   `json:"recursive,omitempty"` // remove: a directory with its content
 }
 
 // Hello is the handshake payload, sent by the host first and answered by the guest.
@@ -152,7 +314,7 @@ type ExecRequest struct {
 // Limits bound one run inside the guest.
 type Limits struct {
 	TimeoutMS      int64 `json:"timeout_ms,omitempty"`       // wall clock, compile included
-	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"` // per stream
+	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"` // per stream; output past it is cut and the run killed
 	MaxFileBytes   int64 `json:"max_file_bytes,omitempty"`   // largest file a run may write (RLIMIT_FSIZE)
 	MaxProcs       int64 `json:"max_procs,omitempty"`        // processes of the sandbox user (RLIMIT_NPROC)
 	MemoryBytes    int64 `json:"memory_bytes,omitempty"`     // address-space cap where the language tolerates it
@@ -160,16 +322,20 @@ type Limits struct {
 
 // ExecResult is the guest's answer to an ExecRequest.
 type ExecResult struct {
-	ExitCode        int    `json:"exit_code"`
-	Signal          string `json:"signal,omitempty"`
-	Stdout          []byte `json:"stdout"`
-	Stderr          []byte `json:"stderr"`
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal,omitempty"`
+	// Stdout and Stderr are not sent in the result frame (the output came before it,
+	// in output frames): the Client fills them in from those.
+	Stdout          []byte `json:"stdout,omitempty"`
+	Stderr          []byte `json:"stderr,omitempty"`
 	StdoutTruncated bool   `json:"stdout_truncated,omitempty"`
 	StderrTruncated bool   `json:"stderr_truncated,omitempty"`
 	DurationMS      int64  `json:"duration_ms"`
 	Verdict         string `json:"verdict"`
 	// Error reports a failure to start the program at all (unknown language, no
-	// toolchain); the run then has exit code -1 and verdict killed.
+	// toolchain); the run then has exit code -1 and verdict killed. (A request the
+	// guest refuses, such as a missing working directory, gets no result but an error
+	// frame: ErrInvalidRequest.)
 	Error string `json:"error,omitempty"`
 }
 

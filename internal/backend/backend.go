@@ -6,18 +6,36 @@
 // A Backend creates Sandboxes. A Sandbox is one isolated machine: its own root
 // filesystem (a template with a private writable layer that the host never sees), its
 // own process tree whose PID 1 is the vmexec guest agent, no network, and memory and
-// process limits. The service talks to the guest agent only through Sandbox.Exec, which
-// speaks the agentproto protocol over whatever channel the backend provides.
+// process limits. The service talks to the guest agent only through the Sandbox's
+// methods — Exec, the file methods and Ping — which both backends implement with one
+// agentproto.Client (protocol v2: multiplexed, streamed; see agentproto) over whatever
+// channel the backend provides, so their behaviour is the same.
 //
 // # Lifecycle
 //
-//	Create ──▶ ready (handshake done) ──Exec*──▶ Destroy
+//	Create ──▶ ready (handshake done) ──Exec*, files*──▶ Destroy
 //	                 │
-//	                 └─ dies (limit, crash) ─▶ Exec returns a *DeadError; Destroy still required
+//	                 └─ dies (limit, crash) ─▶ calls return a *DeadError; Destroy still required
 //
 // Create returns only once the guest agent has answered the protocol handshake, so a
 // returned Sandbox is ready to Exec. The context passed to Create bounds start-up only;
 // the sandbox lives until Destroy, whatever happens to that context.
+//
+// # Runs
+//
+// Exec streams: out (may be nil) receives each chunk of stdout and stderr as the guest
+// reads it from the program, on the caller's goroutine, in order per stream; the result
+// still carries the whole captured output, up to the run's max_output_bytes (which the
+// guest enforces by counting: past it the stream is cut and the run killed, verdict
+// output_limit). out is called synchronously: while it blocks, the connection does too
+// (and, through the transport's back-pressure, the program's writes), so it must not
+// wait for another call on the same sandbox to finish.
+//
+// # Files
+//
+// Paths are absolute, or relative to /home/user; they are resolved inside the sandbox
+// (whose filesystem holds nothing of the host's), so ".." and symlinks stay in it. File
+// contents stream in bounded chunks both ways; a WriteFile appears whole or not at all.
 //
 // # Failure semantics
 //
@@ -25,10 +43,20 @@
 //     directories are left behind) and wraps the cause.
 //   - Exec returns the program's own failure (non-zero exit, timeout, limit) as a result
 //     with a verdict, never as an error. It returns an error only when the sandbox could
-//     not run the request: a *DeadError (errors.Is ErrSandboxDead) when the sandbox
-//     itself has died, or the context's error when ctx ended first (the sandbox is then
-//     in an unknown state and should be destroyed).
-//   - Exec calls on one Sandbox must not overlap; the service serialises them.
+//     not run the request: an error wrapping agentproto.ErrInvalidRequest when the guest
+//     refused the request itself (a missing working directory, an invalid environment
+//     variable name, an empty PATH; the sandbox is fine), a *DeadError (errors.Is
+//     ErrSandboxDead) when the sandbox itself has died, or the context's error when ctx
+//     ended and the guest did not answer the cancel within agentproto.CancelGrace (the
+//     sandbox is then in an unknown state and should be destroyed). When ctx ends and the
+//     guest does answer, the run's result has verdict agentproto.VerdictCanceled, with a
+//     nil error: its process group was killed and the sandbox is usable.
+//   - The file methods return errors wrapping the agentproto sentinels (ErrNotExist,
+//     ErrIsDir, ErrNotDir, ErrFileTooLarge, ErrInvalidPath) for what the guest reports,
+//     a *DeadError when the sandbox died, or ctx's error.
+//   - Calls may overlap (the protocol multiplexes them and the guest runs one program at
+//     a time); the service still serialises each sandbox's runs and file operations, and
+//     an OpenFile reader must be closed before the next call.
 //   - Destroy is idempotent and safe to call on a dead sandbox.
 //   - List reports every sandbox the backend finds on the host in its own state,
 //     including those a crashed predecessor left; DestroyID removes one by id.
@@ -36,7 +64,9 @@
 // # Optional capabilities
 //
 // Snapshots are a capability a backend may declare by also implementing [Snapshotter];
-// callers ask with a type assertion and must not assume it.
+// callers ask with a type assertion and must not assume it. A snapshot is taken only
+// while no call is in flight; the restored sandbox's agent is reached over a new
+// connection, which begins with a new handshake.
 package backend
 
 import (

@@ -87,3 +87,17 @@ func TestHTTPConfig(t *testing.T) {
 		}
 	}
 }
+
+// Guards the limits in a config file: they are read by their documented names
+// (api.Limits had no yaml names, so any sandbox.defaults or sandbox.max failed to load).
+func TestLoadLimits(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vmexec.yaml")
+	os.WriteFile(p, []byte("sandbox:\n  defaults:\n    timeout_ms: 5000\n    max_file_bytes: 1048576\n  max:\n    max_output_bytes: 33554432\n    max_file_bytes: 1048576\n"), 0o644)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, m := c.Sandbox.Defaults, c.Sandbox.Max; d.TimeoutMS != 5000 || d.MaxFileBytes != 1<<20 || m.MaxOutputBytes != 32<<20 || m.MaxFileBytes != 1<<20 {
+		t.Fatalf("defaults %+v max %+v", d, m)
+	}
+}

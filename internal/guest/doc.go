@@ -1,6 +1,8 @@
 // Package guest is what the vmexec guest agent does inside a sandbox: it serves the
-// agentproto protocol (see Serve), runs each request's program under per-run limits,
-// and, as the sandbox's PID 1, reaps every process.
+// agentproto protocol, version 2 (see Serve: operations multiplexed by ID, output
+// streamed while a program runs, cancel and signals, file operations), runs each
+// request's program under per-run limits, and, as the sandbox's PID 1, reaps every
+// process.
 //
 // # Runs
 //
@@ -15,10 +17,25 @@
 //	            GOPATH=~/go, GO111MODULE=off, GOFLAGS=-buildvcs=false, GOTOOLCHAIN=local)
 //
 // Compilers run in the run dir; programs run in the request's working directory (home
-// by default, created if missing) with PATH, HOME, USER=user, LANG=C.UTF-8 and the
-// request's env, and read the request's stdin (EOF at once if empty). A compile that
-// fails is the run's result (nonzero_exit with the compiler's output); the output of a
-// compile that succeeds is dropped. The timeout covers compile and run together.
+// by default; relative to home; it must exist) with PATH, HOME, USER=user,
+// LANG=C.UTF-8 and the request's env, and read the request's stdin (EOF at once if
+// empty). A program's stdout and stderr are streamed to the host as the agent reads
+// them (output frames of at most 64 KiB, sent one at a time: a slow host blocks the
+// pump and with it the program's writes, so the agent holds at most a chunk per
+// stream); the result frame follows them and carries no output. A compile that fails
+// is the run's result (nonzero_exit with the compiler's output, sent then); the output
+// of a compile that succeeds is dropped. The timeout covers compile and run together.
+//
+// A request the agent cannot honour is refused with an invalid_request error frame and
+// never runs: a working directory that is missing or not a directory, an environment
+// variable whose name is empty or holds '=' or NUL (or whose value holds NUL), an
+// empty PATH. A run that cannot start for another reason (an unknown language, a
+// missing toolchain) is a result with Error set (see below).
+//
+// A cancel from the host kills the run's process group (the step in progress, compile
+// or run) and the result has verdict canceled; a signal from the host goes to the
+// process group of the step in progress. Runs take turns: a second exec waits for the
+// first (a cancel reaches it while it waits).
 //
 // # Limits
 //
@@ -33,12 +50,16 @@
 // user and execs the program. RLIMIT_AS (not RLIMIT_DATA) because gVisor enforces
 // RLIMIT_DATA only on brk, not on mmap.
 //
-// On timeout or when an output stream passes its limit, the whole process group is
-// killed with SIGKILL (repeatedly, until it is empty). When the program exits by itself,
+// On timeout or when an output stream passes its limit — counted as it is sent:
+// max_output_bytes can be as large as the host allows, since nothing is held for the
+// result — the whole process group is killed with SIGKILL (repeatedly, until it is
+// empty), and the stream is cut exactly at the limit. When the program exits by itself,
 // its background processes are left alone — agents start servers and counters and expect
 // them in the next turn — and the agent waits at most 100 ms more for output before it
 // returns; the pipes are drained and discarded after that, so a background process that
-// writes later is not killed by SIGPIPE. The one exception is a fork bomb left running
+// writes later is not killed by SIGPIPE. (The 100 ms do not run down while a chunk is
+// being sent to a slow host, up to 10 s, so a slow host does not lose a run's last
+// output.) The one exception is a fork bomb left running
 // in the background (see bomb.go), whose process group is killed. See resultOf for the
 // verdict rules.
 //
@@ -46,6 +67,16 @@
 // RLIMIT_NPROC (which binds the run user, not root) and cleaned up by the group kill;
 // output floods by the per-stream cap; memory bombs by RLIMIT_AS; a run that cannot
 // start is reported with Error set, exit code -1 and verdict killed.
+//
+// # Files
+//
+// read, write, stat, list, mkdir and remove act on the sandbox's filesystem with the
+// agent's privileges (see files.go): paths are absolute or relative to home; written
+// files and created directories (a write's missing parents too) are given to the run
+// user; a write lands in a temporary file renamed over the target when its body is
+// complete. Errors are the protocol's codes: not_exist, is_dir (reading or writing a
+// directory, removing a non-empty one without recursive), not_dir, file_too_large
+// (EFBIG, ENOSPC), invalid_path.
 //
 // # Reaping
 //

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -72,11 +73,15 @@ func (a *agent) makeRunDir(file, code string) (string, error) {
 	}
 }
 
-// prepareWorkDir resolves the request's working directory (default: home; relative
-// paths are relative to home) and creates it for the run user if missing.
-func (a *agent) prepareWorkDir(dir string) (string, error) {
+// workDir resolves the request's working directory (default: home; relative paths
+// are relative to home). It must exist and be a directory: anything else is an invalid
+// request.
+func (a *agent) workDir(dir string) (string, error) {
 	if dir == "" {
 		return a.opts.Home, nil
+	}
+	if strings.ContainsRune(dir, 0) {
+		return "", invalid("working directory %q contains NUL", dir)
 	}
 	if !filepath.IsAbs(dir) {
 		dir = filepath.Join(a.opts.Home, dir)
@@ -87,14 +92,12 @@ func (a *agent) prepareWorkDir(dir string) (string, error) {
 	case err == nil && fi.IsDir():
 		return dir, nil
 	case err == nil:
-		return "", fmt.Errorf("workdir %s is not a directory", dir)
-	case !errors.Is(err, fs.ErrNotExist):
-		return "", fmt.Errorf("workdir: %w", err)
+		return "", invalid("working directory %s is not a directory", dir)
+	case errors.Is(err, fs.ErrNotExist):
+		return "", invalid("working directory %s does not exist", dir)
+	default:
+		return "", invalid("working directory %s: %v", dir, err)
 	}
-	if err := a.mkdirOwned(dir, 0o755); err != nil {
-		return "", fmt.Errorf("workdir: %w", err)
-	}
-	return dir, nil
 }
 
 // mkdirOwned makes dir for the run user; missing parents are made as the agent's.

@@ -3,11 +3,18 @@ package guest
 import (
 	"os"
 	"sync"
+	"sync/atomic"
+
+	"github.com/vmexec/vmexec/internal/agentproto"
 )
 
-// capture collects one output stream of a run: at most limit bytes are kept, and the
-// first byte past the limit calls over (once). After detach it keeps draining the pipe
-// and discards what it reads, until every writer has closed it.
+// capture collects one output stream of a run. It counts what passes through it: the
+// first limit bytes are kept, the first byte past the limit calls over (once) and
+// nothing more is kept. What is kept goes to emit as it is read (a streamed run: emit
+// sends an output frame and blocks until it is written, so a slow host slows the
+// program down rather than filling the agent's memory), or, with emit nil, into buf (a
+// compile step, whose output is sent only if it fails). After detach it keeps draining
+// the pipe and discards what it reads, until every writer has closed it.
 //
 // Draining rather than closing the read end matters for background processes: a server
 // or counter the run left behind keeps the pipe as its stdout or stderr, and closing the
@@ -16,24 +23,27 @@ import (
 type capture struct {
 	limit int64
 	over  func()
+	emit  func([]byte) // nil: keep in buf
 
-	mu        sync.Mutex
+	mu        sync.Mutex // held while emitting: detach waits for a send in progress
 	buf       []byte
+	tail      []byte // the last markerTail bytes kept, for the memory markers
 	total     int64
 	detached  bool
 	truncated bool
+	sending   atomic.Bool   // emit is blocked sending (the host is slow)
 	done      chan struct{} // closed at EOF
 }
 
-func newCapture(limit int64, over func()) *capture {
-	return &capture{limit: limit, over: over, done: make(chan struct{})}
+func newCapture(limit int64, over func(), emit func([]byte)) *capture {
+	return &capture{limit: limit, over: over, emit: emit, done: make(chan struct{})}
 }
 
 // pump reads f until EOF or error, then closes it.
 func (c *capture) pump(f *os.File) {
 	defer close(c.done)
 	defer f.Close()
-	b := make([]byte, 32<<10)
+	b := make([]byte, agentproto.ChunkSize)
 	for {
 		n, err := f.Read(b)
 		if n > 0 {
@@ -51,9 +61,17 @@ func (c *capture) add(p []byte) {
 	if c.detached {
 		return
 	}
+	room := c.limit - c.total
 	c.total += int64(len(p))
-	if room := c.limit - int64(len(c.buf)); room > 0 {
-		c.buf = append(c.buf, p[:min(int64(len(p)), room)]...)
+	if keep := p[:max(0, min(int64(len(p)), room))]; len(keep) > 0 {
+		c.keepTail(keep)
+		if c.emit != nil {
+			c.sending.Store(true)
+			c.emit(keep)
+			c.sending.Store(false)
+		} else {
+			c.buf = append(c.buf, keep...)
+		}
 	}
 	if c.total > c.limit && !c.truncated {
 		c.truncated = true
@@ -63,10 +81,22 @@ func (c *capture) add(p []byte) {
 	}
 }
 
-// detach stops collecting and returns what was kept.
-func (c *capture) detach() (data []byte, truncated bool) {
+func (c *capture) keepTail(p []byte) {
+	if len(p) >= markerTail {
+		c.tail = append(c.tail[:0], p[len(p)-markerTail:]...)
+		return
+	}
+	if drop := len(c.tail) + len(p) - markerTail; drop > 0 {
+		c.tail = append(c.tail[:0], c.tail[drop:]...)
+	}
+	c.tail = append(c.tail, p...)
+}
+
+// detach stops collecting (after a send in progress) and returns what was kept in buf
+// (nothing for a streamed capture), the tail and whether the stream was cut.
+func (c *capture) detach() (data, tail []byte, truncated bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.detached = true
-	return c.buf, c.truncated
+	return c.buf, c.tail, c.truncated
 }

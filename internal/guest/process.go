@@ -9,8 +9,11 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vmexec/vmexec/internal/agentproto"
 )
 
 // Timings of the end of a process.
@@ -19,6 +22,9 @@ const (
 	// output its background children write (or buffered in the pipe) right away.
 	// Background processes that keep the pipes open longer do not delay the result.
 	drainGrace = 100 * time.Millisecond
+	// maxDrain bounds the wait for output after the program's end when the host is slow
+	// to take it: the grace does not run down while a chunk is being sent.
+	maxDrain = 10 * time.Second
 	// sweepTime bounds the repeated SIGKILLs of a killed run's process group. The
 	// kernel's group kill already stops forks racing it, and the sweep ends as soon as
 	// the group is empty; but killed members stay in the group as zombies until they are
@@ -34,6 +40,11 @@ type proc struct {
 	env    []string
 	stdin  []byte
 	outMax int64 // per stream
+	// emit sends a chunk of output as it is read; nil keeps the output in the result
+	// (a compile step).
+	emit func(stream string, p []byte)
+	// handle, when set, holds the running process group, for signals.
+	handle *runHandle
 	// interpreter is the resolved python3 of a python run, which may then be forked from
 	// the python zygote (see zygote.go), and what stat said of it; empty for anything else.
 	interpreter     string
@@ -43,12 +54,14 @@ type proc struct {
 // procResult is how a proc ended.
 type procResult struct {
 	exit        procExit
-	timedOut    bool // the deadline passed; the group was killed
-	outputLimit bool // a stream passed its limit; the group was killed
-	cancelled   bool // ctx ended; the group was killed
-	contained   bool // exited, but its background processes were killed as a fork bomb
-	stdout      []byte
+	timedOut    bool   // the deadline passed; the group was killed
+	outputLimit bool   // a stream passed its limit; the group was killed
+	cancelled   bool   // ctx ended; the group was killed
+	hostCancel  bool   // ... because the host cancelled the run
+	contained   bool   // exited, but its background processes were killed as a fork bomb
+	stdout      []byte // kept output (when not emitted)
 	stderr      []byte
+	stderrTail  []byte // the end of stderr, emitted or not, for the memory markers
 	stdoutTrunc bool
 	stderrTrunc bool
 }
@@ -208,8 +221,17 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 	res := &procResult{}
 	overCh := make(chan struct{}, 2)
 	over := func() { overCh <- struct{}{} }
-	stdout := newCapture(p.outMax, over)
-	stderr := newCapture(p.outMax, over)
+	var emitOut, emitErr func([]byte)
+	if p.emit != nil {
+		emitOut = func(b []byte) { p.emit(agentproto.StreamStdout, b) }
+		emitErr = func(b []byte) { p.emit(agentproto.StreamStderr, b) }
+	}
+	stdout := newCapture(p.outMax, over, emitOut)
+	stderr := newCapture(p.outMax, over, emitErr)
+	if p.handle != nil {
+		p.handle.set(sp.pid)
+		defer p.handle.set(0)
+	}
 	go stdout.pump(sp.stdout)
 	go stderr.pump(sp.stderr)
 	go func() {
@@ -230,6 +252,7 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 		res.outputLimit, killed = true, true
 	case <-ctx.Done():
 		res.cancelled, killed = true, true
+		res.hostCancel = errors.Is(context.Cause(ctx), errHostCancel)
 	}
 	if killed {
 		killGroup(sp.pid)
@@ -241,21 +264,32 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 	// hold the read end).
 	sp.stdin.Close()
 
-	// Collect what is already written; do not wait for background processes.
+	// Collect what is already written; do not wait for background processes. The grace
+	// is shared by the two streams, and is extended while a chunk is being sent.
 	grace := time.NewTimer(drainGrace)
 	defer grace.Stop()
+	drainEnd := time.Now().Add(maxDrain)
 	for _, c := range []*capture{stdout, stderr} {
-		select {
-		case <-c.done:
-		case <-grace.C:
-			grace.Reset(0) // the grace is shared; the other stream gets what is left
+	wait:
+		for {
+			select {
+			case <-c.done:
+				break wait
+			case <-grace.C:
+				if (stdout.sending.Load() || stderr.sending.Load()) && time.Now().Before(drainEnd) {
+					grace.Reset(10 * time.Millisecond)
+					continue
+				}
+				grace.Reset(0) // the other stream gets what is left: nothing
+				break wait
+			}
 		}
 	}
 	if !killed {
 		res.contained = a.checkLeftovers(p, sp.pid)
 	}
-	res.stdout, res.stdoutTrunc = stdout.detach()
-	res.stderr, res.stderrTrunc = stderr.detach()
+	res.stdout, _, res.stdoutTrunc = stdout.detach()
+	res.stderr, res.stderrTail, res.stderrTrunc = stderr.detach()
 	// The two streams are raced: a stream that passed its limit while the program was
 	// exiting still makes the verdict output_limit.
 	if !killed && (res.stdoutTrunc || res.stderrTrunc) {
@@ -326,6 +360,28 @@ func sweepGroup(pgid int) {
 		time.Sleep(wait)
 		wait = min(2*wait, 50*time.Millisecond)
 	}
+}
+
+// runHandle is the process group of a run's current step, for signals from the host.
+type runHandle struct {
+	mu   sync.Mutex
+	pgid int // 0 between steps
+}
+
+func (h *runHandle) set(pgid int) {
+	h.mu.Lock()
+	h.pgid = pgid
+	h.mu.Unlock()
+}
+
+// signal sends sig to the running step's process group, if there is one.
+func (h *runHandle) signal(sig syscall.Signal) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pgid <= 0 {
+		return false
+	}
+	return syscall.Kill(-h.pgid, sig) == nil
 }
 
 // groupAlive reports whether the process group pgid still has members.

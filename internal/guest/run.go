@@ -23,11 +23,7 @@ const (
 	DefaultMemoryBytes    = 512 << 20
 )
 
-// MaxOutputBytes caps a request's max_output_bytes: two streams at this size,
-// base64-encoded in JSON, still fit in one agentproto frame.
-const MaxOutputBytes = agentproto.MaxFrame*3/8 - 64<<10
-
-// agent serves requests. It holds no per-connection state.
+// agent serves requests (see Serve).
 type agent struct {
 	opts    Options
 	log     *slog.Logger
@@ -36,41 +32,48 @@ type agent struct {
 	zygotes zygotePool    // the python fast path (see zygote.go)
 	setuid  bool          // drop to opts.RunUser in the launcher
 	runSeq  atomic.Uint64 // run directory numbering
+	execs   chan struct{} // one run at a time: a token
+	out     *sender       // frames to the host
+	ops     opTable       // the operations in flight
 }
 
-// exec runs one request. It never fails: problems are reported in the result.
-func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *agentproto.ExecResult) {
+// exec runs one request; its output goes to emit as it is read. It fails only for a
+// request it refuses (an error wrapping agentproto.ErrInvalidRequest); problems of the
+// run itself are reported in the result. handle (may be nil) is given the running
+// process group.
+func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func(stream string, p []byte), handle *runHandle) (res *agentproto.ExecResult, err error) {
 	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
 			a.log.Error("exec panicked", "panic", p)
-			res = startFailure(fmt.Errorf("internal error: %v", p))
+			res, err = startFailure(fmt.Errorf("internal error: %v", p)), nil
 		}
-		res.DurationMS = time.Since(start).Milliseconds()
+		if res != nil {
+			res.DurationMS = time.Since(start).Milliseconds()
+		}
 	}()
 
-	lang := lookupLanguage(req.Language)
-	if lang == nil {
-		return startFailure(fmt.Errorf("unknown language %q (supported: python, javascript, bash, rust, go)", req.Language))
-	}
 	lim := withDefaults(req.Limits)
 	deadline := start.Add(time.Duration(lim.TimeoutMS) * time.Millisecond)
-
+	lang := lookupLanguage(req.Language)
+	if lang == nil {
+		return startFailure(fmt.Errorf("unknown language %q (supported: python, javascript, bash, rust, go)", req.Language)), nil
+	}
 	env, err := a.runEnv(lang, lim, req.Env)
 	if err != nil {
-		return startFailure(err)
+		return nil, err
+	}
+	workDir, err := a.workDir(req.WorkDir)
+	if err != nil {
+		return nil, err
 	}
 	tool, toolInfo, err := findExecutable(lang.tool, envValue(env.run, "PATH"))
 	if err != nil {
-		return startFailure(fmt.Errorf("%s toolchain not available: %w", lang.name, err))
-	}
-	workDir, err := a.prepareWorkDir(req.WorkDir)
-	if err != nil {
-		return startFailure(err)
+		return startFailure(fmt.Errorf("%s toolchain not available: %w", lang.name, err)), nil
 	}
 	runDir, err := a.makeRunDir(lang.file, req.Code)
 	if err != nil {
-		return startFailure(err)
+		return startFailure(err), nil
 	}
 	defer func() {
 		if err := os.RemoveAll(runDir); err != nil {
@@ -88,27 +91,45 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest) (res *age
 	if lang.compile != nil {
 		spec := base
 		spec.Argv, spec.Dir = lang.compile(runDir), runDir
-		pr, err := a.runProc(ctx, &proc{spec: spec, env: env.compile, outMax: lim.MaxOutputBytes}, deadline)
+		pr, err := a.runProc(ctx, &proc{spec: spec, env: env.compile, outMax: lim.MaxOutputBytes, handle: handle}, deadline)
 		if err != nil {
-			return startFailure(err)
+			return startFailure(err), nil
 		}
 		if r := resultOf(pr); r.Verdict != agentproto.VerdictOK {
-			return r // a compile error, with the compiler's output
+			// A compile error: the compiler's output is the run's.
+			emitAll(emit, agentproto.StreamStdout, pr.stdout)
+			emitAll(emit, agentproto.StreamStderr, pr.stderr)
+			if pr.contained {
+				emit(agentproto.StreamStderr, []byte(containedNote))
+			}
+			return r, nil
 		}
 		// The compiler's output (warnings) is dropped when it succeeds.
 	}
 	spec := base
 	spec.Argv, spec.Dir = lang.run(runDir, lim.MemoryBytes), workDir
 	spec.AS = lim.MemoryBytes + lang.asHeadroom
-	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes}
+	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes, emit: emit, handle: handle}
 	if lang.name == "python" && !strings.ContainsRune(req.Code, 0) { // python3 reads NULs its own way
 		p.interpreter, p.interpreterInfo = tool, toolInfo
 	}
 	pr, err := a.runProc(ctx, p, deadline)
 	if err != nil {
-		return startFailure(err)
+		return startFailure(err), nil
 	}
-	return resultOf(pr)
+	if pr.contained {
+		emit(agentproto.StreamStderr, []byte(containedNote))
+	}
+	return resultOf(pr), nil
+}
+
+// emitAll emits p in chunks of at most agentproto.ChunkSize.
+func emitAll(emit func(string, []byte), stream string, p []byte) {
+	for len(p) > 0 {
+		n := min(len(p), agentproto.ChunkSize)
+		emit(stream, p[:n])
+		p = p[n:]
+	}
 }
 
 // withDefaults fills zero (or negative) limits with the defaults.
@@ -123,7 +144,6 @@ func withDefaults(l agentproto.Limits) agentproto.Limits {
 	def(&l.MaxFileBytes, DefaultMaxFileBytes)
 	def(&l.MaxProcs, DefaultMaxProcs)
 	def(&l.MemoryBytes, DefaultMemoryBytes)
-	l.MaxOutputBytes = min(l.MaxOutputBytes, MaxOutputBytes)
 	return l
 }
 
@@ -131,11 +151,14 @@ func withDefaults(l agentproto.Limits) agentproto.Limits {
 func startFailure(err error) *agentproto.ExecResult {
 	return &agentproto.ExecResult{
 		ExitCode: -1,
-		Stdout:   []byte{},
-		Stderr:   []byte{},
 		Verdict:  agentproto.VerdictKilled,
 		Error:    strings.TrimPrefix(err.Error(), errStart.Error()+": "),
 	}
+}
+
+// invalid marks a request the guest refuses.
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), agentproto.ErrInvalidRequest)
 }
 
 type runEnv struct{ compile, run []string }
@@ -159,8 +182,15 @@ func (a *agent) runEnv(lang *language, lim agentproto.Limits, extra map[string]s
 		add(base, lang.env(a.opts.Home))
 	}
 	for k, v := range extra {
-		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
-			return runEnv{}, fmt.Errorf("invalid environment variable %q", k)
+		switch {
+		case k == "":
+			return runEnv{}, invalid("invalid environment variable name: empty")
+		case strings.ContainsAny(k, "=\x00"):
+			return runEnv{}, invalid("invalid environment variable name %q: contains '=' or NUL", k)
+		case strings.ContainsRune(v, 0):
+			return runEnv{}, invalid("invalid value of environment variable %q: contains NUL", k)
+		case k == "PATH" && strings.TrimSpace(v) == "":
+			return runEnv{}, invalid("empty PATH")
 		}
 	}
 	run := make(map[string]string, len(base)+len(extra))

@@ -91,13 +91,25 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Serve answers agentproto requests read from r with replies written to w, until r
-// ends (or, when opts.Persistent, until ctx ends). Requests are served one at a time.
+// Serve answers agentproto requests read from r with frames written to w, until r
+// ends (or, when opts.Persistent, until ctx ends).
+//
+// # Operations
+//
+// Every request is an operation of its own, served on its own goroutine, so that
+// operations overlap: a cancel, a signal, a ping or a file operation is answered while
+// a run is in progress. Runs themselves take turns (one at a time, in no promised
+// order): they share the run user's process limit and the python zygote. Frames to the
+// host are written one at a time; each blocks until the transport takes it, which is
+// the protocol's flow control (see agentproto). A hello starts a new session: the
+// operations of the previous connection are cancelled and what they still had to say
+// is dropped, so a restored sandbox's new host never sees frames meant for the old one.
 //
 // # End of input
 //
-// When the agent is not PID 1, the end of r means the host is gone: Serve returns nil
-// at a clean EOF between frames and an error for anything else.
+// When the agent is not PID 1, the end of r means the host is gone: Serve cancels the
+// operations in flight, waits for them, and returns nil at a clean EOF between frames
+// and an error for anything else (as it does when a write to w fails).
 //
 // As PID 1 (opts.Persistent) the agent must outlive its connection. Exiting would end
 // the sandbox, and the end of input is not the end of the sandbox: a gVisor sandbox
@@ -108,16 +120,18 @@ func (o Options) withDefaults() Options {
 // runsc process went away before the checkpoint), the agent sees EOF. So, when
 // persistent, EOF and read errors are retried after a short sleep (backing off from
 // 10 ms to 100 ms, so a restored agent answers its first hello within 100 ms even if
-// it saw EOF; ten empty reads a second cost nothing), and are logged once per outage. A frame cut off by the end of input is dropped: each new
-// connection starts with a fresh handshake. Malformed frames get an error reply and the
-// agent keeps reading; a host that corrupted the stream should replace the sandbox.
-// Write errors (the host vanished before the reply) are logged and the reply is lost.
+// it saw EOF; ten empty reads a second cost nothing), and are logged once per outage.
+// A frame cut off by the end of input is dropped: each new connection starts with a
+// fresh handshake. Malformed frames get an error reply (ID 0) and the agent keeps
+// reading; a host that corrupted the stream should replace the sandbox. Write errors
+// (the host vanished) are logged and the frame is lost.
 //
-// If ctx ends, Serve kills the run in progress and returns ctx.Err(); a goroutine
+// If ctx ends, Serve kills the runs in progress and returns ctx.Err(); a goroutine
 // blocked reading r stays blocked until r is closed or yields data.
 func Serve(ctx context.Context, r io.Reader, w io.Writer, opts Options) error {
 	opts = opts.withDefaults()
-	a := &agent{opts: opts, log: opts.Logger, reaper: newReaper(opts.ReapAll, opts.Logger), bombs: newBombWatch()}
+	a := &agent{opts: opts, log: opts.Logger, reaper: newReaper(opts.ReapAll, opts.Logger), bombs: newBombWatch(),
+		execs: make(chan struct{}, 1)}
 	a.setuid = os.Geteuid() == 0 &&
 		(opts.RunUser.UID != uint32(os.Getuid()) || opts.RunUser.GID != uint32(os.Getgid()))
 	if os.Geteuid() != 0 && opts.RunUser.UID != uint32(os.Getuid()) {
@@ -137,27 +151,35 @@ func Serve(ctx context.Context, r io.Reader, w io.Writer, opts Options) error {
 		"languages", availableLanguages(opts.Path))
 
 	conn := agentproto.NewConn(r, w)
+	a.out = &sender{conn: conn, log: a.log, failed: make(chan error, 1)}
+	a.ops.init()
+	// The operations end first (their runs killed), then the zygotes, then the reaper.
+	opsCtx, cancelOps := context.WithCancel(ctx)
+	defer a.ops.wait()
+	defer cancelOps()
 	frames := make(chan frame)
 	go a.readLoop(ctx, conn, frames)
+	var writeFailed <-chan error
+	if !opts.Persistent {
+		writeFailed = a.out.failed
+	}
 	for {
 		var f frame
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case err := <-writeFailed:
+			return err
 		case f = <-frames:
 		}
 		if f.end {
 			return f.err
 		}
-		var reply *agentproto.Envelope
 		if f.env == nil {
-			reply = &agentproto.Envelope{Type: agentproto.TypeError, Error: f.err.Error()}
-		} else {
-			reply = a.handle(ctx, f.env)
+			a.out.sendAny(&agentproto.Envelope{Type: agentproto.TypeError, Error: f.err.Error()})
+			continue
 		}
-		if err := a.send(conn, reply); err != nil && !opts.Persistent {
-			return err
-		}
+		a.dispatch(opsCtx, f.env)
 	}
 }
 
@@ -227,47 +249,4 @@ func isMalformed(err error) bool {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	return errors.Is(err, agentproto.ErrFrameTooLarge) || errors.As(err, &syn) || errors.As(err, &typ)
-}
-
-func (a *agent) handle(ctx context.Context, req *agentproto.Envelope) *agentproto.Envelope {
-	reply := &agentproto.Envelope{ID: req.ID}
-	switch req.Type {
-	case agentproto.TypeHello:
-		if req.Hello != nil && req.Hello.Version != agentproto.Version {
-			a.log.Warn("host speaks another protocol version", "host", req.Hello.Version, "guest", agentproto.Version)
-		}
-		reply.Type = agentproto.TypeHello
-		reply.Hello = &agentproto.Hello{
-			Version:   agentproto.Version,
-			Agent:     "vmexec-agent/" + a.opts.Version,
-			Languages: availableLanguages(a.opts.Path),
-		}
-	case agentproto.TypePing:
-		reply.Type = agentproto.TypePong
-	case agentproto.TypeExec:
-		if req.Exec == nil {
-			reply.Type, reply.Error = agentproto.TypeError, "exec without a request"
-			break
-		}
-		res := a.exec(ctx, req.Exec)
-		a.log.Info("run", "id", req.ID, "language", req.Exec.Language, "verdict", res.Verdict,
-			"exit_code", res.ExitCode, "signal", res.Signal, "duration_ms", res.DurationMS, "error", res.Error)
-		reply.Type, reply.Result = agentproto.TypeResult, res
-	default:
-		reply.Type, reply.Error = agentproto.TypeError, fmt.Sprintf("unknown message type %q", req.Type)
-	}
-	return reply
-}
-
-// send writes a reply. A result too large for a frame (it cannot be, given
-// MaxOutputBytes, but the host must get an answer) is replaced by an error.
-func (a *agent) send(conn *agentproto.Conn, reply *agentproto.Envelope) error {
-	err := conn.Send(reply)
-	if errors.Is(err, agentproto.ErrFrameTooLarge) {
-		err = conn.Send(&agentproto.Envelope{Type: agentproto.TypeError, ID: reply.ID, Error: err.Error()})
-	}
-	if err != nil {
-		a.log.Error("cannot send reply", "type", reply.Type, "id", reply.ID, "err", err)
-	}
-	return err
 }

@@ -42,11 +42,12 @@ const markerTail = 8 << 10
 //     128+signo, as a shell reports it.
 //
 // A run whose background processes were killed as a fork bomb after it exited (see
-// procResult.contained) is killed, with a note appended to stderr.
+// procResult.contained) is killed (the caller appends containedNote to stderr). A run
+// the host cancelled is canceled, whatever else happened to it.
+//
+// The result carries no output: it was streamed, or the caller sends what was kept.
 func resultOf(pr *procResult) *agentproto.ExecResult {
 	r := &agentproto.ExecResult{
-		Stdout:          nonNil(pr.stdout),
-		Stderr:          nonNil(pr.stderr),
 		StdoutTruncated: pr.stdoutTrunc,
 		StderrTruncated: pr.stderrTrunc,
 	}
@@ -66,6 +67,9 @@ func resultOf(pr *procResult) *agentproto.ExecResult {
 	}
 
 	switch {
+	case pr.cancelled && pr.hostCancel:
+		r.Verdict = agentproto.VerdictCanceled
+		r.Error = "canceled by the host"
 	case pr.timedOut:
 		r.Verdict = agentproto.VerdictTimeout
 	case pr.outputLimit:
@@ -80,10 +84,9 @@ func resultOf(pr *procResult) *agentproto.ExecResult {
 		if r.ExitCode == 0 {
 			r.ExitCode = 128 + int(syscall.SIGKILL) // never report a killed run as exit 0
 		}
-		r.Stderr = append(r.Stderr, []byte("\nvmexec: background processes exhausted the process limit; their process group was killed\n")...)
 	case !ws.Signaled() && ws.ExitStatus() == 0:
 		r.Verdict = agentproto.VerdictOK
-	case hasMemoryMarker(pr.stderr), ws.Signaled() && ws.Signal() == syscall.SIGKILL:
+	case hasMemoryMarker(pr.stderrTail), ws.Signaled() && ws.Signal() == syscall.SIGKILL:
 		r.Verdict = agentproto.VerdictMemoryLimit
 	case ws.Signaled():
 		r.Verdict = agentproto.VerdictKilled
@@ -103,9 +106,5 @@ func hasMemoryMarker(stderr []byte) bool {
 	return false
 }
 
-func nonNil(b []byte) []byte {
-	if b == nil {
-		return []byte{}
-	}
-	return b
-}
+// containedNote is appended to the stderr of a run whose background fork bomb was killed.
+const containedNote = "\nvmexec: background processes exhausted the process limit; their process group was killed\n"

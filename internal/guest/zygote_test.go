@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -126,6 +127,14 @@ func normalize(b []byte, opts Options) string {
 // signal, verdict) when forked by the zygote as when started as python3 -u main.py.
 func TestZygoteEquivalence(t *testing.T) {
 	slow, fast, slowOpts, fastOpts := pythonAgents(t)
+	// The working directories of the requests below (a missing one is refused).
+	for _, o := range []Options{slowOpts, fastOpts} {
+		for _, d := range []string{"project/sub", "state"} {
+			if err := os.MkdirAll(filepath.Join(o.Home, d), 0o777); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	tests := []struct {
 		name string
 		req  agentproto.ExecRequest
@@ -284,7 +293,7 @@ func TestZygoteMemoryBomb(t *testing.T) {
 func TestZygoteBackgroundSurvives(t *testing.T) {
 	_, fast, _, _ := pythonAgents(t)
 	req := agentproto.ExecRequest{Language: "python",
-		Code: "import subprocess\np = subprocess.Popen(['sh', '-c', 'sleep 0.3; echo late; sleep 30'])\nprint(p.pid)\n"}
+		Code: "import subprocess\np = subprocess.Popen(['sh', '-c', 'sleep 1; echo late; sleep 30'])\nprint(p.pid)\n"}
 	warmZygote(t, fast, req)
 	start := time.Now()
 	res := run(t, fast, &req)
@@ -296,7 +305,7 @@ func TestZygoteBackgroundSurvives(t *testing.T) {
 		t.Fatalf("no pid: %s", describe(res))
 	}
 	defer killGroupOf(pid)
-	time.Sleep(600 * time.Millisecond)
+	time.Sleep(1300 * time.Millisecond) // past its late write
 	if !alive(pid) {
 		t.Errorf("background process %d is gone", pid)
 	}

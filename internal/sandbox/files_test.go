@@ -11,6 +11,13 @@ import (
 	"github.com/vmexec/vmexec/api"
 )
 
+// waitingOn is how many requests are queued on sandbox id.
+func (h *harness) waitingOn(id string) int {
+	h.svc.mu.Lock()
+	defer h.svc.mu.Unlock()
+	return h.svc.sandboxes[id].waiting
+}
+
 func (h *harness) sandboxOf(t *testing.T, agent string) string {
 	t.Helper()
 	return h.run(t, agent, "echo up", nil).SandboxID
@@ -109,13 +116,9 @@ func TestPutFileIsInTheNextRunsSnapshot(t *testing.T) {
 	h := newHarness(t, nil)
 	ctx := context.Background()
 	sb := h.sandboxOf(t, "a")
-	waitFor(t, "the background snapshot", func() bool {
-		e := h.runFor("a")
-		if !e.run.TryLock() {
-			return false
-		}
-		defer e.run.Unlock()
-		return e.cleanSnap != ""
+	waitFor(t, "the background snapshot after the run", func() bool {
+		l, err := h.svc.ListSnapshots(ctx, sb, "")
+		return err == nil && len(l.Snapshots) == 2 // the run's pre-run one, and the one after it
 	})
 	if _, err := h.svc.PutFile(ctx, sb, "a", "data.csv", 0, strings.NewReader("1,2")); err != nil {
 		t.Fatal(err)
@@ -145,11 +148,7 @@ func TestFilesQueueWithRuns(t *testing.T) {
 		_, err := h.svc.PutFile(context.Background(), sb, "a", "x", 0, strings.NewReader("x"))
 		putDone <- err
 	}()
-	waitFor(t, "the put to queue", func() bool {
-		h.svc.mu.Lock()
-		defer h.svc.mu.Unlock()
-		return h.svc.sandboxes[sb].waiting == 1
-	})
+	waitFor(t, "the put to queue", func() bool { return h.waitingOn(sb) == 1 })
 	select {
 	case err := <-putDone:
 		t.Fatalf("the put finished during the run: %v", err)

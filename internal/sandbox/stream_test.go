@@ -151,12 +151,6 @@ func TestStreamerNothingAfterClose(t *testing.T) {
 	}
 }
 
-func (h *harness) runFor(e string) *entry {
-	h.svc.mu.Lock()
-	defer h.svc.mu.Unlock()
-	return h.svc.sandboxes[h.svc.byAgent[e]]
-}
-
 // waitFor polls cond until it holds (no timing assertion: only a generous bound).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

@@ -4,9 +4,13 @@
 package backendtest
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -205,6 +209,124 @@ for host, port in [("127.0.0.1", 8080), ("10.0.2.2", 80), ("1.1.1.1", 53)]:
 		}
 	})
 
+	// Output streams while the program runs: the program prints a line, then waits
+	// until the host has seen it (the host answers by writing a file into the sandbox,
+	// over the same connection) before it prints the next. Without streaming it would
+	// wait in vain and say so.
+	t.Run("Streaming", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		var events []string
+		code := `echo one
+i=0; while [ ! -e ~/go-on ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
+[ -e ~/go-on ] && echo two || echo "two (the host never saw one)"`
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 60000}},
+			func(stream string, p []byte) {
+				events = append(events, stream+":"+strings.TrimSpace(string(p)))
+				if string(p) == "one\n" {
+					if err := sb.WriteFile(ctx, "go-on", 0, strings.NewReader("")); err != nil {
+						t.Errorf("write go-on: %v", err)
+					}
+					events = append(events, "host wrote go-on")
+				}
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := strings.Join(events, " | "), "stdout:one | host wrote go-on | stdout:two"
+		if got != want || string(res.Stdout) != "one\ntwo\n" || res.Verdict != agentproto.VerdictOK {
+			t.Fatalf("events %q, want %q; verdict %s stdout %q", got, want, res.Verdict, res.Stdout)
+		}
+	})
+
+	// A caller that goes away cancels its run: the result says canceled (no error),
+	// the run's processes are gone, and the sandbox serves the next run.
+	t.Run("Cancel", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		res, err := sb.Exec(cctx, &agentproto.ExecRequest{Language: "bash", Code: "sleep 300 & echo started; wait",
+			Limits: agentproto.Limits{TimeoutMS: 600000}}, func(string, []byte) { cancel() })
+		if err != nil {
+			t.Fatalf("cancelled exec: %v", err)
+		}
+		if res.Verdict != agentproto.VerdictCanceled {
+			t.Fatalf("verdict %s, want canceled", res.Verdict)
+		}
+		wantOut(t, run(t, ctx, sb, "bash", `for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sleep ] && echo sleep-alive; done; echo checked`), "checked")
+	})
+
+	// max_output_bytes up to the server's maximum: 8 MiB under 16 MiB is ok and whole.
+	t.Run("LargeOutput", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		var streamed int
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python",
+			Code:   "import sys\nfor _ in range(8):\n    sys.stdout.write('y' * 1048575 + '\\n')\n",
+			Limits: agentproto.Limits{TimeoutMS: 120000, MaxOutputBytes: 16 << 20}}, func(_ string, p []byte) { streamed += len(p) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Verdict != agentproto.VerdictOK || len(res.Stdout) != 8<<20 || streamed != 8<<20 || res.StdoutTruncated {
+			t.Fatalf("verdict %s, %d bytes (%d streamed), truncated %v; want ok, 8 MiB", res.Verdict, len(res.Stdout), streamed, res.StdoutTruncated)
+		}
+	})
+
+	// A request the guest refuses is ErrInvalidRequest, not a dead sandbox.
+	t.Run("InvalidRequest", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		_, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "true", WorkDir: "/no/such/dir"}, nil)
+		if !errors.Is(err, agentproto.ErrInvalidRequest) || errors.Is(err, backend.ErrSandboxDead) {
+			t.Fatalf("exec in a missing working dir: %v, want ErrInvalidRequest", err)
+		}
+		wantOut(t, run(t, ctx, sb, "bash", "echo fine"), "fine")
+	})
+
+	// A 50 MiB file goes in and comes out byte-identical, owned by the run user; file
+	// errors are the agentproto sentinels.
+	t.Run("Files", func(t *testing.T) {
+		ctx := ctxFor(t)
+		sb := e.create(t, ctx)
+		data := make([]byte, 50<<20)
+		rand.New(rand.NewSource(1)).Read(data)
+		if err := sb.WriteFile(ctx, "in/big.bin", 0o600, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		wantOut(t, run(t, ctx, sb, "bash", "stat -c '%u %a %s' ~/in/big.bin"), fmt.Sprintf("1000 600 %d", len(data)))
+		fi, rc, err := sb.OpenFile(ctx, "/home/user/in/big.bin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, rc)
+		rc.Close()
+		if sum := sha256.Sum256(data); err != nil || n != int64(len(data)) || fi.Size != int64(len(data)) || !bytes.Equal(h.Sum(nil), sum[:]) {
+			t.Fatalf("read back %d bytes (info %d), %v; identical %v", n, fi.Size, err, bytes.Equal(h.Sum(nil), sum[:]))
+		}
+		if err := sb.MakeDir(ctx, "in/sub"); err != nil {
+			t.Fatal(err)
+		}
+		list, err := sb.ListFiles(ctx, "in", 1)
+		if err != nil || len(list) != 2 || list[0].Name != "big.bin" || list[1].Type != agentproto.FileTypeDir {
+			t.Fatalf("list: %+v, %v", list, err)
+		}
+		if _, err := sb.StatFile(ctx, "in/missing"); !errors.Is(err, agentproto.ErrNotExist) {
+			t.Errorf("stat of a missing file: %v, want ErrNotExist", err)
+		}
+		if _, _, err := sb.OpenFile(ctx, "in/missing"); !errors.Is(err, agentproto.ErrNotExist) {
+			t.Errorf("open of a missing file: %v, want ErrNotExist", err)
+		}
+		if _, _, err := sb.OpenFile(ctx, "in"); !errors.Is(err, agentproto.ErrIsDir) {
+			t.Errorf("open of a directory: %v, want ErrIsDir", err)
+		}
+		if err := sb.RemoveFile(ctx, "in", true); err != nil {
+			t.Fatal(err)
+		}
+		wantOut(t, run(t, ctx, sb, "bash", "test -e ~/in && echo there || echo removed"), "removed")
+	})
+
 	t.Run("Snapshot", func(t *testing.T) {
 		snap, ok := e.Backend.(backend.Snapshotter)
 		if !ok {
@@ -232,6 +354,10 @@ for host, port in [("127.0.0.1", 8080), ("10.0.2.2", 80), ("1.1.1.1", 53)]:
 		}
 		wantOut(t, run(t, ctx, sb, "bash", "cat ~/v.txt"), "1")
 		wantOut(t, run(t, ctx, sb, "bash", MemRead), "1") // the process's memory, as it was
+		// The restored guest speaks the whole protocol on its new connection.
+		if fi, err := sb.StatFile(ctx, "v.txt"); err != nil || fi.Size != 2 {
+			t.Fatalf("stat after restore: %+v, %v", fi, err)
+		}
 
 		// Fork: an independent copy from the same image.
 		fsp := e.spec(t)
