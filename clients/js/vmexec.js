@@ -614,7 +614,13 @@ export class Client {
   async readFile(sandboxId, path, { agentId, ...opts } = {}) {
     const q = query({ path, agent_id: agentId ?? this.agentId });
     const res = await this.send('GET', `/v1/sandboxes/${enc(sandboxId)}/files${q}`, opts);
-    return new Uint8Array(await res.arrayBuffer());
+    const body = new Uint8Array(await res.arrayBuffer());
+    const want = res.headers.get('content-length');
+    if (want !== null && Number(want) !== body.length) {
+      // The server cuts a download short when the file fails mid-way: never a silent partial file.
+      throw new ConnectionError(`vmexec: GET ${path}: got ${body.length} of ${want} bytes (the download was cut short)`);
+    }
+    return body;
   }
 
   /** readText returns the file at path decoded as UTF-8. */

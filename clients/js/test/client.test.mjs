@@ -218,6 +218,13 @@ describe('Client against the daemon', { skip: why || false }, () => {
     assert.equal(run.rolled_back, true);
   });
 
+  it('a streamed request the server refuses rejects with its code and status', async () => {
+    await assert.rejects(vx.execStream({ agent_id: agent('serr'), sandbox_id: 'sb-000000000000', language: 'bash', code: 'true' }).result(),
+      (e) => e instanceof VmexecError && e.status === 404 && e.code === 'not_found');
+    await assert.rejects(vx.execStream({ agent_id: agent('serr'), language: 'cobol', code: 'x' }).result(),
+      (e) => e instanceof VmexecError && e.status === 400 && e.code === 'bad_request');
+  });
+
   it('exec with onStdout streams and resolves with the result', async () => {
     const chunks = [];
     const res = await vx.exec({ agent_id: agent('cb'), language: 'python', code: 'print("x"); print("y")' }, { onStdout: (s) => chunks.push(s) });

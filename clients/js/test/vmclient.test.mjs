@@ -87,6 +87,24 @@ describe('VmExecutionClient against the daemon', { skip: why || false }, () => {
     assert.match(v.reason, /python, javascript, bash, rust, go/);
   });
 
+  it('the seed\'s acceptance cases: a 45 s sleep cut by the timeout, 3 agents at once, four languages in one message', async () => {
+    const slow = await new VmExecutionClient({ baseUrl: d.url }, { timeout: 2000 })
+      .executeCode({ language: 'python', code: 'import time; time.sleep(45)', agentId: agent('slow') });
+    assert.deepEqual([slow.success, slow.verdict, slow.attempts], [false, 'timeout', 1]);
+    assert.equal(slow.rolledBack, true);
+
+    const vm = new VmExecutionClient({ baseUrl: d.url });
+    const three = await Promise.all([1, 2, 3].map((i) => vm.executeCode({ language: 'python', code: `print(${i}*${i})`, agentId: agent(`par${i}`) })));
+    assert.deepEqual(three.map((r) => r.stdout.trim()), ['1', '4', '9']);
+    assert.equal(new Set(three.map((r) => r.vmId)).size, 3, 'each agent has its own VM');
+
+    const reply = 'Four languages:\n```python\nprint("py")\n```\n```javascript\nconsole.log("js")\n```\n'
+      + '```bash\necho sh\n```\n```rust\nfn main() { let p: Vec<u32> = (2..50).filter(|n| (2..*n).all(|d| n % d != 0)).collect(); println!("{:?}", p); }\n```\n';
+    const all = await vm.parseAndExecute(reply, { agentId: agent('four') });
+    assert.equal(all.success, true, JSON.stringify(all.results.map((r) => [r.exitCode, r.stderr])));
+    assert.deepEqual(all.results.map((r) => r.stdout.trim()), ['py', 'js', 'sh', '[2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]']);
+  });
+
   it('validateCode and extractCodeBlocks', () => {
     const vm = new VmExecutionClient({ baseUrl: d.url });
     assert.deepEqual(vm.validateCode('python', 'print(1)'), { valid: true });

@@ -177,6 +177,13 @@ class DaemonTest(unittest.TestCase):
                          what="the canceled run in the history")
         self.assertEqual((run["verdict"], run["rolled_back"]), ("canceled", True))
 
+    def test_stream_refused(self):
+        for kw, status, code in [({"sandbox_id": "sb-000000000000"}, 404, "not_found"), ({}, 400, "bad_request")]:
+            lang = "bash" if kw else "cobol"
+            with self.subTest(code), self.assertRaises(vmexec.VmexecError) as cm:
+                list(self.vx.stream(lang, "true", agent_id=agent("serr"), **kw))
+            self.assertEqual((cm.exception.status, cm.exception.code), (status, code))
+
     def test_stream_failure_and_parse_execute_stream(self):
         vx = vmexec.Client(D.url, agent_id=agent("sf"))
         res = [e for e in vx.stream("bash", "echo x; exit 4") if e.type == "result"][0].data
