@@ -306,8 +306,12 @@ function streamError(body) {
  * EventStream is a streaming call: an async iterator of its events ({type:'stdout'|
  * 'stderr', data}, {type:'block', block}, {type:'result', result}), and `result()`,
  * which reads to the end (calling the callbacks) and resolves with the final result.
- * An `error` event, or a response that is not a stream, rejects with a VmexecError.
- * `abort()` ends the call; the server cancels a run whose client went away.
+ * An `error` event rejects with a VmexecError carrying the code and the status the
+ * plain call would have answered; one at the start that means nothing ran (busy,
+ * unavailable, limit) is retried like a 429/503. A stream that breaks or ends before
+ * its result rejects with a ConnectionError, never retried. A server that answers the
+ * route with plain JSON yields that body as the one result event. `abort()` ends the
+ * call; the server cancels a run whose client went away (verdict canceled, rolled back).
  */
 export class EventStream {
   constructor(start, { onStdout, onStderr, onBlock, onEvent } = {}, controller, retry = { maxRetries: 0 }) {
