@@ -4,10 +4,18 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { Client, VmexecError } from '../vmexec.js';
 import { startDaemon, missing, waitUntil } from './daemon.mjs';
 
 const why = missing();
+
+// networkImports says why Node cannot import over http here ('' when it can): the
+// flag exists in Node 18 to 21.
+function networkImports() {
+  const r = spawnSync(process.execPath, ['--experimental-network-imports', '-e', '0']);
+  return r.status === 0 ? false : `this Node (${process.version}) has no --experimental-network-imports`;
+}
 let d;
 let vx;
 let n = 0;
@@ -277,5 +285,16 @@ describe('Client against the daemon', { skip: why || false }, () => {
       const again = await fetch(d.url + path, { headers: { 'If-None-Match': res.headers.get('etag') } });
       assert.equal(again.status, 304);
     }
+  });
+
+  it('the served module works imported from the daemon\'s URL, as a page imports it', { skip: networkImports() }, async () => {
+    // Node's network imports load an ES module over http the way a browser's
+    // <script type="module"> does: no Node-only API may be needed at import time.
+    const prog = `const m = await import(${JSON.stringify(`${d.url}/js/vmexec.js`)});
+      const vx = new m.Client({ baseUrl: ${JSON.stringify(d.url)} });
+      const r = await vx.exec({ agent_id: 'js-import-${process.pid}', language: 'python', code: 'print(6*7)' });
+      console.log(r.stdout.trim());`;
+    const out = execFileSync(process.execPath, ['--experimental-network-imports', '--no-warnings', '--input-type=module', '-e', prog], { encoding: 'utf8' });
+    assert.equal(out.trim(), '42');
   });
 });
