@@ -93,6 +93,17 @@ func TestCancelRun(t *testing.T) {
 	if r := run(t, c, &agentproto.ExecRequest{Language: "bash", Code: "echo after"}); r.Verdict != agentproto.VerdictOK || string(r.Stdout) != "after\n" {
 		t.Errorf("run after the cancel: %s", describe(r))
 	}
+
+	// A python run, forked by the zygote once it is warm, is cancelled the same way.
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "import time\nprint('x', flush=True)\ntime.sleep(60)\n",
+			Limits: agentproto.Limits{TimeoutMS: 60000}}, func(string, []byte) { cancel() })
+		cancel()
+		if err != nil || res.Verdict != agentproto.VerdictCanceled {
+			t.Errorf("python run %d: %v, %v; want canceled", i, res, err)
+		}
+	}
 }
 
 // A signal reaches the run's process group; the program handles it as it likes.
