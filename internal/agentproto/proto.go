@@ -44,7 +44,9 @@
 // After the handshake the host may have many operations in flight at once. It gives
 // each a fresh ID (increasing, unique on the connection); every frame of an operation,
 // in both directions, carries it. Frames of different operations interleave freely;
-// frames of one operation keep their order. The host client has a single reader
+// frames of one operation keep their order. (The guest serves operations concurrently
+// but runs one program at a time: a second exec waits for the first.) The host client
+// ([Client]; [Run] for a run's Signal and Cancel) has a single reader
 // goroutine that hands each frame to the operation waiting for its ID (a frame for an
 // ID nobody waits for, say a late reply to an abandoned operation, is dropped).
 //
@@ -98,9 +100,13 @@
 // ports have small buffers), and the guest's output pump blocks with it, and with the
 // pump the program writing to its stdout. So a slow host makes a chatty program wait
 // rather than making the guest buffer its output; likewise the guest reads a write's
-// body only as fast as it can write it to the file. A reader on either side that stops
-// reading stalls the whole connection, which is why the client hands frames to an
-// operation through a small buffer and the OpenFile caller must read or close.
+// body only as fast as it can write it to the file. The host's reader hands each
+// operation its frames through a small buffer, and blocks when it is full: a caller
+// that stops taking its frames (an OpenFile reader neither read nor closed, an
+// OutputFunc that blocks) stalls the whole connection, and with it the guest. That is
+// the price of having no per-operation windows, and why an OutputFunc should return
+// promptly (and wait for another call on the same connection only while its run
+// writes nothing more).
 //
 // # Checkpoint and restore
 //
