@@ -461,3 +461,21 @@ func TestNewSessionEndsOldRuns(t *testing.T) {
 	waitFor(t, "the old run's sleep to be killed", func() bool { return !aliveNotZombie(pid) })
 	hostR.Close()
 }
+
+// A host slow to take the output still gets all of it: the program has long written
+// its last bytes and exited while the host is still reading chunks, and the drain at
+// the end waits for the host rather than dropping what is still in the pipe.
+func TestSlowHostGetsAllOutput(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: "python",
+		Code:   "import sys\nsys.stdout.write('s' * (1 << 20))\n",
+		Limits: agentproto.Limits{TimeoutMS: 60000, MaxOutputBytes: 16 << 20}}, func(string, []byte) {
+		time.Sleep(150 * time.Millisecond) // a slow host: longer than the 100 ms drain grace per chunk
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictOK || len(res.Stdout) != 1<<20 {
+		t.Errorf("verdict %s, %d of %d bytes", res.Verdict, len(res.Stdout), 1<<20)
+	}
+}
