@@ -150,4 +150,6 @@ type CompatChatResponse struct {
 	ModelUsed      string `json:"model_used,omitempty"`
 	ConversationID string `json:"conversation_id,omitempty"`
 	Error          string `json:"error,omitempty"`
+	// Code is the error's class, as Error.Code.
+	Code string `json:"code,omitempty"`
 }

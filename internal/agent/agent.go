@@ -171,6 +171,14 @@ type turn struct {
 
 // Chat runs one user message of agent agentID (see the package doc).
 func (r *Runner) Chat(ctx context.Context, agentID string, req api.ChatRequest, ev Events) (api.ChatResult, error) {
+	return r.ChatWithHistory(ctx, agentID, req, nil, ev)
+}
+
+// ChatWithHistory is Chat for a client that keeps the conversation itself (the
+// seed's POST /chat sends all of it): a new conversation starts with earlier (user
+// and assistant messages), stored, before the message. With req.ConversationID,
+// earlier is ignored.
+func (r *Runner) ChatWithHistory(ctx context.Context, agentID string, req api.ChatRequest, earlier []api.CompatChatMessage, ev Events) (api.ChatResult, error) {
 	a, ok := r.agents[agentID]
 	if !ok {
 		return api.ChatResult{}, fmt.Errorf("no agent %q (configured: %s): %w", agentID, strings.Join(r.ids(), ", "), sandbox.ErrNotFound)
@@ -207,6 +215,17 @@ func (r *Runner) Chat(ctx context.Context, agentID string, req api.ChatRequest, 
 		}
 	}
 	t.res = api.ChatResult{ConversationID: t.conv, AgentID: agentID, Steps: []api.ChatStep{}}
+	if req.ConversationID == "" && len(earlier) > 0 {
+		for _, m := range earlier {
+			if m.Role != "user" && m.Role != "assistant" {
+				continue // the agent's own system prompt applies
+			}
+			prior = append(prior, api.ConversationMessage{Role: m.Role, Content: m.Content})
+		}
+		if err := t.store(ctx, prior...); err != nil {
+			return t.res, err
+		}
+	}
 	if err := t.store(ctx, api.ConversationMessage{Role: "user", Content: req.Message}); err != nil {
 		return t.res, err
 	}
