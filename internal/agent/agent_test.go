@@ -55,7 +55,9 @@ func (f *fakeExec) count() int {
 	return len(f.reqs)
 }
 
-func newRunner(t *testing.T, cfg agent.Config) (*agent.Runner, *fakeExec) {
+func newRunner(t *testing.T, cfg agent.Config) (*agent.Runner, *fakeExec) { return newRunnerB(t, cfg) }
+
+func newRunnerB(t testing.TB, cfg agent.Config) (*agent.Runner, *fakeExec) {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "h.db"))
 	if err != nil {
