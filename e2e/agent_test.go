@@ -167,6 +167,28 @@ func TestAgents(t *testing.T) {
 		}
 	})
 
+	t.Run("the CLI's interactive session continues one conversation", func(t *testing.T) {
+		cmd := exec.Command(testenv.Vmexec(t), "--url", d.url, "chat", "--agent", "fixer-fenced")
+		cmd.Stdin = strings.NewReader("What is 10 factorial? Compute it.\nthanks\n\n")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("vmexec chat: %v\n%s", err, out)
+		}
+		// Two turns; the second (after the answer) is answered without code.
+		if n := bytes.Count(out, []byte("answered ·")); n != 2 || !bytes.Contains(out, []byte("3628800")) {
+			t.Fatalf("%d turns answered:\n%s", n, out)
+		}
+		convs := map[string]bool{}
+		for _, line := range strings.Split(string(out), "\n") {
+			if _, id, ok := strings.Cut(line, "conversation "); ok {
+				convs[id] = true
+			}
+		}
+		if len(convs) != 1 {
+			t.Fatalf("conversations %v, want one:\n%s", convs, out)
+		}
+	})
+
 	t.Run("streamed: deltas, live output, runs and steps", func(t *testing.T) {
 		var mu sync.Mutex
 		var deltas, stdout strings.Builder

@@ -262,6 +262,12 @@ func TestLLMDown(t *testing.T) {
 	if _, err := r.Chat(context.Background(), "nobody", api.ChatRequest{Message: "hi"}, agent.Events{}); !errors.Is(err, sandbox.ErrNotFound) {
 		t.Fatalf("unknown agent: %v", err)
 	}
+	if _, err := r.Chat(context.Background(), "dev", api.ChatRequest{Message: "hi", ConversationID: "conv-none"}, agent.Events{}); !errors.Is(err, sandbox.ErrNotFound) {
+		t.Fatalf("unknown conversation: %v", err)
+	}
+	if _, err := r.Chat(context.Background(), "dev", api.ChatRequest{Message: "hi", Mode: "plan"}, agent.Events{}); !errors.Is(err, sandbox.ErrInvalid) {
+		t.Fatalf("unknown mode: %v", err)
+	}
 }
 
 // The seed's role config file loads as it is: each role an agent, its LLM settings

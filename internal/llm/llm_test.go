@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +104,24 @@ func TestChatServerDown(t *testing.T) {
 	_, err = c.Chat(context.Background(), llm.Request{Messages: []llm.Message{{Role: "user", Content: "hi"}}})
 	if !errors.Is(err, llm.ErrUnavailable) || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "ollama serve") {
 		t.Fatalf("err = %v; want ErrUnavailable naming %s and what to start", err, addr)
+	}
+}
+
+// A server that takes the request and never answers is cut off by Timeout.
+func TestChatTimeout(t *testing.T) {
+	stop := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-stop:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(stop)
+	c := llm.New(llm.Config{BaseURL: srv.URL + "/v1", Timeout: 200 * time.Millisecond, MaxRetries: -1})
+	_, err := c.Chat(context.Background(), llm.Request{Messages: []llm.Message{{Role: "user", Content: "hi"}}})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want a deadline error", err)
 	}
 }
 
