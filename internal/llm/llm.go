@@ -402,5 +402,13 @@ func readWhole(r io.Reader) (Response, error) {
 	if m.Role == "" {
 		m.Role = "assistant"
 	}
+	for i := range m.ToolCalls { // a tool result must name its call
+		if m.ToolCalls[i].ID == "" {
+			m.ToolCalls[i].ID = fmt.Sprintf("call_%d", i)
+		}
+		if m.ToolCalls[i].Type == "" {
+			m.ToolCalls[i].Type = "function"
+		}
+	}
 	return Response{Message: m, FinishReason: w.Choices[0].FinishReason, Model: w.Model}, nil
 }

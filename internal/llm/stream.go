@@ -31,8 +31,30 @@ type toolDelta struct {
 	} `json:"function"`
 }
 
-// maxStreamLine bounds one line of a stream.
-const maxStreamLine = 4 << 20
+// maxStreamLine bounds one line of a stream, maxAnswer a whole answer (its chunks'
+// JSON): a server that streams without end is cut off there, not at the timeout.
+const (
+	maxStreamLine = 4 << 20
+	maxAnswer     = 16 << 20
+)
+
+// callIndex is the index of the tool call a piece belongs to. Servers send an index;
+// for those that do not, a piece with a new id starts a call and one without an id
+// continues the last.
+func callIndex(td toolDelta, calls map[int]*ToolCall, last int) int {
+	if td.Index != nil {
+		return *td.Index
+	}
+	if td.ID == "" && last >= 0 {
+		return last
+	}
+	for i, c := range calls {
+		if c.ID == td.ID && td.ID != "" {
+			return i
+		}
+	}
+	return len(calls)
+}
 
 func readStream(r io.Reader, onDelta func(string)) (Response, error) {
 	sc := bufio.NewScanner(r)
@@ -41,6 +63,8 @@ func readStream(r io.Reader, onDelta func(string)) (Response, error) {
 		out     Response
 		content strings.Builder
 		calls   = map[int]*ToolCall{}
+		last    = -1 // the index of the call the last piece belonged to
+		size    int
 		done    bool
 	)
 	out.Message.Role = "assistant"
@@ -57,6 +81,9 @@ func readStream(r io.Reader, onDelta func(string)) (Response, error) {
 		}
 		if data == "" {
 			continue
+		}
+		if size += len(data); size > maxAnswer {
+			return Response{}, fmt.Errorf("%w: the streamed answer passed %d bytes", ErrBadResponse, maxAnswer)
 		}
 		var w wireResponse
 		if err := json.Unmarshal([]byte(data), &w); err != nil {
@@ -83,11 +110,9 @@ func readStream(r io.Reader, onDelta func(string)) (Response, error) {
 				content.WriteString(d.Content)
 				onDelta(d.Content)
 			}
-			for i, td := range d.ToolCalls {
-				idx := i
-				if td.Index != nil {
-					idx = *td.Index
-				}
+			for _, td := range d.ToolCalls {
+				idx := callIndex(td, calls, last)
+				last = idx
 				c := calls[idx]
 				if c == nil {
 					c = &ToolCall{Type: "function"}
