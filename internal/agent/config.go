@@ -100,10 +100,10 @@ func (c Config) languages() []string {
 	return out
 }
 
-// policy is the agent's transaction policy as the sandbox service takes it: the
-// seed's snapshot_on_execution is vmexec's snapshot_before_execution (a run without a
-// snapshot before it cannot be rolled back, so it is kept on when
-// auto_rollback_on_failure is on).
+// policy is the agent's transaction policy as the sandbox service takes it. The
+// seed's snapshot_on_execution: true is vmexec's snapshot_before_execution; false
+// leaves the server's default (on), because a run without a snapshot before it cannot
+// be rolled back. history.enabled is accepted: vmexec records every run.
 func (c Config) policy() *api.ExecPolicy {
 	if c.VMExecution == nil || c.VMExecution.History == nil {
 		return nil
