@@ -333,6 +333,17 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"OutputChunk":           {OutputChunk{}, true},
 		"FileInfo":              {FileInfo{}, true},
 		"FileList":              {FileList{}, true},
+		"ChatRequest":           {ChatRequest{}, false},
+		"ChatResult":            {ChatResult{}, true},
+		"ChatStep":              {ChatStep{}, true},
+		"ChatRun":               {ChatRun{}, true},
+		"ChatDelta":             {ChatDelta{}, true},
+		"ChatOutput":            {ChatOutput{}, true},
+		"Conversation":          {Conversation{}, true},
+		"ConversationMessage":   {ConversationMessage{}, true},
+		"ChatToolCall":          {ChatToolCall{}, true},
+		"CompatChatRequest":     {CompatChatRequest{}, false},
+		"CompatChatResponse":    {CompatChatResponse{}, true},
 	}
 	for name, d := range types {
 		schema, ok := schemas[name]

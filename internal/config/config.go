@@ -17,6 +17,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/vmexec/vmexec/internal/agent"
 	"github.com/vmexec/vmexec/internal/sandbox"
 )
 
@@ -47,6 +48,11 @@ type Config struct {
 	MicroVM MicroVM `yaml:"microvm"`
 	// Sandbox configures limits, pool and reaping.
 	Sandbox sandbox.Config `yaml:"sandbox"`
+	// Agents are the LLM agents served at /v1/agents/{id}/chat (see internal/agent);
+	// serve --agents-config adds the roles of a seed role config file.
+	Agents []agent.Config `yaml:"agents"`
+	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
+	AgentsConfig string `yaml:"agents_config"`
 }
 
 // HTTP configures the HTTP server's boundary (see internal/httpapi) and timeouts.
@@ -229,6 +235,16 @@ func (c Config) Validate() error {
 	}
 	if err := c.Sandbox.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	ids := map[string]bool{}
+	for _, a := range c.Agents {
+		if err := a.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("agents: %w", err))
+		}
+		if ids[a.ID] {
+			errs = append(errs, fmt.Errorf("agents: %q is configured twice", a.ID))
+		}
+		ids[a.ID] = true
 	}
 	return errors.Join(errs...)
 }
