@@ -20,12 +20,10 @@ const (
 )
 
 type progress struct {
-	ctx   context.Context
-	ss    *mcp.ServerSession
-	token any
-	n     int
-	done  bool
-	buf   [2]strings.Builder // stdout, stderr
+	emit func(n int, msg string) // sends one notification
+	n    int
+	done bool
+	buf  [2]strings.Builder // stdout, stderr
 }
 
 // newProgress returns the call's progress reporter, or nil when the call has no
@@ -38,7 +36,11 @@ func newProgress(ctx context.Context, req *mcp.CallToolRequest) *progress {
 	if token == nil {
 		return nil
 	}
-	return &progress{ctx: ctx, ss: req.Session, token: token}
+	ss := req.Session
+	// Errors (a client that went away) are ignored: the run's result decides the call.
+	return &progress{emit: func(n int, msg string) {
+		_ = ss.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: token, Progress: float64(n), Message: msg})
+	}}
 }
 
 // output is the client callbacks feeding p.
@@ -62,12 +64,7 @@ func (p *progress) write(stream int, s string) {
 		rest = rest[i+1:]
 	}
 	for len(rest) > maxLineRune {
-		piece := cutUTF8(rest, maxLineRune)
-		if piece == "" {
-			piece = rest[:maxLineRune]
-		}
-		p.line(stream, piece)
-		rest = rest[len(piece):]
+		rest = p.piece(stream, rest)
 	}
 	b.Reset()
 	b.WriteString(rest)
@@ -86,16 +83,33 @@ func (p *progress) flush() {
 	}
 }
 
+// line sends one line, in pieces of at most maxLineRune bytes.
 func (p *progress) line(stream int, s string) {
 	s = strings.TrimSuffix(s, "\r")
+	for len(s) > maxLineRune {
+		s = p.piece(stream, s)
+	}
+	p.send1(stream, s)
+}
+
+// piece sends s's first maxLineRune bytes (not cutting a character) and returns the rest.
+func (p *progress) piece(stream int, s string) string {
+	head := cutUTF8(s, maxLineRune)
+	if head == "" {
+		head = s[:maxLineRune]
+	}
+	p.send1(stream, head)
+	return s[len(head):]
+}
+
+func (p *progress) send1(stream int, s string) {
 	if stream == 1 {
 		s = "stderr: " + s
 	}
 	p.send(s)
 }
 
-// send sends one notification; errors (a client that went away) are ignored: the run's
-// result decides the call.
+// send sends one notification, up to maxNotes and a last one saying there is more.
 func (p *progress) send(msg string) {
 	if p == nil || p.done {
 		return
@@ -105,5 +119,5 @@ func (p *progress) send(msg string) {
 		p.done = true
 		msg = "(more output: the result has all of it)"
 	}
-	_ = p.ss.NotifyProgress(p.ctx, &mcp.ProgressNotificationParams{ProgressToken: p.token, Progress: float64(p.n), Message: msg})
+	p.emit(p.n, msg)
 }
