@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"errors"
+	"fmt"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -15,7 +17,8 @@ import (
 
 // The MCP server over streamable HTTP at /mcp (see package mcpserver for the tools).
 // Its requests pass through ServeHTTP like every other route (Host and Origin checks,
-// body bounds, and whatever else guards the API), and the SDK's own DNS-rebinding
+// body bounds, and whatever else guards the API), a POST must be Content-Type
+// application/json (415 as on every JSON route), and the SDK's own DNS-rebinding
 // check stays on. The tools call the daemon's own API through the Go client over the
 // address the request arrived on, with the caller's Authorization header, so a tool
 // call can do exactly what its caller could do over the API.
@@ -46,6 +49,12 @@ func (s *Server) mcpRoutes() {
 	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv },
 		&mcp.StreamableHTTPOptions{SessionTimeout: mcpSessionIdle, Logger: s.log.With("component", "mcp")})
 	serve := func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost { // the API's own 415, as decode answers it
+			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+				writeError(w, r, s.log, fmt.Errorf("MCP messages are JSON: send Content-Type: application/json: %w", errMediaType))
+				return
+			}
+		}
 		r.Header.Del(mcpSelfHeader)
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && a != nil {
 			r.Header.Set(mcpSelfHeader, a.String())
