@@ -425,7 +425,11 @@ func (t *tools) rollback(ctx context.Context, req *mcp.CallToolRequest, in Rollb
 	if err != nil {
 		return nil, nil, failed("rollback", err)
 	}
-	return &mcp.CallToolResult{Content: text(fmt.Sprintf("sandbox %s rolled back to snapshot %s", res.SandboxID, res.SnapshotID))}, &res, nil
+	msg := res.Message // the server's: it also says when there was nothing to undo
+	if msg == "" {
+		msg = fmt.Sprintf("sandbox %s rolled back to snapshot %s", res.SandboxID, res.SnapshotID)
+	}
+	return &mcp.CallToolResult{Content: text(msg)}, &res, nil
 }
 
 func (t *tools) fork(ctx context.Context, req *mcp.CallToolRequest, in ForkIn) (*mcp.CallToolResult, *api.Sandbox, error) {
