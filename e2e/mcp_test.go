@@ -421,6 +421,43 @@ func mcpScenario(t *testing.T, d *daemon, cs *mcp.ClientSession, agent string, p
 		}
 	})
 
+	t.Run("cancelling the call cancels the run", func(t *testing.T) {
+		// The run announces itself, then sleeps; the call is cancelled once the first
+		// line has arrived, and the run must end as canceled and rolled back.
+		const token = "tok-cancel"
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			for cctx.Err() == nil {
+				if msgs, _ := p.forToken(token); len(msgs) > 0 {
+					cancel()
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+		_, err := cs.CallTool(cctx, &mcp.CallToolParams{Name: "run_code", Meta: mcp.Meta{"progressToken": token},
+			Arguments: map[string]any{"language": "bash", "code": "touch cancelled.txt; echo started; sleep 120", "timeout_seconds": 300}})
+		if err == nil {
+			t.Fatal("the cancelled call returned a result")
+		}
+		var run api.Run
+		waitUntil(t, "the cancelled run is recorded", func() bool {
+			l, err := d.client.History(ctx, client.HistoryQuery{AgentID: agent, Limit: 1})
+			if err != nil || len(l.Runs) == 0 || l.Runs[0].Status == "running" {
+				return false
+			}
+			run = l.Runs[0]
+			return true
+		})
+		if !strings.Contains(run.Code, "cancelled.txt") || run.Verdict != api.VerdictCanceled || !run.RolledBack {
+			t.Errorf("the cancelled run: %+v", run)
+		}
+		if r := runCode(t, cs, "bash", "test -e cancelled.txt && echo there || echo gone"); r.Stdout != "gone\n" {
+			t.Errorf("the cancelled run's file is %s", r.Stdout)
+		}
+	})
+
 	t.Run("progress while it runs", func(t *testing.T) {
 		// Each line carries the time it was printed (the sandbox shares the host's
 		// clock): the first line's notification must arrive before the last line was
