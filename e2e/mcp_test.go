@@ -116,7 +116,7 @@ func mcpStructured[T any](t *testing.T, res *mcp.CallToolResult) T {
 	return v
 }
 
-func runCode(t *testing.T, cs *mcp.ClientSession, lang, code string, extra ...any) api.ExecResult {
+func mcpRunCode(t *testing.T, cs *mcp.ClientSession, lang, code string, extra ...any) api.ExecResult {
 	t.Helper()
 	args := map[string]any{"language": lang, "code": code}
 	for i := 0; i+1 < len(extra); i += 2 {
@@ -160,7 +160,7 @@ func TestMCP(t *testing.T) {
 			// Another session as the same agent finds the same sandbox and its files.
 			cs.Close()
 			cs2 := tr.connect(t, agent, &mcpProgress{})
-			if r := runCode(t, cs2, "bash", "cat state.txt"); r.Stdout != "one\n" {
+			if r := mcpRunCode(t, cs2, "bash", "cat state.txt"); r.Stdout != "one\n" {
 				t.Errorf("a new session's run sees state.txt = %q, want the earlier session's \"one\\n\"", r.Stdout)
 			}
 		})
@@ -250,12 +250,12 @@ func mcpScenario(t *testing.T, d *daemon, cs *mcp.ClientSession, agent string, p
 
 	var own string
 	t.Run("run code and state across calls", func(t *testing.T) {
-		r := runCode(t, cs, "python", "open('state.txt','w').write('one\\n'); print('hello')")
+		r := mcpRunCode(t, cs, "python", "open('state.txt','w').write('one\\n'); print('hello')")
 		if r.Verdict != api.VerdictOK || r.Stdout != "hello\n" || r.AgentID != agent {
 			t.Fatalf("first run: %+v", r)
 		}
 		own = r.SandboxID
-		if r := runCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" || r.SandboxID != own {
+		if r := mcpRunCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" || r.SandboxID != own {
 			t.Fatalf("the next call does not see the file: %+v", r)
 		}
 	})
@@ -275,7 +275,7 @@ func mcpScenario(t *testing.T, d *daemon, cs *mcp.ClientSession, agent string, p
 		if txt := mcpText(res); !strings.Contains(txt, "rolled back") || !strings.Contains(txt, "exit 3") || !strings.Contains(txt, "oops") {
 			t.Errorf("summary does not say what happened:\n%s", txt)
 		}
-		if r := runCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" {
+		if r := mcpRunCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" {
 			t.Errorf("after the rollback state.txt = %q, want \"one\\n\"", r.Stdout)
 		}
 	})
@@ -323,17 +323,17 @@ func mcpScenario(t *testing.T, d *daemon, cs *mcp.ClientSession, agent string, p
 		if !slices.ContainsFunc(l.Snapshots, func(s api.Snapshot) bool { return s.ID == snap && s.Name == "clean" }) {
 			t.Errorf("list_snapshots lacks %s: %+v", snap, l.Snapshots)
 		}
-		runCode(t, cs, "bash", "echo three > state.txt")
+		mcpRunCode(t, cs, "bash", "echo three > state.txt")
 		rb := mcpOut[api.RollbackResult](t, mcpCall(t, cs, "rollback", map[string]any{"snapshot_id": snap}))
 		if rb.SnapshotID != snap || rb.SandboxID != own {
 			t.Errorf("rollback: %+v", rb)
 		}
-		if r := runCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" {
+		if r := mcpRunCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" {
 			t.Errorf("after rollback to %s: state.txt = %q, want \"one\\n\"", snap, r.Stdout)
 		}
-		runCode(t, cs, "bash", "echo four > last.txt")
+		mcpRunCode(t, cs, "bash", "echo four > last.txt")
 		mcpOut[api.RollbackResult](t, mcpCall(t, cs, "rollback", map[string]any{"last_success": true}))
-		if r := runCode(t, cs, "bash", "cat last.txt"); r.Stdout != "four\n" {
+		if r := mcpRunCode(t, cs, "bash", "cat last.txt"); r.Stdout != "four\n" {
 			t.Errorf("after rollback to the last success: last.txt = %q, want \"four\\n\"", r.Stdout)
 		}
 	})
@@ -346,10 +346,10 @@ func mcpScenario(t *testing.T, d *daemon, cs *mcp.ClientSession, agent string, p
 		if sb.ID == "" || sb.ID == own || sb.AgentID != agent {
 			t.Fatalf("fork: %+v", sb)
 		}
-		if r := runCode(t, cs, "bash", "cat state.txt; echo forked > state.txt", "sandbox_id", sb.ID); r.Stdout != "one\n" || r.SandboxID != sb.ID {
+		if r := mcpRunCode(t, cs, "bash", "cat state.txt; echo forked > state.txt", "sandbox_id", sb.ID); r.Stdout != "one\n" || r.SandboxID != sb.ID {
 			t.Errorf("the fork does not start from the snapshot: %+v", r)
 		}
-		if r := runCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" || r.SandboxID != own {
+		if r := mcpRunCode(t, cs, "bash", "cat state.txt"); r.Stdout != "one\n" || r.SandboxID != own {
 			t.Errorf("writing in the fork changed the own sandbox: %+v", r)
 		}
 		l := mcpOut[api.SandboxList](t, mcpCall(t, cs, "list_sandboxes", nil))
@@ -386,14 +386,14 @@ func mcpScenario(t *testing.T, d *daemon, cs *mcp.ClientSession, agent string, p
 		if fi.Size != 15 || fi.Mode != 0o755 {
 			t.Errorf("write_file: %+v", fi)
 		}
-		if r := runCode(t, cs, "bash", "./dir/run.sh"); r.Stdout != "from-file\n" {
+		if r := mcpRunCode(t, cs, "bash", "./dir/run.sh"); r.Stdout != "from-file\n" {
 			t.Errorf("the written script: %+v", r)
 		}
 		fc := mcpOut[mcpserver.FileContent](t, mcpCall(t, cs, "read_file", map[string]any{"path": "state.txt"}))
 		if fc.Content != "one\n" || fc.Encoding != "utf8" || fc.Truncated {
 			t.Errorf("read_file: %+v", fc)
 		}
-		runCode(t, cs, "python", "open('bin.dat','wb').write(bytes(range(256)))")
+		mcpRunCode(t, cs, "python", "open('bin.dat','wb').write(bytes(range(256)))")
 		fc = mcpOut[mcpserver.FileContent](t, mcpCall(t, cs, "read_file", map[string]any{"path": "bin.dat"}))
 		if fc.Encoding != "base64" || fc.Size != 256 {
 			t.Errorf("read_file of bytes: %+v", fc)
@@ -453,7 +453,7 @@ func mcpScenario(t *testing.T, d *daemon, cs *mcp.ClientSession, agent string, p
 		if !strings.Contains(run.Code, "cancelled.txt") || run.Verdict != api.VerdictCanceled || !run.RolledBack {
 			t.Errorf("the cancelled run: %+v", run)
 		}
-		if r := runCode(t, cs, "bash", "test -e cancelled.txt && echo there || echo gone"); r.Stdout != "gone\n" {
+		if r := mcpRunCode(t, cs, "bash", "test -e cancelled.txt && echo there || echo gone"); r.Stdout != "gone\n" {
 			t.Errorf("the cancelled run's file is %s", r.Stdout)
 		}
 	})
