@@ -10,10 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 
-import { startDaemon, missing, repoRoot } from '../../js/test/daemon.mjs';
+import { startDaemon, missing, repoRoot, waitUntil } from '../../js/test/daemon.mjs';
 
 const TOOLS = ['create_sandbox', 'delete_sandbox', 'fork', 'history', 'list_files', 'list_sandboxes',
   'list_snapshots', 'read_file', 'rollback', 'run_code', 'run_reply', 'snapshot', 'write_file'];
@@ -180,6 +181,22 @@ describe('MCP through the TypeScript SDK', { skip: why || false }, () => {
           Array.from({ length: lines }, (_, i) => `line ${i + 1}`));
         const lastPrinted = Number(got[lines - 1].message.split(' ')[2]);
         assert.ok(got[0].at < lastPrinted, `the first line arrived at ${got[0].at}, after the last was printed at ${lastPrinted}`);
+      });
+
+      it('cancels and rolls back a run whose request timed out', async () => {
+        await assert.rejects(
+          call('run_code', { language: 'bash', code: 'touch timed-out.txt; sleep 120', timeout_seconds: 300 }, { timeout: 1500 }),
+          (err) => err.code === ErrorCode.RequestTimeout,
+        );
+        // The SDK sends notifications/cancelled with the timeout; the server cancels the run.
+        const rec = await waitUntil(async () => {
+          const h = await call('history', { limit: 1 });
+          const r = h.structuredContent.runs[0];
+          return r && r.code.includes('timed-out.txt') && r.status !== 'running' ? r : null;
+        }, { what: 'the timed-out run to end' });
+        assert.equal(rec.verdict, 'canceled');
+        assert.equal(rec.rolled_back, true);
+        assert.equal((await run('bash', 'test -e timed-out.txt && echo there || echo gone')).stdout, 'gone\n');
       });
 
       it('keeps the sandbox for a new session of the same agent', async () => {
