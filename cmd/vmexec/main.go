@@ -70,6 +70,6 @@ Or over HTTP:
 	root.PersistentFlags().StringVar(&g.url, "url", "", "vmexec server URL (default $VMEXEC_URL or "+client.DefaultURL+")")
 	root.AddCommand(newServeCmd(), newExecCmd(g), newRunReplyCmd(g), newSandboxesCmd(g), newBackendsCmd(g),
 		newSnapshotCmd(g), newRollbackCmd(g), newForkCmd(g), newHistoryCmd(g), newFilesCmd(g),
-		newTemplateCmd(), newDoctorCmd(g), newChatCmd(g))
+		newTemplateCmd(), newDoctorCmd(g), newChatCmd(g), newMCPCmd(g))
 	return root
 }
