@@ -323,6 +323,40 @@ type ExecRequest struct {
 	Env      map[string]string `json:"env,omitempty"`
 	WorkDir  string            `json:"workdir,omitempty"` // default /home/user
 	Limits   Limits            `json:"limits"`
+	// Changes asks the guest for the run's change set (see ChangeScan); nil: none.
+	Changes *ChangeScan `json:"changes,omitempty"`
+}
+
+// ChangeScan asks the guest to compare the metadata (type, size, mode, mtime, ctime,
+// inode) of the files under Paths before and after the run, without reading their
+// contents, and to report what the run created, modified and deleted.
+type ChangeScan struct {
+	// Paths are the areas scanned: absolute, or relative to the run user's home.
+	// Empty: the home, /tmp and the run's working directory. The agent's own run
+	// directories are never scanned.
+	Paths []string `json:"paths,omitempty"`
+	// MaxEntries bounds the changes reported (default 1000); MaxScan bounds the entries
+	// one scan visits (default 20000). Past either bound the result says
+	// ChangesTruncated.
+	MaxEntries int `json:"max_entries,omitempty"`
+	MaxScan    int `json:"max_scan,omitempty"`
+}
+
+// Change kinds. A rename is a delete of the old path and a create of the new one.
+const (
+	ChangeCreated  = "created"
+	ChangeModified = "modified"
+	ChangeDeleted  = "deleted"
+)
+
+// Change is one path a run created, modified or deleted. Size and Mode are the
+// file's after the run (before it, for a deleted file).
+type Change struct {
+	Path string `json:"path"`
+	Kind string `json:"kind"` // ChangeCreated, ChangeModified, ChangeDeleted
+	Type string `json:"type"` // FileTypeFile, FileTypeDir, FileTypeSymlink, FileTypeOther
+	Size int64  `json:"size"`
+	Mode uint32 `json:"mode"` // permission bits
 }
 
 // Limits bound one run inside the guest.
@@ -351,6 +385,12 @@ type ExecResult struct {
 	// guest refuses, such as a missing working directory, gets no result but an error
 	// frame: ErrInvalidRequest.)
 	Error string `json:"error,omitempty"`
+	// Changes is the run's change set when the request asked for one, sorted by path;
+	// ChangesTruncated says it is incomplete (over a bound); ChangesScanUS is what the
+	// two scans and their comparison cost, in microseconds.
+	Changes          []Change `json:"changes,omitempty"`
+	ChangesTruncated bool     `json:"changes_truncated,omitempty"`
+	ChangesScanUS    int64    `json:"changes_scan_us,omitempty"`
 }
 
 // Conn frames envelopes over a reader and a writer. Reads and writes are each safe

@@ -75,6 +75,8 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func
 	if err != nil {
 		return startFailure(err), nil
 	}
+	changes := a.trackChanges(req, workDir) // see changes.go
+	defer func() { changes.finish(res) }()
 	defer func() {
 		if err := os.RemoveAll(runDir); err != nil {
 			a.log.Warn("cannot remove run dir", "dir", runDir, "err", err)
