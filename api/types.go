@@ -52,6 +52,54 @@ type ExecRequest struct {
 	// Durable saves the state the run leaves (a snapshot) before the answer, so a
 	// crash right after it cannot lose the run's effects; it costs one snapshot.
 	Durable bool `json:"durable,omitempty"`
+	// Changes turns the run's change set off or sets the areas it covers; nil takes
+	// the server's sandbox.changes.
+	Changes *ChangesOptions `json:"changes,omitempty"`
+}
+
+// ChangesOptions is an ExecRequest's choice of change set.
+type ChangesOptions struct {
+	// Enabled false: no change set for this run (and no scan). Unset: the server's.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Paths are the areas scanned, absolute or relative to /home/user; empty: the
+	// server's (by default /home/user, /tmp and the working directory).
+	Paths []string `json:"paths,omitempty"`
+}
+
+// Change kinds of FileChange.Kind. A rename is a delete and a create.
+const (
+	ChangeCreated  = "created"
+	ChangeModified = "modified"
+	ChangeDeleted  = "deleted"
+)
+
+// FileChange is one path a run created, modified or deleted, found by comparing the
+// files' metadata (type, size, mode, mtime, ctime, inode) before and after the run;
+// contents are not read. Size and Mode are the file's after the run (before it, for a
+// deleted one).
+type FileChange struct {
+	Path string `json:"path"`
+	Kind string `json:"kind"` // created, modified, deleted
+	Type string `json:"type"` // file, dir, symlink, other
+	Size int64  `json:"size"`
+	Mode uint32 `json:"mode"` // permission bits
+}
+
+// ChangeDiff is GET /v1/runs/{id}/changes?path=P: what a run did to one file.
+type ChangeDiff struct {
+	RunID string `json:"run_id"`
+	Path  string `json:"path"`
+	Kind  string `json:"kind"`
+	// Binary: one side is not text (or is over the diff size bound); only the sizes
+	// are reported.
+	Binary  bool  `json:"binary"`
+	OldSize int64 `json:"old_size"`
+	NewSize int64 `json:"new_size"`
+	// Diff is a unified diff (a/path → b/path), empty for a binary file.
+	Diff string `json:"diff"`
+	// NewFrom says where the file after the run was read: "sandbox" (the run's state is
+	// the sandbox's current one) or "failure_snapshot" (the failed state it kept).
+	NewFrom string `json:"new_from"`
 }
 
 // ExecResult is the outcome of one run. A program that fails is still a result (with
@@ -104,6 +152,16 @@ type ExecResult struct {
 	// Redactions lists the secret rules whose matches were replaced by
 	// [REDACTED:rule] in stdout and stderr.
 	Redactions []string `json:"redactions,omitempty"`
+
+	// Changes lists what the run created, modified and deleted under the scanned
+	// areas, sorted by path (absent when none, or when change sets are off);
+	// ChangesTruncated says the list is incomplete (over the bound); ChangesUndone says
+	// the run was rolled back, so these changes are no longer in the sandbox.
+	// ChangesScanUS is what computing them cost inside the sandbox.
+	Changes          []FileChange `json:"changes,omitempty"`
+	ChangesTruncated bool         `json:"changes_truncated,omitempty"`
+	ChangesUndone    bool         `json:"changes_undone,omitempty"`
+	ChangesScanUS    int64        `json:"changes_scan_us,omitempty"`
 }
 
 // Success reports whether the run exited 0 within its limits.
@@ -310,6 +368,10 @@ type Run struct {
 	CompletedAt        time.Time      `json:"completed_at"`
 	DurationMS         int64          `json:"duration_ms"`
 	Metadata           map[string]any `json:"metadata,omitempty"`
+	// The run's change set, as in ExecResult.
+	Changes          []FileChange `json:"changes,omitempty"`
+	ChangesTruncated bool         `json:"changes_truncated,omitempty"`
+	ChangesUndone    bool         `json:"changes_undone,omitempty"`
 }
 
 // RunList is GET /v1/history: newest first.

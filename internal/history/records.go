@@ -91,6 +91,22 @@ type Run struct {
 	// Metadata is the caller's JSON object (values of any JSON type; numbers read
 	// back as json.Number, exactly as written); an empty map is returned as nil.
 	Metadata map[string]any
+
+	// Changes is what the run created, modified and deleted (nil: none, or not
+	// computed); ChangesTruncated says the list is incomplete, ChangesUndone that the
+	// run was rolled back.
+	Changes                         []Change
+	ChangesTruncated, ChangesUndone bool
+}
+
+// Change is one path a run changed: Kind is created, modified or deleted; Type file,
+// dir, symlink or other.
+type Change struct {
+	Path string `json:"path"`
+	Kind string `json:"kind"`
+	Type string `json:"type"`
+	Size int64  `json:"size"`
+	Mode uint32 `json:"mode"`
 }
 
 // WithMetadata returns a copy of m with key set to v; m is not changed.

@@ -90,6 +90,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("DELETE /v1/sandboxes/{id}", s.deleteSandbox)
 	s.mux.HandleFunc("POST /v1/sandboxes/{id}/exec", s.execIn)
 	s.txnRoutes()
+	s.changeRoutes()
 	s.replyRoutes()
 	s.fileRoutes()
 	s.jsRoutes()

@@ -63,6 +63,8 @@ type Config struct {
 	// SuspendTimeout.
 	ShutdownTimeout time.Duration `json:"shutdown_timeout" yaml:"shutdown_timeout"`
 	SuspendTimeout  time.Duration `json:"suspend_timeout" yaml:"suspend_timeout"`
+	// Changes sets the runs' change sets (see changes.go): on by default.
+	Changes ChangesConfig `json:"changes" yaml:"changes"`
 }
 
 // limitSpec is one per-run limit: its name on the wire, its minimum, and its field in
@@ -185,6 +187,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Policy.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("policy: %w", err))
+	}
+	if err := c.Changes.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Redact.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("redact: %w", err))

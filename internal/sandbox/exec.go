@@ -42,6 +42,9 @@ func (s *Service) validate(req *api.ExecRequest) (api.Limits, error) {
 	if len(req.Code) > s.cfg.MaxCodeBytes {
 		return api.Limits{}, fmt.Errorf("code is %d bytes, over the %d byte limit: %w", len(req.Code), s.cfg.MaxCodeBytes, ErrInvalid)
 	}
+	if err := validateChanges(req.Changes); err != nil {
+		return api.Limits{}, err
+	}
 	return s.cfg.resolve(req.Limits)
 }
 
@@ -308,6 +311,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 			TimeoutMS: lim.TimeoutMS, MaxOutputBytes: lim.MaxOutputBytes, MaxFileBytes: lim.MaxFileBytes,
 			MaxProcs: lim.MaxProcs, MemoryBytes: lim.MemoryMB << 20,
 		},
+		Changes: s.changeScan(req),
 	}
 	// The guest enforces the timeout; the host waits a little longer before it gives
 	// up on the guest.
@@ -325,6 +329,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 		out.StdoutTruncated, out.StderrTruncated = res.StdoutTruncated, res.StderrTruncated
 		out.DurationMS = res.DurationMS
 		out.Error = res.Error
+		setChanges(out, res)
 		if out.Verdict == api.VerdictCanceled && out.Error == "" {
 			out.Error = "the caller went away; the run was stopped"
 		}
@@ -392,6 +397,7 @@ func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre 
 		return
 	}
 	out.RolledBack, out.RestoredSnapshotID = true, pre.ID
+	out.ChangesUndone = len(out.Changes) > 0 || out.ChangesTruncated
 	if out.SandboxLost {
 		out.SandboxLost = false // restored: the agent's state survives
 		out.Error += "; the sandbox was restored from the snapshot taken before the run"
@@ -417,6 +423,7 @@ func (s *Service) finishRecord(e *entry, pol txPolicy, rec history.Run, out *api
 	rec.StderrTruncated = out.StderrTruncated || cut
 	rec.FailureSnapshotID, rec.RestoredSnapshotID, rec.RolledBack = out.FailureSnapshotID, out.RestoredSnapshotID, out.RolledBack
 	rec.CompletedAt, rec.DurationMS = out.CompletedAt, out.DurationMS
+	rec.Changes, rec.ChangesTruncated, rec.ChangesUndone = changesRecord(out)
 	if rec.CompletedAt.IsZero() {
 		rec.CompletedAt = time.Now().UTC()
 	}

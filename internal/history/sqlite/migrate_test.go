@@ -84,6 +84,12 @@ var migrationSteps = []struct {
 			"table conversation_messages": {"conversation_id", "seq", "role", "content", "tool_calls", "tool_call_id", "step", "run_ids", "created_at"},
 		},
 	},
+	{
+		file: "0008_changes.sql",
+		schema: map[string][]string{
+			"table runs": append(append([]string(nil), runsColumns...), "changes", "changes_truncated", "changes_undone"),
+		},
+	},
 }
 
 // openRaw opens the database at path with the store's DSN but without

@@ -16,7 +16,7 @@ import (
 const runColumns = `id, agent_id, sandbox_id, language, code, status, verdict, exit_code,
 	stdout, stderr, stdout_truncated, stderr_truncated, blocked_rule, blocked_reason,
 	pre_snapshot_id, failure_snapshot_id, restored_snapshot_id, rolled_back,
-	started_at, completed_at, duration_ms, metadata`
+	started_at, completed_at, duration_ms, metadata, changes, changes_truncated, changes_undone`
 
 // BeginRun implements history.Store.
 func (s *Store) BeginRun(ctx context.Context, r history.Run) error {
@@ -59,12 +59,17 @@ func (s *Store) insertRun(ctx context.Context, r history.Run) error {
 	if err != nil {
 		return err
 	}
+	changes, err := encodeChanges(r.Changes)
+	if err != nil {
+		return err
+	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO runs (`+runColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.ID, r.AgentID, r.SandboxID, r.Language, r.Code, r.Status, r.Verdict, r.ExitCode,
 		r.Stdout, r.Stderr, b2i(r.StdoutTruncated), b2i(r.StderrTruncated), r.BlockedRule, r.BlockedReason,
 		r.PreSnapshotID, r.FailureSnapshotID, r.RestoredSnapshotID, b2i(r.RolledBack),
-		nanos(r.StartedAt), nanos(r.CompletedAt), r.DurationMS, meta)
+		nanos(r.StartedAt), nanos(r.CompletedAt), r.DurationMS, meta,
+		changes, b2i(r.ChangesTruncated), b2i(r.ChangesUndone))
 	if isConstraint(err) {
 		return history.ErrExists
 	}
@@ -90,6 +95,10 @@ func (s *Store) FinishRun(ctx context.Context, r history.Run) error {
 		}
 		meta = m
 	}
+	changes, err := encodeChanges(r.Changes)
+	if err != nil {
+		return fmt.Errorf("finish run %q: %w", r.ID, err)
+	}
 	res, err := s.db.ExecContext(ctx, `UPDATE runs SET
 		status = ?, verdict = ?, exit_code = ?,
 		stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?,
@@ -98,14 +107,15 @@ func (s *Store) FinishRun(ctx context.Context, r history.Run) error {
 		failure_snapshot_id = COALESCE(NULLIF(?, ''), failure_snapshot_id),
 		restored_snapshot_id = COALESCE(NULLIF(?, ''), restored_snapshot_id),
 		rolled_back = ?, completed_at = ?, duration_ms = ?,
-		metadata = COALESCE(?, metadata)
+		metadata = COALESCE(?, metadata),
+		changes = ?, changes_truncated = ?, changes_undone = ?
 		WHERE id = ?`,
 		r.Status, r.Verdict, r.ExitCode,
 		r.Stdout, r.Stderr, b2i(r.StdoutTruncated), b2i(r.StderrTruncated),
 		r.BlockedRule, r.BlockedReason,
 		r.PreSnapshotID, r.FailureSnapshotID, r.RestoredSnapshotID,
 		b2i(r.RolledBack), nanos(r.CompletedAt), r.DurationMS,
-		meta, r.ID)
+		meta, changes, b2i(r.ChangesTruncated), b2i(r.ChangesUndone), r.ID)
 	if err != nil {
 		return fmt.Errorf("finish run %q: %w", r.ID, err)
 	}
@@ -212,13 +222,14 @@ func scanRun(sc scanner) (history.Run, error) {
 	var (
 		r                              history.Run
 		outTrunc, errTrunc, rolledBack int
+		chTrunc, chUndone              int
 		started, completed             int64
-		meta                           string
+		meta, changes                  string
 	)
 	err := sc.Scan(&r.ID, &r.AgentID, &r.SandboxID, &r.Language, &r.Code, &r.Status, &r.Verdict, &r.ExitCode,
 		&r.Stdout, &r.Stderr, &outTrunc, &errTrunc, &r.BlockedRule, &r.BlockedReason,
 		&r.PreSnapshotID, &r.FailureSnapshotID, &r.RestoredSnapshotID, &rolledBack,
-		&started, &completed, &r.DurationMS, &meta)
+		&started, &completed, &r.DurationMS, &meta, &changes, &chTrunc, &chUndone)
 	if err != nil {
 		return history.Run{}, err
 	}
@@ -230,7 +241,25 @@ func scanRun(sc scanner) (history.Run, error) {
 	if r.Metadata, err = decodeMetadata(meta); err != nil {
 		return history.Run{}, fmt.Errorf("run %q: %w", r.ID, err)
 	}
+	if changes != "" {
+		if err := json.Unmarshal([]byte(changes), &r.Changes); err != nil {
+			return history.Run{}, fmt.Errorf("run %q: decode changes: %w", r.ID, err)
+		}
+	}
+	r.ChangesTruncated, r.ChangesUndone = chTrunc != 0, chUndone != 0
 	return r, nil
+}
+
+// encodeChanges stores a change set as JSON; none is ''.
+func encodeChanges(cs []history.Change) (string, error) {
+	if len(cs) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(cs)
+	if err != nil {
+		return "", fmt.Errorf("encode changes: %w", err)
+	}
+	return string(b), nil
 }
 
 func encodeMetadata(m map[string]any) (string, error) {

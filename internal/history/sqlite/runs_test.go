@@ -58,6 +58,10 @@ func TestRunRoundTrip(t *testing.T) {
 		RolledBack:         true,
 		CompletedAt:        t0.Add(1234 * time.Millisecond),
 		DurationMS:         1234,
+		Changes: []history.Change{{Path: "/home/user/report.csv", Kind: "created", Type: "file", Size: 12288, Mode: 0o644},
+			{Path: "/tmp/old.log", Kind: "deleted", Type: "file", Size: 3, Mode: 0o600}},
+		ChangesTruncated: true,
+		ChangesUndone:    true,
 	}
 	if err := s.FinishRun(ctx, finish); err != nil {
 		t.Fatalf("FinishRun: %v", err)
@@ -68,6 +72,7 @@ func TestRunRoundTrip(t *testing.T) {
 	want.StdoutTruncated, want.StderrTruncated = true, true
 	want.FailureSnapshotID, want.RestoredSnapshotID, want.RolledBack = "snap-fail", "snap-pre", true
 	want.CompletedAt, want.DurationMS = finish.CompletedAt, 1234
+	want.Changes, want.ChangesTruncated, want.ChangesUndone = finish.Changes, true, true
 	got, err = s.GetRun(ctx, "run-1")
 	if err != nil {
 		t.Fatalf("GetRun: %v", err)
