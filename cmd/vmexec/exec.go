@@ -28,7 +28,7 @@ func newExecCmd(g *globals) *cobra.Command {
 		timeout                                      time.Duration
 		memoryMB                                     int64
 		env                                          []string
-		asJSON                                       bool
+		asJSON, noChanges                            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "exec [file]",
@@ -40,7 +40,8 @@ The code comes from -c, from a file argument, or from standard input. The progra
 stdout and stderr are printed as they were, and vmexec exits with the program's exit
 code. Output is printed as the program writes it (stdout to stdout, stderr to stderr);
 Ctrl-C cancels the run, which is then rolled back. A run that ends by a limit
-(timeout, output, memory) says so on stderr. --json waits for the run and prints the
+(timeout, output, memory) says so on stderr, and so do the files the run created (+),
+modified (~) and deleted (-), after it. --json waits for the run and prints the
 whole result.`,
 		Example: `  vmexec exec --agent demo --lang python -c 'print(2+2)'
   vmexec exec --agent demo hello.go
@@ -60,6 +61,10 @@ whole result.`,
 			}
 			req := api.ExecRequest{AgentID: agent, SandboxID: sandboxID, Language: lang, Code: src, Stdin: stdin, WorkDir: workdir,
 				Limits: api.Limits{TimeoutMS: timeout.Milliseconds(), MemoryMB: memoryMB}}
+			if noChanges {
+				off := false
+				req.Changes = &api.ChangesOptions{Enabled: &off}
+			}
 			if len(env) > 0 {
 				req.Env = map[string]string{}
 				for _, kv := range env {
@@ -114,6 +119,7 @@ whole result.`,
 	f.Int64Var(&memoryMB, "memory-mb", 0, "memory of a new sandbox in MiB (default the server's, 512)")
 	f.StringArrayVarP(&env, "env", "e", nil, "NAME=VALUE for the program's environment (repeatable)")
 	f.BoolVar(&asJSON, "json", false, "print the whole result as JSON")
+	f.BoolVar(&noChanges, "no-changes", false, "do not compute the run's change set (the files it created, modified, deleted)")
 	return cmd
 }
 
@@ -158,6 +164,12 @@ func explain(w io.Writer, r *api.ExecResult) {
 	}
 	if r.SandboxRecreated {
 		fmt.Fprintln(w, "vmexec: note: this ran in a fresh sandbox (the previous one had died); earlier files are gone")
+	}
+	if sum := client.ChangeSummary(r.Changes, r.ChangesTruncated, 20); sum != "" {
+		if r.ChangesUndone {
+			sum += "  (undone: the run was rolled back)"
+		}
+		fmt.Fprintln(w, "vmexec: changes: "+sum)
 	}
 }
 

@@ -73,6 +73,10 @@ func TestSummarizeRun(t *testing.T) {
 			[]string{"failed: nonzero_exit, exit 2", "rolled back to snap-a", "kept as snapshot snap-b", "--- stderr ---\nboom\n"}},
 		{"timeout not rolled back", api.ExecResult{Verdict: "timeout", ExitCode: -1, Signal: "SIGKILL"}, []string{"timeout", "SIGKILL", "not rolled back"}},
 		{"blocked", api.ExecResult{Verdict: "blocked", BlockedRule: "destructive_rm", BlockedReason: "removes home"}, []string{"blocked by policy rule destructive_rm", "removes home", "Hint:"}},
+		{"changes", api.ExecResult{Verdict: "ok", Changes: []api.FileChange{{Path: "/home/user/report.csv", Kind: "created", Type: "file", Size: 12000}, {Path: "/home/user/old.log", Kind: "deleted", Type: "file"}}},
+			[]string{"files changed (+ created, ~ modified, - deleted): + report.csv (12 KB)  - old.log"}},
+		{"changes undone", api.ExecResult{Verdict: "nonzero_exit", RolledBack: true, ChangesUndone: true, Changes: []api.FileChange{{Path: "/home/user/data.json", Kind: "modified", Type: "file"}}},
+			[]string{"~ data.json", "undone by the rollback"}},
 		{"truncated", api.ExecResult{Verdict: "output_limit", Stdout: strings.Repeat("x", maxTextOutput+10), StdoutTruncated: true}, []string{"shortened here", "truncated at the run's output limit"}},
 	}
 	for _, tc := range tests {

@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/client"
 )
 
 // The text content of each result: short, first line the outcome, then the output.
@@ -52,6 +53,12 @@ func summarizeRun(r *api.ExecResult) string {
 	}
 	for _, w := range r.Warnings {
 		fmt.Fprintf(&b, "warning: %s\n", w)
+	}
+	if sum := client.ChangeSummary(r.Changes, r.ChangesTruncated, 50); sum != "" {
+		fmt.Fprintf(&b, "files changed (+ created, ~ modified, - deleted): %s\n", sum)
+		if r.ChangesUndone {
+			b.WriteString("these changes were undone by the rollback\n")
+		}
 	}
 	stream(&b, "stdout", r.Stdout, r.StdoutTruncated)
 	stream(&b, "stderr", r.Stderr, r.StderrTruncated)

@@ -250,7 +250,7 @@ func scanRun(sc scanner) (history.Run, error) {
 	return r, nil
 }
 
-// encodeChanges stores a change set as JSON; none is ''.
+// encodeChanges stores a change set as JSON; none is ”.
 func encodeChanges(cs []history.Change) (string, error) {
 	if len(cs) == 0 {
 		return "", nil
