@@ -59,6 +59,36 @@ export interface ExecRequest {
   limits?: Limits;
   metadata?: Record<string, JSONValue>;
   history?: ExecPolicy;
+  durable?: boolean;
+  /** The run's change set: `{enabled: false}` turns it off; `paths` sets the areas scanned. */
+  changes?: ChangesOptions;
+}
+
+export interface ChangesOptions { enabled?: boolean; paths?: string[] }
+
+/** One path a run created, modified or deleted (found from metadata; contents are not read). */
+export interface FileChange {
+  path: string;
+  kind: 'created' | 'modified' | 'deleted';
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  /** Bytes after the run (before it, for a deleted file). */
+  size: number;
+  /** Permission bits. */
+  mode: number;
+}
+
+/** GET /v1/runs/{id}/changes?path=P: what a run did to one file. */
+export interface ChangeDiff {
+  run_id: string;
+  path: string;
+  kind: 'created' | 'modified' | 'deleted';
+  /** Not text (or over 1 MiB): sizes only, `diff` empty. */
+  binary: boolean;
+  old_size: number;
+  new_size: number;
+  /** A unified diff. */
+  diff: string;
+  new_from: '' | 'sandbox' | 'failure_snapshot';
 }
 
 export interface ExecResult {
@@ -88,6 +118,14 @@ export interface ExecResult {
   blocked_rule?: string;
   blocked_reason?: string;
   redactions?: string[];
+  /** What the run created, modified and deleted, by path (absent when nothing). */
+  changes?: FileChange[];
+  /** The change set is incomplete (over its bound). */
+  changes_truncated?: boolean;
+  /** The run was rolled back: these changes were undone. */
+  changes_undone?: boolean;
+  /** What computing the change set cost in the sandbox, in microseconds. */
+  changes_scan_us?: number;
 }
 
 export interface ParseExecuteRequest {
@@ -190,6 +228,9 @@ export interface Run {
   completed_at: string;
   duration_ms: number;
   metadata?: Record<string, JSONValue>;
+  changes?: FileChange[];
+  changes_truncated?: boolean;
+  changes_undone?: boolean;
 }
 
 export interface RunList { runs: Run[]; next_cursor?: string; total: number }
@@ -311,6 +352,8 @@ export class Client {
   history(filter?: HistoryFilter, opts?: CallOptions): Promise<RunList>;
   historyAll(filter?: HistoryFilter, opts?: CallOptions): AsyncIterable<Run>;
   getRun(id: string, opts?: CallOptions): Promise<Run>;
+  /** The diff of one file in a run's change set (path absolute or relative to /home/user). */
+  runChangeDiff(id: string, path: string, opts?: CallOptions & { agentId?: string }): Promise<ChangeDiff>;
 
   getPolicy(agentId: string, opts?: CallOptions): Promise<PolicyResponse>;
   setPolicy(agentId: string, policy: ExecPolicy, opts?: CallOptions): Promise<PolicyResponse>;

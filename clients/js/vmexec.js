@@ -592,6 +592,9 @@ export class Client {
   }
 
   getRun(id, opts) { return this.request(`/v1/runs/${enc(id)}`, opts); }
+  runChangeDiff(id, path, { agentId, ...opts } = {}) {
+    return this.request(`/v1/runs/${enc(id)}/changes`, { ...opts, query: { path, agent_id: agentId ?? this.agentId } });
+  }
 
   // Policy
 

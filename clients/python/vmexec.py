@@ -412,11 +412,17 @@ class Client:
              sandbox_id: Optional[str] = None, stdin: Optional[str] = None,
              env: Optional[Dict[str, str]] = None, working_dir: Optional[str] = None,
              limits: Optional[Dict[str, int]] = None, metadata: Optional[Dict[str, Any]] = None,
-             history: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Run code as a transaction; return the ExecResult (a failed program is a result)."""
+             history: Optional[Dict[str, Any]] = None,
+             changes: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Run code as a transaction; return the ExecResult (a failed program is a result).
+
+        The result's ``changes`` lists the files the run created, modified and deleted
+        (``changes_truncated``, ``changes_undone`` beside it); ``changes={"enabled": False}``
+        turns that off, ``changes={"paths": [...]}`` sets the areas scanned.
+        """
         req = self._agent(self._exec_req(language, code, dict(
             agent_id=agent_id, sandbox_id=sandbox_id, stdin=stdin, env=env, working_dir=working_dir,
-            limits=limits, metadata=metadata, history=history)))
+            limits=limits, metadata=metadata, history=history, changes=changes)))
         return self.request("POST", _exec_path(sandbox_id), body=req)
 
     def stream(self, language: str, code: str, **fields: Any) -> Iterator[Event]:
@@ -512,6 +518,13 @@ class Client:
 
     def run(self, run_id: str) -> Dict[str, Any]:
         return self.request("GET", f"/v1/runs/{_q(run_id)}")
+
+    def run_change_diff(self, run_id: str, path: str) -> Dict[str, Any]:
+        """The diff of one file in a run's change set: {diff, binary, old_size, new_size, ...}."""
+        q: Dict[str, Any] = {"path": path}
+        if self.agent_id:
+            q["agent_id"] = self.agent_id
+        return self.request("GET", f"/v1/runs/{_q(run_id)}/changes", query=q)
 
     # -- policy
 
