@@ -8,7 +8,9 @@
 // It also measures the agent loop's own overhead per step, against a fake model
 // (agent.go).
 //
-//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only]
+// And what a run's change set costs (changes.go).
+//
+//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
 package main
 
 import (
@@ -38,8 +40,9 @@ func main() {
 	dataDir := flag.String("data-dir", envOr("VMEXEC_DATA_DIR", "/var/lib/vmexec"), "where scripts/setup put runsc and the template")
 	withAgent := flag.Bool("agent", true, "measure the agent loop's overhead per step (against a fake model)")
 	agentOnly := flag.Bool("agent-only", false, "measure only the agent loop")
+	changesOnly := flag.Bool("changes-only", false, "measure only the cost of change sets (changes.go)")
 	flag.Parse()
-	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly); err != nil {
+	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -84,7 +87,7 @@ func measureWith(name string, n int, before func(i int), f func(i int) error) (s
 	return s, nil
 }
 
-func run(n int, dataDir string, withMicroVM, withAgent, agentOnly bool) error {
+func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly bool) error {
 	runsc := filepath.Join(dataDir, "tools", "runsc")
 	tpl, err := (&template.Store{Dir: filepath.Join(dataDir, "templates")}).Get(template.Default)
 	if err != nil {
@@ -105,6 +108,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly bool) error {
 
 	if agentOnly {
 		return printAgent(tmp, runsc, tpl.Dir, n)
+	}
+	if changesOnly {
+		return printChanges(tmp, runsc, tpl.Dir, n)
 	}
 	results := []series{}
 	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim
@@ -180,6 +186,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly bool) error {
 	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
 	for _, s := range results {
 		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+	}
+	if err := printChanges(tmp, runsc, tpl.Dir, n); err != nil {
+		return err
 	}
 	if withAgent {
 		return printAgent(tmp, runsc, tpl.Dir, n)
