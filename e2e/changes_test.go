@@ -116,7 +116,21 @@ func TestChangesOfRolledBackRun(t *testing.T) {
 	if !run.ChangesUndone || len(run.Changes) != 2 {
 		t.Errorf("history row: undone %v, changes %v", run.ChangesUndone, changeSet(run.Changes))
 	}
-	wantOK(t, d.exec(t, a, "bash", "cat ~/notes.txt; ls ~/junk 2>/dev/null || echo gone"), "one\ntwo\ngone")
+	after := d.exec(t, a, "bash", "cat ~/notes.txt; ls ~/junk 2>/dev/null || echo gone")
+	wantOK(t, after, "one\ntwo\ngone")
+	// The restored sandbox's change sets are still right: a run that only reads changed
+	// nothing; a file written through the files API between runs is not the next run's.
+	if len(after.Changes) != 0 {
+		t.Errorf("a read-only run after the rollback reports %v", changeSet(after.Changes))
+	}
+	if _, err := d.client.PutFile(ctx, r.SandboxID, "uploaded.txt", strings.NewReader("up"), client.FileOptions{AgentID: a}); err != nil {
+		t.Fatal(err)
+	}
+	next := d.exec(t, a, "bash", "echo three >> ~/notes.txt; echo ok")
+	wantOK(t, next, "ok")
+	if diff := cmp.Diff([]string{"~ /home/user/notes.txt"}, changeSet(next.Changes)); diff != "" {
+		t.Errorf("changes of the run after the rollback (-want +got):\n%s", diff)
+	}
 
 	df, err := d.client.RunChangeDiff(ctx, r.ExecutionID, "notes.txt")
 	if err != nil {

@@ -12,14 +12,16 @@ package guest
 // deleted, never as modified (its mtime moves whenever an entry is added or removed,
 // which the entry's own change already says).
 //
-// # Why the pre-run scan is always taken
+// # Scanning, and the fast path
 //
-// The previous run's post-run scan could stand in for the next pre-run scan only if
-// nothing touched the tree in between. Two things can: a background process a run left
-// behind (nohup, a server: the agent kills only fork bombs), and the files API, whose
-// writes and removes arrive between runs. The agent could track the second, not the
-// first; so each run scans afresh. It is cheap enough: see bench/ (a home of 1,000
-// files) and the result's changes_scan_us.
+// The previous run's post-run scan cannot simply stand in for the next pre-run scan:
+// between runs a background process a run left behind (nohup, a server: the agent
+// kills only fork bombs) and the files API may change the tree. And inside gVisor one
+// stat costs tens of microseconds, so scanning a home of 1,000 files twice costs ~60
+// ms. So the agent normally keeps a baseline and inotify watches across runs
+// (watch.go), which learn of the changes made between runs too; it scans before and
+// after each run only where inotify cannot serve (Options.DisableChangeWatch, no
+// inotify, areas past the scan bound).
 //
 // # Bounds
 //
@@ -228,7 +230,8 @@ type changeTracker struct {
 	roots, exclude []string
 	maxEntries     int
 	maxScan        int
-	before         *treeScan
+	before         *treeScan    // the pre-run scan (scanning mode)
+	watch          *changeWatch // the agent's watch (inotify mode; see watch.go)
 	cost           time.Duration
 }
 
@@ -260,7 +263,15 @@ func (a *agent) trackChanges(req *agentproto.ExecRequest, workDir string) *chang
 	}
 	t.roots = outermost(t.roots)
 	start := time.Now()
-	t.before = scanTree(t.roots, t.exclude, t.maxScan, scanBudget)
+	if w, fresh := a.changeWatchFor(t.roots, t.exclude, t.maxScan); w != nil {
+		if !fresh {
+			w.drain()
+			w.apply(t.maxEntries) // what changed between runs is not this run's
+		}
+		t.watch = w
+	} else {
+		t.before = scanTree(t.roots, t.exclude, t.maxScan, scanBudget)
+	}
 	t.cost = time.Since(start)
 	return t
 }
@@ -271,8 +282,13 @@ func (t *changeTracker) finish(res *agentproto.ExecResult) {
 		return
 	}
 	start := time.Now()
-	after := scanTree(t.roots, t.exclude, t.maxScan, scanBudget)
-	res.Changes, res.ChangesTruncated = compareScans(t.before, after, t.maxEntries)
+	if t.watch != nil {
+		t.watch.drain()
+		res.Changes, res.ChangesTruncated = t.watch.apply(t.maxEntries)
+	} else {
+		after := scanTree(t.roots, t.exclude, t.maxScan, scanBudget)
+		res.Changes, res.ChangesTruncated = compareScans(t.before, after, t.maxEntries)
+	}
 	if res.Changes == nil {
 		res.Changes = []agentproto.Change{}
 	}

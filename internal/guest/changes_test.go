@@ -30,9 +30,24 @@ func changeLines(home string, cs []agentproto.Change) []string {
 }
 
 // A run's result lists what it created, modified and deleted under the scanned areas,
-// a rename as a delete and a create, and nothing for a run that touched nothing.
+// a rename as a delete and a create, and nothing for a run that touched nothing —
+// in both ways of computing it: inotify watches kept across runs (the default), and a
+// scan before and after each run. Files written between runs (here by the test itself,
+// as the files API or a background process would) are not the next run's.
 func TestRunChanges(t *testing.T) {
-	opts := testOptions(t, sandboxUser())
+	for _, mode := range []struct {
+		name string
+		scan bool
+	}{{"watch", false}, {"scan", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			opts := testOptions(t, sandboxUser())
+			opts.DisableChangeWatch = mode.scan
+			testRunChanges(t, opts)
+		})
+	}
+}
+
+func testRunChanges(t *testing.T, opts Options) {
 	c := startAgent(t, opts)
 	tests := []struct {
 		name  string
@@ -47,6 +62,11 @@ func TestRunChanges(t *testing.T) {
 		{"rename", map[string]string{"a.txt": "x"}, "mv a.txt b.txt", []string{"- a.txt", "+ b.txt"}},
 		{"tree", nil, "mkdir -p out/sub && echo 1 > out/sub/x", []string{"+ out/", "+ out/sub/", "+ out/sub/x"}},
 		{"nothing", map[string]string{"keep": "x"}, "cat keep >/dev/null", []string{}},
+		{"rename dir", map[string]string{"d/x": "1", "d/e/y": "2"}, "mv d d2",
+			[]string{"- d/", "- d/e/", "- d/e/y", "- d/x", "+ d2/", "+ d2/e/", "+ d2/e/y", "+ d2/x"}},
+		{"remove tree", map[string]string{"d/x": "1"}, "rm -r d", []string{"- d/", "- d/x"}},
+		{"replace file", map[string]string{"f": "1"}, "echo 22 > g && mv g f", []string{"~ f"}},
+		{"created then removed", nil, "echo 1 > tmp && rm tmp", []string{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -57,10 +77,15 @@ func TestRunChanges(t *testing.T) {
 			}
 			for name, body := range tt.setup {
 				p := filepath.Join(home, name)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
 				if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
 					t.Fatal(err)
 				}
-				chownToRunUser(t, opts, p)
+				for d := p; d != home; d = filepath.Dir(d) {
+					chownToRunUser(t, opts, d)
+				}
 			}
 			chownToRunUser(t, opts, home)
 			res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: "bash", Code: tt.code,
@@ -110,7 +135,14 @@ func chownToRunUser(t *testing.T, opts Options, p string) {
 // A run creating 10,000 files reports the first 1,000 (by path) and says the list is
 // truncated.
 func TestRunChangesBounded(t *testing.T) {
-	opts := testOptions(t, sandboxUser())
+	for _, scan := range []bool{false, true} {
+		opts := testOptions(t, sandboxUser())
+		opts.DisableChangeWatch = scan
+		testRunChangesBounded(t, opts)
+	}
+}
+
+func testRunChangesBounded(t *testing.T, opts Options) {
 	c := startAgent(t, opts)
 	res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: "bash",
 		Code:    "mkdir many && cd many && for i in $(seq 1 10000); do : > f$i; done",
@@ -122,7 +154,7 @@ func TestRunChangesBounded(t *testing.T) {
 		t.Fatalf("verdict %s: %s", res.Verdict, res.Stderr)
 	}
 	if len(res.Changes) != DefaultMaxChanges || !res.ChangesTruncated {
-		t.Errorf("%d changes, truncated %v; want %d, truncated", len(res.Changes), res.ChangesTruncated, DefaultMaxChanges)
+		t.Errorf("scan only %v: %d changes, truncated %v; want %d, truncated", opts.DisableChangeWatch, len(res.Changes), res.ChangesTruncated, DefaultMaxChanges)
 	}
 }
 

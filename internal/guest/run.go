@@ -35,6 +35,7 @@ type agent struct {
 	execs   chan struct{} // one run at a time: a token
 	out     *sender       // frames to the host
 	ops     opTable       // the operations in flight
+	watch   *changeWatch  // change sets' baseline and inotify watches (runs only; see watch.go)
 }
 
 // exec runs one request; its output goes to emit as it is read. It fails only for a

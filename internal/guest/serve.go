@@ -55,6 +55,9 @@ type Options struct {
 	// DisableZygote starts every python run as a new python3 process instead of forking
 	// it from a waiting interpreter (the fast path; see zygote.go).
 	DisableZygote bool
+	// DisableChangeWatch computes change sets by scanning the areas before and after
+	// every run instead of keeping inotify watches across runs (see watch.go).
+	DisableChangeWatch bool
 }
 
 func (o Options) withDefaults() Options {
