@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -65,6 +66,18 @@ printf '\x00\x01' >> ~/blob.bin; echo t > /tmp/scratch; echo ok`)
 	}
 	if !bin.Binary || bin.Diff != "" || bin.OldSize != 300 || bin.NewSize != 302 {
 		t.Errorf("diff of a binary file: %+v, want sizes 300 → 302 only", bin)
+	}
+	// The bare diff, for tools that apply patches.
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, d.url+"/v1/runs/"+r.ExecutionID+"/changes?path=data.json", nil)
+	req.Header.Set("Accept", "text/x-diff")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/x-diff") || string(raw) != df.Diff {
+		t.Errorf("text/x-diff: %d %s %q, want the JSON's diff %q", resp.StatusCode, resp.Header.Get("Content-Type"), raw, df.Diff)
 	}
 	// A path the run did not change is 404, with a reason.
 	_, err = d.client.RunChangeDiff(ctx, r.ExecutionID, "nothing-here")

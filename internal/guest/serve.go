@@ -158,6 +158,7 @@ func Serve(ctx context.Context, r io.Reader, w io.Writer, opts Options) error {
 	a.ops.init()
 	// The operations end first (their runs killed), then the zygotes, then the reaper.
 	opsCtx, cancelOps := context.WithCancel(ctx)
+	defer func() { a.watch.close() }() // after the operations: no run uses it any more
 	defer a.ops.wait()
 	defer cancelOps()
 	frames := make(chan frame)
