@@ -173,14 +173,21 @@ func TestScanBoundNoFalseClaims(t *testing.T) {
 			}
 		}
 	}
-	before := scanTree([]string{root}, nil, 3000, time.Minute)
-	after := scanTree([]string{root}, nil, 3000, time.Minute)
-	changes, truncated := compareScans(before, after, 1000)
-	if !truncated {
-		t.Error("scans over the bound: not truncated")
-	}
-	if len(changes) != 0 {
-		t.Errorf("unchanged tree scanned partially reports %d changes, e.g. %+v", len(changes), changes[0])
+	// Two scans that stopped at different points (as a time budget does) of a tree
+	// nothing changed.
+	short := scanTree([]string{root}, nil, 3000, time.Minute)
+	long := scanTree([]string{root}, nil, 6000, time.Minute)
+	for _, c := range []struct {
+		name          string
+		before, after *treeScan
+	}{{"after reached further", short, long}, {"before reached further", long, short}} {
+		changes, truncated := compareScans(c.before, c.after, 100_000)
+		if !truncated {
+			t.Errorf("%s: scans over the bound, not truncated", c.name)
+		}
+		if len(changes) != 0 {
+			t.Errorf("%s: an unchanged tree scanned partially reports %d changes, e.g. %+v", c.name, len(changes), changes[0])
+		}
 	}
 }
 
