@@ -32,6 +32,10 @@ async function lowLevel(): Promise<void> {
   await vx.setPolicy('demo', { auto_rollback_on_failure: true });
   const pr = await vx.parseExecute({ agent_id: 'demo', text: '```python\nprint(1)\n```' });
   pr.blocks.forEach((b) => console.log(b.status, b.result?.stdout));
+  const ch = await vx.exec({ agent_id: 'demo', language: 'bash', code: 'touch x', changes: { paths: ['/home/user'] } });
+  ch.changes?.forEach((c) => console.log(c.kind, c.path, c.size, c.mode, ch.changes_undone));
+  const diff = await vx.runChangeDiff(ch.execution_id, 'x');
+  console.log(diff.diff, diff.binary, diff.old_size, diff.new_from);
   console.log(verdict, done.stdout, page.total, bytes.length, text, pr.success);
   try {
     await vx.getSandbox('nope');
