@@ -60,6 +60,19 @@ class DaemonTest(unittest.TestCase):
         self.assertTrue(f["failure_snapshot_id"].startswith("snap-"))
         self.assertEqual(vx.exec("bash", "cat s.txt")["stdout"], "one\n")
 
+    def test_changes_and_diff(self):
+        vx = vmexec.Client(D.url, agent_id=agent("changes"))
+        self.assertEqual(vx.exec("bash", "echo one > notes.txt")["verdict"], "ok")
+        r = vx.exec("bash", "echo two > notes.txt; echo x > new.txt")
+        got = [(c["kind"], c["path"]) for c in r["changes"]]
+        self.assertEqual(got, [("created", "/home/user/new.txt"), ("modified", "/home/user/notes.txt")])
+        self.assertEqual(vx.run(r["execution_id"])["changes"], r["changes"])
+        d = vx.run_change_diff(r["execution_id"], "notes.txt")
+        self.assertIn("-one\n", d["diff"])
+        self.assertIn("+two\n", d["diff"])
+        off = vx.exec("bash", "echo y > y.txt", changes={"enabled": False})
+        self.assertNotIn("changes", off)
+
     def test_blocked(self):
         r = self.vx.exec("bash", "rm -rf /home/user", agent_id=agent("blk"))
         self.assertEqual((r["verdict"], r["blocked_rule"], r["exit_code"]), ("blocked", "destroy_root", -1))
