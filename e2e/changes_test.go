@@ -160,3 +160,21 @@ func TestChangesOfRolledBackRun(t *testing.T) {
 		t.Errorf("diff of a created file: %+v", created)
 	}
 }
+
+// The CLI says after a run, on stderr, what it did to the files; stdout stays the
+// program's own.
+func TestCLIChangeSummary(t *testing.T) {
+	d := shared(t)
+	out, errOut, code := vmexec(t, nil, "--url", d.url, "exec", "--agent", "cli-changes", "--lang", "bash", "-c",
+		"head -c 12000 /dev/zero > ~/report.csv; echo '{}' > ~/data.json; echo done")
+	if code != 0 || out != "done\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "vmexec: changes: + data.json (3 B)  + report.csv (12 KB)\n") {
+		t.Errorf("stderr lacks the change summary: %q", errOut)
+	}
+	_, errOut, _ = vmexec(t, nil, "--url", d.url, "exec", "--agent", "cli-changes", "--lang", "bash", "--no-changes", "-c", "echo x > ~/y")
+	if strings.Contains(errOut, "changes:") {
+		t.Errorf("--no-changes still prints a summary: %q", errOut)
+	}
+}
