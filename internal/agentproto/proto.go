@@ -82,6 +82,9 @@
 // [OutputFunc] as they come. Stdin travels whole in the exec request and is closed
 // after it is written. cancel kills the run's process group; its result follows with
 // verdict canceled. signal sends a signal to the run's process group and nothing else.
+// An exec with changes set also gets the run's change set in its result: the paths
+// under the areas named that the run created, modified and deleted, found from
+// metadata only (see internal/guest/changes.go).
 //
 // # Files
 //
