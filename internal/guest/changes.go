@@ -268,8 +268,11 @@ func (a *agent) trackChanges(req *agentproto.ExecRequest, workDir string) *chang
 			w.drain()
 			w.apply(t.maxEntries) // what changed between runs is not this run's
 		}
-		t.watch = w
-	} else {
+		if w.fd >= 0 {
+			t.watch = w
+		} // else the apply's rescan found the watch unusable (watch.go): scan
+	}
+	if t.watch == nil {
 		t.before = scanTree(t.roots, t.exclude, t.maxScan, scanBudget)
 	}
 	t.cost = time.Since(start)

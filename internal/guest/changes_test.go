@@ -215,3 +215,42 @@ func TestOutermost(t *testing.T) {
 		t.Error(diff)
 	}
 }
+
+// An area that is a file, or one that a run removes and makes again, is still
+// reported right (the watch cannot serve them; the agent scans).
+func TestRunChangesAreaEdgeCases(t *testing.T) {
+	opts := testOptions(t, sandboxUser())
+	c := startAgent(t, opts)
+	run := func(code string, area string) []string {
+		t.Helper()
+		res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: "bash", Code: code,
+			Changes: &agentproto.ChangeScan{Paths: []string{area}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Verdict != agentproto.VerdictOK {
+			t.Fatalf("verdict %s: %s", res.Verdict, res.Stderr)
+		}
+		return changeLines(opts.Home, res.Changes)
+	}
+	run("echo 1 > notes.txt; mkdir -p work; echo 1 > work/a", opts.Home)
+	if diff := cmp.Diff([]string{"~ notes.txt"}, run("echo 2 > notes.txt", "notes.txt")); diff != "" {
+		t.Errorf("a file as the area (-want +got):\n%s", diff)
+	}
+	run("true", "work") // the watch of work is made
+	if diff := cmp.Diff([]string{"- work/a"}, run("rm -r work && mkdir work", "work")); diff != "" {
+		t.Errorf("the area removed and made again (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"+ work/b"}, run("echo 1 > work/b", "work")); diff != "" {
+		t.Errorf("a change in the area made again (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"- work/", "- work/b"}, run("rm -r work", "work")); diff != "" {
+		t.Errorf("the area removed (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"+ work/", "+ work/c"}, run("mkdir work; echo 1 > work/c", "work")); diff != "" {
+		t.Errorf("the area made again in a later run (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"+ work/d"}, run("echo 1 > work/d", "work")); diff != "" {
+		t.Errorf("the run after (-want +got):\n%s", diff)
+	}
+}

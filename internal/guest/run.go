@@ -25,17 +25,18 @@ const (
 
 // agent serves requests (see Serve).
 type agent struct {
-	opts    Options
-	log     *slog.Logger
-	reaper  *reaper
-	bombs   *bombWatch
-	zygotes zygotePool    // the python fast path (see zygote.go)
-	setuid  bool          // drop to opts.RunUser in the launcher
-	runSeq  atomic.Uint64 // run directory numbering
-	execs   chan struct{} // one run at a time: a token
-	out     *sender       // frames to the host
-	ops     opTable       // the operations in flight
-	watch   *changeWatch  // change sets' baseline and inotify watches (runs only; see watch.go)
+	opts      Options
+	log       *slog.Logger
+	reaper    *reaper
+	bombs     *bombWatch
+	zygotes   zygotePool    // the python fast path (see zygote.go)
+	setuid    bool          // drop to opts.RunUser in the launcher
+	runSeq    atomic.Uint64 // run directory numbering
+	execs     chan struct{} // one run at a time: a token
+	out       *sender       // frames to the host
+	ops       opTable       // the operations in flight
+	watch     *changeWatch  // change sets' baseline and inotify watches (runs only; see watch.go)
+	watchMiss watchMiss     // the areas watch could not serve (runs only)
 }
 
 // exec runs one request; its output goes to emit as it is read. It fails only for a

@@ -30,8 +30,9 @@ package guest
 // touched more paths than a scan's bound, a root itself was moved, a new directory's
 // walk stopped at the bound — the next computation rescans in full and compares (the
 // slow path of changes.go), then starts over with a fresh baseline. If inotify is
-// unavailable, a watch cannot be added, or the areas do not fit a scan's bound, the
-// agent simply scans before and after every run.
+// unavailable, a watch cannot be added, an area is missing or is not a directory, or
+// the areas do not fit a scan's bound, the agent simply scans before and after the run
+// (and tries the watch again at the next one).
 //
 // Writes through a shared mapping (mmap) and through a hard link outside the areas
 // raise no event on the watched name; such a change is missed, as it would be by a
@@ -84,7 +85,7 @@ func newChangeWatch(roots, exclude []string, maxScan int) *changeWatch {
 	// Watches first, then the scan: an event between the two is only a path checked
 	// once more.
 	sc := scanTree(roots, exclude, maxScan, scanBudget)
-	if sc.stopped || !w.watchDirs(sc.entries) {
+	if sc.stopped || !hasRoots(sc, roots) || !w.watchDirs(sc.entries) {
 		w.close()
 		return nil
 	}
@@ -233,6 +234,9 @@ func (w *changeWatch) apply(max int) (changes []agentproto.Change, truncated boo
 // forget removes p (and, for a directory, everything under it) from the baseline,
 // reporting each as deleted.
 func (w *changeWatch) forget(p string, old meta, add func(string, string, meta)) {
+	if slices.Contains(w.roots, p) {
+		w.broken = true // a root made again would not be watched: rescan next time
+	}
 	delete(w.base, p)
 	add(p, agentproto.ChangeDeleted, old)
 	if old.typ == agentproto.FileTypeDir {
@@ -295,10 +299,21 @@ func (w *changeWatch) rescan(max int) ([]agentproto.Change, bool) {
 	changes, truncated := compareScans(&treeScan{entries: w.base}, after, max)
 	w.base = after.entries
 	w.broken = false
-	if after.stopped || !w.watchDirs(after.entries) {
+	if after.stopped || !hasRoots(after, w.roots) || !w.watchDirs(after.entries) {
 		w.close() // the areas outgrew the bound: scan from now on
 	}
 	return changes, truncated
+}
+
+// hasRoots reports whether every root is a directory in sc: a missing root could
+// appear unseen, since its parent is not watched.
+func hasRoots(sc *treeScan, roots []string) bool {
+	for _, r := range roots {
+		if m, ok := sc.entries[r]; !ok || m.typ != agentproto.FileTypeDir {
+			return false
+		}
+	}
+	return true
 }
 
 // changeWatchFor returns the agent's watch of roots, making it (or replacing one of
@@ -312,6 +327,29 @@ func (a *agent) changeWatchFor(roots, exclude []string, maxScan int) (w *changeW
 		return w, false
 	}
 	a.watch.close()
+	a.watch = nil
+	// Areas that could not be watched are tried again only every watchRetry runs: a
+	// failed try costs a full scan.
+	if m := &a.watchMiss; slices.Equal(m.roots, roots) && m.maxScan == maxScan {
+		if m.runs++; m.runs%watchRetry != 0 {
+			return nil, false
+		}
+	}
 	a.watch = newChangeWatch(roots, exclude, maxScan)
+	if a.watch == nil {
+		a.watchMiss = watchMiss{roots: roots, maxScan: maxScan}
+		return nil, false
+	}
+	a.watchMiss = watchMiss{}
 	return a.watch, true
+}
+
+// watchRetry: see changeWatchFor.
+const watchRetry = 10
+
+// watchMiss remembers the areas whose watch could not be made.
+type watchMiss struct {
+	roots   []string
+	maxScan int
+	runs    int
 }
