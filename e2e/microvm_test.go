@@ -53,6 +53,10 @@ func TestMicroVMBackend(t *testing.T) {
 	if err != nil || exec1.VMID != vm.ID || strings.TrimSpace(exec1.Stdout) != "3628800" {
 		t.Fatalf("execute in microvm: %+v %v", exec1, err)
 	}
+	// The same guest agent computes change sets in a microVM (a real Linux kernel's inotify).
+	if len(exec1.Changes) != 1 || exec1.Changes[0].Path != "/home/user/f.txt" || exec1.Changes[0].Kind != api.ChangeCreated {
+		t.Errorf("changes in the microvm: %+v, want /home/user/f.txt created", exec1.Changes)
+	}
 	sb, err := d.client.GetSandbox(ctx, vm.ID)
 	if err != nil || sb.Backend != "microvm" || (sb.Accel != "tcg" && sb.Accel != "kvm") {
 		t.Fatalf("sandbox info: %+v %v", sb, err)
