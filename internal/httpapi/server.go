@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/sandbox"
 )
 
@@ -35,6 +36,7 @@ type Server struct {
 	metrics  *metrics
 	boundary boundary
 	bodyWait time.Duration
+	keys     *auth.Cache // nil: no keys, every request acts as the operator
 }
 
 // Options configures a Server.
@@ -52,6 +54,9 @@ type Options struct {
 	AllowedOrigins []string
 	// BodyTimeout bounds the time a request body may take to arrive (0: no bound).
 	BodyTimeout time.Duration
+	// Keys are the API keys (see auth.go); nil serves without keys, as on loopback
+	// before any key exists.
+	Keys *auth.Cache
 }
 
 // New returns a Server for svc. It warns when opt.Addr is not a loopback address.
@@ -60,7 +65,7 @@ func New(svc *sandbox.Service, opt Options) *Server {
 		opt.Logger = slog.Default()
 	}
 	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux(),
-		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout}
+		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, keys: opt.Keys}
 	s.metrics = newMetrics()
 	s.routes()
 	warnIfExposed(s.log, opt.Addr)
@@ -118,6 +123,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if listed && cors(rec, r) {
 		return
 	}
+	r, release, err := s.authenticate(r)
+	if err != nil {
+		if !errors.Is(err, errUnauthenticated) { // never the secret, only that it failed
+			s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		writeError(rec, r, s.log, err)
+		return
+	}
+	defer release()
 	if !isUpload(r) { // an upload has its own, larger, limit and its own stall timeout
 		bodyDeadline(w, r, s.bodyWait)
 		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
@@ -215,6 +229,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeError is the one place errors become HTTP statuses. Client errors carry their
 // message; server errors are logged in full and answered with a generic one.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	authHeaders(w, err)
 	status, body := errorBody(r, log, err)
 	writeJSON(w, status, body)
 }
@@ -223,6 +238,12 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 	status, code := http.StatusInternalServerError, api.CodeInternal
 	switch {
+	case errors.Is(err, errUnauthenticated):
+		status, code = http.StatusUnauthorized, api.CodeUnauthorized
+	case errors.Is(err, errRateLimited):
+		status, code = http.StatusTooManyRequests, api.CodeRateLimited
+	case errors.Is(err, errQuota):
+		status, code = http.StatusTooManyRequests, api.CodeQuota
 	case errors.Is(err, errBadJSON):
 		status, code = http.StatusBadRequest, api.CodeInvalidJSON
 	case errors.Is(err, errBodyTooLong), errors.Is(err, sandbox.ErrTooLarge):
