@@ -54,7 +54,7 @@ var scopedRoutes = map[string]bool{
 	"GET /v1/health": true, "GET /v1/languages": true, "GET /v1/backends": true,
 	"POST /v1/exec": true, "POST /v1/parse-execute": true,
 	"POST /v1/sandboxes": true, "GET /v1/sandboxes": true, "GET /v1/sandboxes/{id}": true, "DELETE /v1/sandboxes/{id}": true,
-	"POST /v1/sandboxes/{id}/exec": true,
+	"POST /v1/sandboxes/{id}/exec":      true,
 	"POST /v1/sandboxes/{id}/snapshots": true, "GET /v1/sandboxes/{id}/snapshots": true, "POST /v1/sandboxes/{id}/rollback": true,
 	"GET /v1/snapshots/{id}": true, "DELETE /v1/snapshots/{id}": true, "POST /v1/snapshots/{id}/fork": true,
 	"GET /v1/history": true, "GET /v1/runs/{id}": true,

@@ -68,7 +68,9 @@ func New(svc *sandbox.Service, opt Options) *Server {
 		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, keys: opt.Keys}
 	s.metrics = newMetrics()
 	s.routes()
-	warnIfExposed(s.log, opt.Addr)
+	if !opt.Keys.Enforced() {
+		warnIfExposed(s.log, opt.Addr)
+	}
 	return s
 }
 
