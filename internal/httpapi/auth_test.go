@@ -296,6 +296,18 @@ func TestScopedKey(t *testing.T) {
 		})
 	}
 
+	// A streamed run is scoped the same way: its refusal is the stream's error event.
+	r := httptest.NewRequest("POST", "/v1/exec", strings.NewReader(`{"agent_id":"team-b-1","language":"bash","code":"echo x"}`))
+	r.Host = "localhost"
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set("Accept", "text/event-stream")
+	r.Header.Set("Authorization", "Bearer "+a)
+	rec := httptest.NewRecorder()
+	e.srv.ServeHTTP(rec, r)
+	if body := rec.Body.String(); !strings.Contains(body, "event: error") || !strings.Contains(body, `"code":"forbidden"`) {
+		t.Errorf("streamed exec as another agent: %q, want an error event forbidden", body)
+	}
+
 	// Listings show only what is in scope.
 	for _, path := range []string{"/v1/sandboxes", "/api/vms"} {
 		body := e.do("GET", path, a, "").Body.String()
