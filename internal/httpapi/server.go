@@ -127,7 +127,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r, release, err := s.authenticate(r)
 	if err != nil {
-		if !errors.Is(err, errUnauthenticated) { // never the secret, only that it failed
+		// A key's refusal (scope, rate, quota) is logged with the key's name; a 401 is
+		// not (the request log and the metrics count it). Secrets are never logged.
+		if !errors.Is(err, errUnauthenticated) {
 			s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
 		writeError(rec, r, s.log, err)
