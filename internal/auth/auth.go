@@ -170,14 +170,21 @@ func ParseRate(s string) (float64, error) {
 	return v / per, nil
 }
 
-// Store is where keys live: the data dir's database (internal/history/sqlite).
+// Store is where keys live: the data dir's database (internal/history/sqlite), which
+// the `keys` commands and a running daemon share (SQLite's locking orders their
+// writes). Every method is one statement or one transaction: it takes effect whole or
+// not at all.
 type Store interface {
-	// CreateKey stores a new live key; ErrExists if a live key has its name.
+	// CreateKey stores a new live key. It fails with ErrInvalid for a key that does
+	// not Validate and ErrExists if a live key has its name; nothing is stored then.
 	CreateKey(ctx context.Context, k Key) error
-	// ListKeys returns every key, revoked ones included, oldest first.
+	// ListKeys returns every key, revoked ones included, oldest first. An error means
+	// the keys could not be read; the caller must not take it as "no keys".
 	ListKeys(ctx context.Context) ([]Key, error)
-	// RevokeKey revokes the live key named name; ErrNotFound if there is none.
+	// RevokeKey revokes the live key named name at at; ErrNotFound if there is none
+	// (revoking twice is ErrNotFound the second time).
 	RevokeKey(ctx context.Context, name string, at time.Time) error
-	// TouchKeys records when keys (by id) were last used.
+	// TouchKeys records when keys (by id) were last used; it never moves a time
+	// back, and ignores ids it does not know.
 	TouchKeys(ctx context.Context, used map[string]time.Time) error
 }
