@@ -267,6 +267,12 @@ func TestOpenAPIEnums(t *testing.T) {
 			t.Errorf("verdict %q of package api is not a verdict of the history", v)
 		}
 	}
+	// The guest's verdicts reach the API unchanged (internal/sandbox copies them).
+	for _, v := range stringConsts(t, "../internal/agentproto", "Verdict") {
+		if !slices.Contains(verdicts, v) {
+			t.Errorf("verdict %q of package agentproto is not a verdict of the api", v)
+		}
+	}
 
 	var rules []string
 	for _, r := range policy.Rules() {
@@ -327,6 +333,17 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"OutputChunk":           {OutputChunk{}, true},
 		"FileInfo":              {FileInfo{}, true},
 		"FileList":              {FileList{}, true},
+		"ChatRequest":           {ChatRequest{}, false},
+		"ChatResult":            {ChatResult{}, true},
+		"ChatStep":              {ChatStep{}, true},
+		"ChatRun":               {ChatRun{}, true},
+		"ChatDelta":             {ChatDelta{}, true},
+		"ChatOutput":            {ChatOutput{}, true},
+		"Conversation":          {Conversation{}, true},
+		"ConversationMessage":   {ConversationMessage{}, true},
+		"ChatToolCall":          {ChatToolCall{}, true},
+		"CompatChatRequest":     {CompatChatRequest{}, false},
+		"CompatChatResponse":    {CompatChatResponse{}, true},
 	}
 	for name, d := range types {
 		schema, ok := schemas[name]

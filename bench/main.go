@@ -5,7 +5,10 @@
 // ratios. It also reports, for streamed runs, the lag from a program's write to the
 // client's receipt of that chunk. Not a test: it passes or fails nothing.
 //
-//	sudo go run ./bench [-n 40] [-microvm=false]
+// It also measures the agent loop's own overhead per step, against a fake model
+// (agent.go).
+//
+//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only]
 package main
 
 import (
@@ -33,8 +36,10 @@ func main() {
 	_, qemuErr := exec.LookPath("qemu-system-x86_64")
 	withMicroVM := flag.Bool("microvm", qemuErr == nil, "measure the microvm backend too (slow under TCG)")
 	dataDir := flag.String("data-dir", envOr("VMEXEC_DATA_DIR", "/var/lib/vmexec"), "where scripts/setup put runsc and the template")
+	withAgent := flag.Bool("agent", true, "measure the agent loop's overhead per step (against a fake model)")
+	agentOnly := flag.Bool("agent-only", false, "measure only the agent loop")
 	flag.Parse()
-	if err := run(*n, *dataDir, *withMicroVM); err != nil {
+	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -79,7 +84,7 @@ func measureWith(name string, n int, before func(i int), f func(i int) error) (s
 	return s, nil
 }
 
-func run(n int, dataDir string, withMicroVM bool) error {
+func run(n int, dataDir string, withMicroVM, withAgent, agentOnly bool) error {
 	runsc := filepath.Join(dataDir, "tools", "runsc")
 	tpl, err := (&template.Store{Dir: filepath.Join(dataDir, "templates")}).Get(template.Default)
 	if err != nil {
@@ -98,6 +103,9 @@ func run(n int, dataDir string, withMicroVM bool) error {
 		}
 	}
 
+	if agentOnly {
+		return printAgent(tmp, runsc, tpl.Dir, n)
+	}
 	results := []series{}
 	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim
 	if _, err := os.Stat(python); err != nil {
@@ -173,6 +181,28 @@ func run(n int, dataDir string, withMicroVM bool) error {
 	for _, s := range results {
 		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
 	}
+	if withAgent {
+		return printAgent(tmp, runsc, tpl.Dir, n)
+	}
+	return nil
+}
+
+// printAgent measures and prints the agent loop's section.
+func printAgent(tmp, runsc, tplDir string, n int) error {
+	agent, overhead, err := agentSeries(tmp, runsc, tplDir, n)
+	if err != nil {
+		return err
+	}
+	base := agent[1].pct(0.5) // the warm exec a step contains
+	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "agent loop", "n", "p50", "p95", "p50/exec")
+	for _, s := range agent {
+		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+	}
+	fmt.Printf("%-30s %6s %10s\n", "means", "", "")
+	for _, s := range agent {
+		fmt.Printf("%-30s %6d %10s\n", s.name, len(s.d), mean(s.d).Round(100*time.Microsecond))
+	}
+	fmt.Printf("agent loop overhead per step (per step - LLM call - warm exec, means): %s\n", overhead.Round(100*time.Microsecond))
 	return nil
 }
 

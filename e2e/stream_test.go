@@ -313,7 +313,7 @@ func TestMicroVMStreamAndFiles(t *testing.T) {
 // result (the unit tests cover one written in pieces).
 func TestStreamRedacts(t *testing.T) {
 	d := shared(t)
-	code := "print('key=ghp_' + 'abcdefghijklmnopqrstuvwxyzABCDEF123456 done', flush=True)\n"
+	code := "print('key=ghp_' + 'abcdefghijklmnopqrstuvwxyzABCDEF1234 done', flush=True)\n"
 	var w lineWatch
 	res, err := d.client.ExecStream(context.Background(), api.ExecRequest{AgentID: "stream-redact", Language: "python", Code: code}, client.Output{Stdout: w.add})
 	if err != nil {

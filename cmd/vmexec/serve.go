@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vmexec/vmexec/internal/agent"
 	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/backend/gvisor"
@@ -89,6 +90,7 @@ address other than loopback the daemon refuses to start without keys unless
 			set("template-dir", &cfg.TemplateDir, flags.TemplateDir)
 			set("agent", &cfg.Agent, flags.Agent)
 			set("log-level", &cfg.LogLevel, flags.LogLevel)
+			set("agents-config", &cfg.AgentsConfig, flags.AgentsConfig)
 			if fl.Changed("backends") {
 				cfg.Backends = config.SplitList(backendsFlag)
 			}
@@ -131,6 +133,7 @@ address other than loopback the daemon refuses to start without keys unless
 	f.StringVar(&flags.Runsc, "runsc", "", "runsc binary (default <data-dir>/tools/runsc, else $PATH)")
 	f.StringVar(&flags.Agent, "agent", "", "guest agent binary (default vmexec-agent beside vmexec, else $PATH)")
 	f.StringVar(&flags.LogLevel, "log-level", d.LogLevel, "debug, info, warn or error")
+	f.StringVar(&flags.AgentsConfig, "agents-config", "", "the seed's role config file (JSON): each role becomes an agent at /v1/agents/{role}/chat and POST /chat")
 	f.StringVar(&backendsFlag, "backends", strings.Join(d.Backends, ","), "enabled backends, the default first: gvisor, microvm")
 	f.StringVar(&hostsFlag, "allowed-hosts", "", "more names accepted in Host, comma-separated: name (any port) or name:port")
 	f.StringVar(&originsFlag, "allowed-origins", "", "web origins whose pages may call the API, comma-separated: scheme://host[:port]")
@@ -195,6 +198,10 @@ func serve(cfg config.Config) error {
 	if err := svc.Start(ctx); err != nil {
 		return err
 	}
+	agents, err := newAgents(cfg, svc, hist, log)
+	if err != nil {
+		return err
+	}
 	// shutdown stops the service and the HTTP server within the shutdown budget
 	// (shutdown_timeout, 30 s by default): the service refuses new work (503),
 	// interrupts runs in flight (recorded as interrupted, rolled back), which lets
@@ -225,7 +232,7 @@ func serve(cfg config.Config) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := newHTTPServer(httpapi.New(svc, httpapi.Options{Version: version, Logger: log, Addr: ln.Addr().String(),
-		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Keys: keys}), cfg.HTTP)
+		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents, Keys: keys}), cfg.HTTP)
 	kctx, stopKeys := context.WithCancel(context.Background())
 	keysDone := make(chan struct{})
 	go func() { defer close(keysDone); keys.Run(kctx) }()
@@ -259,6 +266,27 @@ func serve(cfg config.Config) error {
 	log.Info("shutting down", "budget", svc.ShutdownTimeout())
 	shutdown(srv)
 	return nil
+}
+
+// newAgents makes the agent runner: the config's agents, then the roles of the seed's
+// role config file.
+func newAgents(cfg config.Config, svc *sandbox.Service, hist *sqlite.Store, log *slog.Logger) (*agent.Runner, error) {
+	agents := cfg.Agents
+	if cfg.AgentsConfig != "" {
+		roles, err := agent.LoadSeedRoles(cfg.AgentsConfig)
+		if err != nil {
+			return nil, err
+		}
+		agents = append(append([]agent.Config(nil), agents...), roles...)
+	}
+	r, err := agent.New(agents, agent.Deps{Exec: svc, Store: hist, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("agents: %w", err)
+	}
+	for _, a := range r.Agents() {
+		log.Info("agent", "id", a.ID, "model", r.Model(a.ID), "llm", a.LLM.BaseURL, "runs_code", a.VMExecution != nil && a.VMExecution.Enabled)
+	}
+	return r, nil
 }
 
 // newHTTPServer is the daemon's http.Server. Slow clients are cut off by the header

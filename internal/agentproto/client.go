@@ -229,8 +229,8 @@ func (c *Client) Ping(ctx context.Context) error {
 // when it is zero).
 //
 // If ctx ends first, Exec sends the guest a cancel, stops calling out, and waits up to
-// CancelGrace for the result (verdict canceled), which it returns with a nil error; if
-// none comes it returns ctx's error. A request the guest refuses is an error wrapping
+// CancelGrace for the result (verdict canceled, unless the run ended by itself
+// first), which it returns with a nil error; if none comes it returns ctx's error. A request the guest refuses is an error wrapping
 // ErrInvalidRequest.
 func (c *Client) Exec(ctx context.Context, req *ExecRequest, out OutputFunc) (*ExecResult, error) {
 	r, err := c.Start(req, out)

@@ -9,14 +9,20 @@
 //
 // # Framing
 //
-// Every message is one frame: a 4-byte big-endian length followed by that many bytes of
-// JSON encoding an [Envelope]. Frames longer than [MaxFrame] are refused by both sides;
-// the reader treats an oversize length as a fatal protocol error rather than allocating.
+// Every message is one frame: a 4-byte big-endian length word followed by that many
+// bytes. If the word's top bit is clear, the bytes are JSON encoding an [Envelope]. If
+// it is set, the frame is a binary data frame, which carries the bulk of the bytes
+// (output and file contents) without JSON's base64: the operation ID (8 bytes, big
+// endian), a kind byte — 1 output on stdout, 2 output on stderr, 3 data, 4 data that
+// ends a write's body — and the data; it decodes to the same Envelope (type output or
+// data). Frames longer than [MaxFrame] are refused by both sides; the reader treats an
+// oversize length as a fatal protocol error rather than allocating. Only the handshake
+// must be JSON, so a peer of another version never sees a binary frame.
 //
 // Each frame belongs to one operation, named by the frame's ID (see below). A frame's
 // data is bounded by [ChunkSize]: output and file contents travel as a sequence of
 // chunks, never as one whole frame, so neither side ever holds a whole output or file
-// in one message. Bytes are base64 in JSON (encoding/json's []byte).
+// in one message.
 //
 // # Handshake
 //
@@ -38,7 +44,9 @@
 // After the handshake the host may have many operations in flight at once. It gives
 // each a fresh ID (increasing, unique on the connection); every frame of an operation,
 // in both directions, carries it. Frames of different operations interleave freely;
-// frames of one operation keep their order. The host client has a single reader
+// frames of one operation keep their order. (The guest serves operations concurrently
+// but runs one program at a time: a second exec waits for the first.) The host client
+// ([Client]; [Run] for a run's Signal and Cancel) has a single reader
 // goroutine that hands each frame to the operation waiting for its ID (a frame for an
 // ID nobody waits for, say a late reply to an abandoned operation, is dropped).
 //
@@ -92,9 +100,13 @@
 // ports have small buffers), and the guest's output pump blocks with it, and with the
 // pump the program writing to its stdout. So a slow host makes a chatty program wait
 // rather than making the guest buffer its output; likewise the guest reads a write's
-// body only as fast as it can write it to the file. A reader on either side that stops
-// reading stalls the whole connection, which is why the client hands frames to an
-// operation through a small buffer and the OpenFile caller must read or close.
+// body only as fast as it can write it to the file. The host's reader hands each
+// operation its frames through a small buffer, and blocks when it is full: a caller
+// that stops taking its frames (an OpenFile reader neither read nor closed, an
+// OutputFunc that blocks) stalls the whole connection, and with it the guest. That is
+// the price of having no per-operation windows, and why an OutputFunc should return
+// promptly (and wait for another call on the same connection only while its run
+// writes nothing more).
 //
 // # Checkpoint and restore
 //
@@ -133,6 +145,8 @@ var (
 	ErrFrameTooLarge = errors.New("frame exceeds size limit")
 	ErrVersion       = errors.New("protocol version mismatch")
 	ErrUnexpected    = errors.New("unexpected message")
+	// ErrMalformed means a frame's content could not be decoded.
+	ErrMalformed = errors.New("malformed frame")
 	// ErrClosed means the connection to the guest ended or failed: the guest (or its
 	// sandbox) may have died. Every transport failure the Client returns wraps it.
 	ErrClosed = errors.New("agent connection closed")
@@ -351,18 +365,62 @@ type Conn struct {
 // NewConn returns a Conn reading frames from r and writing them to w.
 func NewConn(r io.Reader, w io.Writer) *Conn { return &Conn{r: r, w: w} }
 
-// Send writes one envelope as a frame.
+// Binary frames: the length word's top bit set, then the operation ID (8 bytes, big
+// endian), a kind byte and the data.
+const (
+	binaryFlag   = 1 << 31
+	binaryHeader = 9
+)
+
+// Kinds of binary frames.
+const (
+	kindStdout  = 1 // output, stream stdout
+	kindStderr  = 2 // output, stream stderr
+	kindData    = 3 // data
+	kindDataEOF = 4 // data, the last of a write's body
+)
+
+// binaryKind returns the kind byte e is sent as, or 0 to send it as JSON.
+func binaryKind(e *Envelope) byte {
+	switch {
+	case e.Type == TypeOutput && e.Stream == StreamStdout:
+		return kindStdout
+	case e.Type == TypeOutput && e.Stream == StreamStderr:
+		return kindStderr
+	case e.Type == TypeData && e.EOF:
+		return kindDataEOF
+	case e.Type == TypeData:
+		return kindData
+	}
+	return 0
+}
+
+// Send writes one envelope as a frame: output and data envelopes as binary frames,
+// anything else as JSON.
 func (c *Conn) Send(e *Envelope) error {
-	b, err := json.Marshal(e)
-	if err != nil {
-		return fmt.Errorf("encode %s: %w", e.Type, err)
+	var buf []byte
+	if kind := binaryKind(e); kind != 0 {
+		n := binaryHeader + len(e.Data)
+		if n > MaxFrame {
+			return fmt.Errorf("send %s (%d bytes): %w", e.Type, n, ErrFrameTooLarge)
+		}
+		buf = make([]byte, 4+n)
+		binary.BigEndian.PutUint32(buf, uint32(n)|binaryFlag)
+		binary.BigEndian.PutUint64(buf[4:], e.ID)
+		buf[12] = kind
+		copy(buf[13:], e.Data)
+	} else {
+		b, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", e.Type, err)
+		}
+		if len(b) > MaxFrame {
+			return fmt.Errorf("send %s (%d bytes): %w", e.Type, len(b), ErrFrameTooLarge)
+		}
+		buf = make([]byte, 4+len(b))
+		binary.BigEndian.PutUint32(buf, uint32(len(b)))
+		copy(buf[4:], b)
 	}
-	if len(b) > MaxFrame {
-		return fmt.Errorf("send %s (%d bytes): %w", e.Type, len(b), ErrFrameTooLarge)
-	}
-	buf := make([]byte, 4+len(b))
-	binary.BigEndian.PutUint32(buf, uint32(len(b)))
-	copy(buf[4:], b)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if _, err := c.w.Write(buf); err != nil {
@@ -372,12 +430,15 @@ func (c *Conn) Send(e *Envelope) error {
 }
 
 // Recv reads one frame. It returns io.EOF only when the stream ends cleanly between
-// frames; a stream that ends inside a frame is io.ErrUnexpectedEOF.
+// frames; a stream that ends inside a frame is io.ErrUnexpectedEOF. A frame whose
+// content cannot be decoded is an error wrapping ErrMalformed (the stream is still in
+// step); an oversize length is ErrFrameTooLarge (it is not).
 func (c *Conn) Recv() (*Envelope, error) {
 	if _, err := io.ReadFull(c.r, c.hdr[:]); err != nil {
 		return nil, err
 	}
-	n := binary.BigEndian.Uint32(c.hdr[:])
+	word := binary.BigEndian.Uint32(c.hdr[:])
+	n := word &^ binaryFlag
 	if n > MaxFrame {
 		return nil, fmt.Errorf("recv frame of %d bytes: %w", n, ErrFrameTooLarge)
 	}
@@ -388,9 +449,28 @@ func (c *Conn) Recv() (*Envelope, error) {
 		}
 		return nil, err
 	}
+	if word&binaryFlag != 0 {
+		if n < binaryHeader {
+			return nil, fmt.Errorf("binary frame of %d bytes: %w", n, ErrMalformed)
+		}
+		e := &Envelope{ID: binary.BigEndian.Uint64(b), Data: b[binaryHeader:]}
+		switch b[8] {
+		case kindStdout:
+			e.Type, e.Stream = TypeOutput, StreamStdout
+		case kindStderr:
+			e.Type, e.Stream = TypeOutput, StreamStderr
+		case kindData:
+			e.Type = TypeData
+		case kindDataEOF:
+			e.Type, e.EOF = TypeData, true
+		default:
+			return nil, fmt.Errorf("binary frame of kind %d: %w", b[8], ErrMalformed)
+		}
+		return e, nil
+	}
 	var e Envelope
 	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("decode frame: %w", err)
+		return nil, fmt.Errorf("decode frame: %w: %w", ErrMalformed, err)
 	}
 	return &e, nil
 }

@@ -23,7 +23,10 @@ func TestFrameRoundTrip(t *testing.T) {
 		{Type: TypeHello, Hello: &Hello{Version: Version}},
 		{Type: TypeExec, ID: 7, Exec: &ExecRequest{Language: "python", Code: "print(1)", Stdin: []byte{0, 1, 2}}},
 		{Type: TypeOutput, ID: 7, Stream: StreamStdout, Data: []byte("\xff\xfe not utf8")},
+		{Type: TypeOutput, ID: 7, Stream: StreamStderr, Data: []byte{}},
 		{Type: TypeResult, ID: 7, Result: &ExecResult{ExitCode: 3, Verdict: VerdictNonzeroExit}},
+		{Type: TypeData, ID: 1 << 40, Data: []byte("body")},
+		{Type: TypeData, ID: 9, EOF: true},
 	}
 	for _, e := range in {
 		if err := c.Send(e); err != nil {
@@ -35,8 +38,9 @@ func TestFrameRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}
-		if got.Type != want.Type || got.ID != want.ID || !bytes.Equal(got.Data, want.Data) {
-			t.Fatalf("frame %d: got %s/%d/%q want %s/%d/%q", i, got.Type, got.ID, got.Data, want.Type, want.ID, want.Data)
+		if got.Type != want.Type || got.ID != want.ID || !bytes.Equal(got.Data, want.Data) || got.Stream != want.Stream || got.EOF != want.EOF {
+			t.Fatalf("frame %d: got %s/%d/%q/%s/%v want %s/%d/%q/%s/%v", i, got.Type, got.ID, got.Data, got.Stream, got.EOF,
+				want.Type, want.ID, want.Data, want.Stream, want.EOF)
 		}
 	}
 	if got, _ := NewConn(&buf, io.Discard).Recv(); got != nil {
@@ -72,6 +76,30 @@ func TestOversizeFrame(t *testing.T) {
 	g.raw(hdr[:])
 	if err := c.Ping(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("ping after an oversize frame from the guest: %v, want ErrClosed", err)
+	}
+}
+
+// Guards the cost of bulk bytes: output and data go as binary frames (no base64), and
+// a binary frame that cannot be decoded is malformed, not fatal.
+func TestBinaryFrames(t *testing.T) {
+	var buf bytes.Buffer
+	data := bytes.Repeat([]byte{0xff}, ChunkSize)
+	NewConn(nil, &buf).Send(&Envelope{Type: TypeOutput, ID: 3, Stream: StreamStdout, Data: data})
+	if buf.Len() != 4+binaryHeader+ChunkSize {
+		t.Errorf("a %d-byte output chunk took %d bytes on the wire", ChunkSize, buf.Len())
+	}
+	for _, frame := range [][]byte{
+		{0x80, 0, 0, 3, 1, 2, 3},                   // shorter than its header
+		{0x80, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 9}, // unknown kind
+		{0, 0, 0, 3, 'x', 'y', 'z'},                // not JSON
+	} {
+		c := NewConn(bytes.NewReader(append(frame, buf.Bytes()...)), io.Discard)
+		if _, err := c.Recv(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("frame % x: err = %v, want ErrMalformed", frame, err)
+		}
+		if e, err := c.Recv(); err != nil || e.ID != 3 || len(e.Data) != ChunkSize {
+			t.Errorf("the frame after a malformed one: %v, %v", e, err)
+		}
 	}
 }
 

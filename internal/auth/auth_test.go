@@ -105,7 +105,10 @@ func TestTokenBucket(t *testing.T) {
 // memStore is a Store in memory, for the cache's own tests.
 type memStore struct{ keys []Key }
 
-func (m *memStore) CreateKey(ctx context.Context, k Key) error { m.keys = append(m.keys, k); return nil }
+func (m *memStore) CreateKey(ctx context.Context, k Key) error {
+	m.keys = append(m.keys, k)
+	return nil
+}
 func (m *memStore) ListKeys(ctx context.Context) ([]Key, error) {
 	return append([]Key(nil), m.keys...), nil
 }

@@ -28,8 +28,9 @@
 // still carries the whole captured output, up to the run's max_output_bytes (which the
 // guest enforces by counting: past it the stream is cut and the run killed, verdict
 // output_limit). out is called synchronously: while it blocks, the connection does too
-// (and, through the transport's back-pressure, the program's writes), so it must not
-// wait for another call on the same sandbox to finish.
+// (and, through the transport's back-pressure, the program's writes), so it should
+// return promptly, and wait for another call on the same sandbox only while the run
+// writes nothing more (the conformance suite's streaming test does just that).
 //
 // # Files
 //

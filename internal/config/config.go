@@ -17,6 +17,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/vmexec/vmexec/internal/agent"
 	"github.com/vmexec/vmexec/internal/sandbox"
 )
 
@@ -51,6 +52,11 @@ type Config struct {
 	Auth Auth `yaml:"auth"`
 	// TLS serves HTTPS directly when both files are given.
 	TLS TLS `yaml:"tls"`
+	// Agents are the LLM agents served at /v1/agents/{id}/chat (see internal/agent);
+	// serve --agents-config adds the roles of a seed role config file.
+	Agents []agent.Config `yaml:"agents"`
+	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
+	AgentsConfig string `yaml:"agents_config"`
 }
 
 // Auth configures who may call the API. Keys are required once any key has been
@@ -265,6 +271,16 @@ func (c Config) Validate() error {
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
+	}
+	ids := map[string]bool{}
+	for _, a := range c.Agents {
+		if err := a.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("agents: %w", err))
+		}
+		if ids[a.ID] {
+			errs = append(errs, fmt.Errorf("agents: %q is configured twice", a.ID))
+		}
+		ids[a.ID] = true
 	}
 	return errors.Join(errs...)
 }

@@ -69,9 +69,9 @@
 // with the sandbox when it is suspended (its snapshot holds them) and run on when it
 // resumes — and the agent waits at most 100 ms more for output before it
 // returns; the pipes are drained and discarded after that, so a background process that
-// writes later is not killed by SIGPIPE. (The 100 ms do not run down while a chunk is
-// being sent to a slow host, up to 10 s, so a slow host does not lose a run's last
-// output.) The one exception is a fork bomb left running
+// writes later is not killed by SIGPIPE. (The 100 ms do not run down while a chunk has
+// been waiting 5 ms or more for a slow host to take it, up to 5 s, so a slow host does
+// not lose a run's last output.) The one exception is a fork bomb left running
 // in the background (see bomb.go), whose process group is killed. See resultOf for the
 // verdict rules.
 //

@@ -161,7 +161,9 @@ func (a *agent) readFile(o *op, path string) error {
 }
 
 // writeFile receives a file's body into a temporary file next to path, renamed over
-// path when the body is complete: the file appears whole or not at all.
+// path when the body is complete: the file appears whole or not at all. A symlink at
+// path is replaced by the file, not written through; the file is the run user's,
+// whoever owned what it replaces.
 func (a *agent) writeFile(o *op, path string, mode uint32) (err error) {
 	if mode == 0 {
 		mode = 0o644

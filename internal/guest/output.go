@@ -4,6 +4,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vmexec/vmexec/internal/agentproto"
 )
@@ -31,7 +32,8 @@ type capture struct {
 	total     int64
 	detached  bool
 	truncated bool
-	sending   atomic.Bool   // emit is blocked sending (the host is slow)
+	sendStart atomic.Int64  // when the emit in progress began (UnixNano), 0 if none
+	stopping  atomic.Bool   // detach has begun: what is read from now on is dropped
 	done      chan struct{} // closed at EOF
 }
 
@@ -56,6 +58,9 @@ func (c *capture) pump(f *os.File) {
 }
 
 func (c *capture) add(p []byte) {
+	if c.stopping.Load() {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.detached {
@@ -66,9 +71,9 @@ func (c *capture) add(p []byte) {
 	if keep := p[:max(0, min(int64(len(p)), room))]; len(keep) > 0 {
 		c.keepTail(keep)
 		if c.emit != nil {
-			c.sending.Store(true)
+			c.sendStart.Store(time.Now().UnixNano())
 			c.emit(keep)
-			c.sending.Store(false)
+			c.sendStart.Store(0)
 		} else {
 			c.buf = append(c.buf, keep...)
 		}
@@ -92,9 +97,17 @@ func (c *capture) keepTail(p []byte) {
 	c.tail = append(c.tail, p...)
 }
 
+// stalled reports whether an emit has been blocked for a while: the host is slow to
+// take the output.
+func (c *capture) stalled() bool {
+	t := c.sendStart.Load()
+	return t != 0 && time.Since(time.Unix(0, t)) >= stallTime
+}
+
 // detach stops collecting (after a send in progress) and returns what was kept in buf
 // (nothing for a streamed capture), the tail and whether the stream was cut.
 func (c *capture) detach() (data, tail []byte, truncated bool) {
+	c.stopping.Store(true) // the pump must not slip in another chunk
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.detached = true

@@ -23,8 +23,11 @@ const (
 	// Background processes that keep the pipes open longer do not delay the result.
 	drainGrace = 100 * time.Millisecond
 	// maxDrain bounds the wait for output after the program's end when the host is slow
-	// to take it: the grace does not run down while a chunk is being sent.
-	maxDrain = 10 * time.Second
+	// to take it: the grace does not run down while a chunk has been waiting for the
+	// host for stallTime or more (a fast host takes a chunk in microseconds, so a
+	// chatty background process does not delay the result).
+	maxDrain  = 5 * time.Second
+	stallTime = 5 * time.Millisecond
 	// sweepTime bounds the repeated SIGKILLs of a killed run's process group. The
 	// kernel's group kill already stops forks racing it, and the sweep ends as soon as
 	// the group is empty; but killed members stay in the group as zombies until they are
@@ -275,7 +278,8 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 	sp.stdin.Close()
 
 	// Collect what is already written; do not wait for background processes. The grace
-	// is shared by the two streams, and is extended while a chunk is being sent.
+	// is shared by the two streams, and is extended while the host is slow to take a
+	// chunk (see maxDrain).
 	grace := time.NewTimer(drainGrace)
 	defer grace.Stop()
 	drainEnd := time.Now().Add(maxDrain)
@@ -286,7 +290,7 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 			case <-c.done:
 				break wait
 			case <-grace.C:
-				if (stdout.sending.Load() || stderr.sending.Load()) && time.Now().Before(drainEnd) {
+				if (stdout.stalled() || stderr.stalled()) && time.Now().Before(drainEnd) {
 					grace.Reset(10 * time.Millisecond)
 					continue
 				}

@@ -248,5 +248,6 @@ func (a *agent) readLoop(ctx context.Context, conn *agentproto.Conn, out chan<- 
 func isMalformed(err error) bool {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
-	return errors.Is(err, agentproto.ErrFrameTooLarge) || errors.As(err, &syn) || errors.As(err, &typ)
+	return errors.Is(err, agentproto.ErrFrameTooLarge) || errors.Is(err, agentproto.ErrMalformed) ||
+		errors.As(err, &syn) || errors.As(err, &typ)
 }

@@ -93,6 +93,17 @@ func TestCancelRun(t *testing.T) {
 	if r := run(t, c, &agentproto.ExecRequest{Language: "bash", Code: "echo after"}); r.Verdict != agentproto.VerdictOK || string(r.Stdout) != "after\n" {
 		t.Errorf("run after the cancel: %s", describe(r))
 	}
+
+	// A python run, forked by the zygote once it is warm, is cancelled the same way.
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "import time\nprint('x', flush=True)\ntime.sleep(60)\n",
+			Limits: agentproto.Limits{TimeoutMS: 60000}}, func(string, []byte) { cancel() })
+		cancel()
+		if err != nil || res.Verdict != agentproto.VerdictCanceled {
+			t.Errorf("python run %d: %v, %v; want canceled", i, res, err)
+		}
+	}
 }
 
 // A signal reaches the run's process group; the program handles it as it likes.
@@ -449,4 +460,22 @@ func TestNewSessionEndsOldRuns(t *testing.T) {
 	}
 	waitFor(t, "the old run's sleep to be killed", func() bool { return !aliveNotZombie(pid) })
 	hostR.Close()
+}
+
+// A host slow to take the output still gets all of it: the program has long written
+// its last bytes and exited while the host is still reading chunks, and the drain at
+// the end waits for the host rather than dropping what is still in the pipe.
+func TestSlowHostGetsAllOutput(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: "python",
+		Code:   "import sys\nsys.stdout.write('s' * (1 << 20))\n",
+		Limits: agentproto.Limits{TimeoutMS: 60000, MaxOutputBytes: 16 << 20}}, func(string, []byte) {
+		time.Sleep(150 * time.Millisecond) // a slow host: longer than the 100 ms drain grace per chunk
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictOK || len(res.Stdout) != 1<<20 {
+		t.Errorf("verdict %s, %d of %d bytes", res.Verdict, len(res.Stdout), 1<<20)
+	}
 }

@@ -66,6 +66,12 @@ var scopedRoutes = map[string]bool{
 	"GET /v1/agents/{id}/policy": true, "PUT /v1/agents/{id}/policy": true,
 	"PUT /v1/sandboxes/{id}/files": true, "GET /v1/sandboxes/{id}/files": true, "DELETE /v1/sandboxes/{id}/files": true,
 	"GET /v1/sandboxes/{id}/files/list": true,
+	// An agent's turn runs as the agent its path (or role) names; a conversation is
+	// its agent's.
+	"POST /v1/agents/{id}/chat": true, "GET /v1/conversations/{id}": true, "POST /chat": true,
+	// MCP tool calls go back to this API with the caller's key, where the scope of
+	// each call is applied like any other request's.
+	"POST /mcp": true, "DELETE /mcp": true, "GET /mcp": true,
 }
 
 // runRoutes run code: each request holds one of its key's max_runs slots while it
@@ -73,6 +79,7 @@ var scopedRoutes = map[string]bool{
 var runRoutes = map[string]bool{
 	"POST /v1/exec": true, "POST /v1/sandboxes/{id}/exec": true, "POST /v1/parse-execute": true,
 	"POST /api/llm/execute": true, "POST /api/llm/parse-execute": true,
+	"POST /v1/agents/{id}/chat": true, "POST /chat": true, // a turn runs one piece of code at a time
 }
 
 var (
@@ -162,6 +169,12 @@ func (s *Server) ownerOf(ctx context.Context, t target) (string, error) {
 		return run.AgentID, err
 	case "agent":
 		return t.id, nil
+	case "conversation":
+		if s.agents == nil {
+			return "", errNoAgents
+		}
+		c, err := s.agents.Conversation(ctx, t.id)
+		return c.AgentID, err
 	}
 	return "", nil
 }
@@ -244,6 +257,19 @@ func (s *Server) prepareRun(r *http.Request, agentID, sandboxID *string) (releas
 	}
 	if p := auth.FromContext(r.Context()); p != nil && p.MaxSandboxes > 0 && *sandboxID == "" && *agentID != "" && !s.svc.HasDefault(*agentID) {
 		return s.reserveSandbox(r, *agentID)
+	}
+	return func() {}, nil
+}
+
+// prepareAgentTurn checks that the request may act as agent id (an LLM agent's turn
+// runs as it), and reserves its sandbox under the key's cap when the turn's first run
+// would create one; the caller calls release when done.
+func (s *Server) prepareAgentTurn(r *http.Request, id string) (release func(), err error) {
+	if _, err := s.actingAgent(r, "", target{"agent", id}); err != nil {
+		return nil, err
+	}
+	if p := auth.FromContext(r.Context()); p != nil && p.MaxSandboxes > 0 && !s.svc.HasDefault(id) {
+		return s.reserveSandbox(r, id)
 	}
 	return func() {}, nil
 }

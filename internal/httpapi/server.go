@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/internal/agent"
 	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/sandbox"
 )
@@ -30,6 +31,7 @@ const MaxBodyBytes = 4 << 20
 // Server is the HTTP front of a sandbox service.
 type Server struct {
 	svc      *sandbox.Service
+	agents   *agent.Runner
 	log      *slog.Logger
 	version  string
 	mux      *http.ServeMux
@@ -54,6 +56,8 @@ type Options struct {
 	AllowedOrigins []string
 	// BodyTimeout bounds the time a request body may take to arrive (0: no bound).
 	BodyTimeout time.Duration
+	// Agents serves the agent routes (nil: they answer 404, no agents configured).
+	Agents *agent.Runner
 	// Keys are the API keys (see auth.go); nil serves without keys, as on loopback
 	// before any key exists.
 	Keys *auth.Cache
@@ -65,7 +69,7 @@ func New(svc *sandbox.Service, opt Options) *Server {
 		opt.Logger = slog.Default()
 	}
 	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux(),
-		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, keys: opt.Keys}
+		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, agents: opt.Agents, keys: opt.Keys}
 	s.metrics = newMetrics()
 	s.routes()
 	if !opt.Keys.Enforced() {
@@ -96,6 +100,8 @@ func (s *Server) routes() {
 	s.replyRoutes()
 	s.fileRoutes()
 	s.jsRoutes()
+	s.chatRoutes()
+	s.mcpRoutes()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, fmt.Errorf("no route %s %s: %w", r.Method, r.URL.Path, errNoRoute))
@@ -242,6 +248,8 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 	status, code := http.StatusInternalServerError, api.CodeInternal
 	switch {
+	case errors.Is(err, agent.ErrLLM): // the model's server failed: a bad gateway, with its message
+		status, code = http.StatusBadGateway, api.CodeUnavailable
 	case errors.Is(err, errUnauthenticated):
 		status, code = http.StatusUnauthorized, api.CodeUnauthorized
 	case errors.Is(err, errRateLimited):

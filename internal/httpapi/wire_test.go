@@ -41,6 +41,8 @@ var requestRoutes = []struct {
 	{"POST", "/api/llm/parse-execute", compatParseRequest{}},
 	{"POST", "/api/vms", api.CompatCreateVM{}},
 	{"POST", "/api/vms/vm-x/snapshots", compatSnapshotRequest{}},
+	{"POST", "/v1/agents/a/chat", api.ChatRequest{}},
+	{"POST", "/chat", api.CompatChatRequest{}},
 }
 
 // testServer is the real handler over no service: requests refused on the wire never

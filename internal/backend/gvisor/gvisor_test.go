@@ -79,7 +79,7 @@ func TestCPUQuota(t *testing.T) {
 	}
 	defer sb.Destroy(ctx)
 	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash",
-		Code: "for i in 1 2; do (while :; do :; done) & done; echo started"})
+		Code: "for i in 1 2; do (while :; do :; done) & done; echo started"}, nil)
 	if err != nil || res.Verdict != agentproto.VerdictOK {
 		t.Fatalf("leaving busy loops: %v %+v", err, res)
 	}
@@ -96,7 +96,7 @@ func TestCPUQuota(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fork.Destroy(ctx)
-	res, err = fork.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "grep -l 'run-[1]/main.sh' /proc/[0-9]*/cmdline | wc -l"})
+	res, err = fork.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "grep -l 'run-[1]/main.sh' /proc/[0-9]*/cmdline | wc -l"}, nil)
 	if err != nil || strings.TrimSpace(string(res.Stdout)) != "2" {
 		t.Fatalf("the busy loops did not come back with the sandbox: %v %s %s", err, res.Stdout, res.Stderr)
 	}
@@ -195,7 +195,7 @@ pid=$!
 until grep -qE '^Name:[[:space:]]+su$' /proc/$pid/status 2>/dev/null; do sleep 0.01; done
 grep '^Uid:' /proc/$pid/status
 kill $pid; wait; rm -f "$f"`
-	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: probe, Limits: agentproto.Limits{TimeoutMS: 20000}})
+	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: probe, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ with ThreadPoolExecutor(32) as pool:
 	}
 	for _, c := range cases {
 		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: c.code,
-			Limits: agentproto.Limits{MemoryBytes: 256 << 20, TimeoutMS: 30000}})
+			Limits: agentproto.Limits{MemoryBytes: 256 << 20, TimeoutMS: 30000}}, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}

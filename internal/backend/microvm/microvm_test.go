@@ -346,7 +346,7 @@ func TestCPUQuota(t *testing.T) {
 	}
 	defer sb.Destroy(ctx)
 	res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash",
-		Code: "for i in 1 2; do (while :; do :; done) & done; echo started"})
+		Code: "for i in 1 2; do (while :; do :; done) & done; echo started"}, nil)
 	if err != nil || res.Verdict != agentproto.VerdictOK {
 		t.Fatalf("leaving busy loops: %v %+v", err, res)
 	}

@@ -85,6 +85,14 @@ var migrationSteps = []struct {
 			"table runs":               append(slices.Clone(runsColumns), "key_name"),
 		},
 	},
+	{
+		file: "0007_conversations.sql",
+		schema: map[string][]string{
+			"table conversations":         {"id", "agent_id", "created_at", "updated_at"},
+			"index conversations_agent":   {"conversations", "agent_id", "updated_at"},
+			"table conversation_messages": {"conversation_id", "seq", "role", "content", "tool_calls", "tool_call_id", "step", "run_ids", "created_at"},
+		},
+	},
 }
 
 // openRaw opens the database at path with the store's DSN but without
