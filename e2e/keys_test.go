@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/client"
 	"github.com/vmexec/vmexec/internal/testenv"
@@ -372,4 +374,35 @@ func TestKeysTLS(t *testing.T) {
 	if _, err := (&client.Client{BaseURL: "http://" + addr, MaxRetries: -1}).Health(context.Background()); err == nil {
 		t.Fatal("plain HTTP answered on the TLS port")
 	}
+
+	// MCP over HTTPS: the tools call the daemon back over HTTPS with the caller's key,
+	// and a scoped key's tool calls are scoped like its API calls.
+	scoped := createKey(t, dataDir, "--name", "tls-team", "--agents", "tls-*")
+	mcpOver := func(key, agent string) *mcp.ClientSession {
+		hc := &http.Client{Transport: bearerTransport{key, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
+		return mcpConnect(t, &mcp.StreamableClientTransport{Endpoint: d.url + "/mcp?agent=" + agent, HTTPClient: hc}, &mcpProgress{})
+	}
+	waitUntil(t, "the scoped key is loaded", func() bool {
+		_, err := as(d, scoped).ListSandboxes(context.Background())
+		return err == nil
+	})
+	if got := mcpRunCode(t, mcpOver(scoped, "tls-mcp"), "python", "print(7*6)"); strings.TrimSpace(got.Stdout) != "42" {
+		t.Fatalf("run_code over HTTPS MCP: %+v", got)
+	}
+	refused := mcpCall(t, mcpOver(scoped, "other-agent"), "run_code", map[string]any{"language": "python", "code": "print(1)"})
+	if !refused.IsError || !strings.Contains(mcpText(refused), "forbidden") {
+		t.Fatalf("run_code as an agent outside the key's scope: error=%v %s", refused.IsError, mcpText(refused))
+	}
+}
+
+// bearerTransport adds a bearer token to every request.
+type bearerTransport struct {
+	key  string
+	next http.RoundTripper
+}
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.key)
+	return b.next.RoundTrip(r)
 }

@@ -176,10 +176,13 @@ func serve(cfg config.Config) error {
 	if err := checkExposure(cfg, keys); err != nil {
 		return err
 	}
+	var tlsCert []byte
 	if cfg.TLS.Enabled() {
-		if _, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key); err != nil {
+		pair, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+		if err != nil {
 			return fmt.Errorf("tls: %w", err)
 		}
+		tlsCert = pair.Certificate[0]
 	}
 
 	tpls := &template.Store{Dir: cfg.TemplatesDir()}
@@ -232,7 +235,7 @@ func serve(cfg config.Config) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := newHTTPServer(httpapi.New(svc, httpapi.Options{Version: version, Logger: log, Addr: ln.Addr().String(),
-		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents, Keys: keys}), cfg.HTTP)
+		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents, Keys: keys, TLSCert: tlsCert}), cfg.HTTP)
 	kctx, stopKeys := context.WithCancel(context.Background())
 	keysDone := make(chan struct{})
 	go func() { defer close(keysDone); keys.Run(kctx) }()

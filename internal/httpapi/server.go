@@ -38,7 +38,8 @@ type Server struct {
 	metrics  *metrics
 	boundary boundary
 	bodyWait time.Duration
-	keys     *auth.Cache // nil: no keys, every request acts as the operator
+	keys     *auth.Cache  // nil: no keys, every request acts as the operator
+	selfTLS  *http.Client // calls to this server over HTTPS (MCP tool calls); see pinnedClient
 }
 
 // Options configures a Server.
@@ -61,6 +62,9 @@ type Options struct {
 	// Keys are the API keys (see auth.go); nil serves without keys, as on loopback
 	// before any key exists.
 	Keys *auth.Cache
+	// TLSCert is the DER certificate the server presents when it serves HTTPS; the
+	// server's calls to itself (MCP tool calls) trust exactly it.
+	TLSCert []byte
 }
 
 // New returns a Server for svc. It warns when opt.Addr is not a loopback address.
@@ -70,6 +74,7 @@ func New(svc *sandbox.Service, opt Options) *Server {
 	}
 	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux(),
 		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, agents: opt.Agents, keys: opt.Keys}
+	s.selfTLS = pinnedClient(opt.TLSCert)
 	s.metrics = newMetrics()
 	s.routes()
 	if !opt.Keys.Enforced() {
