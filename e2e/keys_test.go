@@ -406,3 +406,52 @@ func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r.Header.Set("Authorization", "Bearer "+b.key)
 	return b.next.RoundTrip(r)
 }
+
+// TestKeysAgentChat: an LLM agent's turn runs as its agent, so a key scoped to
+// fixer-* chats with fixer-fenced (its runs carry the key's name) but not with another
+// agent, and cannot read another agent's conversation, over /v1 or the seed's /chat.
+func TestKeysAgentChat(t *testing.T) {
+	d, _ := agentDaemon(t, "")
+	admin := createKey(t, d.dataDir, "--name", "ops", "--admin")
+	scoped := createKey(t, d.dataDir, "--name", "fixers", "--agents", "fixer-*")
+	ctx := context.Background()
+	waitStatus(t, "no key once keys exist", 401, func() error { _, err := as(d, "").ListSandboxes(ctx); return err })
+	ops, f := as(d, admin), as(d, scoped)
+
+	res, err := f.Chat(ctx, "fixer-fenced", api.ChatRequest{Message: "What is 10 factorial? Compute it."})
+	if err != nil || !res.Success {
+		t.Fatalf("chat with its own agent: %v %+v", err, res)
+	}
+	runs := runsOf(res)
+	if len(runs) == 0 || runs[0].Result == nil {
+		t.Fatalf("the turn ran nothing: %s", transcript(res))
+	}
+	if run, err := ops.GetRun(ctx, runs[0].Result.ExecutionID); err != nil || run.KeyName != "fixers" {
+		t.Errorf("the turn's run: key_name %q, %v; want fixers", run.KeyName, err)
+	}
+	if _, err := f.Conversation(ctx, res.ConversationID); err != nil {
+		t.Errorf("its own conversation: %v", err)
+	}
+
+	if _, err := f.Chat(ctx, "DevelopmentAgent", api.ChatRequest{Message: "hi"}); status(err) != 404 {
+		t.Errorf("chat with an agent outside the scope: %v, want 404", err)
+	}
+	other, err := ops.Chat(ctx, "DevelopmentAgent", api.ChatRequest{Message: "What is 10 factorial? Compute it."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Conversation(ctx, other.ConversationID); status(err) != 404 {
+		t.Errorf("another agent's conversation: %v, want 404", err)
+	}
+	req, _ := http.NewRequest("POST", d.url+"/chat", strings.NewReader(`{"role":"DevelopmentAgent","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+scoped)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("the seed's /chat as an agent outside the scope: %d, want 404", resp.StatusCode)
+	}
+}
