@@ -449,10 +449,14 @@ function initScenarios(ctx) {
     btn.addEventListener('click', async () => {
       if (state.running) return;
       story.start(sc.title);
+      $('story').dataset.done = '';
       try {
         await sc.run(ctx, story);
       } catch (err) {
-        story.step(`Stopped: ${describeError(err).title} ${describeError(err).detail}`, 'bad');
+        const d = describeError(err, 'The scenario');
+        story.step(`Stopped: ${d.title} ${d.detail}`, 'bad');
+      } finally {
+        $('story').dataset.done = sc.id; // the scenario has finished (tests wait for it)
       }
     });
     list.append(el('div', { class: 'scenario-item' }, btn, el('p', { id: `scenario-${sc.id}-d`, class: 'hint' }, sc.blurb)));

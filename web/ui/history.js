@@ -68,7 +68,8 @@ export function initHistory(ctx) {
     const range = base.since || base.until ? ' in this time range' : '';
     status.textContent = `${total} ${base.failures_only ? 'failed ' : ''}run${total === 1 ? '' : 's'} of ${ctx.state.agent}${range}${want ? ` (all languages; this page shows the ${want} ones)` : ''}.`;
     if (!rows.length) {
-      clear(list, el('p', { class: 'empty' }, total || want
+      const filtered = want || base.failures_only || base.since || base.until;
+      clear(list, el('p', { class: 'empty' }, filtered
         ? 'No run matches these filters: clear “Failures only”, the language or the time range.'
         : `No runs yet for ${ctx.state.agent}. Run code on the Run tab or try a scenario; each run appears here.`));
       return;

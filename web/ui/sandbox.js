@@ -63,7 +63,7 @@ export function initSandbox(ctx) {
       const res = await ctx.api.call((c) => c.listFiles(id, '.', { agentId: ctx.state.agent }));
       const entries = (res.entries || []).filter((e) => !e.name.startsWith('.'));
       clear(files, entries.length
-        ? el('ul', { class: 'files' }, entries.map((e) => el('li', { dataset: { path: e.path } }, el('code', {}, e.name + (e.type === 'dir' ? '/' : '')), ` ${e.type === 'dir' ? '' : fmtBytes(e.size)}`)))
+        ? el('ul', { class: 'files' }, entries.map((e) => el('li', { dataset: { name: e.name }, title: e.path }, el('code', {}, e.name + (e.type === 'dir' ? '/' : '')), ` ${e.type === 'dir' ? '' : fmtBytes(e.size)}`)))
         : el('p', { class: 'empty' }, 'No files yet (hidden files are not listed). A run that writes one shows it here.'));
     } catch (err) {
       clear(files, errorBox(err, 'Listing the files'));
@@ -83,20 +83,22 @@ export function initSandbox(ctx) {
       clear(snaps, el('p', { class: 'empty' }, 'No snapshots yet. vmexec takes one before every run; or take a named one above.'));
       return;
     }
-    clear(snaps, el('div', { class: 'table-wrap' }, el('table', { class: 'snaps' },
+    const row = (s) => el('tr', { dataset: { snapshot: s.id, kind: s.kind } },
+      el('td', {}, s.name ? el('strong', {}, s.name) : null, s.name ? el('br') : null, el('code', {}, s.id), s.pinned ? el('span', { class: 'tag' }, 'pinned') : null),
+      el('td', {}, el('span', { class: `kind k-${s.kind}`, title: KIND[s.kind] || s.kind }, s.kind)),
+      el('td', {}, fmtTime(s.created_at)),
+      el('td', {}, fmtBytes(s.size_bytes)),
+      el('td', {}, s.run_id ? el('a', { href: '#history', class: 'runlink', onclick: (e) => { e.preventDefault(); ctx.openRun?.(s.run_id); } }, s.run_id) : '—'),
+      el('td', { class: 'actions' },
+        el('button', { type: 'button', class: 'rollback', 'aria-label': `Roll back to ${s.name || s.id}`, onclick: () => rollback(id, s) }, 'Roll back…'),
+        el('button', { type: 'button', class: 'fork', 'aria-label': `Fork ${s.name || s.id} into a new sandbox`, onclick: () => fork(s) }, 'Fork'),
+        el('button', { type: 'button', class: 'delete danger', 'aria-label': `Delete ${s.name || s.id}`, onclick: () => deleteSnap(s) }, 'Delete…')));
+    const table = el('table', { class: 'snaps' },
       el('caption', { class: 'sr-only' }, 'Snapshots, newest first'),
       el('thead', {}, el('tr', {}, ['Snapshot', 'Kind', 'Taken', 'Size', 'Made by run', 'Actions'].map((h) => el('th', { scope: 'col' }, h)))),
-      el('tbody', {}, items.map((s) => el('tr', { dataset: { snapshot: s.id, kind: s.kind } },
-        el('td', {}, s.name ? el('strong', {}, s.name) : null, s.name ? el('br') : null, el('code', {}, s.id), s.pinned ? el('span', { class: 'tag' }, 'pinned') : null),
-        el('td', {}, el('span', { class: `kind k-${s.kind}`, title: KIND[s.kind] || s.kind }, s.kind)),
-        el('td', {}, fmtTime(s.created_at)),
-        el('td', {}, fmtBytes(s.size_bytes)),
-        el('td', {}, s.run_id ? el('a', { href: '#history', class: 'runlink', onclick: (e) => { e.preventDefault(); ctx.openRun?.(s.run_id); } }, s.run_id) : '—'),
-        el('td', { class: 'actions' },
-          el('button', { type: 'button', class: 'rollback', 'aria-label': `Roll back to ${s.name || s.id}`, onclick: () => rollback(id, s) }, 'Roll back…'),
-          el('button', { type: 'button', class: 'fork', 'aria-label': `Fork ${s.name || s.id} into a new sandbox`, onclick: () => fork(s) }, 'Fork'),
-          el('button', { type: 'button', class: 'delete danger', 'aria-label': `Delete ${s.name || s.id}`, onclick: () => deleteSnap(s) }, 'Delete…')))))),
-    el('p', { class: 'hint' }, `${items.length} snapshot${items.length === 1 ? '' : 's'} on disk: ${fmtBytes(list.disk_bytes)}.`));
+      el('tbody', {}, items.map(row)));
+    clear(snaps, el('div', { class: 'table-wrap' }, table),
+      el('p', { class: 'hint' }, `${items.length} snapshot${items.length === 1 ? '' : 's'} on disk: ${fmtBytes(list.disk_bytes)}.`));
   }
 
   async function rollback(sandboxId, s) {
