@@ -160,6 +160,7 @@ async function loadAgents() {
 /** refreshSandboxes reloads the agent's sandboxes into the picker and the brief. */
 async function refreshSandboxes() {
   if (!state.agent) return;
+  loadHealth();
   try {
     const all = await api.call((c) => c.listSandboxes());
     state.sandboxes = (all || []).filter((s) => s.agent_id === state.agent)

@@ -84,12 +84,12 @@ export function initSandbox(ctx) {
       return;
     }
     const row = (s) => el('tr', { dataset: { snapshot: s.id, kind: s.kind } },
-      el('td', {}, s.name ? el('strong', {}, s.name) : null, s.name ? el('br') : null, el('code', {}, s.id), s.pinned ? el('span', { class: 'tag' }, 'pinned') : null),
-      el('td', {}, el('span', { class: `kind k-${s.kind}`, title: KIND[s.kind] || s.kind }, s.kind)),
-      el('td', {}, fmtTime(s.created_at)),
-      el('td', {}, fmtBytes(s.size_bytes)),
-      el('td', {}, s.run_id ? el('a', { href: '#history', class: 'runlink', onclick: (e) => { e.preventDefault(); ctx.openRun?.(s.run_id); } }, s.run_id) : '—'),
-      el('td', { class: 'actions' },
+      el('td', { 'data-label': 'Snapshot' }, s.name ? el('strong', {}, s.name) : null, s.name ? el('br') : null, el('code', {}, s.id), s.pinned ? el('span', { class: 'tag' }, 'pinned') : null),
+      el('td', { 'data-label': 'Kind' }, el('span', { class: `kind k-${s.kind}`, title: KIND[s.kind] || s.kind }, s.kind)),
+      el('td', { 'data-label': 'Taken', class: 'nowrap' }, fmtTime(s.created_at)),
+      el('td', { 'data-label': 'Size', class: 'nowrap' }, fmtBytes(s.size_bytes)),
+      el('td', { 'data-label': 'Made by run' }, s.run_id ? el('a', { href: '#history', class: 'runlink', onclick: (e) => { e.preventDefault(); ctx.openRun?.(s.run_id); } }, s.run_id) : '—'),
+      el('td', { class: 'actions', 'data-label': 'Actions' },
         el('button', { type: 'button', class: 'rollback', 'aria-label': `Roll back to ${s.name || s.id}`, onclick: () => rollback(id, s) }, 'Roll back…'),
         el('button', { type: 'button', class: 'fork', 'aria-label': `Fork ${s.name || s.id} into a new sandbox`, onclick: () => fork(s) }, 'Fork'),
         el('button', { type: 'button', class: 'delete danger', 'aria-label': `Delete ${s.name || s.id}`, onclick: () => deleteSnap(s) }, 'Delete…')));
