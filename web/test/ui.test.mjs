@@ -304,8 +304,16 @@ test('sandbox and snapshots: status, a named snapshot, roll back to it and to th
   assert.equal(await runInEditor('bash', 'cat data.txt; test ! -e after.txt && echo "no after.txt"\n'), 'ok');
   assert.match(await page.textContent('#result .result-card'), new RegExp(`Sandbox\\s*${fork}`));
   assert.match(await page.textContent('#output'), /precious data\nno after.txt/);
-  await page.selectOption('#sandbox-pick', '');
-  await page.waitForFunction(() => /agent's own \(sb-/.test(document.querySelector('#sandbox-pick option').textContent));
+  // Delete the fork (asked first): the page goes back to the agent's own sandbox.
+  await tab('sandbox');
+  await page.waitForSelector(`#sandbox-card .sbcard[data-sandbox="${fork}"]`);
+  await page.click('#sandbox-delete');
+  assert.match(await page.textContent('#confirm-text'), new RegExp(`Sandbox ${fork} stops and its files, processes and \\d+ snapshots? are deleted`));
+  await page.click('#confirm-yes');
+  await page.waitForFunction((id) => document.getElementById('snap-summary').textContent.includes(`sandbox ${id} deleted`), fork);
+  await page.waitForSelector(`#sandbox-card .sbcard[data-sandbox="${sb}"]`);
+  assert.equal(await page.inputValue('#sandbox-pick'), '');
+  assert.equal((await api(`/v1/sandboxes/${fork}`)).status, 404);
 });
 
 test('history: filters, paging, a row opens to code, output and snapshots, re-run; the timeline shows rollbacks', { skip, ...T }, async () => {
@@ -382,8 +390,12 @@ test('screenshots at 1280×800 and 390 px wide: nothing wider than the screen', 
       if (t === 'history') await page.waitForSelector('#timeline svg.tl');
       await page.evaluate(() => window.scrollTo(0, 0));
       await page.screenshot({ path: join(shots, `${t}-${w}.png`), fullPage: w < 1000 });
+      if (w < 1000) await page.screenshot({ path: join(shots, `${t}-${w}-screen.png`) }); // what a phone shows first
       const wide = await page.evaluate(() => document.documentElement.scrollWidth);
       assert.ok(wide <= w, `${t} at ${w} px: the page is ${wide} px wide`);
+      // Every snapshot action in reach, without scrolling the table sideways.
+      const cut = await page.$$eval('.table-wrap', (ts) => ts.filter((x) => x.offsetParent && x.scrollWidth > x.clientWidth + 1).length);
+      assert.equal(cut, 0, `${t} at ${w} px: a table is wider than its panel`);
     }
   }
   await page.setViewportSize({ width: 1280, height: 800 });

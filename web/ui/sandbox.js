@@ -2,7 +2,7 @@
 // backend, accelerator, memory, snapshot count and bytes, its files), its snapshots
 // (name, time, size, the run that made it) with roll back, fork and delete, a named
 // snapshot, and a rollback to the last success. What destroys state asks first.
-import { el, $, clear, fmtBytes, fmtTime, errorBox, confirmAction, describeError } from './util.js';
+import { el, $, clear, fmtBytes, fmtTime, fmtShortTime, errorBox, confirmAction, describeError } from './util.js';
 
 const KIND = {
   manual: 'taken by hand', pre_run: 'before a run', failure: 'a failed run\'s state', suspend: 'at suspension', fork_base: 'fork base',
@@ -86,7 +86,7 @@ export function initSandbox(ctx) {
     const row = (s) => el('tr', { dataset: { snapshot: s.id, kind: s.kind } },
       el('td', { 'data-label': 'Snapshot' }, s.name ? el('strong', {}, s.name) : null, s.name ? el('br') : null, el('code', {}, s.id), s.pinned ? el('span', { class: 'tag' }, 'pinned') : null),
       el('td', { 'data-label': 'Kind' }, el('span', { class: `kind k-${s.kind}`, title: KIND[s.kind] || s.kind }, s.kind)),
-      el('td', { 'data-label': 'Taken', class: 'nowrap' }, fmtTime(s.created_at)),
+      el('td', { 'data-label': 'Taken', class: 'nowrap', title: fmtTime(s.created_at) }, fmtShortTime(s.created_at)),
       el('td', { 'data-label': 'Size', class: 'nowrap' }, fmtBytes(s.size_bytes)),
       el('td', { 'data-label': 'Made by run' }, s.run_id ? el('a', { href: '#history', class: 'runlink', onclick: (e) => { e.preventDefault(); ctx.openRun?.(s.run_id); } }, s.run_id) : '—'),
       el('td', { class: 'actions', 'data-label': 'Actions' },

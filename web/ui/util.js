@@ -42,6 +42,13 @@ export function fmtTime(iso) {
   return d.toLocaleString(undefined, { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
 
+/** fmtShortTime is fmtTime without the year, for tables. */
+export function fmtShortTime(iso) {
+  const d = new Date(iso);
+  if (!iso || Number.isNaN(d.getTime()) || d.getFullYear() < 1971) return '—';
+  return d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
 export function fmtDuration(ms) {
   if (ms == null) return '—';
   if (ms < 1000) return `${ms} ms`;
