@@ -163,16 +163,20 @@ export function initHistory(ctx) {
       clear(box, el('p', { class: 'empty' }, `Nothing yet for ${ctx.state.agent}: runs, snapshots and rollbacks appear here as they happen.`));
       return;
     }
-    const X0 = 92; const DX = 26; const Y = { snap: 24, run: 62, act: 100 };
+    const X0 = 18; const DX = 26; const Y = { snap: 24, run: 62, act: 100 };
     const width = X0 + events.length * DX + 20;
     const pos = new Map();
     events.forEach((e, i) => { e.x = X0 + i * DX; if (e.kind === 'snap') pos.set(e.s.id, e.x); });
     const g = svg('svg', { width, height: 124, viewBox: `0 0 ${width} 124`, role: 'img', class: 'tl',
       'aria-label': `Timeline: ${runs.length} runs, ${snaps.length} snapshots, ${runs.filter((r) => r.rolled_back).length + local.filter((a) => a.type === 'rollback').length} rollbacks` });
-    for (const [lane, y] of [['snapshots', Y.snap], ['runs', Y.run], ['your actions', Y.act]]) {
-      g.append(svg('line', { x1: X0 - 12, x2: width - 8, y1: y, y2: y, class: 'lane' }));
-      g.append(svg('text', { x: 4, y: y + 4, class: 'lane-label' }, document.createTextNode(lane)));
-    }
+    const lanes = [['snapshots', Y.snap], ['runs', Y.run], ['your actions', Y.act]];
+    for (const [, y] of lanes) g.append(svg('line', { x1: 4, x2: width - 8, y1: y, y2: y, class: 'lane' }));
+    // The lane names stay in view while the timeline scrolls sideways.
+    const labels = el('div', { class: 'tl-labels', 'aria-hidden': 'true' }, lanes.map(([name, y]) => {
+      const span = el('span', {}, name);
+      span.style.top = `${y - 9}px`; // CSSOM, not a style attribute: the CSP allows no inline styles
+      return span;
+    }));
     const arc = (x1, y1, x2, y2, cls, label) => {
       const top = Math.min(y1, y2) - 18;
       g.append(svg('path', { d: `M ${x1} ${y1} C ${x1} ${top}, ${x2} ${top}, ${x2} ${y2}`, class: cls, 'data-kind': cls }, title(label)));
@@ -210,7 +214,7 @@ export function initHistory(ctx) {
       el('span', { class: 'lg dot-ok' }, 'run ok'), el('span', { class: 'lg dot-fail' }, 'run failed'), el('span', { class: 'lg dot-blocked' }, 'blocked'),
       el('span', { class: 'lg sq-pre' }, 'pre-run snapshot'), el('span', { class: 'lg sq-failure' }, 'failure snapshot'), el('span', { class: 'lg sq-manual' }, 'named snapshot'),
       el('span', { class: 'lg arc' }, 'rollback'), el('span', { class: 'lg act' }, 'your rollback / fork'));
-    clear(box, el('div', { class: 'tl-scroll', tabindex: 0, 'aria-label': 'Timeline, scrolls sideways' }, g), legend,
+    clear(box, el('div', { class: 'tl-wrap' }, labels, el('div', { class: 'tl-scroll', tabindex: 0, 'aria-label': 'Timeline, scrolls sideways' }, g)), legend,
       local.length ? null : el('p', { class: 'hint' }, 'Rollbacks and forks you make from this tab are drawn in the bottom lane.'));
     box.querySelector('.tl-scroll').scrollLeft = width;
   }
