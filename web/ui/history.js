@@ -88,6 +88,7 @@ export function initHistory(ctx) {
         el('span', { class: 'exit' }, `exit ${r.exit_code}`),
         el('span', { class: 'dur' }, fmtDuration(r.duration_ms)),
         r.rolled_back ? el('span', { class: 'tag rolled' }, 'rolled back') : null,
+        r.sandbox_id !== ctx.state.sandboxId ? el('span', { class: 'tag', title: 'run in another sandbox of the agent' }, `in ${r.sandbox_id}`) : null,
         r.metadata?.source === 'parse-execute' ? el('span', { class: 'tag' }, `reply block ${Number(r.metadata.block_index) + 1}`) : null,
         el('code', { class: 'first' }, first.slice(0, 80))),
       detail);
@@ -211,7 +212,7 @@ export function initHistory(ctx) {
       }
     }
     const legend = el('p', { class: 'legend' },
-      el('span', { class: 'lg dot-ok' }, 'run ok'), el('span', { class: 'lg dot-fail' }, 'run failed'), el('span', { class: 'lg dot-blocked' }, 'blocked'),
+      el('span', { class: 'lg dot-ok' }, 'run ok'), el('span', { class: 'lg dot-fail' }, 'run failed'), el('span', { class: 'lg dot-limit' }, 'time/output limit'), el('span', { class: 'lg dot-blocked' }, 'blocked'), el('span', { class: 'lg dot-canceled' }, 'canceled'),
       el('span', { class: 'lg sq-pre' }, 'pre-run snapshot'), el('span', { class: 'lg sq-failure' }, 'failure snapshot'), el('span', { class: 'lg sq-manual' }, 'named snapshot'),
       el('span', { class: 'lg arc' }, 'rollback'), el('span', { class: 'lg act' }, 'your rollback / fork'));
     clear(box, el('div', { class: 'tl-wrap' }, labels, el('div', { class: 'tl-scroll', tabindex: 0, 'aria-label': 'Timeline, scrolls sideways' }, g)), legend,
