@@ -149,6 +149,7 @@ test('scenario: failure with automatic rollback: the file the failed run deleted
   assert.match(story, /Before: data.txt holds "precious data"/);
   assert.match(story, /Step 2 deleted data.txt and exited 1: verdict nonzero_exit. The run failed \(nonzero_exit\), so vmexec restored the pre-run snapshot snap-/);
   assert.match(story, /After: data.txt holds "precious data" again/);
+  assert.deepEqual(await page.$$eval('#story .before-after pre', (ps) => ps.map((p) => p.textContent)), ['precious data\n', 'precious data\n']);
   assert.equal(await verdict(), 'nonzero_exit');
   assert.equal(await page.getAttribute('#result .result-card', 'data-rolled-back'), 'true');
   assert.match(await page.textContent('#output .stdout'), /deleted data.txt/);
@@ -223,6 +224,27 @@ test('a request the server refuses is said in words a person can act on', { skip
   // The browser logs the 400 it was answered; that one is expected.
   const i = consoleErrors.findIndex((e) => /status of 400/.test(e));
   if (i >= 0) consoleErrors.splice(i, 1);
+});
+
+test('a daemon that went away is said in words, with what to do', { skip, ...T }, async () => {
+  const d = await startDaemon();
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  try {
+    const p = await ctx.newPage();
+    const errors = [];
+    watchConsole(p, errors);
+    await p.goto(`${d.url}/`);
+    await p.waitForSelector('#health.ok');
+    await d.stop();
+    await p.fill('#code', 'print(1)\n');
+    await p.click('#run');
+    await p.waitForSelector('#result .error', { timeout: 60_000 });
+    assert.match(await p.textContent('#result .error'), /Cannot reach the vmexec daemon\. Is `vmexec serve` still running at 127\.0\.0\.1:\d+\? Start it/);
+    assert.deepEqual(errors.filter((e) => !/ERR_CONNECTION_REFUSED/.test(e)), []);
+  } finally {
+    await ctx.close();
+    await d.stop();
+  }
 });
 
 test('LLM reply: the blocks with language, detection and lines; run in order, stop at the failure', { skip, ...T }, async () => {

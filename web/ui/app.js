@@ -440,6 +440,13 @@ const story = {
     $('story-steps').append(li);
     return li;
   },
+  /** compare shows a state before and after side by side. */
+  compare(title, before, after, ok) {
+    $('story-steps').append(el('li', { class: `compare ${ok ? 'good' : 'bad'}` }, title,
+      el('div', { class: 'before-after' },
+        el('div', { class: 'state-box' }, el('h4', {}, 'Before the failed run'), el('pre', {}, before)),
+        el('div', { class: 'state-box' }, el('h4', {}, 'After vmexec rolled it back'), el('pre', {}, after)))));
+  },
 };
 
 function initScenarios(ctx) {

@@ -54,6 +54,7 @@ export const SCENARIOS = [
       story.step(after.missing
         ? 'After: data.txt is missing — the rollback did not restore it.'
         : `After: data.txt holds ${quote(after.text)} again — the file the failed run deleted is back.`, `state after ${after.missing ? 'bad' : 'good'}`);
+      story.compare('data.txt, read through the files API:', before.missing ? '(missing)' : before.text, after.missing ? '(missing)' : after.text, !after.missing && after.text === before.text);
     },
   },
   {
