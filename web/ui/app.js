@@ -337,6 +337,8 @@ async function runCode({ language, code, limits = {}, label = '' }) {
   status.textContent = `${label ? `${label}: ` : ''}running ${LANG_NAMES[language] || language} for ${state.agent}${state.pick ? ` in ${state.pick}` : ''}…`;
   status.className = 'status running';
   const out = output();
+  // On a narrow screen the output is below the editor: bring it into view.
+  if (window.matchMedia('(max-width: 760px)').matches) $('output-h').scrollIntoView({ block: 'start' });
   const req = { agent_id: state.agent, language, code, limits, metadata: { ui_run: uiRun } };
   if (state.pick) req.sandbox_id = state.pick;
   try {

@@ -40,7 +40,7 @@ export const SCENARIOS = [
   },
   {
     id: 'rollback',
-    title: 'Failure → automatic rollback',
+    title: 'Failure + rollback',
     blurb: 'A run deletes a file and then fails: vmexec rolls the sandbox back, and the file is there again.',
     async run(ctx, story) {
       const setup = await ctx.runCode({ label: 'Rollback, step 1', language: 'bash', code: 'echo "precious data" > data.txt\nls -l data.txt\n' });
