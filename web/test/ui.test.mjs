@@ -87,6 +87,9 @@ test('the page loads with every section, the five languages, the scenarios, and 
   await page.waitForSelector('#health.ok');
   assert.deepEqual(await page.$$eval('#language option', (os) => os.map((o) => o.value)), ['python', 'javascript', 'bash', 'rust', 'go']);
   assert.equal(await page.locator('#scenario-list button').count(), 7);
+  // No error banner and no key bar when nothing is wrong and no key is set.
+  assert.equal(await page.isVisible('#banner'), false);
+  assert.equal(await page.isVisible('#keybar'), false);
   const unlabelled = await page.$$eval('input, select, textarea, button', (els) => els
     .filter((e) => !(e.labels?.length || e.getAttribute('aria-label') || (e.tagName === 'BUTTON' && e.textContent.trim())))
     .map((e) => e.id || e.outerHTML.slice(0, 60)));
@@ -268,6 +271,27 @@ test('LLM reply: the blocks with language, detection and lines; run in order, st
   assert.match(third, /nonzero_exit\s*exit 3/);
   assert.match(third, /rolled back to snap-/);
   assert.match(await page.textContent('#reply-status'), /Not every block succeeded: 3 executed, 1 failed, 1 skipped/);
+});
+
+test('LLM reply: Cancel stops the running block (canceled, rolled back) and the blocks after it', { skip, ...T }, async () => {
+  await tab('reply');
+  await page.fill('#reply-text', '```bash\necho first block\n```\n\n```bash\necho waiting; sleep 60\n```\n\n```bash\necho never\n```\n');
+  await page.click('#reply-run');
+  await page.waitForFunction(() => document.querySelector('#reply-blocks .block:nth-child(2) pre.output')?.textContent.includes('waiting'), null, { timeout: 60_000 });
+  await page.click('#reply-cancel');
+  await page.waitForFunction(() => /^Canceled/.test(document.getElementById('reply-status').textContent));
+  assert.equal(await page.getAttribute('#reply-blocks .block:nth-child(1)', 'data-status'), 'executed');
+  const end = Date.now() + 30_000;
+  let run;
+  while (Date.now() < end) {
+    run = (await api(`/v1/history?agent_id=${agent}&limit=1`)).body.runs[0];
+    if (run.code.includes('sleep 60') && run.status !== 'running') break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.equal(run.verdict, 'canceled');
+  assert.equal(run.rolled_back, true);
+  const runs = (await api(`/v1/history?agent_id=${agent}&limit=5`)).body.runs;
+  assert.ok(!runs.some((r) => r.code.includes('echo never')), 'the block after the canceled one did not run');
 });
 
 test('sandbox and snapshots: status, a named snapshot, roll back to it and to the last success, fork, delete — each confirmed', { skip, ...T }, async () => {
