@@ -42,10 +42,11 @@ import (
 // backend and a sandbox count). Routes under "GET /js/" are public too: the
 // JavaScript client's static files, the same module as in the repository with no
 // data of the server's (a page that loads it still needs a key for every call it
-// makes). A web page's static shell and assets, which hold no data either, belong
-// here when they are added — by their exact patterns, and in TestEveryRouteNeedsAKey's
-// list too, which decides independently.
-var publicPatterns = map[string]bool{"GET /health": true}
+// makes). So are the web page's static shell and assets (GET / and GET /ui/{file}),
+// embedded files with no data of the server's: the page asks for a key when its first
+// API call is answered 401. TestEveryRouteNeedsAKey keeps its own list and decides
+// independently.
+var publicPatterns = map[string]bool{"GET /health": true, "GET /{$}": true, "GET /ui/{file}": true}
 
 func publicRoute(pattern string) bool {
 	return publicPatterns[pattern] || strings.HasPrefix(pattern, "GET /js/")

@@ -107,6 +107,7 @@ func (s *Server) routes() {
 	s.jsRoutes()
 	s.chatRoutes()
 	s.mcpRoutes()
+	s.webRoutes()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, fmt.Errorf("no route %s %s: %w", r.Method, r.URL.Path, errNoRoute))
