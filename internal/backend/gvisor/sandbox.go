@@ -47,6 +47,9 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("create %s: %w", spec.ID, err)
+	}
 	dir := b.cfg.bundle(spec.ID)
 	var undo []func()
 	defer func() {
@@ -154,7 +157,7 @@ func (b *Backend) consoleTail(id string) string {
 func (sb *Sandbox) ID() string { return sb.id }
 
 // Info implements backend.Sandbox.
-func (sb *Sandbox) Info() backend.Info {
+func (sb *Sandbox) Info(ctx context.Context) backend.Info {
 	status := "running"
 	select {
 	case <-sb.exited:
