@@ -124,10 +124,12 @@ type Backend interface {
 	Name() string
 	// Create starts a sandbox and waits for its guest agent's handshake.
 	Create(ctx context.Context, spec Spec) (Sandbox, error)
-	// List reports the sandboxes found in the backend's state on this host.
+	// List reports the sandboxes in the backend's scope (see Scope), running or not,
+	// including those a crashed predecessor left; never another scope's.
 	List(ctx context.Context) ([]Info, error)
-	// DestroyID stops and removes a sandbox by id, including one this process did not
-	// create (recovery after a crash). It returns nil if it does not exist.
+	// DestroyID stops and removes a sandbox of the backend's scope by id, including one
+	// this process did not create (recovery after a crash). It returns nil if it does
+	// not exist there.
 	DestroyID(ctx context.Context, id string) error
 }
 
