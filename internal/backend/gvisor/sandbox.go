@@ -113,7 +113,17 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 		sb.waitErr = cmd.Wait()
 		close(sb.exited)
 	}()
-	undo = append(undo, func() { sb.kill() })
+	undo = append(undo, func() {
+		sb.kill()
+		// A `runsc run` stopped while still creating the container (a start-up whose
+		// context ended) can register it after kill's delete: delete again now that
+		// it has exited, or it is left in the runsc root.
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := b.runsc(dctx, "delete", "--force", spec.ID); err != nil && !isNotExist(err) {
+			b.log.Warn("runsc delete", "id", spec.ID, "err", err)
+		}
+	})
 
 	hctx, cancel := context.WithTimeout(ctx, b.cfg.StartTimeout)
 	defer cancel()
