@@ -27,15 +27,15 @@
 // # Snapshots
 //
 // A snapshot image is a directory, images/<ref>/ under the state dir (written as
-// images/<ref>.tmp and renamed when whole), with the VM's full state (RAM, CPU and devices, saved with
-// QMP `migrate` to a file while the VM is stopped), a copy of the disk's writable layer
+// images/<ref>.tmp and renamed when whole), with the VM's full state (RAM, CPU and
+// devices, saved with QMP `migrate` to a file while the VM is stopped), a copy of the disk's writable layer
 // rebased directly onto the image's disk (so every snapshot stands alone, whatever
 // chain of restores the sandbox came from), links to the kernel and initramfs the VM
-// booted, and meta.json, written last. Restore and Fork start QEMU with -incoming from
+// booted, and meta.json, written last. Fork (also a rollback's) starts QEMU with -incoming from
 // that state, on a new overlay over a hard link (or copy) of the snapshot's disk layer,
 // and handshake with the restored agent over the new socket: the agent, blocked reading
-// its port when the snapshot was taken, carries on with the new connection. A restored
-// sandbox does not depend on its snapshot directory afterwards.
+// its port when the snapshot was taken, carries on with the new connection. A forked
+// sandbox does not depend on its image afterwards (DeleteImage may remove it).
 //
 // The guest's clock is part of the saved state: after a restore it runs behind the
 // host's by the time the snapshot sat on disk.
