@@ -1,8 +1,8 @@
 package sandbox
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"

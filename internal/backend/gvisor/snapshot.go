@@ -123,5 +123,3 @@ func newRef() string {
 	rand.Read(b)
 	return "img-" + hex.EncodeToString(b)
 }
-
-
