@@ -91,6 +91,9 @@ type Run struct {
 	// Metadata is the caller's JSON object (values of any JSON type; numbers read
 	// back as json.Number, exactly as written); an empty map is returned as nil.
 	Metadata map[string]any
+
+	// KeyName names the API key that made the run ("" for none: an open daemon).
+	KeyName string
 }
 
 // WithMetadata returns a copy of m with key set to v; m is not changed.

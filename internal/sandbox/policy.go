@@ -187,5 +187,5 @@ func runAPI(r history.Run) api.Run {
 		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated, BlockedRule: r.BlockedRule,
 		BlockedReason: r.BlockedReason, PreSnapshotID: r.PreSnapshotID, FailureSnapshotID: r.FailureSnapshotID,
 		RestoredSnapshotID: r.RestoredSnapshotID, RolledBack: r.RolledBack, StartedAt: r.StartedAt,
-		CompletedAt: r.CompletedAt, DurationMS: r.DurationMS, Metadata: r.Metadata}
+		CompletedAt: r.CompletedAt, DurationMS: r.DurationMS, Metadata: r.Metadata, KeyName: r.KeyName}
 }
