@@ -201,6 +201,15 @@ func serve(cfg config.Config) error {
 	if err := svc.Start(ctx); err != nil {
 		return err
 	}
+	// Snapshot images used to live in <data_dir>/snapshots; they are the backends' now
+	// (under each backend's state dir), and Start has dropped the records that named
+	// the old ones.
+	if legacy := cfg.SnapshotDir(); fileExists(legacy) {
+		log.Warn("removing snapshot images of the old layout (their records were dropped)", "dir", legacy)
+		if err := os.RemoveAll(legacy); err != nil {
+			log.Warn("removing old snapshot images", "dir", legacy, "err", err)
+		}
+	}
 	agents, err := newAgents(cfg, svc, hist, log)
 	if err != nil {
 		return err
@@ -364,4 +373,9 @@ func lockDataDir(dir string) (func(), error) {
 		return nil, fmt.Errorf("another vmexec serve is using %s (stop it, or use --data-dir)", dir)
 	}
 	return func() { f.Close() }, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
