@@ -194,12 +194,21 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return fmt.Errorf("%w\n(run `vmexec doctor` to see what this host lacks)", err)
 	}
-	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, RootFS: tpl.RootFS, History: hist, SnapshotDir: cfg.SnapshotDir(), Logger: log})
+	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, Template: tpl, History: hist, Logger: log})
 	if err != nil {
 		return err
 	}
 	if err := svc.Start(ctx); err != nil {
 		return err
+	}
+	// Snapshot images used to live in <data_dir>/snapshots; they are the backends' now
+	// (under each backend's state dir), and Start has dropped the records that named
+	// the old ones.
+	if legacy := cfg.SnapshotDir(); fileExists(legacy) {
+		log.Warn("removing snapshot images of the old layout (their records were dropped)", "dir", legacy)
+		if err := os.RemoveAll(legacy); err != nil {
+			log.Warn("removing old snapshot images", "dir", legacy, "err", err)
+		}
 	}
 	agents, err := newAgents(cfg, svc, hist, log)
 	if err != nil {
@@ -248,15 +257,15 @@ func serve(cfg config.Config) error {
 	} else {
 		go func() { errc <- srv.Serve(ln) }()
 	}
-	// The microVM image and accelerator are settled ahead of the first microVM; the
-	// work is cancelled, and waited for, when the daemon stops.
+	// Backends that can prepare (the microVM's image and accelerator) do so ahead of
+	// their first sandbox; the work is cancelled, and waited for, when the daemon stops.
 	pctx, stopPrepare := context.WithCancel(context.Background())
 	var preparing sync.WaitGroup
 	defer func() { stopPrepare(); preparing.Wait() }()
 	for _, be := range backends {
-		if mv, ok := be.(*microvm.Backend); ok {
+		if p, ok := be.(backend.Preparer); ok {
 			preparing.Add(1)
-			go func() { defer preparing.Done(); prepareMicroVM(pctx, mv, tpl.RootFS, log) }()
+			go func() { defer preparing.Done(); prepareBackend(pctx, be, p, tpl, log) }()
 		}
 	}
 	log.Info("vmexec serving", "addr", scheme+"://"+ln.Addr().String(), "keys", keys.Enforced(), "backends", strings.Join(cfg.Backends, ","), "template", tpl.Name+"-"+tpl.Hash, "data_dir", cfg.DataDir)
@@ -324,16 +333,21 @@ func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) ([]b
 	return out, nil
 }
 
-// prepareMicroVM builds the microVM guest image and settles the accelerator.
-func prepareMicroVM(ctx context.Context, be *microvm.Backend, rootfs string, log *slog.Logger) {
+// prepareBackend lets a backend that declares backend.Preparer get ready for the
+// template (the microVM backend builds its guest image and settles its accelerator).
+func prepareBackend(ctx context.Context, be backend.Backend, p backend.Preparer, tpl template.Template, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	start := time.Now()
-	if _, err := be.Prepare(ctx, rootfs, os.Stderr); err != nil {
-		log.Warn("microvm backend not ready; its first sandbox will try again", "err", err)
+	if err := p.Prepare(ctx, tpl, os.Stderr); err != nil {
+		log.Warn("backend not ready; its first sandbox will try again", "backend", be.Name(), "err", err)
 		return
 	}
-	log.Info("microvm backend ready", "accel", be.Accel(), "took", time.Since(start).Round(time.Millisecond))
+	attrs := []any{"backend", be.Name(), "took", time.Since(start).Round(time.Millisecond)}
+	if a, ok := be.(backend.Accelerated); ok {
+		attrs = append(attrs, "accel", a.Accel())
+	}
+	log.Info("backend ready", attrs...)
 }
 
 // checkExposure refuses a non-loopback listen address with no keys in force:
@@ -359,4 +373,9 @@ func lockDataDir(dir string) (func(), error) {
 		return nil, fmt.Errorf("another vmexec serve is using %s (stop it, or use --data-dir)", dir)
 	}
 	return func() { f.Close() }, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

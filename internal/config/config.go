@@ -361,7 +361,8 @@ func SplitList(v string) []string {
 // MicroVMDir holds the microvm backend's state.
 func (c Config) MicroVMDir() string { return filepath.Join(c.DataDir, "microvm") }
 
-// SnapshotDir holds snapshot images.
+// SnapshotDir held snapshot images before the backends owned them (see
+// internal/backend); the daemon removes it.
 func (c Config) SnapshotDir() string { return filepath.Join(c.DataDir, "snapshots") }
 
 // HistoryPath is the SQLite history database.

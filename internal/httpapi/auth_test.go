@@ -22,6 +22,7 @@ import (
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history/sqlite"
 	"github.com/vmexec/vmexec/internal/sandbox"
+	"github.com/vmexec/vmexec/internal/template"
 )
 
 // authEnv is a Server over the mem backend with API keys in a real SQLite store.
@@ -41,7 +42,7 @@ func newAuthEnv(t *testing.T) *authEnv {
 	cfg := sandbox.DefaultConfig()
 	cfg.PoolSize = 0
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := sandbox.New(cfg, sandbox.Deps{Backends: []backend.Backend{memBackend{}}, RootFS: "/nonexistent", History: hist, Logger: log})
+	svc, err := sandbox.New(cfg, sandbox.Deps{Backends: []backend.Backend{memBackend{}}, Template: template.Template{Name: "mem", RootFS: "/nonexistent"}, History: hist, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
