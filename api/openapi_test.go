@@ -83,7 +83,8 @@ func serverRoutes(t *testing.T) []string {
 				t.Errorf("%s: route %q is not of the form \"METHOD /path\"", pos, pattern)
 				return true
 			}
-			routes = append(routes, m[1]+" "+m[2])
+			// "GET /{$}" is the exact path "/" (Go's mux anchors it with {$}).
+			routes = append(routes, m[1]+" "+strings.TrimSuffix(m[2], "{$}"))
 			return true
 		})
 	}

@@ -250,6 +250,12 @@ const (
 	CodeTimeout              = "timeout"
 	CodeLimit                = "limit"
 	CodeUnsupported          = "unsupported"
+	// CodeUnauthorized: no valid API key (missing, malformed, unknown or revoked; 401).
+	CodeUnauthorized = "unauthorized"
+	// CodeRateLimited: the key's request rate is spent (429, with Retry-After).
+	CodeRateLimited = "rate_limited"
+	// CodeQuota: the key's cap on concurrent runs or on sandboxes is reached (429).
+	CodeQuota = "quota"
 )
 
 // ExecPolicy is the transaction policy of runs: the seed's `history` block. Unset
@@ -368,6 +374,8 @@ type Run struct {
 	CompletedAt        time.Time      `json:"completed_at"`
 	DurationMS         int64          `json:"duration_ms"`
 	Metadata           map[string]any `json:"metadata,omitempty"`
+	// KeyName names the API key that made the run; absent on a daemon without keys.
+	KeyName string `json:"key_name,omitempty"`
 	// The run's change set, as in ExecResult.
 	Changes          []FileChange `json:"changes,omitempty"`
 	ChangesTruncated bool         `json:"changes_truncated,omitempty"`

@@ -1,6 +1,7 @@
 // Package client is the Go client of vmexec's HTTP API. The CLI, the MCP server and the
 // end-to-end tests speak to the daemon only through it. The zero Client is usable: it
-// talks to $VMEXEC_URL, or http://127.0.0.1:8080.
+// talks to $VMEXEC_URL, or http://127.0.0.1:8080, with the key in $VMEXEC_API_KEY if
+// any.
 //
 // Retries: a request is retried (with exponential backoff and jitter) only when it
 // cannot have run — the connection was refused — or when the server said so with 429 or
@@ -34,7 +35,8 @@ type Client struct {
 	BaseURL string
 	// HTTPClient to use; nil means one without a timeout (runs bound themselves).
 	HTTPClient *http.Client
-	// APIKey, when set, is sent as a bearer token.
+	// APIKey is sent as a bearer token (Authorization: Bearer KEY); empty means
+	// $VMEXEC_API_KEY, and no header when that is empty too.
 	APIKey string
 	// MaxRetries for refused connections, 429 and 503; negative disables. Default 2.
 	MaxRetries int
@@ -68,6 +70,17 @@ func (c *Client) base() string {
 		return strings.TrimRight(u, "/")
 	}
 	return DefaultURL
+}
+
+// authorize sets req's Authorization header from the client's key.
+func (c *Client) authorize(req *http.Request) {
+	key := c.APIKey
+	if key == "" {
+		key = os.Getenv("VMEXEC_API_KEY")
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 }
 
 func (c *Client) httpClient() *http.Client {
@@ -124,9 +137,7 @@ func (c *Client) once(ctx context.Context, method, path string, body []byte, out
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.APIKey != "" {
-		req.Header.Set("Authorization", "Bearer "+c.APIKey)
-	}
+	c.authorize(req)
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {

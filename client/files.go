@@ -102,9 +102,7 @@ func (c *Client) raw(ctx context.Context, method, path string, body io.Reader) (
 	if body != nil {
 		req.Header.Set("Content-Type", "application/octet-stream")
 	}
-	if c.APIKey != "" {
-		req.Header.Set("Authorization", "Bearer "+c.APIKey)
-	}
+	c.authorize(req)
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {

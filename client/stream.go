@@ -162,9 +162,7 @@ func (c *Client) streamOnce(ctx context.Context, path string, body []byte, fn fu
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
-	if c.APIKey != "" {
-		req.Header.Set("Authorization", "Bearer "+c.APIKey)
-	}
+	c.authorize(req)
 	resp, err := c.httpClient().Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {

@@ -259,10 +259,13 @@ func TestCrashMidRun(t *testing.T) {
 	go d.client.Exec(context.Background(), api.ExecRequest{AgentID: a, Language: "bash", Code: "echo during > ~/f.txt; sleep 30"})
 	waitRunning(t, d, a)
 	d.kill()
-	// Leave a half-written snapshot image, as a crash during a checkpoint would.
-	half := filepath.Join(dir, "snapshots", r.SandboxID, "snap-halfwritten.tmp")
-	os.MkdirAll(half, 0o700)
-	os.WriteFile(filepath.Join(half, "checkpoint.img"), []byte("partial"), 0o600)
+	// Leave a half-written snapshot image, as a crash during a checkpoint would, and a
+	// whole one without a record, as a crash between a checkpoint and its record would.
+	images := filepath.Join(dir, "gvisor", "images") // the gVisor backend's images
+	for _, img := range []string{"img-halfwritten.tmp", "img-unrecorded"} {
+		os.MkdirAll(filepath.Join(images, img), 0o700)
+		os.WriteFile(filepath.Join(images, img, "checkpoint.img"), []byte("partial"), 0o600)
+	}
 
 	d.start()
 	ctx := bg(t)
@@ -285,22 +288,23 @@ func TestCrashMidRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Images are the backend's (their names are its references, not snapshot ids):
+	// one per recorded snapshot, the crash's leftovers gone.
 	var recorded, onDisk []string
 	for _, s := range list.Snapshots {
 		recorded = append(recorded, s.ID)
 	}
-	ents, _ := os.ReadDir(filepath.Join(dir, "snapshots", r.SandboxID))
+	ents, _ := os.ReadDir(images)
 	for _, e := range ents {
 		onDisk = append(onDisk, e.Name())
 	}
-	sort.Strings(recorded)
 	sort.Strings(onDisk)
-	if len(recorded) != len(onDisk) {
-		t.Fatalf("images on disk %v, recorded %v", onDisk, recorded)
+	if len(recorded) == 0 || len(recorded) != len(onDisk) {
+		t.Fatalf("images on disk %v, recorded snapshots %v", onDisk, recorded)
 	}
-	for i := range recorded {
-		if recorded[i] != onDisk[i] {
-			t.Fatalf("images on disk %v, recorded %v", onDisk, recorded)
+	for _, name := range onDisk {
+		if name == "img-halfwritten.tmp" || name == "img-unrecorded" {
+			t.Fatalf("the crash's leftover image %s is still on disk: %v", name, onDisk)
 		}
 	}
 	// The agent resumes from the snapshot taken before the interrupted run.

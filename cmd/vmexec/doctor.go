@@ -181,7 +181,7 @@ func probeAccel(cfg config.Config) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if _, err := be.Prepare(ctx, tpl.RootFS, os.Stderr); err != nil {
+	if err := be.Prepare(ctx, tpl, os.Stderr); err != nil {
 		return "", err
 	}
 	return be.Accel(), nil

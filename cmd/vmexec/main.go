@@ -34,10 +34,14 @@ func main() {
 }
 
 type globals struct {
-	url string
+	url, apiKey string
 }
 
-func (g *globals) client() *client.Client { return client.New(g.url) }
+func (g *globals) client() *client.Client {
+	c := client.New(g.url)
+	c.APIKey = g.apiKey // empty: the client reads $VMEXEC_API_KEY
+	return c
+}
 
 func newRoot() *cobra.Command {
 	g := &globals{}
@@ -68,8 +72,9 @@ Or over HTTP:
 		Version:       version,
 	}
 	root.PersistentFlags().StringVar(&g.url, "url", "", "vmexec server URL (default $VMEXEC_URL or "+client.DefaultURL+")")
+	root.PersistentFlags().StringVar(&g.apiKey, "api-key", "", "API key sent as Authorization: Bearer (default $VMEXEC_API_KEY)")
 	root.AddCommand(newServeCmd(), newExecCmd(g), newRunReplyCmd(g), newSandboxesCmd(g), newBackendsCmd(g),
 		newSnapshotCmd(g), newRollbackCmd(g), newForkCmd(g), newHistoryCmd(g), newFilesCmd(g),
-		newTemplateCmd(), newDoctorCmd(g), newChatCmd(g), newMCPCmd(g))
+		newTemplateCmd(), newDoctorCmd(g), newChatCmd(g), newMCPCmd(g), newKeysCmd())
 	return root
 }

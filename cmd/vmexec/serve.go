@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vmexec/vmexec/internal/agent"
+	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/backend/gvisor"
 	"github.com/vmexec/vmexec/internal/backend/microvm"
@@ -52,16 +54,24 @@ Configuration: built-in defaults, then the --config YAML file, then VMEXEC_*
 environment variables (VMEXEC_ADDR, VMEXEC_DATA_DIR, VMEXEC_RUNSC, VMEXEC_AGENT,
 VMEXEC_BACKENDS, VMEXEC_MICROVM_ACCEL,
 VMEXEC_TEMPLATE_DIR, VMEXEC_LOG_LEVEL, VMEXEC_POOL_SIZE, VMEXEC_IDLE_TIMEOUT,
-VMEXEC_ALLOWED_HOSTS, VMEXEC_ALLOWED_ORIGINS), then flags.
+VMEXEC_ALLOWED_HOSTS, VMEXEC_ALLOWED_ORIGINS, VMEXEC_TLS_CERT, VMEXEC_TLS_KEY,
+VMEXEC_AUTH_REQUIRED, VMEXEC_INSECURE_NO_AUTH), then flags.
 
 Who may call: requests must name the server in Host (localhost, 127.0.0.1, [::1] or
 the listen address, with its port; or one of --allowed-hosts), and a browser page
 must be the server's own origin or one of --allowed-origins. This keeps web pages
-from using a loopback daemon; it is not authentication.`,
+from using a loopback daemon; it is not authentication.
+
+API keys (vmexec keys create) are authentication: once one exists in the data dir
+(or with --auth-required), every route but GET /health needs
+"Authorization: Bearer KEY", and a key scoped to agents acts only as them. On an
+address other than loopback the daemon refuses to start without keys unless
+--insecure-no-auth is given. --tls-cert/--tls-key serve HTTPS.`,
 		Example: `  sudo vmexec serve
   sudo vmexec serve --addr 127.0.0.1:9090 --data-dir /srv/vmexec
   sudo vmexec serve --config /etc/vmexec.yaml
-  sudo vmexec serve --backends gvisor,microvm     # microVMs too (QEMU; KVM, else TCG)`,
+  sudo vmexec serve --backends gvisor,microvm     # microVMs too (QEMU; KVM, else TCG)
+  sudo vmexec serve --addr 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem   # after vmexec keys create`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
@@ -97,6 +107,14 @@ from using a loopback daemon; it is not authentication.`,
 			if fl.Changed("idle-timeout") {
 				cfg.Sandbox.IdleTimeout = flags.Sandbox.IdleTimeout
 			}
+			set("tls-cert", &cfg.TLS.Cert, flags.TLS.Cert)
+			set("tls-key", &cfg.TLS.Key, flags.TLS.Key)
+			if fl.Changed("auth-required") {
+				cfg.Auth.Required = flags.Auth.Required
+			}
+			if fl.Changed("insecure-no-auth") {
+				cfg.Auth.InsecureNoAuth = flags.Auth.InsecureNoAuth
+			}
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("invalid configuration:\n%w", err)
 			}
@@ -122,6 +140,10 @@ from using a loopback daemon; it is not authentication.`,
 	f.StringVar(&flags.MicroVM.Accel, "microvm-accel", d.MicroVM.Accel, "microVM accelerator: auto (KVM if it boots a guest, else TCG), kvm, tcg")
 	f.IntVar(&flags.Sandbox.PoolSize, "pool-size", d.Sandbox.PoolSize, "ready sandboxes kept for new agents")
 	f.DurationVar(&flags.Sandbox.IdleTimeout, "idle-timeout", d.Sandbox.IdleTimeout, "suspend (snapshot and stop) sandboxes unused this long")
+	f.StringVar(&flags.TLS.Cert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain); needs --tls-key")
+	f.StringVar(&flags.TLS.Key, "tls-key", "", "the PEM private key of --tls-cert")
+	f.BoolVar(&flags.Auth.Required, "auth-required", false, "require an API key on every route but GET /health, even before the first key is created")
+	f.BoolVar(&flags.Auth.InsecureNoAuth, "insecure-no-auth", false, "allow a non-loopback --addr with no API keys (anyone who can reach it can run code)")
 	return cmd
 }
 
@@ -142,6 +164,27 @@ func serve(cfg config.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	hist, err := sqlite.Open(ctx, cfg.HistoryPath())
+	if err != nil {
+		return fmt.Errorf("history database: %w", err)
+	}
+	defer hist.Close()
+	keys := auth.NewCache(hist, cfg.Auth.Required, log)
+	if err := keys.Refresh(ctx); err != nil {
+		return fmt.Errorf("API keys: %w", err)
+	}
+	if err := checkExposure(cfg, keys); err != nil {
+		return err
+	}
+	var tlsCert []byte
+	if cfg.TLS.Enabled() {
+		pair, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+		if err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+		tlsCert = pair.Certificate[0]
+	}
+
 	tpls := &template.Store{Dir: cfg.TemplatesDir()}
 	tpl, err := tpls.Ensure(ctx, template.Default, os.Stderr)
 	if err != nil {
@@ -151,17 +194,21 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return fmt.Errorf("%w\n(run `vmexec doctor` to see what this host lacks)", err)
 	}
-	hist, err := sqlite.Open(ctx, cfg.HistoryPath())
-	if err != nil {
-		return fmt.Errorf("history database: %w", err)
-	}
-	defer hist.Close()
-	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, RootFS: tpl.RootFS, History: hist, SnapshotDir: cfg.SnapshotDir(), Logger: log})
+	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, Template: tpl, History: hist, Logger: log})
 	if err != nil {
 		return err
 	}
 	if err := svc.Start(ctx); err != nil {
 		return err
+	}
+	// Snapshot images used to live in <data_dir>/snapshots; they are the backends' now
+	// (under each backend's state dir), and Start has dropped the records that named
+	// the old ones.
+	if legacy := cfg.SnapshotDir(); fileExists(legacy) {
+		log.Warn("removing snapshot images of the old layout (their records were dropped)", "dir", legacy)
+		if err := os.RemoveAll(legacy); err != nil {
+			log.Warn("removing old snapshot images", "dir", legacy, "err", err)
+		}
 	}
 	agents, err := newAgents(cfg, svc, hist, log)
 	if err != nil {
@@ -197,21 +244,31 @@ func serve(cfg config.Config) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := newHTTPServer(httpapi.New(svc, httpapi.Options{Version: version, Logger: log, Addr: ln.Addr().String(),
-		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents}), cfg.HTTP)
+		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents, Keys: keys, TLSCert: tlsCert}), cfg.HTTP)
+	kctx, stopKeys := context.WithCancel(context.Background())
+	keysDone := make(chan struct{})
+	go func() { defer close(keysDone); keys.Run(kctx) }()
+	defer func() { stopKeys(); <-keysDone }()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	// The microVM image and accelerator are settled ahead of the first microVM; the
-	// work is cancelled, and waited for, when the daemon stops.
+	scheme := "http"
+	if cfg.TLS.Enabled() {
+		scheme = "https"
+		go func() { errc <- srv.ServeTLS(ln, cfg.TLS.Cert, cfg.TLS.Key) }()
+	} else {
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	// Backends that can prepare (the microVM's image and accelerator) do so ahead of
+	// their first sandbox; the work is cancelled, and waited for, when the daemon stops.
 	pctx, stopPrepare := context.WithCancel(context.Background())
 	var preparing sync.WaitGroup
 	defer func() { stopPrepare(); preparing.Wait() }()
 	for _, be := range backends {
-		if mv, ok := be.(*microvm.Backend); ok {
+		if p, ok := be.(backend.Preparer); ok {
 			preparing.Add(1)
-			go func() { defer preparing.Done(); prepareMicroVM(pctx, mv, tpl.RootFS, log) }()
+			go func() { defer preparing.Done(); prepareBackend(pctx, be, p, tpl, log) }()
 		}
 	}
-	log.Info("vmexec serving", "addr", "http://"+ln.Addr().String(), "backends", strings.Join(cfg.Backends, ","), "template", tpl.Name+"-"+tpl.Hash, "data_dir", cfg.DataDir)
+	log.Info("vmexec serving", "addr", scheme+"://"+ln.Addr().String(), "keys", keys.Enforced(), "backends", strings.Join(cfg.Backends, ","), "template", tpl.Name+"-"+tpl.Hash, "data_dir", cfg.DataDir)
 
 	select {
 	case err := <-errc:
@@ -276,16 +333,33 @@ func openBackends(ctx context.Context, cfg config.Config, log *slog.Logger) ([]b
 	return out, nil
 }
 
-// prepareMicroVM builds the microVM guest image and settles the accelerator.
-func prepareMicroVM(ctx context.Context, be *microvm.Backend, rootfs string, log *slog.Logger) {
+// prepareBackend lets a backend that declares backend.Preparer get ready for the
+// template (the microVM backend builds its guest image and settles its accelerator).
+func prepareBackend(ctx context.Context, be backend.Backend, p backend.Preparer, tpl template.Template, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	start := time.Now()
-	if _, err := be.Prepare(ctx, rootfs, os.Stderr); err != nil {
-		log.Warn("microvm backend not ready; its first sandbox will try again", "err", err)
+	if err := p.Prepare(ctx, tpl, os.Stderr); err != nil {
+		log.Warn("backend not ready; its first sandbox will try again", "backend", be.Name(), "err", err)
 		return
 	}
-	log.Info("microvm backend ready", "accel", be.Accel(), "took", time.Since(start).Round(time.Millisecond))
+	attrs := []any{"backend", be.Name(), "took", time.Since(start).Round(time.Millisecond)}
+	if a, ok := be.(backend.Accelerated); ok {
+		attrs = append(attrs, "accel", a.Accel())
+	}
+	log.Info("backend ready", attrs...)
+}
+
+// checkExposure refuses a non-loopback listen address with no keys in force:
+// anyone who could reach it could run code as any agent.
+func checkExposure(cfg config.Config, keys *auth.Cache) error {
+	host, _, _ := net.SplitHostPort(cfg.Addr)
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() || keys.Enforced() || cfg.Auth.InsecureNoAuth {
+		return nil
+	}
+	return fmt.Errorf("refusing to listen on %s without API keys: anyone who can reach it could run code as any agent and read every agent's history.\n"+
+		"Create a key first (vmexec keys create --data-dir %s --name admin --admin), or set auth: required, "+
+		"or bind to 127.0.0.1, or pass --insecure-no-auth if something in front of vmexec authenticates", cfg.Addr, cfg.DataDir)
 }
 
 // lockDataDir makes sure only one daemon uses a data dir.
@@ -299,4 +373,9 @@ func lockDataDir(dir string) (func(), error) {
 		return nil, fmt.Errorf("another vmexec serve is using %s (stop it, or use --data-dir)", dir)
 	}
 	return func() { f.Close() }, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/config"
 )
 
@@ -97,3 +99,38 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// TestCheckExposure: a non-loopback address needs keys in force or --insecure-no-auth.
+func TestCheckExposure(t *testing.T) {
+	open := auth.NewCache(emptyKeys{}, false, nil)
+	open.Refresh(context.Background())
+	required := auth.NewCache(emptyKeys{}, true, nil)
+	required.Refresh(context.Background())
+	for _, c := range []struct {
+		addr     string
+		keys     *auth.Cache
+		insecure bool
+		ok       bool
+	}{
+		{"127.0.0.1:8080", open, false, true}, {"localhost:8080", open, false, true}, {"[::1]:8080", open, false, true},
+		{"0.0.0.0:8080", open, false, false}, {"10.0.0.5:8080", open, false, false}, {":8080", open, false, false},
+		{"0.0.0.0:8080", open, true, true}, {"0.0.0.0:8080", required, false, true},
+	} {
+		cfg := config.Default()
+		cfg.Addr, cfg.Auth.InsecureNoAuth = c.addr, c.insecure
+		err := checkExposure(cfg, c.keys)
+		if (err == nil) != c.ok {
+			t.Errorf("%s insecure=%v: %v, want ok=%v", c.addr, c.insecure, err, c.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--insecure-no-auth") {
+			t.Errorf("%s: the refusal does not say how to proceed: %v", c.addr, err)
+		}
+	}
+}
+
+type emptyKeys struct{}
+
+func (emptyKeys) CreateKey(context.Context, auth.Key) error             { return nil }
+func (emptyKeys) ListKeys(context.Context) ([]auth.Key, error)          { return nil, nil }
+func (emptyKeys) RevokeKey(context.Context, string, time.Time) error    { return nil }
+func (emptyKeys) TouchKeys(context.Context, map[string]time.Time) error { return nil }

@@ -59,15 +59,42 @@
 //     a time); the service still serialises each sandbox's runs and file operations, and
 //     an OpenFile reader must be closed before the next call.
 //   - Destroy is idempotent and safe to call on a dead sandbox.
-//   - List reports every sandbox the backend finds on the host in its own state,
-//     including those a crashed predecessor left; DestroyID removes one by id.
+//   - List reports every sandbox the backend finds in its own scope, including those a
+//     crashed predecessor left; DestroyID removes one by id.
+//
+// # Scope
+//
+// A backend's scope is the state it was configured with (its state directory: the
+// gVisor backend's runsc root and bundles, the microVM backend's sandbox and image
+// directories). Each daemon has its own data directory, so its own scope: List reports
+// only the sandboxes (and ListImages only the images) of this scope, and DestroyID and
+// DeleteImage never touch another scope's, whatever the id. Two daemons on one host do
+// not see, or remove, each other's sandboxes.
+//
+// # Templates
+//
+// A Spec names its template (template.Template: name, hash, and where internal/template
+// built it). A local backend starts from the template's tree (RootFS) or builds what it
+// needs from it (the microVM backend's disk image); a remote one resolves it by its
+// name and hash ("<name>-<hash>", the same on every host). No backend works out a template from a path.
 //
 // # Optional capabilities
 //
-// Snapshots are a capability a backend may declare by also implementing [Snapshotter];
-// callers ask with a type assertion and must not assume it. A snapshot is taken only
-// while no call is in flight; the restored sandbox's agent is reached over a new
-// connection, which begins with a new handshake.
+// A backend may declare more by implementing these interfaces; callers ask with a
+// type assertion and must not assume them:
+//
+//   - [Snapshotter]: save a sandbox's whole state to an image the backend owns, start
+//     new sandboxes from it, delete it. Images are opaque references: the caller
+//     stores the reference, never a path, and never touches the image's files. A
+//     snapshot is taken only while no call is in flight; the sandbox started from an
+//     image is reached over a new connection, which begins with a new handshake.
+//   - [Preparer]: do slow one-off work for a template (build an image, probe an
+//     accelerator) before the first Create.
+//   - [Accelerated]: report the accelerator a backend (or one sandbox) uses.
+//
+// # Adding a backend
+//
+// See NEW_BACKEND.md in this directory, and run backendtest.Run against it.
 package backend
 
 import (
@@ -78,6 +105,7 @@ import (
 	"time"
 
 	"github.com/vmexec/vmexec/internal/agentproto"
+	"github.com/vmexec/vmexec/internal/template"
 )
 
 // Errors every backend classifies its failures into.
@@ -96,10 +124,12 @@ type Backend interface {
 	Name() string
 	// Create starts a sandbox and waits for its guest agent's handshake.
 	Create(ctx context.Context, spec Spec) (Sandbox, error)
-	// List reports the sandboxes found in the backend's state on this host.
+	// List reports the sandboxes in the backend's scope (see Scope), running or not,
+	// including those a crashed predecessor left; never another scope's.
 	List(ctx context.Context) ([]Info, error)
-	// DestroyID stops and removes a sandbox by id, including one this process did not
-	// create (recovery after a crash). It returns nil if it does not exist.
+	// DestroyID stops and removes a sandbox of the backend's scope by id, including one
+	// this process did not create (recovery after a crash). It returns nil if it does
+	// not exist there.
 	DestroyID(ctx context.Context, id string) error
 }
 
@@ -108,8 +138,10 @@ type Spec struct {
 	// ID names the sandbox; unique among live sandboxes of the backend. Letters,
 	// digits, '-' and '_' only.
 	ID string
-	// RootFS is the template's root filesystem tree, never modified by the sandbox.
-	RootFS string
+	// Template is the template the sandbox starts from (never modified by it), as
+	// internal/template resolved it: Name and Hash name it, RootFS is its tree on
+	// this host.
+	Template template.Template
 	// MemoryBytes caps the whole sandbox's memory (guest processes, its page cache and
 	// the in-memory writable layer).
 	MemoryBytes int64
@@ -128,10 +160,24 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("spec: id %q: invalid character %q", s.ID, r)
 		}
 	}
-	if s.RootFS == "" {
-		return errors.New("spec: empty root filesystem")
+	if s.Template.RootFS == "" && s.Template.Name == "" {
+		return errors.New("spec: no template")
 	}
 	return nil
+}
+
+// ValidRef reports whether ref can name an image or a sandbox: non-empty, letters,
+// digits, '-' and '_' only (so a reference never walks out of a backend's directory).
+func ValidRef(ref string) bool {
+	if ref == "" || len(ref) > 128 {
+		return false
+	}
+	for _, r := range ref {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // Info describes a sandbox as the backend sees it.
@@ -172,8 +218,9 @@ type Sandbox interface {
 	RemoveFile(ctx context.Context, path string, recursive bool) error
 	// Ping checks that the guest agent answers.
 	Ping(ctx context.Context) error
-	// Info reports the sandbox's state.
-	Info() Info
+	// Info reports the sandbox's state; it does not wait for a call in flight, and
+	// may ask the host (not the guest) within ctx.
+	Info(ctx context.Context) Info
 	// Destroy stops the sandbox and removes everything it used on the host.
 	Destroy(ctx context.Context) error
 }
@@ -197,14 +244,49 @@ func (e *DeadError) Error() string {
 // Is makes errors.Is(err, ErrSandboxDead) true for a *DeadError.
 func (e *DeadError) Is(target error) bool { return target == ErrSandboxDead }
 
+// Image is a snapshot image, as its backend reports it.
+type Image struct {
+	// Ref is the image's opaque reference, unique in the backend's scope (see
+	// ValidRef); the caller stores it and gives it back to Fork and DeleteImage.
+	Ref string `json:"ref"`
+	// SizeBytes is what the image uses on the backend's storage.
+	SizeBytes int64 `json:"size_bytes"`
+	// CreatedAt is when it was taken, when the backend knows.
+	CreatedAt time.Time `json:"created_at,omitempty"`
+}
+
 // Snapshotter is the optional capability of saving a sandbox's whole state (files,
-// memory, processes) to an image directory and restoring it.
+// memory, processes) to an image the backend owns, and starting sandboxes from it.
+//
+// Crash safety: Snapshot makes an image appear whole or not at all (an image half
+// written by a crash is not listed, and is removed by the backend). The caller records
+// the returned reference; after a crash it lists the images (ListImages) and deletes
+// those it has no record of, and drops records whose image is not listed.
 type Snapshotter interface {
-	// Snapshot saves sb's state into dir (which it creates); sb keeps running.
-	Snapshot(ctx context.Context, sb Sandbox, dir string) error
-	// Restore replaces sb by a sandbox restored from the image in dir, with the same
-	// id; sb must not be used afterwards. On error sb is destroyed as well.
-	Restore(ctx context.Context, sb Sandbox, dir string, spec Spec) (Sandbox, error)
-	// Fork starts a new sandbox described by spec from the image in dir.
-	Fork(ctx context.Context, dir string, spec Spec) (Sandbox, error)
+	// Snapshot saves sb's state into a new image and returns it; sb keeps running. It
+	// fails with a *DeadError when sb is dead; on any error no image is left.
+	Snapshot(ctx context.Context, sb Sandbox) (Image, error)
+	// Fork starts a new sandbox described by spec from the image ref (spec's memory
+	// may be ignored: the image holds the memory it was saved with). A ref that names
+	// no image (deleted, never taken, malformed) is ErrNotFound. The new sandbox does
+	// not depend on the image afterwards: the image may be deleted while it runs.
+	Fork(ctx context.Context, ref string, spec Spec) (Sandbox, error)
+	// DeleteImage removes an image; one that does not exist is not an error.
+	DeleteImage(ctx context.Context, ref string) error
+	// ListImages reports the images in the backend's scope.
+	ListImages(ctx context.Context) ([]Image, error)
+}
+
+// Preparer is the optional capability of getting ready for a template ahead of the
+// first Create (building a disk image, settling an accelerator), so that Create is
+// as fast as it will be. Create works without it; Prepare is an optimisation and may
+// be called again (it is then cheap). Progress lines go to progress (may be nil).
+type Preparer interface {
+	Prepare(ctx context.Context, tpl template.Template, progress io.Writer) error
+}
+
+// Accelerated is the optional capability of a backend, or of one of its sandboxes,
+// to say which accelerator it runs on ("kvm", "tcg"; "auto" while not yet settled).
+type Accelerated interface {
+	Accel() string
 }

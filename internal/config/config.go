@@ -48,12 +48,35 @@ type Config struct {
 	MicroVM MicroVM `yaml:"microvm"`
 	// Sandbox configures limits, pool and reaping.
 	Sandbox sandbox.Config `yaml:"sandbox"`
+	// Auth configures API keys (internal/auth; `vmexec keys` manages them).
+	Auth Auth `yaml:"auth"`
+	// TLS serves HTTPS directly when both files are given.
+	TLS TLS `yaml:"tls"`
 	// Agents are the LLM agents served at /v1/agents/{id}/chat (see internal/agent);
 	// serve --agents-config adds the roles of a seed role config file.
 	Agents []agent.Config `yaml:"agents"`
 	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
 	AgentsConfig string `yaml:"agents_config"`
 }
+
+// Auth configures who may call the API. Keys are required once any key has been
+// created in the data dir, or when Required is set (then even before the first).
+type Auth struct {
+	// Required makes every route but the public ones need a key, keys or not.
+	Required bool `yaml:"required"`
+	// InsecureNoAuth lets the daemon listen on a non-loopback address with no keys
+	// in force, where anyone who can reach it can run code.
+	InsecureNoAuth bool `yaml:"insecure_no_auth"`
+}
+
+// TLS names a PEM certificate (chain) and its private key.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Enabled reports whether HTTPS is configured.
+func (t TLS) Enabled() bool { return t.Cert != "" }
 
 // HTTP configures the HTTP server's boundary (see internal/httpapi) and timeouts.
 type HTTP struct {
@@ -152,6 +175,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	str := map[string]*string{
 		"VMEXEC_ADDR": &c.Addr, "VMEXEC_DATA_DIR": &c.DataDir, "VMEXEC_RUNSC": &c.Runsc,
 		"VMEXEC_AGENT": &c.Agent, "VMEXEC_TEMPLATE_DIR": &c.TemplateDir, "VMEXEC_LOG_LEVEL": &c.LogLevel,
+		"VMEXEC_TLS_CERT": &c.TLS.Cert, "VMEXEC_TLS_KEY": &c.TLS.Key,
 	}
 	for k, p := range str {
 		if v, ok := lookup(k); ok && v != "" {
@@ -166,6 +190,15 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 	}
 	if v, ok := lookup("VMEXEC_ALLOWED_ORIGINS"); ok && v != "" {
 		c.HTTP.AllowedOrigins = SplitList(v)
+	}
+	for k, p := range map[string]*bool{"VMEXEC_AUTH_REQUIRED": &c.Auth.Required, "VMEXEC_INSECURE_NO_AUTH": &c.Auth.InsecureNoAuth} {
+		if v, ok := lookup(k); ok && v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%s=%q: want true or false", k, v)
+			}
+			*p = b
+		}
 	}
 	if v, ok := lookup("VMEXEC_MICROVM_ACCEL"); ok && v != "" {
 		c.MicroVM.Accel = v
@@ -236,6 +269,9 @@ func (c Config) Validate() error {
 	if err := c.Sandbox.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
+	}
 	ids := map[string]bool{}
 	for _, a := range c.Agents {
 		if err := a.Validate(); err != nil {
@@ -263,6 +299,13 @@ func (c *Config) Resolve() error {
 	}
 	if c.Agent == "" {
 		c.Agent = DefaultAgentPath()
+	}
+	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key} {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return fmt.Errorf("tls: %w", err)
+			}
+		}
 	}
 	if c.Agent != "" {
 		if c.Agent, err = filepath.Abs(c.Agent); err != nil {
@@ -318,7 +361,8 @@ func SplitList(v string) []string {
 // MicroVMDir holds the microvm backend's state.
 func (c Config) MicroVMDir() string { return filepath.Join(c.DataDir, "microvm") }
 
-// SnapshotDir holds snapshot images.
+// SnapshotDir held snapshot images before the backends owned them (see
+// internal/backend); the daemon removes it.
 func (c Config) SnapshotDir() string { return filepath.Join(c.DataDir, "snapshots") }
 
 // HistoryPath is the SQLite history database.

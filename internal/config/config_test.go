@@ -105,3 +105,30 @@ func TestLoadLimits(t *testing.T) {
 		t.Fatalf("defaults %+v max %+v", d, m)
 	}
 }
+
+// TestAuthAndTLSConfig: TLS needs both files; the auth switches come from the file and
+// the environment.
+func TestAuthAndTLSConfig(t *testing.T) {
+	for _, c := range []struct {
+		tls TLS
+		ok  bool
+	}{{TLS{}, true}, {TLS{Cert: "c", Key: "k"}, true}, {TLS{Cert: "c"}, false}, {TLS{Key: "k"}, false}} {
+		cfg := Default()
+		cfg.TLS = c.tls
+		if err := cfg.Validate(); (err == nil) != c.ok {
+			t.Errorf("tls %+v: %v, want ok=%v", c.tls, err, c.ok)
+		}
+	}
+	cfg := Default()
+	env := map[string]string{"VMEXEC_AUTH_REQUIRED": "true", "VMEXEC_TLS_CERT": "/c", "VMEXEC_TLS_KEY": "/k"}
+	if err := cfg.applyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Auth.Required || cfg.TLS != (TLS{Cert: "/c", Key: "/k"}) {
+		t.Errorf("from the environment: %+v %+v", cfg.Auth, cfg.TLS)
+	}
+	bad := map[string]string{"VMEXEC_INSECURE_NO_AUTH": "maybe"}
+	if err := cfg.applyEnv(func(k string) (string, bool) { v, ok := bad[k]; return v, ok }); err == nil {
+		t.Error("VMEXEC_INSECURE_NO_AUTH=maybe accepted")
+	}
+}

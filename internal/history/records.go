@@ -97,6 +97,8 @@ type Run struct {
 	// run was rolled back.
 	Changes                         []Change
 	ChangesTruncated, ChangesUndone bool
+	// KeyName names the API key that made the run ("" for none: an open daemon).
+	KeyName string
 }
 
 // Change is one path a run changed: Kind is created, modified or deleted; Type file,

@@ -29,8 +29,9 @@ import (
 //   - JSON bodies must say Content-Type application/json (decode), which a page can
 //     only send after a preflight the daemon does not grant to foreign origins.
 //
-// None of this is authentication: on a non-loopback address anyone who can reach
-// the port can run code, and the daemon warns about that at start.
+// None of this is authentication; API keys are (auth.go). Without keys, on a
+// non-loopback address anyone who can reach the port could run code: `serve` refuses
+// that unless told --insecure-no-auth, and then warns at start.
 
 var (
 	errForeignOrigin = errors.New("foreign origin")

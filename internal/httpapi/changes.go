@@ -18,7 +18,12 @@ func (s *Server) changeRoutes() {
 // accepts text/x-diff and not application/json.
 func (s *Server) runChangeDiff(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	d, err := s.svc.RunChangeDiff(r.Context(), r.PathValue("id"), q.Get("agent_id"), q.Get("path"))
+	agent, err := s.actingAgent(r, q.Get("agent_id"), target{"run", r.PathValue("id")})
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	d, err := s.svc.RunChangeDiff(r.Context(), r.PathValue("id"), agent, q.Get("path"))
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return

@@ -19,6 +19,9 @@ func (s *Server) chatRoutes() {
 		if s.agents == nil {
 			return api.Conversation{}, errNoAgents
 		}
+		if _, err := s.actingAgent(r, "", target{"conversation", r.PathValue("id")}); err != nil {
+			return api.Conversation{}, err
+		}
 		return s.agents.Conversation(r.Context(), r.PathValue("id"))
 	}))
 	s.mux.HandleFunc("POST /chat", s.compatChat)
@@ -35,6 +38,11 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		if s.agents == nil {
 			return api.ChatResult{}, errNoAgents
 		}
+		release, err := s.prepareAgentTurn(r, r.PathValue("id"))
+		if err != nil {
+			return api.ChatResult{}, err
+		}
+		defer release()
 		res, err := s.agents.Chat(r.Context(), r.PathValue("id"), in, agent.Events{Run: s.observeRun})
 		return res, err
 	})(w, r)
@@ -62,6 +70,12 @@ func (s *Server) chatEvents(w http.ResponseWriter, r *http.Request) {
 		es.fail(errNoAgents)
 		return
 	}
+	release, err := s.prepareAgentTurn(r, r.PathValue("id"))
+	if err != nil {
+		es.fail(err)
+		return
+	}
+	defer release()
 	res, err := s.agents.Chat(ctx, r.PathValue("id"), req, agent.Events{
 		Delta:  func(d api.ChatDelta) { es.send(api.EventDelta, d) },
 		Output: func(stream string, o api.ChatOutput) { es.send(stream, o) },
@@ -96,6 +110,11 @@ func (s *Server) compatChat(w http.ResponseWriter, r *http.Request) {
 		if last < 0 {
 			return api.CompatChatResponse{}, fmt.Errorf("messages has no user message: %w", sandbox.ErrInvalid)
 		}
+		release, err := s.prepareAgentTurn(r, in.Role)
+		if err != nil {
+			return api.CompatChatResponse{}, err
+		}
+		defer release()
 		out, err := s.agents.ChatWithHistory(r.Context(), in.Role, api.ChatRequest{Message: in.Messages[last].Content,
 			ConversationID: in.ConversationID, Model: in.Model}, in.Messages[:last], agent.Events{Run: s.observeRun})
 		if err != nil {

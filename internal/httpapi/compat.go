@@ -31,13 +31,26 @@ func (s *Server) compatCreateVM(w http.ResponseWriter, r *http.Request) {
 		if be == "default" { // vm_type names a backend or a template; "default" is the template
 			be = ""
 		}
-		sb, err := s.svc.Create(r.Context(), api.CreateSandboxRequest{Name: req.Name, Backend: be})
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), target{}) // fcctl-web's body has no agent
+		if err != nil {
+			return api.CompatVM{}, err
+		}
+		release, err := s.reserveSandbox(r, "")
+		if err != nil {
+			return api.CompatVM{}, err
+		}
+		defer release()
+		sb, err := s.svc.Create(r.Context(), api.CreateSandboxRequest{Name: req.Name, Backend: be, AgentID: agent})
 		return compatVM(sb), err
 	})(w, r)
 }
 
 func (s *Server) compatListVMs(w http.ResponseWriter, r *http.Request) {
-	list := s.svc.List()
+	list, err := s.scopedSandboxes(r)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	out := api.CompatVMList{VMs: make([]api.CompatVM, 0, len(list)), Total: len(list)}
 	for _, sb := range list {
 		out.VMs = append(out.VMs, compatVM(sb))
@@ -47,7 +60,11 @@ func (s *Server) compatListVMs(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) compatGetVM(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.CompatVM, error) {
-		sb, err := s.svc.Get(r.PathValue("id"))
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), sandboxTarget(r.PathValue("id")))
+		if err != nil {
+			return api.CompatVM{}, err
+		}
+		sb, err := s.svc.GetFor(r.PathValue("id"), agent)
 		return compatVM(sb), err
 	})(w, r)
 }
@@ -55,6 +72,10 @@ func (s *Server) compatGetVM(w http.ResponseWriter, r *http.Request) {
 func (s *Server) compatDeleteVM(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (map[string]string, error) {
 		id := r.PathValue("id")
-		return map[string]string{"message": "VM deleted", "id": id}, s.svc.Delete(r.Context(), id)
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), sandboxTarget(id))
+		if err != nil {
+			return nil, err
+		}
+		return map[string]string{"message": "VM deleted", "id": id}, s.svc.DeleteFor(r.Context(), id, agent)
 	})(w, r)
 }

@@ -44,8 +44,13 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	agent, err := s.actingAgent(r, q.Get("agent_id"), sandboxTarget(r.PathValue("id")))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	body := &deadlineReader{r: r.Body, rc: http.NewResponseController(w)}
-	info, err := s.svc.PutFile(r.Context(), r.PathValue("id"), q.Get("agent_id"), q.Get("path"), uint32(mode), body)
+	info, err := s.svc.PutFile(r.Context(), r.PathValue("id"), agent, q.Get("path"), uint32(mode), body)
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
@@ -62,7 +67,12 @@ func (e errStreaming) Error() string { return e.err.Error() }
 
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	id, agent, p := r.PathValue("id"), q.Get("agent_id"), q.Get("path")
+	id, p := r.PathValue("id"), q.Get("path")
+	agent, err := s.actingAgent(r, q.Get("agent_id"), sandboxTarget(id))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	if r.Method == http.MethodHead {
 		info, err := s.svc.StatFile(r.Context(), id, agent, p)
 		if err == nil && info.Type == api.FileTypeDir {
@@ -76,7 +86,7 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	err := s.svc.OpenFile(r.Context(), id, agent, p, func(info api.FileInfo, body io.Reader) error {
+	err = s.svc.OpenFile(r.Context(), id, agent, p, func(info api.FileInfo, body io.Reader) error {
 		fileHeaders(w, info)
 		w.WriteHeader(http.StatusOK)
 		if _, err := io.CopyN(&deadlineWriter{w: w, rc: http.NewResponseController(w)}, body, info.Size); err != nil {
@@ -133,7 +143,11 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) {
 				return api.FileList{}, fmt.Errorf("depth %q: want a number: %w", d, sandbox.ErrInvalid)
 			}
 		}
-		return s.svc.ListFiles(r.Context(), r.PathValue("id"), q.Get("agent_id"), q.Get("path"), depth)
+		agent, err := s.actingAgent(r, q.Get("agent_id"), sandboxTarget(r.PathValue("id")))
+		if err != nil {
+			return api.FileList{}, err
+		}
+		return s.svc.ListFiles(r.Context(), r.PathValue("id"), agent, q.Get("path"), depth)
 	})(w, r)
 }
 
@@ -144,7 +158,11 @@ func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, s.svc.RemoveFile(r.Context(), r.PathValue("id"), q.Get("agent_id"), q.Get("path"), recursive)
+		agent, err := s.actingAgent(r, q.Get("agent_id"), sandboxTarget(r.PathValue("id")))
+		if err != nil {
+			return struct{}{}, err
+		}
+		return struct{}{}, s.svc.RemoveFile(r.Context(), r.PathValue("id"), agent, q.Get("path"), recursive)
 	})(w, r)
 }
 

@@ -40,7 +40,7 @@ const (
 )
 
 func (s *Server) mcpRoutes() {
-	srv := mcpserver.New(mcpserver.Options{Version: s.version, Client: mcpClient, Agent: func(req *mcp.CallToolRequest) string {
+	srv := mcpserver.New(mcpserver.Options{Version: s.version, Client: s.mcpClient, Agent: func(req *mcp.CallToolRequest) string {
 		if req.Extra == nil {
 			return ""
 		}
@@ -57,7 +57,11 @@ func (s *Server) mcpRoutes() {
 		}
 		r.Header.Del(mcpSelfHeader)
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && a != nil {
-			r.Header.Set(mcpSelfHeader, a.String())
+			scheme := "http"
+			if r.TLS != nil {
+				scheme = "https"
+			}
+			r.Header.Set(mcpSelfHeader, scheme+"://"+a.String())
 		}
 		if agent := r.URL.Query().Get("agent"); agent != "" {
 			r.Header.Set(mcpAgentHeader, agent)
@@ -72,9 +76,11 @@ func (s *Server) mcpRoutes() {
 	})
 }
 
-// mcpClient is the client one tool call uses: the daemon itself, at the address the
-// call's HTTP request arrived on, with the caller's bearer token.
-func mcpClient(req *mcp.CallToolRequest) (*client.Client, error) {
+// mcpClient is the client one tool call uses: the daemon itself, at the address (and
+// scheme) the call's HTTP request arrived on, with the caller's bearer token. Over
+// HTTPS it trusts exactly the daemon's own certificate (Options.TLSCert): the call
+// goes to the daemon's own socket, whatever names the certificate holds.
+func (s *Server) mcpClient(req *mcp.CallToolRequest) (*client.Client, error) {
 	var self string
 	if req.Extra != nil {
 		self = req.Extra.Header.Get(mcpSelfHeader)
@@ -82,7 +88,10 @@ func mcpClient(req *mcp.CallToolRequest) (*client.Client, error) {
 	if self == "" {
 		return nil, errors.New("the request arrived on no network address the tools can call back")
 	}
-	c := &client.Client{BaseURL: "http://" + self}
+	c := &client.Client{BaseURL: self}
+	if strings.HasPrefix(self, "https://") {
+		c.HTTPClient = s.selfTLS
+	}
 	if auth := req.Extra.Header.Get("Authorization"); auth != "" {
 		if key, ok := strings.CutPrefix(auth, "Bearer "); ok {
 			c.APIKey = key

@@ -18,6 +18,11 @@ func (s *Server) parseExecute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	handle(s, http.StatusOK, func(r *http.Request, in api.ParseExecuteRequest) (api.ParseExecuteResult, error) {
+		release, err := s.prepareRun(r, &in.AgentID, &in.SandboxID)
+		if err != nil {
+			return api.ParseExecuteResult{}, err
+		}
+		defer release()
 		res, err := s.svc.ParseExecute(r.Context(), in)
 		s.observeBlocks(res)
 		return res, err
@@ -74,6 +79,11 @@ func (s *Server) compatParseExecute(w http.ResponseWriter, r *http.Request) {
 		if in.Threshold != nil {
 			threshold = *in.Threshold
 		}
+		release, err := s.prepareRun(r, &in.AgentID, &in.VMConfig.VMID)
+		if err != nil {
+			return out, err
+		}
+		defer release()
 		res, err := s.svc.ParseExecuteFiltered(r.Context(), api.ParseExecuteRequest{AgentID: in.AgentID, SandboxID: in.VMConfig.VMID,
 			Text: in.Response, Execute: in.Auto}, func(b api.CodeBlock) string {
 			if c := confidence(b); c < threshold {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/agent"
+	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/sandbox"
 )
 
@@ -37,6 +38,8 @@ type Server struct {
 	metrics  *metrics
 	boundary boundary
 	bodyWait time.Duration
+	keys     *auth.Cache  // nil: no keys, every request acts as the operator
+	selfTLS  *http.Client // calls to this server over HTTPS (MCP tool calls); see pinnedClient
 }
 
 // Options configures a Server.
@@ -56,6 +59,12 @@ type Options struct {
 	BodyTimeout time.Duration
 	// Agents serves the agent routes (nil: they answer 404, no agents configured).
 	Agents *agent.Runner
+	// Keys are the API keys (see auth.go); nil serves without keys, as on loopback
+	// before any key exists.
+	Keys *auth.Cache
+	// TLSCert is the DER certificate the server presents when it serves HTTPS; the
+	// server's calls to itself (MCP tool calls) trust exactly it.
+	TLSCert []byte
 }
 
 // New returns a Server for svc. It warns when opt.Addr is not a loopback address.
@@ -64,10 +73,13 @@ func New(svc *sandbox.Service, opt Options) *Server {
 		opt.Logger = slog.Default()
 	}
 	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux(),
-		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, agents: opt.Agents}
+		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, agents: opt.Agents, keys: opt.Keys}
+	s.selfTLS = pinnedClient(opt.TLSCert)
 	s.metrics = newMetrics()
 	s.routes()
-	warnIfExposed(s.log, opt.Addr)
+	if !opt.Keys.Enforced() {
+		warnIfExposed(s.log, opt.Addr)
+	}
 	return s
 }
 
@@ -96,6 +108,7 @@ func (s *Server) routes() {
 	s.jsRoutes()
 	s.chatRoutes()
 	s.mcpRoutes()
+	s.webRoutes()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, fmt.Errorf("no route %s %s: %w", r.Method, r.URL.Path, errNoRoute))
@@ -125,6 +138,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if listed && cors(rec, r) {
 		return
 	}
+	r, release, err := s.authenticate(r)
+	if err != nil {
+		// A key's refusal (scope, rate, quota) is logged with the key's name; a 401 is
+		// not (the request log and the metrics count it). Secrets are never logged.
+		if !errors.Is(err, errUnauthenticated) {
+			s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		writeError(rec, r, s.log, err)
+		return
+	}
+	defer release()
 	if !isUpload(r) { // an upload has its own, larger, limit and its own stall timeout
 		bodyDeadline(w, r, s.bodyWait)
 		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
@@ -222,6 +246,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeError is the one place errors become HTTP statuses. Client errors carry their
 // message; server errors are logged in full and answered with a generic one.
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	authHeaders(w, err)
 	status, body := errorBody(r, log, err)
 	writeJSON(w, status, body)
 }
@@ -232,6 +257,12 @@ func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 	switch {
 	case errors.Is(err, agent.ErrLLM): // the model's server failed: a bad gateway, with its message
 		status, code = http.StatusBadGateway, api.CodeUnavailable
+	case errors.Is(err, errUnauthenticated):
+		status, code = http.StatusUnauthorized, api.CodeUnauthorized
+	case errors.Is(err, errRateLimited):
+		status, code = http.StatusTooManyRequests, api.CodeRateLimited
+	case errors.Is(err, errQuota):
+		status, code = http.StatusTooManyRequests, api.CodeQuota
 	case errors.Is(err, errBadJSON):
 		status, code = http.StatusBadRequest, api.CodeInvalidJSON
 	case errors.Is(err, errBodyTooLong), errors.Is(err, sandbox.ErrTooLarge):

@@ -160,6 +160,12 @@ func (s *Server) execEvents(w http.ResponseWriter, r *http.Request) {
 	if id := r.PathValue("id"); id != "" {
 		req.SandboxID = id
 	}
+	release, err := s.prepareRun(r, &req.AgentID, &req.SandboxID)
+	if err != nil {
+		es.fail(err)
+		return
+	}
+	defer release()
 	res, err := s.svc.ExecStream(ctx, req, es.output())
 	if err != nil {
 		es.fail(err)
@@ -179,6 +185,12 @@ func (s *Server) parseExecuteEvents(w http.ResponseWriter, r *http.Request) {
 		es.fail(derr)
 		return
 	}
+	release, err := s.prepareRun(r, &req.AgentID, &req.SandboxID)
+	if err != nil {
+		es.fail(err)
+		return
+	}
+	defer release()
 	res, err := s.svc.ParseExecuteStream(ctx, req, nil, sandbox.ParseStream{
 		Output: func(block int, stream string, p []byte) {
 			es.send(stream, api.OutputChunk{Data: string(p), Block: &block})

@@ -24,6 +24,7 @@ import (
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history/sqlite"
 	"github.com/vmexec/vmexec/internal/sandbox"
+	"github.com/vmexec/vmexec/internal/template"
 )
 
 // A minimal in-memory backend (no snapshots) for the HTTP layer's tests. Programs are
@@ -46,7 +47,7 @@ func (memBackend) DestroyID(ctx context.Context, id string) error   { return nil
 
 func (s *memSandbox) ID() string                     { return s.id }
 func (s *memSandbox) Ping(ctx context.Context) error { return nil }
-func (s *memSandbox) Info() backend.Info {
+func (s *memSandbox) Info(context.Context) backend.Info {
 	return backend.Info{ID: s.id, Backend: "mem", Status: "running"}
 }
 func (s *memSandbox) Destroy(ctx context.Context) error { return nil }
@@ -175,7 +176,7 @@ func newTestServer(t *testing.T, mod func(*sandbox.Config)) (*httptest.Server, *
 		mod(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := sandbox.New(cfg, sandbox.Deps{Backends: []backend.Backend{memBackend{}}, RootFS: "/nonexistent", History: hist, Logger: log})
+	svc, err := sandbox.New(cfg, sandbox.Deps{Backends: []backend.Backend{memBackend{}}, Template: template.Template{Name: "mem", RootFS: "/nonexistent"}, History: hist, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

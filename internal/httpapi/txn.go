@@ -35,43 +35,76 @@ func (s *Server) txnRoutes() {
 
 func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusCreated, func(r *http.Request, in api.CreateSnapshotRequest) (api.Snapshot, error) {
+		var err error
+		if in.AgentID, err = s.actingAgent(r, in.AgentID, sandboxTarget(r.PathValue("id"))); err != nil {
+			return api.Snapshot{}, err
+		}
 		return s.svc.CreateSnapshot(r.Context(), r.PathValue("id"), in)
 	})(w, r)
 }
 
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.SnapshotList, error) {
-		return s.svc.ListSnapshots(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), sandboxTarget(r.PathValue("id")))
+		if err != nil {
+			return api.SnapshotList{}, err
+		}
+		return s.svc.ListSnapshots(r.Context(), r.PathValue("id"), agent)
 	})(w, r)
 }
 
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, in api.RollbackRequest) (api.RollbackResult, error) {
+		var err error
+		if in.AgentID, err = s.actingAgent(r, in.AgentID, sandboxTarget(r.PathValue("id"))); err != nil {
+			return api.RollbackResult{}, err
+		}
 		return s.svc.Rollback(r.Context(), r.PathValue("id"), in)
 	})(w, r)
 }
 
 func (s *Server) getSnapshot(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.Snapshot, error) {
-		return s.svc.GetSnapshot(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), target{"snapshot", r.PathValue("id")})
+		if err != nil {
+			return api.Snapshot{}, err
+		}
+		return s.svc.GetSnapshot(r.Context(), r.PathValue("id"), agent)
 	})(w, r)
 }
 
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusNoContent, func(r *http.Request, _ struct{}) (struct{}, error) {
-		return struct{}{}, s.svc.DeleteSnapshot(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), target{"snapshot", r.PathValue("id")})
+		if err != nil {
+			return struct{}{}, err
+		}
+		return struct{}{}, s.svc.DeleteSnapshot(r.Context(), r.PathValue("id"), agent)
 	})(w, r)
 }
 
 func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusCreated, func(r *http.Request, in api.ForkRequest) (api.Sandbox, error) {
+		var err error
+		if in.AgentID, err = s.actingAgent(r, in.AgentID, target{"snapshot", r.PathValue("id")}); err != nil {
+			return api.Sandbox{}, err
+		}
+		release, err := s.reserveSandbox(r, "")
+		if err != nil {
+			return api.Sandbox{}, err
+		}
+		defer release()
 		return s.svc.Fork(r.Context(), r.PathValue("id"), in)
 	})(w, r)
 }
 
 func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (api.Run, error) {
-		return s.svc.GetRunFor(r.Context(), r.PathValue("id"), r.URL.Query().Get("agent_id"))
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), target{"run", r.PathValue("id")})
+		if err != nil {
+			return api.Run{}, err
+		}
+		return s.svc.GetRunFor(r.Context(), r.PathValue("id"), agent)
 	})(w, r)
 }
 
@@ -105,6 +138,13 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return api.RunList{}, err
 		}
+		t := target{}
+		if f.SandboxID != "" {
+			t = sandboxTarget(f.SandboxID)
+		}
+		if f.AgentID, err = s.actingAgent(r, f.AgentID, t); err != nil {
+			return api.RunList{}, err
+		}
 		return s.svc.History(r.Context(), f)
 	})(w, r)
 }
@@ -117,7 +157,11 @@ type policyResponse struct {
 
 func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (policyResponse, error) {
-		if err := sandbox.CheckAgent(r.URL.Query().Get("agent_id"), r.PathValue("id")); err != nil {
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), target{"agent", r.PathValue("id")})
+		if err != nil {
+			return policyResponse{}, err
+		}
+		if err := sandbox.CheckAgent(agent, r.PathValue("id")); err != nil {
 			return policyResponse{}, err
 		}
 		eff, own, err := s.svc.AgentPolicy(r.Context(), r.PathValue("id"))
@@ -127,7 +171,11 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, in api.ExecPolicy) (policyResponse, error) {
-		if err := sandbox.CheckAgent(r.URL.Query().Get("agent_id"), r.PathValue("id")); err != nil {
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), target{"agent", r.PathValue("id")})
+		if err != nil {
+			return policyResponse{}, err
+		}
+		if err := sandbox.CheckAgent(agent, r.PathValue("id")); err != nil {
 			return policyResponse{}, err
 		}
 		eff, err := s.svc.SetAgentPolicy(r.Context(), r.PathValue("id"), in)
@@ -151,7 +199,11 @@ type compatSnapshotResponse struct {
 
 func (s *Server) compatSnapshot(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusCreated, func(r *http.Request, in compatSnapshotRequest) (compatSnapshotResponse, error) {
-		sn, err := s.svc.CreateSnapshot(r.Context(), r.PathValue("vm"), api.CreateSnapshotRequest{Name: in.Name, Description: in.Description})
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), sandboxTarget(r.PathValue("vm")))
+		if err != nil {
+			return compatSnapshotResponse{}, err
+		}
+		sn, err := s.svc.CreateSnapshot(r.Context(), r.PathValue("vm"), api.CreateSnapshotRequest{Name: in.Name, Description: in.Description, AgentID: agent})
 		return compatSnapshotResponse{SnapshotID: sn.ID, VMID: sn.SandboxID, Name: sn.Name, CreatedAt: sn.CreatedAt}, err
 	})(w, r)
 }
@@ -164,7 +216,11 @@ type compatRollbackResponse struct {
 
 func (s *Server) compatRollback(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (compatRollbackResponse, error) {
-		res, err := s.svc.Rollback(r.Context(), r.PathValue("vm"), api.RollbackRequest{SnapshotID: r.PathValue("snapshot")})
+		agent, err := s.actingAgent(r, r.URL.Query().Get("agent_id"), sandboxTarget(r.PathValue("vm")))
+		if err != nil {
+			return compatRollbackResponse{}, err
+		}
+		res, err := s.svc.Rollback(r.Context(), r.PathValue("vm"), api.RollbackRequest{SnapshotID: r.PathValue("snapshot"), AgentID: agent})
 		return compatRollbackResponse{Message: res.Message, SnapshotID: res.SnapshotID, VMID: res.SandboxID}, err
 	})(w, r)
 }
@@ -199,11 +255,14 @@ type compatHistory struct {
 func (s *Server) compatHistory(w http.ResponseWriter, r *http.Request) {
 	handle(s, http.StatusOK, func(r *http.Request, _ struct{}) (compatHistory, error) {
 		vm := r.PathValue("vm")
-		if _, err := s.svc.Get(vm); err != nil {
-			return compatHistory{}, err
-		}
 		f, err := runFilter(r.URL.Query())
 		if err != nil {
+			return compatHistory{}, err
+		}
+		if f.AgentID, err = s.actingAgent(r, f.AgentID, sandboxTarget(vm)); err != nil {
+			return compatHistory{}, err
+		}
+		if _, err := s.svc.GetFor(vm, f.AgentID); err != nil {
 			return compatHistory{}, err
 		}
 		f.SandboxID = vm // with agent_id, History checks that the sandbox is the agent's

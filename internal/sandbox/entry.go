@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/backend"
-	"github.com/vmexec/vmexec/internal/fsutil"
 	"github.com/vmexec/vmexec/internal/history"
 )
 
@@ -108,13 +105,13 @@ func (e *entry) waiting() int { return e.turn.waiters() }
 // unlock publishes e's state for describe and gives up the turn; turn held.
 func (e *entry) unlock() {
 	v := &entryView{status: "running", runs: e.runs, lastUsed: e.lastUsed}
-	if a, ok := e.sb.(accelerated); ok && e.sb != nil {
+	if a, ok := e.sb.(backend.Accelerated); ok && e.sb != nil {
 		v.accel = a.Accel()
 	}
 	switch {
 	case e.suspended:
 		v.status = "suspended"
-	case e.sb == nil || e.sb.Info().Status != "running":
+	case e.sb == nil || e.sb.Info(context.Background()).Status != "running":
 		v.status = "dead"
 	}
 	e.view.Store(v)
@@ -232,9 +229,9 @@ func (e *entry) takeNotes(out *api.ExecResult) {
 }
 
 // snapshot saves e's live state as a snapshot of the given kind, which becomes e's
-// current snapshot; turn held and e.sb running. The image is written under a
-// temporary name and renamed into place before its record is stored, so a crash
-// leaves at worst an unrecorded directory, which Start removes. It refuses with
+// current snapshot; turn held and e.sb running. The backend writes the image whole or
+// not at all and returns its reference, which is recorded after: a crash in between
+// leaves at worst an image without a record, which Start deletes. It refuses with
 // ErrStorage when the sandbox's or the server's snapshot budget is spent.
 func (e *entry) snapshot(ctx context.Context, kind, runID string, meta api.CreateSnapshotRequest) (history.Snapshot, error) {
 	s := e.s
@@ -248,32 +245,24 @@ func (e *entry) snapshot(ctx context.Context, kind, runID string, meta api.Creat
 	if err := e.makeRoom(ctx); err != nil {
 		return history.Snapshot{}, err
 	}
-	id := randID("snap-", 8)
-	final := filepath.Join(s.snaps, e.id, id)
-	tmp := final + ".tmp"
-	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
-		return history.Snapshot{}, fmt.Errorf("snapshot dir: %w", err)
-	}
-	if err := snapper.Snapshot(ctx, e.sb, tmp); err != nil {
-		os.RemoveAll(tmp)
-		return history.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", e.id, err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.RemoveAll(tmp)
+	img, err := snapper.Snapshot(ctx, e.sb)
+	if err != nil {
 		return history.Snapshot{}, fmt.Errorf("snapshot sandbox %s: %w", e.id, err)
 	}
 	rec := history.Snapshot{
-		ID: id, SandboxID: e.id, AgentID: e.agentID, Name: meta.Name, Description: meta.Description, Kind: kind,
-		RunID: runID, Path: final, SizeBytes: fsutil.DirSize(final), Pinned: meta.Pinned, CreatedAt: time.Now().UTC(),
+		ID: randID("snap-", 8), SandboxID: e.id, AgentID: e.agentID, Name: meta.Name, Description: meta.Description, Kind: kind,
+		RunID: runID, Path: img.Ref, SizeBytes: img.SizeBytes, Pinned: meta.Pinned, CreatedAt: time.Now().UTC(),
 		StateRunID: e.headRun,
 	}
 	if err := s.hist.PutSnapshot(ctx, rec); err != nil {
-		os.RemoveAll(final)
+		if derr := snapper.DeleteImage(context.WithoutCancel(ctx), img.Ref); derr != nil {
+			s.log.Warn("deleting an unrecorded image; the next start removes it", "image", img.Ref, "err", derr)
+		}
 		return history.Snapshot{}, fmt.Errorf("record snapshot: %w", err)
 	}
-	e.cleanSnap, e.current = id, id
+	e.cleanSnap, e.current = rec.ID, rec.ID
 	e.persist(ctx)
-	s.retain(e, e.pol, id)
+	s.retain(e, e.pol, rec.ID)
 	return rec, nil
 }
 
@@ -310,7 +299,7 @@ func (e *entry) makeRoom(ctx context.Context) error {
 			if sn.Pinned || sn.ID == e.current || sn.ID == e.cleanSnap {
 				continue
 			}
-			if err := s.removeSnapshot(ctx, sn); err != nil {
+			if err := s.removeSnapshot(ctx, e, sn); err != nil {
 				return err
 			}
 			freed = true
@@ -333,7 +322,7 @@ func (e *entry) restore(ctx context.Context, snap history.Snapshot) error {
 	}
 	old := e.sb
 	e.gen++
-	sb, err := snapper.Fork(ctx, snap.Path, s.specFor(e))
+	sb, err := snapper.Fork(ctx, snap.Path, s.specFor(e)) // Path is the image's reference
 	if err != nil {
 		return fmt.Errorf("restore snapshot %s: %w", snap.ID, classifyBackend(err))
 	}
@@ -354,7 +343,7 @@ func (e *entry) suspend(ctx context.Context) error {
 	if e.sb == nil {
 		return nil
 	}
-	if e.s.snapperOf(e) != nil && e.sb.Info().Status == "running" && e.cleanSnap == "" {
+	if e.s.snapperOf(e) != nil && e.sb.Info(ctx).Status == "running" && e.cleanSnap == "" {
 		if _, err := e.snapshot(ctx, history.SnapshotSuspend, "", apiNoMeta); err != nil {
 			e.s.log.Warn("suspend snapshot failed; the sandbox resumes from its last snapshot", "id", e.id, "current", e.current, "err", err)
 		}
@@ -373,7 +362,7 @@ func (e *entry) suspend(ctx context.Context) error {
 func (e *entry) resume(ctx context.Context) (fresh bool, err error) {
 	s := e.s
 	if e.sb != nil {
-		alive := e.sb.Info().Status == "running"
+		alive := e.sb.Info(ctx).Status == "running"
 		if alive && time.Since(e.lastUsed) >= time.Second { // idle a while: ask the guest
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			perr := e.sb.Ping(pctx)

@@ -190,7 +190,7 @@ func (s *Service) blocked(ctx context.Context, req api.ExecRequest, d policy.Dec
 	}
 	err := s.hist.RecordRun(ctx, history.Run{ID: out.ExecutionID, AgentID: req.AgentID, SandboxID: out.SandboxID,
 		Language: req.Language, Code: req.Code, Status: history.StatusBlocked, Verdict: history.VerdictBlocked,
-		ExitCode: -1, BlockedRule: d.Rule, BlockedReason: d.Reason, StartedAt: now, CompletedAt: now, Metadata: req.Metadata})
+		ExitCode: -1, BlockedRule: d.Rule, BlockedReason: d.Reason, StartedAt: now, CompletedAt: now, Metadata: req.Metadata, KeyName: keyNameOf(ctx)})
 	if err != nil {
 		s.log.Error("recording blocked run", "agent", req.AgentID, "err", err)
 	}
@@ -258,7 +258,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	out.StartedAt = time.Now().UTC()
 	// Exit code -1 until the run reports one: a row a crash cuts off never says 0.
 	rec := history.Run{ID: out.ExecutionID, AgentID: req.AgentID, SandboxID: e.id, Language: req.Language, Code: req.Code,
-		StartedAt: out.StartedAt, PreSnapshotID: pre.ID, Metadata: req.Metadata, ExitCode: -1}
+		StartedAt: out.StartedAt, PreSnapshotID: pre.ID, Metadata: req.Metadata, ExitCode: -1, KeyName: keyNameOf(ctx)}
 	if err := s.hist.BeginRun(ctx, rec); err != nil {
 		return nil, fmt.Errorf("record run: %w", err)
 	}

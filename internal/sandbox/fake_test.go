@@ -1,21 +1,46 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/vmexec/vmexec/internal/agentproto"
 	"github.com/vmexec/vmexec/internal/backend"
+	"github.com/vmexec/vmexec/internal/backend/backendtest"
+	"github.com/vmexec/vmexec/internal/template"
 )
 
-// fakeBackend is an in-memory backend for the service's unit tests. A sandbox's state
-// is a map of variables; "programs" are lines of:
+var (
+	_ backend.Backend     = (*fakeBackend)(nil)
+	_ backend.Snapshotter = (*fakeBackend)(nil)
+)
+
+// The fake is a backend: it passes the conformance suite's contract tier, so the
+// service's unit tests run against the contract the real backends keep.
+func TestFakeContract(t *testing.T) {
+	be := newFake()
+	be.dir = t.TempDir()
+	backendtest.RunContract(t, backendtest.Env{Backend: be, Template: fakeTemplate,
+		Kill: func(t *testing.T, sb backend.Sandbox) { sb.(*fakeSandbox).kill() }})
+}
+
+// fakeTemplate is the template the service's tests give the fake (which never reads it).
+var fakeTemplate = template.Template{Name: "fake", Hash: "0", RootFS: "/nonexistent-rootfs"}
+
+// fakeBackend is an in-memory backend for the service's unit tests; it passes the
+// backend conformance suite's contract tier (TestFakeContract). A sandbox's state
+// is a map of variables, and a snapshot image a copy of it in a file under dir, as a
+// real backend's images are under its state dir: a "crash" (a new fake on the same
+// dir) loses the live sandboxes and keeps the images. "Programs" are lines of:
 //
 //	set K V      print K     exit N      sleep MS     die (the sandbox dies)
 //
@@ -30,6 +55,7 @@ type fakeBackend struct {
 	createGate chan struct{}
 	failCreate int
 	snapPad    int
+	dir        string // where images are kept; set by the harness (startHarnessWith)
 }
 
 func newFake() *fakeBackend { return &fakeBackend{live: map[string]*fakeSandbox{}} }
@@ -40,6 +66,7 @@ type fakeSandbox struct {
 	mu   sync.Mutex
 	vars map[string]string
 	dead bool
+	gone bool // destroyed
 }
 
 func (b *fakeBackend) Name() string { return "fake" }
@@ -59,6 +86,9 @@ func (b *fakeBackend) Create(ctx context.Context, spec backend.Spec) (backend.Sa
 	b.mu.Unlock()
 	if fail {
 		return nil, fmt.Errorf("fake: create %s failed", spec.ID)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("fake: create %s: %w", spec.ID, err)
 	}
 	return b.start(spec, map[string]string{})
 }
@@ -101,7 +131,7 @@ func (b *fakeBackend) count() int {
 	return len(b.live)
 }
 
-func (b *fakeBackend) Snapshot(ctx context.Context, s backend.Sandbox, dir string) error {
+func (b *fakeBackend) Snapshot(ctx context.Context, s backend.Sandbox) (backend.Image, error) {
 	b.mu.Lock()
 	gate, pad := b.snapGate, b.snapPad
 	b.mu.Unlock()
@@ -109,55 +139,68 @@ func (b *fakeBackend) Snapshot(ctx context.Context, s backend.Sandbox, dir strin
 		select {
 		case <-gate:
 		case <-ctx.Done():
-			return ctx.Err()
+			return backend.Image{}, ctx.Err()
 		}
 	}
 	sb := s.(*fakeSandbox)
 	sb.mu.Lock()
+	dead := sb.dead
 	data, _ := json.Marshal(sb.vars)
 	sb.mu.Unlock()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+	if dead {
+		return backend.Image{}, &backend.DeadError{Verdict: agentproto.VerdictKilled}
 	}
-	if pad > 0 {
-		if err := os.WriteFile(filepath.Join(dir, "pad"), make([]byte, pad), 0o600); err != nil {
-			return err
-		}
+	img := backend.Image{Ref: randID("fake-img-", 8), SizeBytes: int64(len(data) + pad)}
+	// Written whole or not at all, like a real backend's: a .tmp file is never listed.
+	final := filepath.Join(b.dir, img.Ref)
+	if err := os.WriteFile(final+".tmp", append(data, make([]byte, pad)...), 0o600); err != nil {
+		return backend.Image{}, err
 	}
-	return os.WriteFile(filepath.Join(dir, "state.json"), data, 0o600)
+	return img, os.Rename(final+".tmp", final)
 }
 
-func (b *fakeBackend) load(dir string) (map[string]string, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "state.json"))
+func (b *fakeBackend) Fork(ctx context.Context, ref string, spec backend.Spec) (backend.Sandbox, error) {
+	if !backend.ValidRef(ref) {
+		return nil, fmt.Errorf("image %q: %w", ref, backend.ErrNotFound)
+	}
+	data, err := os.ReadFile(filepath.Join(b.dir, ref))
 	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", dir, backend.ErrNotFound)
+		return nil, fmt.Errorf("image %q: %w", ref, backend.ErrNotFound)
 	}
 	vars := map[string]string{}
-	return vars, json.Unmarshal(data, &vars)
-}
-
-func (b *fakeBackend) Restore(ctx context.Context, s backend.Sandbox, dir string, spec backend.Spec) (backend.Sandbox, error) {
-	vars, err := b.load(dir)
-	if err != nil {
+	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&vars); err != nil {
 		return nil, err
-	}
-	if s != nil {
-		s.Destroy(ctx)
 	}
 	return b.start(spec, vars)
 }
 
-func (b *fakeBackend) Fork(ctx context.Context, dir string, spec backend.Spec) (backend.Sandbox, error) {
-	vars, err := b.load(dir)
+func (b *fakeBackend) DeleteImage(ctx context.Context, ref string) error {
+	if !backend.ValidRef(ref) {
+		return nil
+	}
+	if err := os.Remove(filepath.Join(b.dir, ref)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (b *fakeBackend) ListImages(ctx context.Context) ([]backend.Image, error) {
+	ents, err := os.ReadDir(b.dir)
 	if err != nil {
 		return nil, err
 	}
-	return b.start(spec, vars)
+	var out []backend.Image
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && backend.ValidRef(e.Name()) {
+			out = append(out, backend.Image{Ref: e.Name(), SizeBytes: fi.Size()})
+		}
+	}
+	return out, nil
 }
 
 func (s *fakeSandbox) ID() string { return s.id }
 
-func (s *fakeSandbox) Info() backend.Info {
+func (s *fakeSandbox) Info(ctx context.Context) backend.Info {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := "running"
@@ -196,7 +239,14 @@ func (b *fakeBackend) sandboxes() []*fakeSandbox {
 }
 
 func (s *fakeSandbox) Destroy(ctx context.Context) error {
-	s.b.DestroyID(ctx, s.id)
+	s.mu.Lock()
+	s.gone = true
+	s.mu.Unlock()
+	s.b.mu.Lock()
+	if s.b.live[s.id] == s {
+		delete(s.b.live, s.id)
+	}
+	s.b.mu.Unlock()
 	return nil
 }
 
@@ -208,8 +258,11 @@ func (s *fakeSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out
 	// The lock is held per line, not per program, so that only the service's own
 	// serialisation keeps a snapshot from seeing a run half done.
 	s.mu.Lock()
-	dead := s.dead
+	dead, gone := s.dead, s.gone
 	s.mu.Unlock()
+	if gone {
+		return nil, fmt.Errorf("fake: sandbox %s was destroyed", s.id)
+	}
 	if dead {
 		return nil, &backend.DeadError{Verdict: agentproto.VerdictKilled}
 	}

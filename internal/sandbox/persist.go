@@ -3,14 +3,15 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/vmexec/vmexec/internal/backend"
+	"github.com/vmexec/vmexec/internal/history"
 )
 
 // recover brings the service's state in line with the history after a restart (or a
 // crash): runs left "running" are closed as errors, snapshot images without a record
-// (a crash mid-snapshot) and records without an image are removed, and the sandboxes
+// (a crash mid-snapshot) and records without an image are removed (reconcileImages), and the sandboxes
 // the history knows come back as suspended, to resume from their newest snapshot.
 func (s *Service) recover(ctx context.Context) error {
 	if n, err := s.hist.AbortRunning(ctx, "the daemon stopped during the run"); err != nil {
@@ -18,31 +19,12 @@ func (s *Service) recover(ctx context.Context) error {
 	} else if n > 0 {
 		s.log.Warn("closed runs interrupted by a daemon crash", "runs", n)
 	}
-	snaps, err := s.hist.ListAllSnapshots(ctx)
-	if err != nil {
-		return fmt.Errorf("list snapshots: %w", err)
-	}
-	known := map[string]bool{}
-	for _, sn := range snaps {
-		if _, err := os.Stat(sn.Path); err != nil {
-			s.log.Warn("snapshot image missing; dropping its record", "snapshot", sn.ID, "path", sn.Path)
-			s.hist.DeleteSnapshot(ctx, sn.ID)
-			continue
-		}
-		known[sn.Path] = true
-	}
-	if s.snaps != "" {
-		dirs, _ := filepath.Glob(filepath.Join(s.snaps, "*", "*"))
-		for _, d := range dirs {
-			if !known[d] {
-				s.log.Warn("removing snapshot image without a record", "path", d)
-				os.RemoveAll(d)
-			}
-		}
-	}
 	recs, err := s.hist.ListSandboxes(ctx)
 	if err != nil {
 		return fmt.Errorf("list sandboxes: %w", err)
+	}
+	if err := s.reconcileImages(ctx, recs); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -61,6 +43,66 @@ func (s *Service) recover(ctx context.Context) error {
 	}
 	if len(recs) > 0 {
 		s.log.Info("sandboxes known from before the restart; they resume on next use", "count", len(recs))
+	}
+	return nil
+}
+
+// reconcileImages brings snapshot records and the backends' images in line: an image
+// no record names (a crash between a snapshot and its record, or between a record's
+// deletion and its image's) is deleted, and a record whose image no backend has is
+// dropped. Records of sandboxes on a backend not enabled now are left alone.
+func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandbox) error {
+	snaps, err := s.hist.ListAllSnapshots(ctx)
+	if err != nil {
+		return fmt.Errorf("list snapshots: %w", err)
+	}
+	backendOf := map[string]string{} // sandbox id → backend name
+	for _, r := range sandboxes {
+		backendOf[r.ID] = r.Backend
+	}
+	listed := map[string]map[string]bool{} // backend → refs of its images
+	for name, be := range s.backends {
+		sn, ok := be.(backend.Snapshotter)
+		if !ok {
+			continue
+		}
+		imgs, err := sn.ListImages(ctx)
+		if err != nil {
+			return fmt.Errorf("list %s snapshot images: %w", name, err)
+		}
+		listed[name] = map[string]bool{}
+		for _, img := range imgs {
+			listed[name][img.Ref] = true
+		}
+	}
+	recorded := map[string]bool{}
+	for _, sn := range snaps {
+		name, known := backendOf[sn.SandboxID]
+		if _, enabled := s.backends[name]; known && !enabled {
+			recorded[sn.Path] = true // its backend may come back
+			continue
+		}
+		found := false
+		for _, refs := range listed {
+			found = found || refs[sn.Path]
+		}
+		if !found {
+			s.log.Warn("snapshot image missing; dropping its record", "snapshot", sn.ID, "image", sn.Path)
+			s.hist.DeleteSnapshot(ctx, sn.ID)
+			continue
+		}
+		recorded[sn.Path] = true
+	}
+	for name, refs := range listed {
+		for ref := range refs {
+			if recorded[ref] {
+				continue
+			}
+			s.log.Warn("removing snapshot image without a record", "backend", name, "image", ref)
+			if err := s.backends[name].(backend.Snapshotter).DeleteImage(ctx, ref); err != nil {
+				s.log.Warn("removing snapshot image", "image", ref, "err", err)
+			}
+		}
 	}
 	return nil
 }

@@ -187,6 +187,6 @@ func runAPI(r history.Run) api.Run {
 		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated, BlockedRule: r.BlockedRule,
 		BlockedReason: r.BlockedReason, PreSnapshotID: r.PreSnapshotID, FailureSnapshotID: r.FailureSnapshotID,
 		RestoredSnapshotID: r.RestoredSnapshotID, RolledBack: r.RolledBack, StartedAt: r.StartedAt,
-		CompletedAt: r.CompletedAt, DurationMS: r.DurationMS, Metadata: r.Metadata,
+		CompletedAt: r.CompletedAt, DurationMS: r.DurationMS, Metadata: r.Metadata, KeyName: r.KeyName,
 		Changes: changesAPI(r.Changes), ChangesTruncated: r.ChangesTruncated, ChangesUndone: r.ChangesUndone}
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history"
 	"github.com/vmexec/vmexec/internal/redact"
+	"github.com/vmexec/vmexec/internal/template"
 )
 
 // Error classes; the HTTP layer maps each to a status code.
@@ -55,15 +56,14 @@ var (
 type Deps struct {
 	// Backends run the sandboxes; the first is the default, the others serve
 	// sandboxes that ask for them by name. Snapshots, rollbacks and suspension need a
-	// backend that implements backend.Snapshotter.
+	// backend that implements backend.Snapshotter, which owns the images: the
+	// service keeps only their references (history.Snapshot.Path).
 	Backends []backend.Backend
-	// RootFS is the template tree sandboxes start from.
-	RootFS string
+	// Template is the template sandboxes start from.
+	Template template.Template
 	// History records runs, snapshots and sandboxes durably.
 	History history.Store
-	// SnapshotDir holds snapshot images.
-	SnapshotDir string
-	Logger      *slog.Logger
+	Logger  *slog.Logger
 }
 
 // Service runs agents' code in sandboxes of one backend.
@@ -71,9 +71,8 @@ type Service struct {
 	cfg      Config
 	backends map[string]backend.Backend
 	def      backend.Backend // the default backend; the pool holds its sandboxes
-	rootfs   string
+	tpl      template.Template
 	hist     history.Store
-	snaps    string
 	log      *slog.Logger
 
 	redactor *redact.Redactor
@@ -112,15 +111,15 @@ func New(cfg Config, d Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sandbox config: %w", err)
 	}
-	if len(d.Backends) == 0 || d.History == nil || d.RootFS == "" {
-		return nil, errors.New("sandbox: a backend, the history and a root filesystem are required")
+	if len(d.Backends) == 0 || d.History == nil || d.Template.RootFS == "" && d.Template.Name == "" {
+		return nil, errors.New("sandbox: a backend, the history and a template are required")
 	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()
 	}
 	s := &Service{
-		cfg: cfg.withDefaults(), backends: map[string]backend.Backend{}, def: d.Backends[0], rootfs: d.RootFS,
-		hist: d.History, snaps: d.SnapshotDir, log: d.Logger.With("component", "sandbox"),
+		cfg: cfg.withDefaults(), backends: map[string]backend.Backend{}, def: d.Backends[0], tpl: d.Template,
+		hist: d.History, log: d.Logger.With("component", "sandbox"),
 		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, deletedFor: map[string]string{}, stop: make(chan struct{}),
 	}
 	s.runs, s.cancelRuns = context.WithCancel(context.Background())
@@ -274,7 +273,7 @@ func (s *Service) specFor(e *entry) backend.Spec {
 }
 
 func (s *Service) spec(backendID string, memoryMB int64) backend.Spec {
-	return backend.Spec{ID: backendID, RootFS: s.rootfs, MemoryBytes: memoryMB << 20, MaxPIDs: s.cfg.HostMaxPIDs}
+	return backend.Spec{ID: backendID, Template: s.tpl, MemoryBytes: memoryMB << 20, MaxPIDs: s.cfg.HostMaxPIDs}
 }
 
 // backendOf is the backend e runs on.
@@ -282,7 +281,12 @@ func (s *Service) backendOf(e *entry) backend.Backend { return s.backends[e.back
 
 // snapperOf is e's backend's snapshot capability, or nil.
 func (s *Service) snapperOf(e *entry) backend.Snapshotter {
-	if sn, ok := s.backendOf(e).(backend.Snapshotter); ok && s.snaps != "" {
+	return s.snapperFor(e.backend)
+}
+
+// snapperFor is the named backend's snapshot capability, or nil.
+func (s *Service) snapperFor(name string) backend.Snapshotter {
+	if sn, ok := s.backends[name].(backend.Snapshotter); ok {
 		return sn
 	}
 	return nil
@@ -412,7 +416,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 			err = fmt.Errorf("fork: %w", ErrUnsupported)
 			break
 		}
-		sb, err = sn.Fork(ctx, r.from.Path, s.specFor(e))
+		sb, err = sn.Fork(ctx, r.from.Path, s.specFor(e)) // Path is the image's reference
 	case sb == nil:
 		sb, err = s.backendOf(e).Create(ctx, s.specFor(e))
 	}
@@ -576,7 +580,7 @@ func (s *Service) DeleteFor(ctx context.Context, id, agentID string) error {
 		errs = append(errs, e.sb.Destroy(ctx))
 		e.setSandbox(nil)
 	}
-	errs = append(errs, s.deleteSnapshots(ctx, e.id))
+	errs = append(errs, s.deleteSnapshots(ctx, e))
 	if err := s.hist.DeleteSandbox(ctx, e.id); err != nil && !errors.Is(err, history.ErrNotFound) {
 		errs = append(errs, err)
 	}
@@ -587,17 +591,14 @@ func (s *Service) DeleteFor(ctx context.Context, id, agentID string) error {
 // BackendName is the name of the default backend.
 func (s *Service) BackendName() string { return s.def.Name() }
 
-// accelerated is what a backend or sandbox may say about its accelerator.
-type accelerated interface{ Accel() string }
-
 // Backends describes the enabled backends, the default first.
 func (s *Service) Backends() []api.Backend {
 	var out []api.Backend
 	for i, n := range s.backendNames() {
 		be := s.backends[n]
 		_, snaps := be.(backend.Snapshotter)
-		b := api.Backend{Name: n, Default: i == 0, Snapshots: snaps && s.snaps != ""}
-		if a, ok := be.(accelerated); ok {
+		b := api.Backend{Name: n, Default: i == 0, Snapshots: snaps}
+		if a, ok := be.(backend.Accelerated); ok {
 			b.Accel = a.Accel()
 		}
 		out = append(out, b)

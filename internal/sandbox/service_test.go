@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -49,11 +50,17 @@ func startHarnessWith(t *testing.T, dir string, be *fakeBackend, mod func(*Confi
 	if mod != nil {
 		mod(&cfg)
 	}
+	if be.dir == "" { // its images survive a crash, as a real backend's
+		be.dir = filepath.Join(dir, "fake-images")
+		if err := os.MkdirAll(be.dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var store history.Store = hist
 	if wrap != nil {
 		store = wrap(hist)
 	}
-	svc, err := New(cfg, Deps{Backends: []backend.Backend{be}, RootFS: "/nonexistent-rootfs", History: store, SnapshotDir: filepath.Join(dir, "snapshots"),
+	svc, err := New(cfg, Deps{Backends: []backend.Backend{be}, Template: fakeTemplate, History: store,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/vmexec/vmexec/api"
@@ -49,7 +47,7 @@ func (s *Service) retain(e *entry, pol txPolicy, keep string) {
 			if sn.Pinned || sn.ID == keep || sn.ID == e.current || sn.ID == e.cleanSnap {
 				continue
 			}
-			if err := s.removeSnapshot(ctx, sn); err != nil {
+			if err := s.removeSnapshot(ctx, e, sn); err != nil {
 				s.log.Warn("retention: delete snapshot", "snapshot", sn.ID, "err", err)
 				continue
 			}
@@ -58,23 +56,33 @@ func (s *Service) retain(e *entry, pol txPolicy, keep string) {
 	})
 }
 
-func (s *Service) removeSnapshot(ctx context.Context, sn history.Snapshot) error {
+// removeSnapshot deletes snapshot sn of e: its record first, then its image, so
+// that a crash between the two leaves an image without a record (which Start
+// deletes), never a record without an image.
+func (s *Service) removeSnapshot(ctx context.Context, e *entry, sn history.Snapshot) error {
 	if err := s.hist.DeleteSnapshot(ctx, sn.ID); err != nil && !errors.Is(err, history.ErrNotFound) {
 		return err
 	}
-	return os.RemoveAll(sn.Path)
+	snapper := s.snapperOf(e)
+	if snapper == nil {
+		return nil
+	}
+	if err := snapper.DeleteImage(ctx, sn.Path); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", sn.ID, err)
+	}
+	return nil
 }
 
-func (s *Service) deleteSnapshots(ctx context.Context, sandboxID string) error {
-	snaps, err := s.hist.ListSnapshots(ctx, sandboxID)
+// deleteSnapshots deletes all of e's snapshots.
+func (s *Service) deleteSnapshots(ctx context.Context, e *entry) error {
+	snaps, err := s.hist.ListSnapshots(ctx, e.id)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, sn := range snaps {
-		errs = append(errs, s.removeSnapshot(ctx, sn))
+		errs = append(errs, s.removeSnapshot(ctx, e, sn))
 	}
-	errs = append(errs, os.RemoveAll(filepath.Join(s.snaps, sandboxID)))
 	return errors.Join(errs...)
 }
 
@@ -150,7 +158,7 @@ func (s *Service) DeleteSnapshot(ctx context.Context, id, agentID string) error 
 	}
 	return s.withEntry(ctx, sn.SandboxID, agentID, func(e *entry) error {
 		e.forgetSnapshot(ctx, sn.ID)
-		return s.removeSnapshot(ctx, sn)
+		return s.removeSnapshot(ctx, e, sn)
 	})
 }
 

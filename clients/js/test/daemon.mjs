@@ -66,7 +66,7 @@ export function freePort() {
 
 /**
  * startDaemon starts vmexec serve and resolves when /health answers, with
- * {url, stop(), log()}. stop() sends SIGTERM and waits for the exit; the data dir is
+ * {url, stop(), log(), dataDir, bin} (bin: the vmexec binary). stop() sends SIGTERM and waits for the exit; the data dir is
  * removed afterwards.
  */
 export async function startDaemon({ extra = [] } = {}) {
@@ -102,6 +102,8 @@ export async function startDaemon({ extra = [] } = {}) {
   return {
     url,
     log,
+    dataDir: data,
+    bin: bins.vmexec,
     async stop() {
       if (!exited) {
         child.kill('SIGTERM');

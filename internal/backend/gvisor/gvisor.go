@@ -14,6 +14,10 @@
 //
 //	runsc/           runsc's --root (its container state)
 //	bundles/<id>/    config.json and console.log of each sandbox
+//	images/<ref>/    snapshot images (runsc checkpoint's files)
+//
+// The state dir is the backend's scope (see package backend): List and ListImages
+// report only what is in it.
 package gvisor
 
 import (
@@ -41,7 +45,8 @@ const AgentPathInSandbox = "/.vmexec/agent"
 type Config struct {
 	// Runsc is the runsc binary.
 	Runsc string
-	// StateDir holds runsc's state and the sandboxes' bundles.
+	// StateDir holds runsc's state, the sandboxes' bundles and the snapshot images;
+	// it is the backend's scope (one per daemon).
 	StateDir string
 	// AgentPath is the host path of the static vmexec-agent binary.
 	AgentPath string
@@ -101,7 +106,7 @@ func New(cfg Config) (*Backend, error) {
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("the gvisor backend needs root: %w", backend.ErrUnavailable)
 	}
-	for _, d := range []string{cfg.runscRoot(), cfg.bundles()} {
+	for _, d := range []string{cfg.runscRoot(), cfg.bundles(), cfg.images()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
@@ -115,6 +120,8 @@ func (b *Backend) Name() string { return Name }
 func (c Config) runscRoot() string           { return filepath.Join(c.StateDir, "runsc") }
 func (c Config) bundles() string             { return filepath.Join(c.StateDir, "bundles") }
 func (c Config) bundle(id string) string     { return filepath.Join(c.bundles(), id) }
+func (c Config) images() string              { return filepath.Join(c.StateDir, "images") }
+func (c Config) image(ref string) string     { return filepath.Join(c.images(), ref) }
 func (c Config) cgroupPath(id string) string { return "/vmexec/" + id }
 
 // globalArgs are runsc's flags common to every command for this backend's sandboxes.

@@ -13,10 +13,11 @@ import (
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/backend/backendtest"
 	"github.com/vmexec/vmexec/internal/backend/gvisor"
+	"github.com/vmexec/vmexec/internal/template"
 	"github.com/vmexec/vmexec/internal/testenv"
 )
 
-func newBackend(t *testing.T) (*gvisor.Backend, string) {
+func newBackend(t *testing.T) (*gvisor.Backend, template.Template) {
 	testenv.Root(t)
 	runsc := testenv.Runsc(t)
 	tpl := testenv.Template(t)
@@ -24,21 +25,22 @@ func newBackend(t *testing.T) (*gvisor.Backend, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b, tpl.RootFS
+	return b, tpl
 }
 
 // The gVisor backend passes the backend conformance suite.
 func TestConformance(t *testing.T) {
-	b, rootfs := newBackend(t)
-	backendtest.Run(t, backendtest.Env{Backend: b, RootFS: rootfs, ImageDir: t.TempDir()})
+	b, tpl := newBackend(t)
+	peer, _ := newBackend(t) // another daemon's: its own state dir
+	backendtest.Run(t, backendtest.Env{Backend: b, Template: tpl, Peer: peer})
 }
 
 // Guards the host's memory: a sandbox whose processes exceed its memory cap does not
 // take more, and what happened is reported as a memory verdict, never as success.
 func TestMemoryCap(t *testing.T) {
-	b, rootfs := newBackend(t)
+	b, tpl := newBackend(t)
 	ctx := context.Background()
-	sb, err := b.Create(ctx, backend.Spec{ID: "memcap", RootFS: rootfs, MemoryBytes: 256 << 20})
+	sb, err := b.Create(ctx, backend.Spec{ID: "memcap", Template: tpl, MemoryBytes: 256 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,9 +73,9 @@ func TestCPUQuota(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootfs := testenv.Template(t).RootFS
+	tpl := testenv.Template(t)
 	ctx := context.Background()
-	sb, err := b.Create(ctx, backend.Spec{ID: "cpuquota", RootFS: rootfs, MemoryBytes: 256 << 20})
+	sb, err := b.Create(ctx, backend.Spec{ID: "cpuquota", Template: tpl, MemoryBytes: 256 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,12 +88,12 @@ func TestCPUQuota(t *testing.T) {
 	checkCPU(t, "cpuquota", cpus)
 
 	// Suspend and resume: the loops come back with the sandbox, under the same quota.
-	img := t.TempDir() + "/img"
-	if err := b.Snapshot(ctx, sb, img); err != nil {
+	img, err := b.Snapshot(ctx, sb)
+	if err != nil {
 		t.Fatal(err)
 	}
 	sb.Destroy(ctx)
-	fork, err := b.Fork(ctx, img, backend.Spec{ID: "cpuquota-resumed", RootFS: rootfs, MemoryBytes: 256 << 20})
+	fork, err := b.Fork(ctx, img.Ref, backend.Spec{ID: "cpuquota-resumed", Template: tpl, MemoryBytes: 256 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,9 +182,9 @@ func sandboxCPUTime(t *testing.T, id string) time.Duration {
 // setuid-root su runs as the run user. The probe starts su blocked on a FIFO, waits
 // until it has been exec'd and prints its ids.
 func TestRunHasNoPrivileges(t *testing.T) {
-	b, rootfs := newBackend(t)
+	b, tpl := newBackend(t)
 	ctx := context.Background()
-	sb, err := b.Create(ctx, backend.Spec{ID: "noprivs", RootFS: rootfs, MemoryBytes: 256 << 20})
+	sb, err := b.Create(ctx, backend.Spec{ID: "noprivs", Template: tpl, MemoryBytes: 256 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,9 +224,9 @@ kill $pid; wait; rm -f "$f"`
 // address space: 32 python threads start under 512 MiB, and a memory bomb is killed
 // by the guest's memory watch with verdict memory_limit while the sandbox lives on.
 func TestRunMemoryByAccounting(t *testing.T) {
-	b, rootfs := newBackend(t)
+	b, tpl := newBackend(t)
 	ctx := context.Background()
-	sb, err := b.Create(ctx, backend.Spec{ID: "memwatch", RootFS: rootfs, MemoryBytes: 512 << 20})
+	sb, err := b.Create(ctx, backend.Spec{ID: "memwatch", Template: tpl, MemoryBytes: 512 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,9 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("create %s: %w", spec.ID, err)
+	}
 	dir := b.cfg.bundle(spec.ID)
 	var undo []func()
 	defer func() {
@@ -110,7 +113,17 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 		sb.waitErr = cmd.Wait()
 		close(sb.exited)
 	}()
-	undo = append(undo, func() { sb.kill() })
+	undo = append(undo, func() {
+		sb.kill()
+		// A `runsc run` stopped while still creating the container (a start-up whose
+		// context ended) can register it after kill's delete: delete again now that
+		// it has exited, or it is left in the runsc root.
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := b.runsc(dctx, "delete", "--force", spec.ID); err != nil && !isNotExist(err) {
+			b.log.Warn("runsc delete", "id", spec.ID, "err", err)
+		}
+	})
 
 	hctx, cancel := context.WithTimeout(ctx, b.cfg.StartTimeout)
 	defer cancel()
@@ -154,7 +167,7 @@ func (b *Backend) consoleTail(id string) string {
 func (sb *Sandbox) ID() string { return sb.id }
 
 // Info implements backend.Sandbox.
-func (sb *Sandbox) Info() backend.Info {
+func (sb *Sandbox) Info(ctx context.Context) backend.Info {
 	status := "running"
 	select {
 	case <-sb.exited:

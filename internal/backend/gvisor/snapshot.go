@@ -2,61 +2,124 @@ package gvisor
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/vmexec/vmexec/internal/backend"
+	"github.com/vmexec/vmexec/internal/fsutil"
 )
+
+// An image is images/<ref>/ under the state dir, written as images/<ref>.tmp and
+// renamed into place when whole: a directory with the .tmp suffix is a crash's
+// leftover, never listed, and removed by ListImages.
+const tmpSuffix = ".tmp"
 
 // Snapshot implements backend.Snapshotter with `runsc checkpoint --leave-running`: the
 // image holds the sandbox's memory, processes and in-memory root overlay together.
 // The guest must be idle (no request in flight); the service guarantees it.
-func (b *Backend) Snapshot(ctx context.Context, s backend.Sandbox, dir string) error {
+func (b *Backend) Snapshot(ctx context.Context, s backend.Sandbox) (backend.Image, error) {
 	sb, ok := s.(*Sandbox)
 	if !ok {
-		return fmt.Errorf("snapshot: not a gvisor sandbox")
+		return backend.Image{}, fmt.Errorf("snapshot: not a gvisor sandbox")
 	}
 	select {
 	case <-sb.exited:
-		return sb.deadError()
+		return backend.Image{}, sb.deadError()
 	default:
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("snapshot dir: %w", err)
+	ref := newRef()
+	final := b.cfg.image(ref)
+	tmp := final + tmpSuffix
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return backend.Image{}, fmt.Errorf("snapshot dir: %w", err)
 	}
-	if _, err := b.runsc(ctx, "checkpoint", "--leave-running", "--image-path", dir, sb.id); err != nil {
-		os.RemoveAll(dir)
-		return fmt.Errorf("snapshot %s: %w", sb.id, err)
+	if _, err := b.runsc(ctx, "checkpoint", "--leave-running", "--image-path", tmp, sb.id); err != nil {
+		os.RemoveAll(tmp)
+		return backend.Image{}, fmt.Errorf("snapshot %s: %w", sb.id, err)
 	}
-	return nil
+	if err := os.Rename(tmp, final); err != nil {
+		os.RemoveAll(tmp)
+		return backend.Image{}, fmt.Errorf("snapshot %s: %w", sb.id, err)
+	}
+	return b.imageInfo(ref)
 }
 
-// Restore implements backend.Snapshotter: the old container is removed and a new one
-// with the same id is restored from the image, its agent reached over new pipes.
-func (b *Backend) Restore(ctx context.Context, s backend.Sandbox, dir string, spec backend.Spec) (backend.Sandbox, error) {
-	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("snapshot image %s: %w", dir, backend.ErrNotFound)
-	}
-	if s != nil {
-		if err := s.Destroy(ctx); err != nil {
-			return nil, fmt.Errorf("restore: remove current sandbox: %w", err)
-		}
-	}
-	sb, err := b.start(ctx, spec, dir)
+// Fork implements backend.Snapshotter: a new container restored from the image, its
+// agent reached over new pipes. runsc reads the image during the restore only.
+func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (backend.Sandbox, error) {
+	dir, err := b.imageDir(ref)
 	if err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
-	}
-	return sb, nil
-}
-
-// Fork implements backend.Snapshotter.
-func (b *Backend) Fork(ctx context.Context, dir string, spec backend.Spec) (backend.Sandbox, error) {
-	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("snapshot image %s: %w", dir, backend.ErrNotFound)
+		return nil, err
 	}
 	sb, err := b.start(ctx, spec, dir)
 	if err != nil {
 		return nil, fmt.Errorf("fork: %w", err)
 	}
 	return sb, nil
+}
+
+// DeleteImage implements backend.Snapshotter.
+func (b *Backend) DeleteImage(ctx context.Context, ref string) error {
+	if !backend.ValidRef(ref) {
+		return nil // names nothing this backend could have made
+	}
+	if err := os.RemoveAll(b.cfg.image(ref)); err != nil {
+		return fmt.Errorf("delete image %s: %w", ref, err)
+	}
+	return nil
+}
+
+// ListImages implements backend.Snapshotter; it removes half-written images.
+func (b *Backend) ListImages(ctx context.Context) ([]backend.Image, error) {
+	ents, err := os.ReadDir(b.cfg.images())
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	var out []backend.Image
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), tmpSuffix) {
+			os.RemoveAll(filepath.Join(b.cfg.images(), e.Name()))
+			continue
+		}
+		if !e.IsDir() || !backend.ValidRef(e.Name()) {
+			continue
+		}
+		if img, err := b.imageInfo(e.Name()); err == nil {
+			out = append(out, img)
+		}
+	}
+	return out, nil
+}
+
+func (b *Backend) imageDir(ref string) (string, error) {
+	if !backend.ValidRef(ref) {
+		return "", fmt.Errorf("snapshot image %q: %w", ref, backend.ErrNotFound)
+	}
+	dir := b.cfg.image(ref)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("snapshot image %s: %w", ref, backend.ErrNotFound)
+	}
+	return dir, nil
+}
+
+func (b *Backend) imageInfo(ref string) (backend.Image, error) {
+	dir, err := b.imageDir(ref)
+	if err != nil {
+		return backend.Image{}, err
+	}
+	img := backend.Image{Ref: ref, SizeBytes: fsutil.DirSize(dir)}
+	if fi, err := os.Stat(dir); err == nil {
+		img.CreatedAt = fi.ModTime().UTC()
+	}
+	return img, nil
+}
+
+func newRef() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return "img-" + hex.EncodeToString(b)
 }

@@ -114,7 +114,7 @@ func (b *Backend) ociSpec(spec backend.Spec) ociSpec {
 			Capabilities: ociCapabilities{Bounding: agentCaps, Effective: agentCaps, Permitted: agentCaps},
 			Rlimits:      []ociRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
 		},
-		Root:     ociRoot{Path: spec.RootFS},
+		Root:     ociRoot{Path: spec.Template.RootFS},
 		Hostname: "sandbox",
 		Mounts: []ociMount{
 			{Destination: "/proc", Type: "proc", Source: "proc"},

@@ -26,15 +26,16 @@
 //
 // # Snapshots
 //
-// A snapshot is a directory with the VM's full state (RAM, CPU and devices, saved with
-// QMP `migrate` to a file while the VM is stopped), a copy of the disk's writable layer
+// A snapshot image is a directory, images/<ref>/ under the state dir (written as
+// images/<ref>.tmp and renamed when whole), with the VM's full state (RAM, CPU and
+// devices, saved with QMP `migrate` to a file while the VM is stopped), a copy of the disk's writable layer
 // rebased directly onto the image's disk (so every snapshot stands alone, whatever
 // chain of restores the sandbox came from), links to the kernel and initramfs the VM
-// booted, and meta.json, written last. Restore and Fork start QEMU with -incoming from
+// booted, and meta.json, written last. Fork (also a rollback's) starts QEMU with -incoming from
 // that state, on a new overlay over a hard link (or copy) of the snapshot's disk layer,
 // and handshake with the restored agent over the new socket: the agent, blocked reading
-// its port when the snapshot was taken, carries on with the new connection. A restored
-// sandbox does not depend on its snapshot directory afterwards.
+// its port when the snapshot was taken, carries on with the new connection. A forked
+// sandbox does not depend on its image afterwards (DeleteImage may remove it).
 //
 // The guest's clock is part of the saved state: after a restore it runs behind the
 // host's by the time the snapshot sat on disk.
@@ -55,6 +56,10 @@
 //	sandboxes/<id>/lower.qcow2  a restored sandbox's read-only snapshot layer
 //	sandboxes/<id>/vmlinuz, initrd.cpio   links to the guest image's
 //	sandboxes/<id>/agent.sock, qmp.sock, console.log, qemu.log
+//	images/<ref>/               snapshot images (see Snapshots)
+//
+// The state dir is the backend's scope (see package backend): List and ListImages
+// report only what is in it.
 //
 // A daemon that crashed leaves QEMU processes running; List finds them by these
 // directories and DestroyID kills them.
@@ -93,7 +98,8 @@ type Config struct {
 	QEMU string
 	// QEMUImg is the qemu-img binary; default: found in PATH.
 	QEMUImg string
-	// StateDir holds the sandboxes' directories (required).
+	// StateDir holds the sandboxes' directories and the snapshot images (required); it
+	// is the backend's scope (one per daemon).
 	StateDir string
 	// AgentPath is the host path of the static vmexec-agent binary, which is built into
 	// the guest image (required).
@@ -188,12 +194,14 @@ type Backend struct {
 	log *slog.Logger
 
 	imgMu  sync.Mutex
-	images map[string]template.Image // by template root
+	images map[string]template.Image // by template directory
 }
 
 var (
 	_ backend.Backend     = (*Backend)(nil)
 	_ backend.Snapshotter = (*Backend)(nil)
+	_ backend.Preparer    = (*Backend)(nil)
+	_ backend.Accelerated = (*Backend)(nil)
 )
 
 // New checks the configuration and the host and returns a Backend. It fails with
@@ -225,8 +233,10 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	cfg.Image.AgentPath = cfg.AgentPath
-	if err := os.MkdirAll(cfg.sandboxes(), 0o700); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
+	for _, d := range []string{cfg.sandboxes(), cfg.images()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
 	}
 	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", Name), images: map[string]template.Image{}}
 	return b, nil
@@ -244,53 +254,39 @@ func (b *Backend) Accel() string {
 	return b.cfg.Accel
 }
 
-// Prepare builds (or finds) the guest image of the template at rootfs and settles the
-// accelerator by booting one throwaway sandbox, so that the first Create is as fast as
-// the others. Image build progress goes to progress (may be nil).
-func (b *Backend) Prepare(ctx context.Context, rootfs string, progress io.Writer) (template.Image, error) {
-	img, err := b.imageFor(ctx, rootfs, progress)
-	if err != nil {
-		return img, err
+// Prepare implements backend.Preparer: it builds (or finds) the guest image of
+// template tpl and settles the accelerator by booting one throwaway sandbox, so that
+// the first Create is as fast as the others. Image build progress goes to progress
+// (may be nil).
+func (b *Backend) Prepare(ctx context.Context, tpl template.Template, progress io.Writer) error {
+	if _, err := b.imageFor(ctx, tpl, progress); err != nil {
+		return err
 	}
 	if _, ok := b.knownAccel(); ok {
-		return img, nil
+		return nil
 	}
-	sb, err := b.Create(ctx, backend.Spec{ID: fmt.Sprintf("prepare-%d", os.Getpid()), RootFS: rootfs})
+	sb, err := b.Create(ctx, backend.Spec{ID: fmt.Sprintf("prepare-%d", os.Getpid()), Template: tpl})
 	if err != nil {
-		return img, err
+		return err
 	}
-	return img, sb.Destroy(ctx)
+	return sb.Destroy(ctx)
 }
 
 func (c Config) sandboxes() string           { return filepath.Join(c.StateDir, "sandboxes") }
 func (c Config) sandboxDir(id string) string { return filepath.Join(c.sandboxes(), id) }
+func (c Config) images() string              { return filepath.Join(c.StateDir, "images") }
+func (c Config) image(ref string) string     { return filepath.Join(c.images(), ref) }
 
-// imageFor returns the guest image of the template whose tree is rootfs, building it
-// if needed.
-func (b *Backend) imageFor(ctx context.Context, rootfs string, progress io.Writer) (template.Image, error) {
-	rootfs = filepath.Clean(rootfs)
+// imageFor returns the guest image of template tpl, building it if needed.
+func (b *Backend) imageFor(ctx context.Context, tpl template.Template, progress io.Writer) (template.Image, error) {
+	key := filepath.Clean(tpl.Dir)
 	b.imgMu.Lock()
 	defer b.imgMu.Unlock()
-	if img, ok := b.images[rootfs]; ok && exists(img.RootFS) && exists(img.Initrd) {
+	if img, ok := b.images[key]; ok && exists(img.RootFS) && exists(img.Initrd) {
 		return img, nil
 	}
-	if fi, err := os.Stat(rootfs); err != nil || !fi.IsDir() {
-		return template.Image{}, fmt.Errorf("template root %s: %w", rootfs, backend.ErrNotFound)
-	}
-	// A template's tree is <store>/<name>-<hash>/rootfs.
-	store := &template.Store{Dir: filepath.Dir(filepath.Dir(rootfs))}
-	tpls, err := store.List()
-	if err != nil {
-		return template.Image{}, err
-	}
-	var tpl *template.Template
-	for i := range tpls {
-		if filepath.Clean(tpls[i].RootFS) == rootfs {
-			tpl = &tpls[i]
-		}
-	}
-	if tpl == nil {
-		return template.Image{}, fmt.Errorf("%s is not the root of a built template: %w", rootfs, backend.ErrNotFound)
+	if fi, err := os.Stat(tpl.RootFS); tpl.Dir == "" || err != nil || !fi.IsDir() {
+		return template.Image{}, fmt.Errorf("template %s-%s (root %q): %w", tpl.Name, tpl.Hash, tpl.RootFS, backend.ErrNotFound)
 	}
 	if progress == nil {
 		progress = b.cfg.Progress
@@ -298,14 +294,14 @@ func (b *Backend) imageFor(ctx context.Context, rootfs string, progress io.Write
 	if progress == nil {
 		progress = &logWriter{log: b.log}
 	}
-	img, err := store.EnsureImage(ctx, *tpl, b.cfg.Image, progress)
+	img, err := (&template.Store{}).EnsureImage(ctx, tpl, b.cfg.Image, progress)
 	if err != nil {
 		if errors.Is(err, template.ErrNoKernel) {
 			err = fmt.Errorf("%w: %w", err, backend.ErrUnavailable)
 		}
 		return template.Image{}, fmt.Errorf("guest image: %w", err)
 	}
-	b.images[rootfs] = img
+	b.images[key] = img
 	return img, nil
 }
 
@@ -351,8 +347,8 @@ func (b *Backend) List(ctx context.Context) ([]backend.Info, error) {
 // DestroyID implements backend.Backend: it stops the sandbox's QEMU, found by its pid
 // file and verified by its command line, and removes its directory.
 func (b *Backend) DestroyID(ctx context.Context, id string) error {
-	if err := (backend.Spec{ID: id, RootFS: "-"}).Validate(); err != nil {
-		return err
+	if !backend.ValidRef(id) {
+		return fmt.Errorf("destroy: invalid id %q", id)
 	}
 	dir := b.cfg.sandboxDir(id)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {

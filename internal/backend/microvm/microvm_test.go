@@ -49,7 +49,7 @@ func accel() string {
 	return microvm.AccelAuto
 }
 
-func newBackend(t *testing.T, cfg microvm.Config) (*microvm.Backend, string) {
+func newBackend(t *testing.T, cfg microvm.Config) (*microvm.Backend, template.Template) {
 	t.Helper()
 	requireHost(t)
 	tpl := testenv.Template(t)
@@ -69,11 +69,11 @@ func newBackend(t *testing.T, cfg microvm.Config) (*microvm.Backend, string) {
 	// The first build of the guest image takes a while; keep it out of the tests' timings.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	if _, err := b.Prepare(ctx, tpl.RootFS, testWriter{t}); err != nil {
+	if err := b.Prepare(ctx, tpl, testWriter{t}); err != nil {
 		t.Fatalf("prepare: %v", err)
 	}
 	t.Logf("accelerator: %s", b.Accel())
-	return b, tpl.RootFS
+	return b, tpl
 }
 
 type testWriter struct{ t *testing.T }
@@ -86,20 +86,21 @@ func (w testWriter) Write(p []byte) (int, error) {
 // The microVM backend passes the backend conformance suite (under TCG on hosts
 // without a usable KVM, hence the generous timeout).
 func TestConformance(t *testing.T) {
-	b, rootfs := newBackend(t, microvm.Config{})
-	backendtest.Run(t, backendtest.Env{Backend: b, RootFS: rootfs, ImageDir: t.TempDir(), Timeout: 10 * time.Minute})
+	b, tpl := newBackend(t, microvm.Config{})
+	peer, _ := newBackend(t, microvm.Config{}) // another daemon's: its own state dir
+	backendtest.Run(t, backendtest.Env{Backend: b, Template: tpl, Peer: peer, Timeout: 10 * time.Minute})
 }
 
 // Guards the host against leaked VMs: after Destroy no QEMU process of the sandbox is
 // left, and neither is its directory.
 func TestDestroyLeavesNoQEMU(t *testing.T) {
-	b, rootfs := newBackend(t, microvm.Config{})
+	b, tpl := newBackend(t, microvm.Config{})
 	ctx := context.Background()
-	sb, err := b.Create(ctx, backend.Spec{ID: "leak-check", RootFS: rootfs})
+	sb, err := b.Create(ctx, backend.Spec{ID: "leak-check", Template: tpl})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := sb.Info().PID
+	pid := sb.Info(ctx).PID
 	if pid == 0 || len(qemuProcesses(t, "leak-check")) != 1 {
 		t.Fatalf("pid %d, qemu processes %v", pid, qemuProcesses(t, "leak-check"))
 	}
@@ -118,9 +119,9 @@ func TestDestroyLeavesNoQEMU(t *testing.T) {
 // finds the VM the old one left running, reports its QEMU, and kills it.
 func TestCrashedDaemonOrphan(t *testing.T) {
 	state := t.TempDir()
-	old, rootfs := newBackend(t, microvm.Config{StateDir: state})
+	old, tpl := newBackend(t, microvm.Config{StateDir: state})
 	ctx := context.Background()
-	sb, err := old.Create(ctx, backend.Spec{ID: "orphan", RootFS: rootfs})
+	sb, err := old.Create(ctx, backend.Spec{ID: "orphan", Template: tpl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestCrashedDaemonOrphan(t *testing.T) {
 		t.Fatal(err)
 	}
 	infos, err := restarted.List(ctx)
-	if err != nil || len(infos) != 1 || infos[0].ID != "orphan" || infos[0].Status != "running" || infos[0].PID != sb.Info().PID {
+	if err != nil || len(infos) != 1 || infos[0].ID != "orphan" || infos[0].Status != "running" || infos[0].PID != sb.Info(ctx).PID {
 		t.Fatalf("list after restart: %+v, %v", infos, err)
 	}
 	if err := restarted.DestroyID(ctx, "orphan"); err != nil {
@@ -231,7 +232,7 @@ func main() {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	_, err = b.Create(ctx, backend.Spec{ID: "silent", RootFS: tpl.RootFS})
+	_, err = b.Create(ctx, backend.Spec{ID: "silent", Template: tpl})
 	if err == nil {
 		t.Fatal("a guest that never answers started")
 	}
@@ -251,9 +252,9 @@ func main() {
 // a snapshot keeps working after that snapshot is deleted, and its own snapshots (of
 // a disk layered over the deleted one's) restore with every file.
 func TestSnapshotStandsAlone(t *testing.T) {
-	b, rootfs := newBackend(t, microvm.Config{})
+	b, tpl := newBackend(t, microvm.Config{})
 	ctx := context.Background()
-	spec := backend.Spec{ID: "alone", RootFS: rootfs}
+	spec := backend.Spec{ID: "alone", Template: tpl}
 	var sb backend.Sandbox
 	sb, err := b.Create(ctx, spec)
 	if err != nil {
@@ -268,24 +269,28 @@ func TestSnapshotStandsAlone(t *testing.T) {
 		}
 	}
 	run("echo one > ~/one; echo ok", "ok")
-	first, second := filepath.Join(t.TempDir(), "first"), filepath.Join(t.TempDir(), "second")
-	if err := b.Snapshot(ctx, sb, first); err != nil {
+	rollback := func(ref string) {
+		t.Helper()
+		sb.Destroy(ctx)
+		if sb, err = b.Fork(ctx, ref, spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := b.Snapshot(ctx, sb)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if sb, err = b.Restore(ctx, sb, first, spec); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(first); err != nil {
+	rollback(first.Ref)
+	if err := b.DeleteImage(ctx, first.Ref); err != nil {
 		t.Fatal(err)
 	}
 	run("echo two > ~/two; cat ~/one", "one")
-	if err := b.Snapshot(ctx, sb, second); err != nil {
+	second, err := b.Snapshot(ctx, sb)
+	if err != nil {
 		t.Fatal(err)
 	}
 	run("rm ~/one ~/two; echo gone", "gone")
-	if sb, err = b.Restore(ctx, sb, second, spec); err != nil {
-		t.Fatal(err)
-	}
+	rollback(second.Ref)
 	run("cat ~/one ~/two | tr '\\n' ' '", "one two")
 }
 
@@ -295,10 +300,10 @@ func TestTimings(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timings in -short mode")
 	}
-	b, rootfs := newBackend(t, microvm.Config{})
+	b, tpl := newBackend(t, microvm.Config{})
 	ctx := context.Background()
 	t0 := time.Now()
-	sb, err := b.Create(ctx, backend.Spec{ID: "timing", RootFS: rootfs, MemoryBytes: 512 << 20})
+	sb, err := b.Create(ctx, backend.Spec{ID: "timing", Template: tpl, MemoryBytes: 512 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,23 +318,23 @@ func TestTimings(t *testing.T) {
 		return time.Since(t0)
 	}
 	first, warm := py(), py()
-	img := filepath.Join(t.TempDir(), "snap")
 	t0 = time.Now()
-	if err := b.Snapshot(ctx, sb, img); err != nil {
+	image, err := b.Snapshot(ctx, sb)
+	if err != nil {
 		t.Fatal(err)
 	}
 	snap := time.Since(t0)
 	t0 = time.Now()
-	sb, err = b.Restore(ctx, sb, img, backend.Spec{ID: "timing", RootFS: rootfs})
+	sb.Destroy(ctx)
+	sb, err = b.Fork(ctx, image.Ref, backend.Spec{ID: "timing", Template: tpl})
 	if err != nil {
 		t.Fatal(err)
 	}
 	restore := time.Since(t0)
 	afterRestore := py()
-	size := func(f string) float64 { fi, _ := os.Stat(filepath.Join(img, f)); return float64(fi.Size()) / (1 << 20) }
-	t.Logf("accel %s: cold boot to handshake %v; python run first %v, warm %v, after restore %v; snapshot %v (state %.0f MiB, disk layer %.1f MiB); restore to handshake %v",
+	t.Logf("accel %s: cold boot to handshake %v; python run first %v, warm %v, after restore %v; snapshot %v (image %.0f MiB); restore to handshake %v",
 		b.Accel(), boot.Round(time.Millisecond), first.Round(time.Millisecond), warm.Round(time.Millisecond), afterRestore.Round(time.Millisecond),
-		snap.Round(time.Millisecond), size("state"), size("disk.qcow2"), restore.Round(time.Millisecond))
+		snap.Round(time.Millisecond), float64(image.SizeBytes)/(1<<20), restore.Round(time.Millisecond))
 }
 
 // Guards the host's CPUs: a microVM's QEMU process gets at most its CPU quota, even with
@@ -337,10 +342,10 @@ func TestTimings(t *testing.T) {
 func TestCPUQuota(t *testing.T) {
 	const quota = 0.25
 	state := t.TempDir()
-	b, rootfs := newBackend(t, microvm.Config{StateDir: state, CPUs: 1, CPUQuota: quota, NoWarmUp: true})
+	b, tpl := newBackend(t, microvm.Config{StateDir: state, CPUs: 1, CPUQuota: quota, NoWarmUp: true})
 	ctx := context.Background()
 	id := "cpuquota-" + strconv.Itoa(os.Getpid())
-	sb, err := b.Create(ctx, backend.Spec{ID: id, RootFS: rootfs, MemoryBytes: 256 << 20})
+	sb, err := b.Create(ctx, backend.Spec{ID: id, Template: tpl, MemoryBytes: 256 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,14 +37,20 @@ type Sandbox struct {
 	destroyErr  error
 }
 
-var _ backend.Sandbox = (*Sandbox)(nil)
+var (
+	_ backend.Sandbox     = (*Sandbox)(nil)
+	_ backend.Accelerated = (*Sandbox)(nil)
+)
 
 // Create implements backend.Backend.
 func (b *Backend) Create(ctx context.Context, spec backend.Spec) (backend.Sandbox, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	img, err := b.imageFor(ctx, spec.RootFS, nil)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("create %s: %w", spec.ID, err)
+	}
+	img, err := b.imageFor(ctx, spec.Template, nil)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", spec.ID, err)
 	}
@@ -260,7 +266,7 @@ func (sb *Sandbox) ID() string { return sb.id }
 func (sb *Sandbox) Accel() string { return sb.meta.Accel }
 
 // Info implements backend.Sandbox.
-func (sb *Sandbox) Info() backend.Info {
+func (sb *Sandbox) Info(ctx context.Context) backend.Info {
 	status := "running"
 	if !sb.proc.alive() {
 		status = "dead"

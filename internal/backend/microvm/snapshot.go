@@ -2,11 +2,14 @@ package microvm
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vmexec/vmexec/internal/backend"
@@ -39,27 +42,38 @@ type snapMeta struct {
 
 // Snapshot implements backend.Snapshotter. The VM is stopped while its state is
 // written and its disk layer copied, then continues; the guest must be idle (no
-// request in flight), which the service guarantees.
-func (b *Backend) Snapshot(ctx context.Context, s backend.Sandbox, dir string) (err error) {
+// request in flight), which the service guarantees. The image is written under
+// images/<ref>.tmp and renamed into place when whole.
+func (b *Backend) Snapshot(ctx context.Context, s backend.Sandbox) (backend.Image, error) {
 	sb, ok := s.(*Sandbox)
 	if !ok {
-		return fmt.Errorf("snapshot: not a %s sandbox", Name)
+		return backend.Image{}, fmt.Errorf("snapshot: not a %s sandbox", Name)
 	}
 	if err := sb.waitWarm(ctx); err != nil {
-		return fmt.Errorf("snapshot %s: %w", sb.id, err)
+		return backend.Image{}, fmt.Errorf("snapshot %s: %w", sb.id, err)
 	}
 	if !sb.proc.alive() {
-		return sb.deadError()
+		return backend.Image{}, sb.deadError()
 	}
+	ref := newRef()
+	final := b.cfg.image(ref)
+	tmp := final + tmpSuffix
+	if err := b.snapshotInto(ctx, sb, tmp); err != nil {
+		os.RemoveAll(tmp)
+		return backend.Image{}, fmt.Errorf("snapshot %s: %w", sb.id, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.RemoveAll(tmp)
+		return backend.Image{}, fmt.Errorf("snapshot %s: %w", sb.id, err)
+	}
+	return b.imageInfo(ref)
+}
+
+// snapshotInto writes sb's image into dir.
+func (b *Backend) snapshotInto(ctx context.Context, sb *Sandbox, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("snapshot dir: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(dir)
-			err = fmt.Errorf("snapshot %s: %w", sb.id, err)
-		}
-	}()
 	state, disk := filepath.Join(dir, stateFile+".tmp"), filepath.Join(dir, diskFile+".tmp")
 	start := time.Now()
 	if err := sb.save(ctx, state, disk); err != nil {
@@ -198,29 +212,83 @@ func readSnapMeta(dir string) (snapMeta, error) {
 	return m, nil
 }
 
-// Restore implements backend.Snapshotter: sb is destroyed and a VM with the same id is
-// restored from the image. The restored VM has the snapshot's memory and CPUs,
+// Fork implements backend.Snapshotter. The new VM has the snapshot's memory and CPUs,
 // whatever spec says.
-func (b *Backend) Restore(ctx context.Context, s backend.Sandbox, dir string, spec backend.Spec) (backend.Sandbox, error) {
-	m, err := readSnapMeta(dir)
+func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (backend.Sandbox, error) {
+	dir, err := b.imageDir(ref)
 	if err != nil {
 		return nil, err
 	}
-	if s != nil {
-		if err := s.Destroy(ctx); err != nil {
-			return nil, fmt.Errorf("restore: remove current sandbox: %w", err)
-		}
-	}
-	return b.fromSnapshot(ctx, m, dir, spec, "restore")
-}
-
-// Fork implements backend.Snapshotter.
-func (b *Backend) Fork(ctx context.Context, dir string, spec backend.Spec) (backend.Sandbox, error) {
 	m, err := readSnapMeta(dir)
 	if err != nil {
 		return nil, err
 	}
 	return b.fromSnapshot(ctx, m, dir, spec, "fork")
+}
+
+// DeleteImage implements backend.Snapshotter.
+func (b *Backend) DeleteImage(ctx context.Context, ref string) error {
+	if !backend.ValidRef(ref) {
+		return nil // names nothing this backend could have made
+	}
+	if err := os.RemoveAll(b.cfg.image(ref)); err != nil {
+		return fmt.Errorf("delete image %s: %w", ref, err)
+	}
+	return nil
+}
+
+// ListImages implements backend.Snapshotter; it removes half-written images.
+func (b *Backend) ListImages(ctx context.Context) ([]backend.Image, error) {
+	ents, err := os.ReadDir(b.cfg.images())
+	if err != nil {
+		return nil, fmt.Errorf("list images: %w", err)
+	}
+	var out []backend.Image
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), tmpSuffix) {
+			os.RemoveAll(filepath.Join(b.cfg.images(), e.Name()))
+			continue
+		}
+		if !e.IsDir() || !backend.ValidRef(e.Name()) {
+			continue
+		}
+		if img, err := b.imageInfo(e.Name()); err == nil {
+			out = append(out, img)
+		}
+	}
+	return out, nil
+}
+
+// tmpSuffix marks an image being written (a crash's leftover if found at start).
+const tmpSuffix = ".tmp"
+
+func (b *Backend) imageDir(ref string) (string, error) {
+	if !backend.ValidRef(ref) {
+		return "", fmt.Errorf("snapshot image %q: %w", ref, backend.ErrNotFound)
+	}
+	dir := b.cfg.image(ref)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return "", fmt.Errorf("snapshot image %s: %w", ref, backend.ErrNotFound)
+	}
+	return dir, nil
+}
+
+func (b *Backend) imageInfo(ref string) (backend.Image, error) {
+	dir, err := b.imageDir(ref)
+	if err != nil {
+		return backend.Image{}, err
+	}
+	img := backend.Image{Ref: ref, SizeBytes: fsutil.DirSize(dir)}
+	if m, err := readSnapMeta(dir); err == nil {
+		img.CreatedAt = m.Taken
+	}
+	return img, nil
+}
+
+func newRef() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return "img-" + hex.EncodeToString(b)
 }
 
 func (b *Backend) fromSnapshot(ctx context.Context, m snapMeta, dir string, spec backend.Spec, op string) (backend.Sandbox, error) {

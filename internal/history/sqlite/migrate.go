@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -95,6 +96,9 @@ func migrate(ctx context.Context, db *sql.DB, upTo int) error {
 	return nil
 }
 
+// isPlaceholder reports a migration file name that only reserved its version.
+func isPlaceholder(name string) bool { return strings.HasSuffix(name, "_reserved.sql") }
+
 // apply runs m unless it is already recorded. The check is inside the
 // transaction, which takes the write lock at BEGIN, so two processes opening
 // the same file cannot both apply it.
@@ -108,17 +112,21 @@ func apply(ctx context.Context, db *sql.DB, m migration) (err error) {
 			tx.Rollback()
 		}
 	}()
-	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, m.version).Scan(&n); err != nil {
+	var recorded string
+	err = tx.QueryRowContext(ctx, `SELECT name FROM schema_migrations WHERE version = ?`, m.version).Scan(&recorded)
+	switch {
+	case err == nil && (recorded == m.name || !isPlaceholder(recorded)):
+		return tx.Rollback()
+	case err != nil && !errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("migration %s: %w", m.name, err)
 	}
-	if n > 0 {
-		return tx.Rollback()
-	}
+	// Not applied yet, or applied only as a placeholder that reserved its version
+	// (a "NNNN_reserved.sql" holding nothing but a comment): apply the real one.
 	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
 		return fmt.Errorf("migration %s: %w", m.name, err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)
+		ON CONFLICT (version) DO UPDATE SET name = excluded.name, applied_at = excluded.applied_at`,
 		m.version, m.name, nanos(now())); err != nil {
 		return fmt.Errorf("migration %s: record: %w", m.name, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -75,7 +76,15 @@ var migrationSteps = []struct {
 			},
 		},
 	},
-	{file: "0006_reserved.sql", schema: map[string][]string{}},
+	{
+		file: "0006_keys.sql",
+		schema: map[string][]string{
+			"table api_keys": {"id", "name", "hash", "admin", "agents", "rate", "max_sandboxes", "max_runs",
+				"created_at", "last_used_at", "revoked_at"},
+			"index api_keys_live_name": {"api_keys", "name"},
+			"table runs":               append(slices.Clone(runsColumns), "key_name"),
+		},
+	},
 	{
 		file: "0007_conversations.sql",
 		schema: map[string][]string{
@@ -87,7 +96,7 @@ var migrationSteps = []struct {
 	{
 		file: "0008_changes.sql",
 		schema: map[string][]string{
-			"table runs": append(append([]string(nil), runsColumns...), "changes", "changes_truncated", "changes_undone"),
+			"table runs": append(slices.Clone(runsColumns), "key_name", "changes", "changes_truncated", "changes_undone"),
 		},
 	},
 }

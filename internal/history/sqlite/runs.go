@@ -16,7 +16,7 @@ import (
 const runColumns = `id, agent_id, sandbox_id, language, code, status, verdict, exit_code,
 	stdout, stderr, stdout_truncated, stderr_truncated, blocked_rule, blocked_reason,
 	pre_snapshot_id, failure_snapshot_id, restored_snapshot_id, rolled_back,
-	started_at, completed_at, duration_ms, metadata, changes, changes_truncated, changes_undone`
+	started_at, completed_at, duration_ms, metadata, key_name, changes, changes_truncated, changes_undone`
 
 // BeginRun implements history.Store.
 func (s *Store) BeginRun(ctx context.Context, r history.Run) error {
@@ -64,11 +64,11 @@ func (s *Store) insertRun(ctx context.Context, r history.Run) error {
 		return err
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO runs (`+runColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.ID, r.AgentID, r.SandboxID, r.Language, r.Code, r.Status, r.Verdict, r.ExitCode,
 		r.Stdout, r.Stderr, b2i(r.StdoutTruncated), b2i(r.StderrTruncated), r.BlockedRule, r.BlockedReason,
 		r.PreSnapshotID, r.FailureSnapshotID, r.RestoredSnapshotID, b2i(r.RolledBack),
-		nanos(r.StartedAt), nanos(r.CompletedAt), r.DurationMS, meta,
+		nanos(r.StartedAt), nanos(r.CompletedAt), r.DurationMS, meta, r.KeyName,
 		changes, b2i(r.ChangesTruncated), b2i(r.ChangesUndone))
 	if isConstraint(err) {
 		return history.ErrExists
@@ -229,7 +229,7 @@ func scanRun(sc scanner) (history.Run, error) {
 	err := sc.Scan(&r.ID, &r.AgentID, &r.SandboxID, &r.Language, &r.Code, &r.Status, &r.Verdict, &r.ExitCode,
 		&r.Stdout, &r.Stderr, &outTrunc, &errTrunc, &r.BlockedRule, &r.BlockedReason,
 		&r.PreSnapshotID, &r.FailureSnapshotID, &r.RestoredSnapshotID, &rolledBack,
-		&started, &completed, &r.DurationMS, &meta, &changes, &chTrunc, &chUndone)
+		&started, &completed, &r.DurationMS, &meta, &r.KeyName, &changes, &chTrunc, &chUndone)
 	if err != nil {
 		return history.Run{}, err
 	}
