@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -28,7 +29,8 @@ func main() {
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
 		}
-		fmt.Fprintln(os.Stderr, "vmexec:", err)
+		// The client's errors already say they are vmexec's; say it once.
+		fmt.Fprintln(os.Stderr, "vmexec:", strings.TrimPrefix(err.Error(), "vmexec: "))
 		os.Exit(1)
 	}
 }

@@ -181,6 +181,9 @@ func (r *Runner) Chat(ctx context.Context, agentID string, req api.ChatRequest, 
 func (r *Runner) ChatWithHistory(ctx context.Context, agentID string, req api.ChatRequest, earlier []api.CompatChatMessage, ev Events) (api.ChatResult, error) {
 	a, ok := r.agents[agentID]
 	if !ok {
+		if len(r.ids()) == 0 {
+			return api.ChatResult{}, fmt.Errorf("no agent %q: this server has no agents configured; add an agents: block to its config file or start it with --agents-config ROLES.json: %w", agentID, sandbox.ErrNotFound)
+		}
 		return api.ChatResult{}, fmt.Errorf("no agent %q (configured: %s): %w", agentID, strings.Join(r.ids(), ", "), sandbox.ErrNotFound)
 	}
 	mode := req.Mode
