@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 // Sandbox is one runsc container and the `runsc run` (or `runsc restore`) process
 // supervising it.
 type Sandbox struct {
+	backend.GuestFiles // Ping and the file methods, through do
+
 	b       *Backend
 	id      string
 	created time.Time
@@ -140,6 +141,7 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 		return nil, fmt.Errorf("sandbox %s did not start: %w; console: %s", spec.ID, err, b.consoleTail(spec.ID))
 	}
 	sb.client = client
+	sb.GuestFiles = backend.GuestFiles{Client: client, Do: sb.do}
 	b.log.Debug("sandbox started", "id", spec.ID, "restored", imageDir != "", "agent", client.Guest.Agent)
 	return sb, nil
 }
@@ -184,53 +186,6 @@ func (sb *Sandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out ag
 		return err
 	})
 	return res, err
-}
-
-// Ping implements backend.Sandbox.
-func (sb *Sandbox) Ping(ctx context.Context) error {
-	return sb.do(ctx, func() error { return sb.client.Ping(ctx) })
-}
-
-// WriteFile implements backend.Sandbox.
-func (sb *Sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) error {
-	return sb.do(ctx, func() error { return sb.client.WriteFile(ctx, path, mode, r) })
-}
-
-// OpenFile implements backend.Sandbox.
-func (sb *Sandbox) OpenFile(ctx context.Context, path string) (fi agentproto.FileInfo, rc io.ReadCloser, err error) {
-	err = sb.do(ctx, func() error {
-		fi, rc, err = sb.client.OpenFile(ctx, path)
-		return err
-	})
-	return fi, rc, err
-}
-
-// StatFile implements backend.Sandbox.
-func (sb *Sandbox) StatFile(ctx context.Context, path string) (fi agentproto.FileInfo, err error) {
-	err = sb.do(ctx, func() error {
-		fi, err = sb.client.StatFile(ctx, path)
-		return err
-	})
-	return fi, err
-}
-
-// ListFiles implements backend.Sandbox.
-func (sb *Sandbox) ListFiles(ctx context.Context, path string, depth int) (list []agentproto.FileInfo, err error) {
-	err = sb.do(ctx, func() error {
-		list, err = sb.client.ListFiles(ctx, path, depth)
-		return err
-	})
-	return list, err
-}
-
-// MakeDir implements backend.Sandbox.
-func (sb *Sandbox) MakeDir(ctx context.Context, path string) error {
-	return sb.do(ctx, func() error { return sb.client.MakeDir(ctx, path) })
-}
-
-// RemoveFile implements backend.Sandbox.
-func (sb *Sandbox) RemoveFile(ctx context.Context, path string, recursive bool) error {
-	return sb.do(ctx, func() error { return sb.client.RemoveFile(ctx, path, recursive) })
 }
 
 // do runs one call to the guest agent, failing fast when the sandbox is dead and

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 
 // Sandbox is one microVM: a QEMU process, its QMP connection and the guest agent's.
 type Sandbox struct {
+	backend.GuestFiles // Ping and the file methods, through do
+
 	b    *Backend
 	id   string
 	dir  string
@@ -205,6 +206,7 @@ func (b *Backend) boot(ctx context.Context, dir string, m vmMeta, state string, 
 		}
 		return nil, err
 	}
+	sb.GuestFiles = backend.GuestFiles{Client: sb.client, Do: sb.do}
 	b.log.Debug("sandbox started", "id", m.ID, "accel", m.Accel, "restored", state != "",
 		"agent", sb.client.Guest.Agent, "ms", time.Since(start).Milliseconds())
 	return sb, nil
@@ -281,53 +283,6 @@ func (sb *Sandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out ag
 		return err
 	})
 	return res, err
-}
-
-// Ping implements backend.Sandbox.
-func (sb *Sandbox) Ping(ctx context.Context) error {
-	return sb.do(ctx, func() error { return sb.client.Ping(ctx) })
-}
-
-// WriteFile implements backend.Sandbox.
-func (sb *Sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) error {
-	return sb.do(ctx, func() error { return sb.client.WriteFile(ctx, path, mode, r) })
-}
-
-// OpenFile implements backend.Sandbox.
-func (sb *Sandbox) OpenFile(ctx context.Context, path string) (fi agentproto.FileInfo, rc io.ReadCloser, err error) {
-	err = sb.do(ctx, func() error {
-		fi, rc, err = sb.client.OpenFile(ctx, path)
-		return err
-	})
-	return fi, rc, err
-}
-
-// StatFile implements backend.Sandbox.
-func (sb *Sandbox) StatFile(ctx context.Context, path string) (fi agentproto.FileInfo, err error) {
-	err = sb.do(ctx, func() error {
-		fi, err = sb.client.StatFile(ctx, path)
-		return err
-	})
-	return fi, err
-}
-
-// ListFiles implements backend.Sandbox.
-func (sb *Sandbox) ListFiles(ctx context.Context, path string, depth int) (list []agentproto.FileInfo, err error) {
-	err = sb.do(ctx, func() error {
-		list, err = sb.client.ListFiles(ctx, path, depth)
-		return err
-	})
-	return list, err
-}
-
-// MakeDir implements backend.Sandbox.
-func (sb *Sandbox) MakeDir(ctx context.Context, path string) error {
-	return sb.do(ctx, func() error { return sb.client.MakeDir(ctx, path) })
-}
-
-// RemoveFile implements backend.Sandbox.
-func (sb *Sandbox) RemoveFile(ctx context.Context, path string, recursive bool) error {
-	return sb.do(ctx, func() error { return sb.client.RemoveFile(ctx, path, recursive) })
 }
 
 // do runs one call to the guest agent, after the warm-up run, failing fast when the
