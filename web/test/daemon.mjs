@@ -1,115 +1,18 @@
-// The real daemon for the browser tests: `vmexec serve` built from this tree, on a free
-// loopback port, with a temporary data dir, the template of scripts/setup and its
-// runsc (as clients/js/test/daemon.mjs does, plus the data dir and the binary, which
-// the keys test needs for `vmexec keys create`).
-import { spawn, execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, existsSync, rmSync, openSync, readFileSync, readdirSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// The real daemon for the browser tests: the JavaScript client's harness
+// (clients/js/test/daemon.mjs: `vmexec serve` built from this tree on a free loopback
+// port, a temporary data dir, the shared template and runsc), plus the browser the
+// tests drive. Importing this module starts nothing; startDaemon() does.
+import { existsSync } from 'node:fs';
+import { missing as daemonMissing, startDaemon, waitUntil } from '../../clients/js/test/daemon.mjs';
 
-export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const dataDir = process.env.VMEXEC_DATA_DIR || '/var/lib/vmexec';
+export { startDaemon, waitUntil };
+
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 /** missing says why the browser tests cannot run here, or '' when they can. */
 export function missing() {
-  if (process.getuid && process.getuid() !== 0) return 'the daemon needs root (runsc): run scripts/test as root';
-  if (!runscPath()) return 'runsc not installed: run scripts/setup (as root)';
-  const tpl = join(dataDir, 'templates');
-  if (!existsSync(tpl) || readdirSync(tpl).length === 0) return `no template in ${tpl}: run scripts/setup`;
+  const why = daemonMissing();
+  if (why) return why;
   if (!existsSync(CHROMIUM)) return `no browser at ${CHROMIUM}: scripts/setup installs Debian's chromium`;
   return '';
-}
-
-function runscPath() {
-  for (const p of [process.env.VMEXEC_RUNSC, join(dataDir, 'tools', 'runsc')]) {
-    if (p && existsSync(p)) return p;
-  }
-  return '';
-}
-
-const goEnv = () => ({ ...process.env, PATH: `/usr/local/go/bin:${process.env.PATH}` });
-let built = null;
-
-/** binaries: $VMEXEC_BIN and $VMEXEC_AGENT_BIN (scripts/test builds them), else built here. */
-export function binaries() {
-  if (built) return built;
-  if (process.env.VMEXEC_BIN && process.env.VMEXEC_AGENT_BIN) {
-    built = { vmexec: process.env.VMEXEC_BIN, agent: process.env.VMEXEC_AGENT_BIN };
-    return built;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'vmexec-web-bin-'));
-  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
-  const vmexec = join(dir, 'vmexec');
-  const agent = join(dir, 'vmexec-agent');
-  execFileSync('go', ['build', '-o', vmexec, './cmd/vmexec'], { cwd: repoRoot, env: goEnv(), stdio: 'inherit' });
-  execFileSync('go', ['build', '-o', agent, './cmd/vmexec-agent'], { cwd: repoRoot, env: { ...goEnv(), CGO_ENABLED: '0' }, stdio: 'inherit' });
-  built = { vmexec, agent };
-  return built;
-}
-
-/** hasKeys says whether this vmexec has API keys (`vmexec keys --help` exits 0). */
-export function hasKeys() {
-  const r = spawnSync(binaries().vmexec, ['keys', '--help'], { stdio: 'ignore' });
-  return r.status === 0;
-}
-
-export function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.on('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
-
-/**
- * startDaemon starts vmexec serve and resolves when /health answers, with {url,
- * dataDir, vmexec, stop(), log()}. stop() sends SIGTERM, waits, removes the data dir.
- */
-export async function startDaemon({ extra = [] } = {}) {
-  const bins = binaries();
-  const port = await freePort();
-  const data = mkdtempSync(join(tmpdir(), 'vmexec-web-data-'));
-  const logPath = `${data}.log`;
-  const logFd = openSync(logPath, 'w');
-  const args = ['serve', '--addr', `127.0.0.1:${port}`, '--data-dir', data, '--template-dir', join(dataDir, 'templates'),
-    '--runsc', runscPath(), '--agent', bins.agent, '--log-level', 'debug', '--pool-size', '1', ...extra];
-  // setpriv --pdeathsig: the daemon gets SIGTERM if this process dies without stopping it.
-  const guard = existsSync('/usr/bin/setpriv') ? ['/usr/bin/setpriv', '--pdeathsig', 'TERM', '--'] : [];
-  const argv = [...guard, bins.vmexec, ...args];
-  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', logFd, logFd] });
-  let exited = false;
-  const exit = new Promise((res) => child.on('exit', (code, sig) => { exited = true; res({ code, sig }); }));
-  const url = `http://127.0.0.1:${port}`;
-  const log = () => { try { return readFileSync(logPath, 'utf8'); } catch { return ''; } };
-  const deadline = Date.now() + 180_000;
-  for (;;) {
-    if (exited) throw new Error(`vmexec serve exited at start; log:\n${log().slice(-4000)}`);
-    try {
-      if ((await fetch(`${url}/health`)).ok) break;
-    } catch { /* not listening yet */ }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`vmexec serve did not become healthy; log:\n${log().slice(-4000)}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return {
-    url, dataDir: data, vmexec: bins.vmexec, log,
-    async stop() {
-      if (!exited) {
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 60_000);
-        await exit;
-        clearTimeout(t);
-      }
-      rmSync(data, { recursive: true, force: true });
-      rmSync(logPath, { force: true });
-    },
-  };
 }
