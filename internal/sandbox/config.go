@@ -115,46 +115,31 @@ func DefaultConfig() Config {
 // withDefaults fills zero fields from DefaultConfig.
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	fill := func(dst *int64, v int64) {
-		if *dst == 0 {
-			*dst = v
-		}
-	}
 	for _, l := range limitSpecs {
-		fill(l.field(&c.Defaults), *l.field(&d.Defaults))
-		fill(l.field(&c.Max), *l.field(&d.Max))
+		orDefault(l.field(&c.Defaults), *l.field(&d.Defaults))
+		orDefault(l.field(&c.Max), *l.field(&d.Max))
 	}
-	fill(&c.HostMaxPIDs, d.HostMaxPIDs)
-	if c.MaxCodeBytes == 0 {
-		c.MaxCodeBytes = d.MaxCodeBytes
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = d.IdleTimeout
-	}
-	if c.MaxSandboxes == 0 {
-		c.MaxSandboxes = d.MaxSandboxes
-	}
-	if c.QueueDepth == 0 {
-		c.QueueDepth = d.QueueDepth
-	}
-	if c.MaxStoredOutput == 0 {
-		c.MaxStoredOutput = d.MaxStoredOutput
-	}
-	fill(&c.SandboxSnapshotBytes, d.SandboxSnapshotBytes)
-	fill(&c.TotalSnapshotBytes, d.TotalSnapshotBytes)
-	if c.MaxSnapshotsLimit == 0 {
-		c.MaxSnapshotsLimit = d.MaxSnapshotsLimit
-	}
-	if c.MaxHistoryLimit == 0 {
-		c.MaxHistoryLimit = d.MaxHistoryLimit
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = d.ShutdownTimeout
-	}
-	if c.SuspendTimeout == 0 {
-		c.SuspendTimeout = d.SuspendTimeout
-	}
+	orDefault(&c.HostMaxPIDs, d.HostMaxPIDs)
+	orDefault(&c.MaxCodeBytes, d.MaxCodeBytes)
+	orDefault(&c.IdleTimeout, d.IdleTimeout)
+	orDefault(&c.MaxSandboxes, d.MaxSandboxes)
+	orDefault(&c.QueueDepth, d.QueueDepth)
+	orDefault(&c.MaxStoredOutput, d.MaxStoredOutput)
+	orDefault(&c.SandboxSnapshotBytes, d.SandboxSnapshotBytes)
+	orDefault(&c.TotalSnapshotBytes, d.TotalSnapshotBytes)
+	orDefault(&c.MaxSnapshotsLimit, d.MaxSnapshotsLimit)
+	orDefault(&c.MaxHistoryLimit, d.MaxHistoryLimit)
+	orDefault(&c.ShutdownTimeout, d.ShutdownTimeout)
+	orDefault(&c.SuspendTimeout, d.SuspendTimeout)
 	return c
+}
+
+// orDefault sets *dst to v when *dst is its type's zero value.
+func orDefault[T comparable](dst *T, v T) {
+	var zero T
+	if *dst == zero {
+		*dst = v
+	}
 }
 
 // Validate reports a configuration that cannot work.
