@@ -2,12 +2,8 @@ package gvisor
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/fsutil"
@@ -16,7 +12,6 @@ import (
 // An image is images/<ref>/ under the state dir, written as images/<ref>.tmp and
 // renamed into place when whole: a directory with the .tmp suffix is a crash's
 // leftover, never listed, and removed by ListImages.
-const tmpSuffix = ".tmp"
 
 // Snapshot implements backend.Snapshotter with `runsc checkpoint --leave-running`: the
 // image holds the sandbox's memory, processes and in-memory root overlay together.
@@ -31,9 +26,9 @@ func (b *Backend) Snapshot(ctx context.Context, s backend.Sandbox) (backend.Imag
 		return backend.Image{}, sb.deadError()
 	default:
 	}
-	ref := newRef()
+	ref := backend.NewImageRef()
 	final := b.cfg.image(ref)
-	tmp := final + tmpSuffix
+	tmp := final + backend.ImageTmpSuffix
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return backend.Image{}, fmt.Errorf("snapshot dir: %w", err)
 	}
@@ -64,46 +59,16 @@ func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (back
 
 // DeleteImage implements backend.Snapshotter.
 func (b *Backend) DeleteImage(ctx context.Context, ref string) error {
-	if !backend.ValidRef(ref) {
-		return nil // names nothing this backend could have made
-	}
-	if err := os.RemoveAll(b.cfg.image(ref)); err != nil {
-		return fmt.Errorf("delete image %s: %w", ref, err)
-	}
-	return nil
+	return backend.ImageDir(b.cfg.images()).Delete(ref)
 }
 
 // ListImages implements backend.Snapshotter; it removes half-written images.
 func (b *Backend) ListImages(ctx context.Context) ([]backend.Image, error) {
-	ents, err := os.ReadDir(b.cfg.images())
-	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
-	}
-	var out []backend.Image
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), tmpSuffix) {
-			os.RemoveAll(filepath.Join(b.cfg.images(), e.Name()))
-			continue
-		}
-		if !e.IsDir() || !backend.ValidRef(e.Name()) {
-			continue
-		}
-		if img, err := b.imageInfo(e.Name()); err == nil {
-			out = append(out, img)
-		}
-	}
-	return out, nil
+	return backend.ImageDir(b.cfg.images()).List(b.imageInfo)
 }
 
 func (b *Backend) imageDir(ref string) (string, error) {
-	if !backend.ValidRef(ref) {
-		return "", fmt.Errorf("snapshot image %q: %w", ref, backend.ErrNotFound)
-	}
-	dir := b.cfg.image(ref)
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("snapshot image %s: %w", ref, backend.ErrNotFound)
-	}
-	return dir, nil
+	return backend.ImageDir(b.cfg.images()).Open(ref)
 }
 
 func (b *Backend) imageInfo(ref string) (backend.Image, error) {
@@ -116,10 +81,4 @@ func (b *Backend) imageInfo(ref string) (backend.Image, error) {
 		img.CreatedAt = fi.ModTime().UTC()
 	}
 	return img, nil
-}
-
-func newRef() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return "img-" + hex.EncodeToString(b)
 }

@@ -2,14 +2,11 @@ package microvm
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/vmexec/vmexec/internal/backend"
@@ -55,9 +52,9 @@ func (b *Backend) Snapshot(ctx context.Context, s backend.Sandbox) (backend.Imag
 	if !sb.proc.alive() {
 		return backend.Image{}, sb.deadError()
 	}
-	ref := newRef()
+	ref := backend.NewImageRef()
 	final := b.cfg.image(ref)
-	tmp := final + tmpSuffix
+	tmp := final + backend.ImageTmpSuffix
 	if err := b.snapshotInto(ctx, sb, tmp); err != nil {
 		os.RemoveAll(tmp)
 		return backend.Image{}, fmt.Errorf("snapshot %s: %w", sb.id, err)
@@ -228,49 +225,16 @@ func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (back
 
 // DeleteImage implements backend.Snapshotter.
 func (b *Backend) DeleteImage(ctx context.Context, ref string) error {
-	if !backend.ValidRef(ref) {
-		return nil // names nothing this backend could have made
-	}
-	if err := os.RemoveAll(b.cfg.image(ref)); err != nil {
-		return fmt.Errorf("delete image %s: %w", ref, err)
-	}
-	return nil
+	return backend.ImageDir(b.cfg.images()).Delete(ref)
 }
 
 // ListImages implements backend.Snapshotter; it removes half-written images.
 func (b *Backend) ListImages(ctx context.Context) ([]backend.Image, error) {
-	ents, err := os.ReadDir(b.cfg.images())
-	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
-	}
-	var out []backend.Image
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), tmpSuffix) {
-			os.RemoveAll(filepath.Join(b.cfg.images(), e.Name()))
-			continue
-		}
-		if !e.IsDir() || !backend.ValidRef(e.Name()) {
-			continue
-		}
-		if img, err := b.imageInfo(e.Name()); err == nil {
-			out = append(out, img)
-		}
-	}
-	return out, nil
+	return backend.ImageDir(b.cfg.images()).List(b.imageInfo)
 }
 
-// tmpSuffix marks an image being written (a crash's leftover if found at start).
-const tmpSuffix = ".tmp"
-
 func (b *Backend) imageDir(ref string) (string, error) {
-	if !backend.ValidRef(ref) {
-		return "", fmt.Errorf("snapshot image %q: %w", ref, backend.ErrNotFound)
-	}
-	dir := b.cfg.image(ref)
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("snapshot image %s: %w", ref, backend.ErrNotFound)
-	}
-	return dir, nil
+	return backend.ImageDir(b.cfg.images()).Open(ref)
 }
 
 func (b *Backend) imageInfo(ref string) (backend.Image, error) {
@@ -283,12 +247,6 @@ func (b *Backend) imageInfo(ref string) (backend.Image, error) {
 		img.CreatedAt = m.Taken
 	}
 	return img, nil
-}
-
-func newRef() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return "img-" + hex.EncodeToString(b)
 }
 
 func (b *Backend) fromSnapshot(ctx context.Context, m snapMeta, dir string, spec backend.Spec, op string) (backend.Sandbox, error) {
