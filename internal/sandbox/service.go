@@ -64,6 +64,9 @@ type Deps struct {
 	// History records runs, snapshots and sandboxes durably.
 	History history.Store
 	Logger  *slog.Logger
+	// Fencer, in cluster mode, refuses runs for agents this node does not own (see
+	// Fencer); nil on a single host.
+	Fencer Fencer
 }
 
 // Service runs agents' code in sandboxes of one backend.
@@ -74,6 +77,7 @@ type Service struct {
 	tpl      template.Template
 	hist     history.Store
 	log      *slog.Logger
+	fencer   Fencer // nil: single host
 
 	redactor *redact.Redactor
 
@@ -119,7 +123,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg.withDefaults(), backends: map[string]backend.Backend{}, def: d.Backends[0], tpl: d.Template,
-		hist: d.History, log: d.Logger.With("component", "sandbox"),
+		hist: d.History, log: d.Logger.With("component", "sandbox"), fencer: d.Fencer,
 		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, deletedFor: map[string]string{}, stop: make(chan struct{}),
 	}
 	s.runs, s.cancelRuns = context.WithCancel(context.Background())
