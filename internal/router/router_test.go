@@ -1,0 +1,475 @@
+package router
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmexec/vmexec/internal/auth"
+	"github.com/vmexec/vmexec/internal/cluster"
+	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/history/postgres"
+	"github.com/vmexec/vmexec/internal/history/postgres/pgtest"
+)
+
+// The router's unit tests run on a real PostgreSQL (the cluster's tables and the
+// history's) with nodes that are small HTTP servers answering for a daemon: the
+// router's job is to pick the right one, which they report. The real daemons
+// behind a router are e2e/cluster's.
+
+// fakeNode answers like a daemon would for the router's purposes: every request
+// with its name (and the agent header the router saw), the health probe, its
+// compatibility, and adopt calls, which it counts.
+type fakeNode struct {
+	name   string
+	compat string
+	hs     *httptest.Server
+	adopts atomic.Int64
+	mu     sync.Mutex
+	auths  []string // Authorization headers received
+	stream chan string
+}
+
+func (n *fakeNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/v1/health":
+		w.Write([]byte(`{"status":"ok"}`))
+		return
+	case "/v1/cluster/node":
+		json.NewEncoder(w).Encode(NodeInfo{Node: n.name, Compat: n.compat})
+		return
+	case "/v1/cluster/adopt":
+		n.adopts.Add(1)
+		w.Write([]byte(`{}`))
+		return
+	case "/v1/stream":
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		for ev := range n.stream {
+			fmt.Fprintf(w, "data: %s\n\n", ev)
+			w.(http.Flusher).Flush()
+		}
+		return
+	}
+	n.mu.Lock()
+	n.auths = append(n.auths, r.Header.Get("Authorization"))
+	n.mu.Unlock()
+	b, _ := io.ReadAll(r.Body)
+	json.NewEncoder(w).Encode(map[string]string{"node": n.name, "host": r.Host, "body": string(b)})
+}
+
+type cluster_ struct {
+	t      *testing.T
+	url    string
+	hist   *postgres.Store
+	pg     *cluster.Postgres
+	nodes  map[string]*fakeNode
+	router *Router
+}
+
+// newCluster starts nodes (registered and ready) on a fresh database and a router.
+func newCluster(t *testing.T, names ...string) *cluster_ {
+	t.Helper()
+	s := pgtest.Start(t)
+	url := s.NewDatabase(t)
+	ctx := context.Background()
+	hist, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hist.Close() })
+	pg, err := cluster.NewPostgres(ctx, hist.Pool())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster_{t: t, url: url, hist: hist, pg: pg, nodes: map[string]*fakeNode{}}
+	for _, name := range names {
+		c.addNode(name, "gvisor/v1/systrap", 10, 0)
+	}
+	c.router = c.newRouter(nil)
+	return c
+}
+
+func (c *cluster_) addNode(name, compat string, capacity, load int64) *fakeNode {
+	n := &fakeNode{name: name, compat: compat, stream: make(chan string)}
+	n.hs = httptest.NewServer(n)
+	c.t.Cleanup(n.hs.Close)
+	c.nodes[name] = n
+	if err := c.pg.Register(context.Background(), cluster.Node{Name: name, Address: n.hs.Listener.Addr().String(), Capacity: capacity, Load: load}); err != nil {
+		c.t.Fatal(err)
+	}
+	return n
+}
+
+func (c *cluster_) newRouter(keys *auth.Cache) *Router {
+	rt, err := New(Config{Owners: c.pg, Members: Registry{Reg: c.pg}, Lookup: PGLookup{Pool: c.hist.Pool()},
+		Keys: keys, TakeoverWait: 2 * time.Second, CacheTTL: time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return rt
+}
+
+// kill stops node name answering and makes its heartbeat stale.
+func (c *cluster_) kill(name string) {
+	c.nodes[name].hs.Close()
+	c.stale(name)
+}
+
+func (c *cluster_) stale(name string) {
+	if _, err := c.hist.Pool().Exec(context.Background(), `UPDATE cluster_nodes SET last_ready = clock_timestamp() - interval '1 hour' WHERE name = $1`, name); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *cluster_) claim(agent, node string) cluster.Owner {
+	o, err := c.pg.Claim(context.Background(), agent, node)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return o
+}
+
+func (c *cluster_) owner(agent string) cluster.Owner {
+	o, err := c.pg.Get(context.Background(), agent)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return o
+}
+
+type reply struct {
+	status int
+	node   string // X-Vmexec-Node
+	from   string // X-Vmexec-Taken-Over-From
+	body   string
+}
+
+func do(t *testing.T, h http.Handler, method, target, body string, hdr ...string) reply {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req := httptest.NewRequest(method, target, rd)
+	req.Host = "localhost"
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return reply{status: w.Code, node: w.Header().Get(HeaderNode), from: w.Header().Get(HeaderTakenOver), body: w.Body.String()}
+}
+
+// TestRoutingRules guards where each kind of request goes: the agent named by a
+// header, a body, the path or the query, or owning the object the path names; a
+// request naming no agent in a cluster of several nodes is refused with a message
+// saying how to name it, and one concerning no agent goes to any node.
+func TestRoutingRules(t *testing.T) {
+	c := newCluster(t, "n1", "n2")
+	ctx := context.Background()
+	c.claim("alice", "n1")
+	c.claim("bob", "n2")
+	now := time.Now().UTC()
+	if err := c.hist.PutSandbox(ctx, history.Sandbox{ID: "sb-bob", AgentID: "bob", Backend: "gvisor", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.hist.PutSnapshot(ctx, history.Snapshot{ID: "snap-bob", SandboxID: "sb-bob", AgentID: "bob", Kind: history.SnapshotManual, Path: "x", CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, method, target, body string
+		hdr                        []string
+		status                     int
+		node                       string // "" with 200: any node
+		errHas                     string
+	}{
+		{"body agent_id", "POST", "/v1/exec", `{"agent_id":"alice","language":"python","code":"1"}`, nil, 200, "n1", ""},
+		{"body agent_id other", "POST", "/v1/exec", `{"agent_id":"bob","language":"python","code":"1"}`, nil, 200, "n2", ""},
+		{"compat route body", "POST", "/api/llm/execute", `{"agent_id":"bob","code":"1"}`, nil, 200, "n2", ""},
+		{"body sandbox_id", "POST", "/v1/exec", `{"sandbox_id":"sb-bob","code":"1"}`, nil, 200, "n2", ""},
+		{"header wins", "POST", "/v1/exec", `{"agent_id":"bob"}`, []string{HeaderAgent, "alice"}, 200, "n1", ""},
+		{"sandbox in path", "POST", "/v1/sandboxes/sb-bob/exec", `{"code":"1"}`, nil, 200, "n2", ""},
+		{"compat vm in path", "GET", "/api/vms/sb-bob/history", "", nil, 200, "n2", ""},
+		{"files of a sandbox", "GET", "/v1/sandboxes/sb-bob/files?path=/x", "", nil, 200, "n2", ""},
+		{"snapshot in path", "POST", "/v1/snapshots/snap-bob/fork", `{}`, nil, 200, "n2", ""},
+		{"agent in path", "GET", "/v1/agents/alice/policy", "", nil, 200, "n1", ""},
+		{"query agent", "GET", "/v1/history?agent_id=bob", "", nil, 200, "n2", ""},
+		{"query sandbox", "GET", "/v1/history?sandbox_id=sb-bob", "", nil, 200, "n2", ""},
+		{"mcp names agent by query", "POST", "/mcp?agent_id=alice", `{}`, nil, 200, "n1", ""},
+		{"unknown sandbox", "POST", "/v1/sandboxes/sb-nope/exec", `{}`, nil, 404, "", "sandbox sb-nope"},
+		{"unknown run", "GET", "/v1/runs/ex-nope", "", nil, 404, "", "run ex-nope"},
+		{"no agent, two nodes", "GET", "/v1/sandboxes", "", nil, 400, "", "names no agent"},
+		{"mcp without agent", "POST", "/mcp", `{}`, nil, 400, "", "X-Vmexec-Agent"},
+		{"no agent's data", "GET", "/v1/languages", "", nil, 200, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := do(t, c.router, tt.method, tt.target, tt.body, tt.hdr...)
+			if got.status != tt.status {
+				t.Fatalf("status %d, want %d (%s)", got.status, tt.status, got.body)
+			}
+			if tt.node != "" && got.node != tt.node {
+				t.Errorf("served by %q, want %q", got.node, tt.node)
+			}
+			if tt.status == 200 && got.node == "" {
+				t.Errorf("no %s header", HeaderNode)
+			}
+			if !strings.Contains(got.body, tt.errHas) {
+				t.Errorf("body %q lacks %q", got.body, tt.errHas)
+			}
+			if tt.status == 200 && tt.body != "" && !strings.Contains(got.body, strings.ReplaceAll(tt.body, `"`, `\"`)) {
+				t.Errorf("the node did not get the body: %s", got.body)
+			}
+		})
+	}
+}
+
+// TestOneNodeTakesAgentless guards the single-node convenience: a request naming
+// no agent goes to the only node.
+func TestOneNodeTakesAgentless(t *testing.T) {
+	c := newCluster(t, "solo")
+	if got := do(t, c.router, "GET", "/v1/sandboxes", ""); got.status != 200 || got.node != "solo" {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+// TestPlacement guards best-of-K placement: a new agent is claimed for a ready node
+// with room, never a full one, a stale one, or — with K=2 of three nodes — the most
+// loaded; the claim makes every router agree.
+func TestPlacement(t *testing.T) {
+	c := newCluster(t)
+	c.addNode("light", "c", 10, 1)
+	c.addNode("medium", "c", 10, 5)
+	c.addNode("heavy", "c", 10, 9)
+	c.addNode("full", "c", 4, 4)
+	c.addNode("gone", "c", 100, 0)
+	c.stale("gone")
+	counts := map[string]int{}
+	for i := range 40 {
+		agent := fmt.Sprintf("agent-%d", i)
+		got := do(t, c.router, "POST", "/v1/exec", fmt.Sprintf(`{"agent_id":%q}`, agent))
+		if got.status != 200 {
+			t.Fatalf("status %d: %s", got.status, got.body)
+		}
+		if o := c.owner(agent); o.Node != got.node || o.Epoch != 1 {
+			t.Fatalf("agent %s served by %s but owned by %+v", agent, got.node, o)
+		}
+		// A second router sends the agent's next request to the same node.
+		if again := do(t, c.newRouter(nil), "POST", "/v1/exec", fmt.Sprintf(`{"agent_id":%q}`, agent)); again.node != got.node {
+			t.Fatalf("second router sent %s to %s, first to %s", agent, again.node, got.node)
+		}
+		counts[got.node]++
+	}
+	for _, never := range []string{"full", "gone", "heavy"} {
+		if counts[never] > 0 {
+			t.Errorf("placed %d agents on %s: %v", counts[never], never, counts)
+		}
+	}
+	if counts["light"] <= counts["medium"] {
+		t.Errorf("the lighter node got no more agents than the heavier: %v", counts)
+	}
+}
+
+// TestPlacementNoRoom guards the refusal when every node is full: 503, no row.
+func TestPlacementNoRoom(t *testing.T) {
+	c := newCluster(t)
+	c.addNode("full", "c", 2, 2)
+	got := do(t, c.router, "POST", "/v1/exec", `{"agent_id":"x"}`)
+	if got.status != 503 || !strings.Contains(got.body, "with room") {
+		t.Fatalf("got %+v", got)
+	}
+	if _, err := c.pg.Get(context.Background(), "x"); err == nil {
+		t.Error("an agent with nowhere to go was claimed")
+	}
+}
+
+// TestTakeoverDecision guards when the router takes an agent over: an owner that
+// answers keeps it; one that does not answer but still heartbeats keeps it (503,
+// retry); one that neither answers nor heartbeats loses it to a compatible node,
+// exactly once however many requests (on however many routers) meet it at once,
+// and every one of those requests lands on the new owner, which was asked to
+// adopt the agent.
+func TestTakeoverDecision(t *testing.T) {
+	c := newCluster(t, "n1")
+	c.addNode("n2", "gvisor/v1/systrap", 10, 0)
+	c.addNode("odd", "gvisor/v0/ptrace", 10, 0) // incompatible: never a new owner
+	c.claim("a", "n1")
+	routers := []*Router{c.router, c.newRouter(nil), c.newRouter(nil)}
+	for _, rt := range routers { // each router learns n1's compatibility while it lives
+		rt.compatOf(context.Background(), cluster.Node{Name: "n1", Address: c.nodes["n1"].hs.Listener.Addr().String()})
+	}
+
+	if got := do(t, c.router, "POST", "/v1/exec", `{"agent_id":"a"}`); got.node != "n1" || got.from != "" {
+		t.Fatalf("a live owner lost its agent: %+v", got)
+	}
+
+	c.nodes["n1"].hs.Close() // unreachable, still heartbeating
+	if got := do(t, c.router, "POST", "/v1/exec", `{"agent_id":"a"}`); got.status != 503 || !strings.Contains(got.body, "heartbeated") {
+		t.Fatalf("owner still heartbeating: got %+v", got)
+	}
+	if o := c.owner("a"); o.Node != "n1" || o.Epoch != 1 {
+		t.Fatalf("taken over from a heartbeating node: %+v", o)
+	}
+
+	c.stale("n1")
+	const reqs = 12
+	var wg sync.WaitGroup
+	replies := make([]reply, reqs)
+	for i := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			replies[i] = do(t, routers[i%len(routers)], "POST", "/v1/exec", fmt.Sprintf(`{"agent_id":"a","code":"%d"}`, i))
+		}()
+	}
+	wg.Wait()
+	o := c.owner("a")
+	if o.Epoch != 2 || o.Node != "n2" {
+		t.Fatalf("after the takeover the row is %+v, want n2 at epoch 2 (one takeover)", o)
+	}
+	for i, r := range replies {
+		if r.status != 200 || r.node != "n2" {
+			t.Errorf("request %d: %+v", i, r)
+		}
+	}
+	if n := c.nodes["n2"].adopts.Load(); n < 1 || n > int64(len(routers)) {
+		t.Errorf("n2 was asked to adopt %d times, want 1..%d (once per router at most)", n, len(routers))
+	}
+	if c.nodes["odd"].adopts.Load() != 0 {
+		t.Error("an incompatible node was asked to adopt")
+	}
+	withFrom := 0
+	for _, r := range replies {
+		if r.from == "n1" {
+			withFrom++
+		}
+	}
+	if withFrom == 0 {
+		t.Errorf("no reply said the agent was taken over from n1")
+	}
+}
+
+// TestDeregisteredOwner guards an owner that shut down cleanly (its registry row
+// is gone): the next request takes the agent over at once.
+func TestDeregisteredOwner(t *testing.T) {
+	c := newCluster(t, "n1", "n2")
+	c.claim("a", "n1")
+	c.nodes["n1"].hs.Close()
+	if err := c.pg.Deregister(context.Background(), "n1"); err != nil {
+		t.Fatal(err)
+	}
+	got := do(t, c.router, "POST", "/v1/exec", `{"agent_id":"a"}`)
+	if got.status != 200 || got.node != "n2" || got.from != "n1" {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+// TestSSEPassThrough guards streaming through the router: each event reaches the
+// client as the node flushes it, before the node sends the next.
+func TestSSEPassThrough(t *testing.T) {
+	c := newCluster(t, "n1")
+	c.claim("a", "n1")
+	front := httptest.NewServer(c.router)
+	defer front.Close()
+	resp, err := http.Get(front.URL + "/v1/stream?agent_id=a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	rd := bufio.NewReader(resp.Body)
+	n := c.nodes["n1"]
+	for _, ev := range []string{"one", "two", "three"} {
+		n.stream <- ev // the node sends one event and waits for the next turn
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if line != "data: "+ev+"\n" {
+			t.Fatalf("got %q, want event %s", line, ev)
+		}
+		rd.ReadString('\n')
+	}
+	close(n.stream)
+}
+
+// TestAuth guards the router's key check against the cluster's keys in
+// PostgreSQL: no key is 401 (nothing reaches a node), a key scoped to other agents
+// may neither reach nor place an agent (403, no row), a valid key is forwarded with
+// its Authorization header for the daemon to check again, and health needs none.
+func TestAuth(t *testing.T) {
+	c := newCluster(t, "n1")
+	ctx := context.Background()
+	mk := func(name string, admin bool, agents ...string) string {
+		secret, hash, err := auth.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.hist.CreateKey(ctx, auth.Key{ID: auth.NewID(), Name: name, Hash: hash, Admin: admin, Agents: agents, CreatedAt: time.Now().UTC()}); err != nil {
+			t.Fatal(err)
+		}
+		return secret
+	}
+	admin := mk("ops", true)
+	scoped := mk("team", false, "team-*")
+	keys := auth.NewCache(c.hist, false, nil)
+	if err := keys.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rt := c.newRouter(keys)
+	cases := []struct {
+		name, key, agent string
+		status           int
+	}{
+		{"no key", "", "team-1", 401},
+		{"wrong key", "vmx_0000000000000000000000000000000000000000", "team-1", 401},
+		{"scoped, out of scope", scoped, "other", 403},
+		{"scoped, in scope", scoped, "team-1", 200},
+		{"admin", admin, "other-2", 200},
+	}
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			var hdr []string
+			if tt.key != "" {
+				hdr = []string{"Authorization", "Bearer " + tt.key}
+			}
+			got := do(t, rt, "POST", "/v1/exec", fmt.Sprintf(`{"agent_id":%q}`, tt.agent), hdr...)
+			if got.status != tt.status {
+				t.Fatalf("status %d, want %d: %s", got.status, tt.status, got.body)
+			}
+			_, err := c.pg.Get(ctx, tt.agent)
+			if placed := err == nil; placed != (tt.status == 200) {
+				t.Errorf("agent %s placed: %v, want %v", tt.agent, placed, tt.status == 200)
+			}
+		})
+	}
+	n := c.nodes["n1"]
+	n.mu.Lock()
+	auths := n.auths
+	n.mu.Unlock()
+	if len(auths) != 2 || auths[0] != "Bearer "+scoped || auths[1] != "Bearer "+admin {
+		t.Errorf("the node got Authorization headers %q, want the two accepted keys", auths)
+	}
+	if got := do(t, rt, "GET", "/health", ""); got.status != 200 {
+		t.Errorf("health without a key: %+v", got)
+	}
+}
