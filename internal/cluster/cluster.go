@@ -36,12 +36,17 @@
 //     clock_timestamp()), so the nodes' clocks need not agree for ListReady;
 //     `vmexec doctor` still warns of a skewed clock, which confuses logs and the
 //     snapshot store's times.
-//   - What is not fenced: the history store (runs, snapshots) does not check epochs.
-//     A cut-off node's in-flight run may still write its own run row (marked as an
-//     error); it cannot move the sandbox's head (the service skips persisting a
-//     fenced run's state). A node whose epoch moved on must discard its local
+//   - The durable snapshot key is written by whoever uploads the agent's snapshot to
+//     the store (cluster mode part 1's S3 half), with Update, so a cut-off node
+//     cannot overwrite the new owner's key.
+//   - What is not fenced yet: only runs are (POST /v1/exec and the sandbox exec
+//     route). The history store (runs, snapshots, sandbox records) does not check
+//     epochs: a cut-off node's in-flight run still writes its own run row (marked as
+//     an error) but not the sandbox's head; its idle suspension or a background
+//     snapshot may still write the sandbox record; file, snapshot and rollback
+//     routes are not fenced. A node whose epoch moved on must discard its local
 //     sandbox and restore from the durable snapshot before it runs for the agent
-//     again: the first run after that is refused with ErrStale, and doing the
+//     again; the first run after the change is refused with ErrStale, and the
 //     restore is part 2's.
 //
 // # Errors
