@@ -87,6 +87,50 @@ func TestClusterPostgresFencing(t *testing.T) {
 		t.Errorf("another agent's run on node-1: %+v, %v", res, err)
 	}
 
+	// agent-c is taken over while its run is in flight: the run is not acknowledged.
+	type answer struct {
+		res *api.ExecResult
+		err error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		res, err := run("agent-c", "touch /tmp/mine; sleep 5; echo done")
+		answered <- answer{res, err}
+	}()
+	var inFlight history.Run
+	waitUntil(t, "agent-c's run is in flight", func() bool {
+		runs, _, err := hist.ListRuns(ctx, history.RunFilter{AgentID: "agent-c"})
+		if err == nil && len(runs) == 1 && runs[0].Status == history.StatusRunning {
+			inFlight = runs[0]
+			return true
+		}
+		return false
+	})
+	oc, err := own.Get(ctx, "agent-c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := own.Takeover(ctx, "agent-c", "node-3", oc.Epoch); err != nil {
+		t.Fatal(err)
+	}
+	a := <-answered
+	var ce *client.Error
+	if !errors.As(a.err, &ce) || ce.Status != http.StatusConflict || !strings.Contains(ce.Message, `"node-3"`) {
+		t.Fatalf("run whose agent was taken over mid-run: %+v, %v; want 409 naming node-3", a.res, a.err)
+	}
+	if r, err := hist.GetRun(ctx, inFlight.ID); err != nil || r.Status != history.StatusError {
+		t.Errorf("the unacknowledged run is recorded as %+v, %v; want status error", r, err)
+	}
+	sbs, err := hist.ListSandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sb := range sbs {
+		if sb.AgentID == "agent-c" && sb.HeadRunID == inFlight.ID {
+			t.Errorf("sandbox %s's durable head is the unacknowledged run %s", sb.ID, inFlight.ID)
+		}
+	}
+
 	d.stop()
 	d.start()
 	refused("after a restart")
