@@ -62,8 +62,8 @@ func TestClusterPostgresFencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	o, err := own.Get(ctx, "agent-a")
-	if err != nil || o.Node != "node-1" || o.Epoch != 1 {
-		t.Fatalf("owner after the first run: %+v, %v; want node-1 at epoch 1", o, err)
+	if err != nil || o.Node != "node-1" || o.Epoch != 1 || o.Sandbox != res.SandboxID {
+		t.Fatalf("owner after the first run: %+v, %v; want node-1 at epoch 1 with sandbox %s", o, err, res.SandboxID)
 	}
 	nodes, err := own.ListReady(ctx, cluster.ReadyWithin)
 	if err != nil || len(nodes) != 1 || nodes[0].Name != "node-1" || nodes[0].Address == "" {

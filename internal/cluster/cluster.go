@@ -138,13 +138,14 @@ type Ownership interface {
 	// current row; if no row exists, ErrNotFound (Claim instead).
 	Takeover(ctx context.Context, agent, node string, seen int64) (Owner, error)
 
-	// Check returns nil if node holds agent at epoch, else an *OwnerError wrapping
-	// ErrStale (or ErrNotFound if the row is gone).
-	Check(ctx context.Context, agent, node string, epoch int64) error
+	// Check returns the agent's row if node holds agent at epoch, else an
+	// *OwnerError wrapping ErrStale (or ErrNotFound if the row is gone).
+	Check(ctx context.Context, agent, node string, epoch int64) (Owner, error)
 
-	// Update writes o's Sandbox, State and DurableSnapshotKey if o.Node still holds
-	// o.Agent at o.Epoch (a fenced write), and returns the new row; otherwise an
-	// *OwnerError wrapping ErrStale.
+	// Update writes o's Sandbox, State and DurableSnapshotKey, each only when not
+	// empty (the others keep their value), if o.Node still holds o.Agent at o.Epoch
+	// (a fenced write), and returns the new row; otherwise an *OwnerError wrapping
+	// ErrStale.
 	Update(ctx context.Context, o Owner) (Owner, error)
 
 	// Release deletes the agent's row if node holds it at epoch (the agent was

@@ -17,21 +17,23 @@ import (
 // result). Runs that never execute (blocked by policy) are not fenced.
 type Fencer interface {
 	// Hold returns nil while this node owns agentID, claiming the agent first if no
-	// node owns it. A refusal — another node owns the agent, or took it over since
+	// node owns it. sandboxID is the sandbox the run uses ("" before it is known:
+	// the first call of a run for the agent's default sandbox), for the ownership
+	// record. A refusal — another node owns the agent, or took it over since
 	// this node claimed it — is an error with a method Fenced() bool returning true,
 	// whose message names the node that owns the agent now; it becomes ErrConflict
 	// (HTTP 409). Any other error means ownership could not be checked (the
 	// database is unreachable); it becomes ErrUnavailable (HTTP 503).
-	Hold(ctx context.Context, agentID string) error
+	Hold(ctx context.Context, agentID, sandboxID string) error
 }
 
 // fence asks the Fencer, if any, whether this node may run for agentID, and
 // classifies its refusal.
-func (s *Service) fence(ctx context.Context, agentID string) error {
+func (s *Service) fence(ctx context.Context, agentID, sandboxID string) error {
 	if s.fencer == nil {
 		return nil
 	}
-	err := s.fencer.Hold(ctx, agentID)
+	err := s.fencer.Hold(ctx, agentID, sandboxID)
 	if err == nil {
 		return nil
 	}

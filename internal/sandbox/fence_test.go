@@ -32,7 +32,7 @@ type scriptedFencer struct {
 	calls   map[string]int
 }
 
-func (f *scriptedFencer) Hold(ctx context.Context, agent string) error {
+func (f *scriptedFencer) Hold(ctx context.Context, agent, sandbox string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := f.calls[agent]
