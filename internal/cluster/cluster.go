@@ -39,14 +39,17 @@
 //   - The durable snapshot key is written by whoever uploads the agent's snapshot to
 //     the store (cluster mode part 1's S3 half), with Update, so a cut-off node
 //     cannot overwrite the new owner's key.
-//   - What is not fenced yet: only runs are (POST /v1/exec and the sandbox exec
-//     route). The history store (runs, snapshots, sandbox records) does not check
-//     epochs: a cut-off node's in-flight run still writes its own run row (marked as
-//     an error) but not the sandbox's head; its idle suspension or a background
-//     snapshot may still write the sandbox record; file, snapshot and rollback
-//     routes are not fenced. A node whose epoch moved on must discard its local
-//     sandbox and restore from the durable snapshot before it runs for the agent
-//     again; the first run after the change is refused with ErrStale, and the
+//   - What is fenced: runs (POST /v1/exec and the sandbox exec route), and every
+//     write of a sandbox's durable state (current snapshot, head run) to the shared
+//     history; a starting daemon also keeps the snapshot records whose images it
+//     lacks (they may be another node's). What is not, yet: the history's other
+//     writes do not check epochs (a cut-off node's in-flight run still writes its
+//     own run row, marked as an error; a snapshot it takes is still recorded), the
+//     file, snapshot and rollback routes are not refused, and a starting daemon
+//     still closes every run left "running" in the shared history (a live node's
+//     FinishRun then overwrites that). A node whose epoch moved on must discard its
+//     local sandbox and restore from the durable snapshot before it runs for the
+//     agent again; the first run after the change is refused with ErrStale, and the
 //     restore is part 2's.
 //
 // # Errors

@@ -290,7 +290,11 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	fenced := false
 	if runErr == nil {
 		fctx, cancel := context.WithTimeout(s.work, 10*time.Second)
-		if runErr = s.fence(fctx, req.AgentID, e.id); runErr != nil {
+		def := "" // the ownership record names the agent's default sandbox only
+		if req.SandboxID == "" {
+			def = e.id
+		}
+		if runErr = s.fence(fctx, req.AgentID, def); runErr != nil {
 			fenced = true
 		}
 		cancel()
