@@ -42,11 +42,14 @@ func openHistory(ctx context.Context, cfg config.Config, log *slog.Logger) (hist
 		}
 		return hist, clusterParts{}, nil
 	}
-	hist, err := postgres.Open(ctx, cfg.Cluster.PostgresURL)
+	// Bounded: an unreachable server fails the start instead of hanging it.
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	hist, err := postgres.Open(octx, cfg.Cluster.PostgresURL)
 	if err != nil {
 		return nil, clusterParts{}, fmt.Errorf("history database (cluster.postgres_url): %w\n(run `vmexec doctor` to check the database)", err)
 	}
-	owners, err := cluster.NewPostgres(ctx, hist.Pool())
+	owners, err := cluster.NewPostgres(octx, hist.Pool())
 	if err != nil {
 		hist.Close()
 		return nil, clusterParts{}, err

@@ -36,12 +36,20 @@
 //     clock_timestamp()), so the nodes' clocks need not agree for ListReady;
 //     `vmexec doctor` still warns of a skewed clock, which confuses logs and the
 //     snapshot store's times.
-//   - What is not fenced: the history store (runs, snapshots) does not check epochs.
-//     A cut-off node's in-flight run may still write its own run row (marked as an
-//     error); it cannot move the sandbox's head (the service skips persisting a
-//     fenced run's state). A node whose epoch moved on must discard its local
-//     sandbox and restore from the durable snapshot before it runs for the agent
-//     again: the first run after that is refused with ErrStale, and doing the
+//   - The durable snapshot key is written by whoever uploads the agent's snapshot to
+//     the store (cluster mode part 1's S3 half), with Update, so a cut-off node
+//     cannot overwrite the new owner's key.
+//   - What is fenced: runs (POST /v1/exec and the sandbox exec route), and every
+//     write of a sandbox's durable state (current snapshot, head run) to the shared
+//     history; a starting daemon also keeps the snapshot records whose images it
+//     lacks (they may be another node's). What is not, yet: the history's other
+//     writes do not check epochs (a cut-off node's in-flight run still writes its
+//     own run row, marked as an error; a snapshot it takes is still recorded), the
+//     file, snapshot and rollback routes are not refused, and a starting daemon
+//     still closes every run left "running" in the shared history (a live node's
+//     FinishRun then overwrites that). A node whose epoch moved on must discard its
+//     local sandbox and restore from the durable snapshot before it runs for the
+//     agent again; the first run after the change is refused with ErrStale, and the
 //     restore is part 2's.
 //
 // # Errors
@@ -133,13 +141,14 @@ type Ownership interface {
 	// current row; if no row exists, ErrNotFound (Claim instead).
 	Takeover(ctx context.Context, agent, node string, seen int64) (Owner, error)
 
-	// Check returns nil if node holds agent at epoch, else an *OwnerError wrapping
-	// ErrStale (or ErrNotFound if the row is gone).
-	Check(ctx context.Context, agent, node string, epoch int64) error
+	// Check returns the agent's row if node holds agent at epoch, else an
+	// *OwnerError wrapping ErrStale (or ErrNotFound if the row is gone).
+	Check(ctx context.Context, agent, node string, epoch int64) (Owner, error)
 
-	// Update writes o's Sandbox, State and DurableSnapshotKey if o.Node still holds
-	// o.Agent at o.Epoch (a fenced write), and returns the new row; otherwise an
-	// *OwnerError wrapping ErrStale.
+	// Update writes o's Sandbox, State and DurableSnapshotKey, each only when not
+	// empty (the others keep their value), if o.Node still holds o.Agent at o.Epoch
+	// (a fenced write), and returns the new row; otherwise an *OwnerError wrapping
+	// ErrStale.
 	Update(ctx context.Context, o Owner) (Owner, error)
 
 	// Release deletes the agent's row if node holds it at epoch (the agent was

@@ -178,24 +178,22 @@ func (p *Postgres) refusal(ctx context.Context, agent string, epoch int64) error
 }
 
 // Check implements Ownership.
-func (p *Postgres) Check(ctx context.Context, agent, node string, epoch int64) error {
+func (p *Postgres) Check(ctx context.Context, agent, node string, epoch int64) (Owner, error) {
 	cur, err := p.Get(ctx, agent)
 	if err != nil {
-		return err
+		return Owner{}, err
 	}
 	if cur.Node != node || cur.Epoch != epoch {
-		return &OwnerError{Owner: cur, Err: ErrStale, Epoch: epoch}
+		return Owner{}, &OwnerError{Owner: cur, Err: ErrStale, Epoch: epoch}
 	}
-	return nil
+	return cur, nil
 }
 
 // Update implements Ownership.
 func (p *Postgres) Update(ctx context.Context, o Owner) (Owner, error) {
-	if o.State == "" {
-		o.State = StateActive
-	}
 	got, err := scanOwner(p.pool.QueryRow(ctx, `UPDATE cluster_owners
-		SET sandbox = $4, state = $5, durable_snapshot_key = $6, updated_at = clock_timestamp()
+		SET sandbox = COALESCE(NULLIF($4::text, ''), sandbox), state = COALESCE(NULLIF($5::text, ''), state),
+			durable_snapshot_key = COALESCE(NULLIF($6::text, ''), durable_snapshot_key), updated_at = clock_timestamp()
 		WHERE agent = $1 AND node = $2 AND epoch = $3 RETURNING `+ownerColumns,
 		o.Agent, o.Node, o.Epoch, o.Sandbox, o.State, o.DurableSnapshotKey))
 	if err == nil {

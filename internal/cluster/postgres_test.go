@@ -176,8 +176,8 @@ func TestFencedWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Check(ctx, "a", "n1", o1.Epoch); err != nil {
-		t.Fatalf("owner's check: %v", err)
+	if o, err := p.Check(ctx, "a", "n1", o1.Epoch); err != nil || o.Node != "n1" {
+		t.Fatalf("owner's check: %+v, %v", o, err)
 	}
 	o2, err := p.Takeover(ctx, "a", "n2", o1.Epoch)
 	if err != nil {
@@ -186,11 +186,15 @@ func TestFencedWrites(t *testing.T) {
 	if o2, err = p.Update(ctx, Owner{Agent: "a", Node: "n2", Epoch: o2.Epoch, Sandbox: "sb-2", State: StateSuspended, DurableSnapshotKey: "k2"}); err != nil {
 		t.Fatalf("new owner's update: %v", err)
 	}
+	// Empty fields keep their value.
+	if o, err := p.Update(ctx, Owner{Agent: "a", Node: "n2", Epoch: o2.Epoch}); err != nil || o.Sandbox != "sb-2" || o.DurableSnapshotKey != "k2" || o.State != StateSuspended {
+		t.Fatalf("update with empty fields: %+v, %v; want the row unchanged", o, err)
+	}
 	stale := []struct {
 		name string
 		call func() error
 	}{
-		{"check", func() error { return p.Check(ctx, "a", "n1", o1.Epoch) }},
+		{"check", func() error { _, err := p.Check(ctx, "a", "n1", o1.Epoch); return err }},
 		{"update", func() error {
 			_, err := p.Update(ctx, Owner{Agent: "a", Node: "n1", Epoch: o1.Epoch, Sandbox: "sb-old", DurableSnapshotKey: "old"})
 			return err
@@ -234,13 +238,16 @@ func TestFence(t *testing.T) {
 	ctx := context.Background()
 	ps := newCluster(t, srv, 3)
 	n1, n2 := NewFence(ps[0], "node-1"), NewFence(ps[1], "node-2")
-	if err := n1.Hold(ctx, "a"); err != nil {
+	if err := n1.Hold(ctx, "a", ""); err != nil {
 		t.Fatalf("first hold: %v", err)
 	}
-	if err := n1.Hold(ctx, "a"); err != nil || n1.Epoch("a") != 1 {
+	if err := n1.Hold(ctx, "a", "sb-1"); err != nil || n1.Epoch("a") != 1 {
 		t.Fatalf("holding again: %v, epoch %d", err, n1.Epoch("a"))
 	}
-	err := n2.Hold(ctx, "a")
+	if o, err := ps[2].Get(ctx, "a"); err != nil || o.Sandbox != "sb-1" {
+		t.Errorf("the row after a hold for sandbox sb-1: %+v, %v; want it to name sb-1", o, err)
+	}
+	err := n2.Hold(ctx, "a", "sb-x")
 	if !errors.Is(err, ErrOwned) || !strings.Contains(err.Error(), "node-1") {
 		t.Fatalf("other node's hold: %v; want ErrOwned naming node-1", err)
 	}
@@ -248,7 +255,7 @@ func TestFence(t *testing.T) {
 	if _, err := ps[2].Takeover(ctx, "a", "node-2", 1); err != nil {
 		t.Fatal(err)
 	}
-	err = n1.Hold(ctx, "a")
+	err = n1.Hold(ctx, "a", "sb-1")
 	if !errors.Is(err, ErrStale) || !strings.Contains(err.Error(), `"node-2"`) {
 		t.Fatalf("cut-off node's hold: %v; want ErrStale naming node-2", err)
 	}
@@ -256,15 +263,18 @@ func TestFence(t *testing.T) {
 	if !errors.As(err, &f) || !f.Fenced() {
 		t.Errorf("a refusal does not say it is one (Fenced): %T", err)
 	}
-	if err := n1.Hold(ctx, "a"); !errors.Is(err, ErrOwned) {
+	if err := n1.Hold(ctx, "a", "sb-1"); !errors.Is(err, ErrOwned) {
 		t.Errorf("cut-off node's next hold: %v; want ErrOwned", err)
 	}
 	restarted := NewFence(ps[0], "node-1")
-	if err := restarted.Hold(ctx, "a"); !errors.Is(err, ErrOwned) {
+	if err := restarted.Hold(ctx, "a", ""); !errors.Is(err, ErrOwned) {
 		t.Errorf("restarted node's hold: %v; want ErrOwned", err)
 	}
-	if err := n2.Hold(ctx, "a"); err != nil || n2.Epoch("a") != 2 {
+	if err := n2.Hold(ctx, "a", "sb-2"); err != nil || n2.Epoch("a") != 2 {
 		t.Errorf("new owner's hold: %v, epoch %d; want nil at epoch 2", err, n2.Epoch("a"))
+	}
+	if o, err := ps[2].Get(ctx, "a"); err != nil || o.Sandbox != "sb-2" || o.Node != "node-2" {
+		t.Errorf("the row after the new owner's hold: %+v, %v; want node-2's sandbox sb-2", o, err)
 	}
 }
 

@@ -79,7 +79,7 @@ func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out Outpu
 	if d := s.checkPolicy(req, set); d.Blocked {
 		return s.blocked(ctx, req, d), nil
 	}
-	if err := s.fence(ctx, req.AgentID); err != nil { // cluster mode: another node's agent
+	if err := s.fence(ctx, req.AgentID, req.SandboxID); err != nil { // cluster mode: another node's agent
 		return nil, err
 	}
 	e, err := s.entryFor(ctx, req, lim, set)
@@ -290,7 +290,11 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	fenced := false
 	if runErr == nil {
 		fctx, cancel := context.WithTimeout(s.work, 10*time.Second)
-		if runErr = s.fence(fctx, req.AgentID); runErr != nil {
+		def := "" // the ownership record names the agent's default sandbox only
+		if req.SandboxID == "" {
+			def = e.id
+		}
+		if runErr = s.fence(fctx, req.AgentID, def); runErr != nil {
 			fenced = true
 		}
 		cancel()

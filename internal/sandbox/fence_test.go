@@ -24,29 +24,42 @@ type refusal struct{ owner string }
 func (r refusal) Error() string { return fmt.Sprintf("agent is owned by node %q now", r.owner) }
 func (r refusal) Fenced() bool  { return true }
 
-// scriptedFencer answers Hold from a script: the n-th call for an agent returns
-// answers[agent][n] (nil past the end).
-type scriptedFencer struct {
-	mu      sync.Mutex
-	answers map[string][]error
-	calls   map[string]int
+// switchFencer refuses an agent with the error set for it (nil: holds it), which a
+// test changes as it goes; it counts the calls per agent.
+type switchFencer struct {
+	mu     sync.Mutex
+	refuse map[string]error
+	calls  map[string]int
 }
 
-func (f *scriptedFencer) Hold(ctx context.Context, agent string) error {
+func newSwitchFencer() *switchFencer {
+	return &switchFencer{refuse: map[string]error{}, calls: map[string]int{}}
+}
+
+func (f *switchFencer) set(agent string, err error) {
+	f.mu.Lock()
+	f.refuse[agent] = err
+	f.mu.Unlock()
+}
+
+func (f *switchFencer) Hold(ctx context.Context, agent, sandbox string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n := f.calls[agent]
 	f.calls[agent]++
-	if a := f.answers[agent]; n < len(a) {
-		return a[n]
-	}
-	return nil
+	return f.refuse[agent]
 }
 
 func fencedService(t *testing.T, f Fencer) (*Service, *fakeBackend, *sqlite.Store) {
 	t.Helper()
+	return fencedServiceOn(t, filepath.Join(t.TempDir(), "history.db"), f)
+}
+
+// fencedServiceOn starts a service (a node) with its own backend and images on the
+// history database at histPath, which other nodes may share.
+func fencedServiceOn(t *testing.T, histPath string, f Fencer) (*Service, *fakeBackend, *sqlite.Store) {
+	t.Helper()
 	dir := t.TempDir()
-	hist, err := sqlite.Open(context.Background(), filepath.Join(dir, "history.db"))
+	hist, err := sqlite.Open(context.Background(), histPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,12 +92,9 @@ func fencedService(t *testing.T, f Fencer) (*Service, *fakeBackend, *sqlite.Stor
 // is 503; an agent this node holds runs as on a single host.
 func TestFencedRuns(t *testing.T) {
 	ctx := context.Background()
-	down := errors.New("connect to postgres: connection refused")
-	f := &scriptedFencer{calls: map[string]int{}, answers: map[string][]error{
-		"theirs":  {refusal{"node-2"}},
-		"lost":    {nil, nil, nil, refusal{"node-3"}}, // the second run's commit check
-		"nocheck": {down},
-	}}
+	f := newSwitchFencer()
+	f.set("theirs", refusal{"node-2"})
+	f.set("nocheck", errors.New("connect to postgres: connection refused"))
 	svc, be, hist := fencedService(t, f)
 	exec := func(agent, code string) (*api.ExecResult, error) {
 		return svc.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "bash", Code: code})
@@ -109,7 +119,18 @@ func TestFencedRuns(t *testing.T) {
 	if err != nil {
 		t.Fatalf("run while holding the agent: %v", err)
 	}
-	_, err = exec("lost", "set x 2")
+	// The agent is taken over while the second run is in flight.
+	answered := make(chan error, 1)
+	go func() {
+		_, err := exec("lost", "set x 2\nsleep 3000")
+		answered <- err
+	}()
+	waitUntil(t, "the second run is in flight", func() bool {
+		runs, _, _ := hist.ListRuns(ctx, history.RunFilter{AgentID: "lost", Limit: 1})
+		return len(runs) == 1 && runs[0].Status == history.StatusRunning
+	})
+	f.set("lost", refusal{"node-3"})
+	err = <-answered
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), `"node-3"`) {
 		t.Fatalf("run whose agent was taken over meanwhile: %v; want ErrConflict naming node-3", err)
 	}
@@ -120,11 +141,70 @@ func TestFencedRuns(t *testing.T) {
 	if r := runs[0]; r.Status != history.StatusError || !strings.Contains(fmt.Sprint(r.Metadata["error"]), "node-3") {
 		t.Errorf("the unacknowledged run is recorded as %s / %v; want an error naming node-3", r.Status, r.Metadata)
 	}
-	sbs, err := hist.ListSandboxes(ctx)
-	if err != nil || len(sbs) != 1 {
-		t.Fatalf("sandboxes: %+v, %v", sbs, err)
+	after, err := hist.ListSandboxes(ctx)
+	if err != nil || len(after) != 1 {
+		t.Fatalf("sandboxes: %+v, %v", after, err)
 	}
-	if sbs[0].HeadRunID != first.ExecutionID {
-		t.Errorf("durable head is %q, want the last acknowledged run %q", sbs[0].HeadRunID, first.ExecutionID)
+	if after[0].HeadRunID != first.ExecutionID {
+		t.Errorf("durable head %q after the refused run; want the last acknowledged run %s", after[0].HeadRunID, first.ExecutionID)
+	}
+	if cur, err := hist.GetSnapshot(ctx, after[0].CurrentSnapshotID); err == nil && cur.StateRunID == runs[0].ID {
+		t.Errorf("the sandbox resumes from %s, a snapshot of the refused run's state", cur.ID)
+	}
+}
+
+// TestClusterStartKeepsOtherNodesSnapshots guards a shared history: a node that
+// starts does not drop the snapshot records of images it lacks, since in cluster
+// mode they are another node's (on one host, TestImagesReconciledAtStart drops them).
+func TestClusterStartKeepsOtherNodesSnapshots(t *testing.T) {
+	ctx := context.Background()
+	shared := filepath.Join(t.TempDir(), "history.db")
+	allow := newSwitchFencer()
+	node1, _, hist := fencedServiceOn(t, shared, allow)
+	res, err := node1.Exec(ctx, api.ExecRequest{AgentID: "a", Language: "bash", Code: "set x 1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := node1.CreateSnapshot(ctx, res.SandboxID, api.CreateSnapshotRequest{AgentID: "a", Name: "kept"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fencedServiceOn(t, shared, allow) // node 2: its own, empty, image store
+	if _, err := hist.GetSnapshot(ctx, snap.ID); err != nil {
+		t.Errorf("node 1's snapshot record after node 2 started: %v; want it kept", err)
+	}
+}
+
+// TestFencedStateWrites guards the shared sandbox record: once another node holds
+// the agent, what this node still does to the sandbox (here a snapshot through the
+// API, as an idle suspension would) does not move the sandbox's durable state.
+func TestFencedStateWrites(t *testing.T) {
+	ctx := context.Background()
+	f := newSwitchFencer()
+	svc, _, hist := fencedService(t, f)
+	res, err := svc.Exec(ctx, api.ExecRequest{AgentID: "a", Language: "bash", Code: "set x 1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := svc.CreateSnapshot(ctx, res.SandboxID, api.CreateSnapshotRequest{AgentID: "a", Name: "while held"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func() history.SandboxState {
+		sbs, err := hist.ListSandboxes(ctx)
+		if err != nil || len(sbs) != 1 {
+			t.Fatalf("sandboxes: %+v, %v", sbs, err)
+		}
+		return sbs[0].SandboxState
+	}
+	if st := state(); st.CurrentSnapshotID != held.ID {
+		t.Fatalf("state while held: %+v; want current snapshot %s", st, held.ID)
+	}
+	f.set("a", refusal{"node-2"})
+	if _, err := svc.CreateSnapshot(ctx, res.SandboxID, api.CreateSnapshotRequest{AgentID: "a", Name: "after takeover"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := state(); st.CurrentSnapshotID != held.ID {
+		t.Errorf("state after another node took the agent: %+v; want it unmoved (current snapshot %s)", st, held.ID)
 	}
 }

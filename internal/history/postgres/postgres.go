@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -33,6 +34,9 @@ import (
 
 	"github.com/vmexec/vmexec/internal/history"
 )
+
+// defaultMaxConns is the pool's size unless the URL sets pool_max_conns.
+const defaultMaxConns = 16
 
 // Store is a history.Store backed by PostgreSQL. Create it with Open.
 type Store struct {
@@ -42,7 +46,8 @@ type Store struct {
 var _ history.Store = (*Store)(nil)
 
 // Open connects to the database at url (a postgres:// URL or a libpq key=value
-// string) and applies any migrations it lacks. A database whose schema is newer
+// string; pgxpool's pool_max_conns sets the pool's size, 16 by default) and applies
+// any migrations it lacks. A database whose schema is newer
 // than this binary's is refused. The context bounds connecting and migrating only.
 func Open(ctx context.Context, url string) (*Store, error) {
 	pool, err := connect(ctx, url)
@@ -65,6 +70,11 @@ func connect(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if err != nil {
 		// The parse error may quote the URL, password included: say only what is wrong.
 		return nil, fmt.Errorf("open postgres: malformed postgres_url (want postgres://user:password@host:port/db): %w", history.ErrInvalid)
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		// pgxpool's default is max(4, CPUs); a daemon's concurrent runs, key checks
+		// and heartbeats need more than that on a small host.
+		cfg.MaxConns = defaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

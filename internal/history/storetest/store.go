@@ -72,9 +72,9 @@ func testPersistence(t *testing.T, newDB NewDB) {
 	}
 }
 
-// testConcurrentWriters guards the service's concurrency: 8 goroutines
-// writing at once, split over two stores on the same file as two processes
-// would be, all succeed with no SQLITE_BUSY and no lost writes.
+// testConcurrentWriters guards the service's concurrency: 8 goroutines writing at
+// once, split over two stores on the same database as two processes would be, all
+// succeed (no SQLITE_BUSY, no serialization failure) and no write is lost.
 func testConcurrentWriters(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
 	s1, reopen := openTest(t, newDB)

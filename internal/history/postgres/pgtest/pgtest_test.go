@@ -8,7 +8,7 @@ import (
 )
 
 // TestStart guards the harness itself: a server starts, a fresh database accepts
-// a table, and two databases do not share rows.
+// a table, two databases do not share rows, and a clone has its source's rows.
 func TestStart(t *testing.T) {
 	s := Start(t)
 	ctx := context.Background()
@@ -25,5 +25,14 @@ func TestStart(t *testing.T) {
 	var n int
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename = 'x'").Scan(&n); err != nil || n != 0 {
 		t.Errorf("the second database sees the first's table: %d, %v", n, err)
+	}
+	clone := s.CloneDatabase(t, a)
+	cc, err := pgx.Connect(ctx, clone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close(ctx)
+	if err := cc.QueryRow(ctx, "SELECT v FROM x").Scan(&n); err != nil || n != 1 {
+		t.Errorf("the clone's row: %d, %v; want 1", n, err)
 	}
 }
