@@ -86,6 +86,10 @@ func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandb
 		for _, refs := range listed {
 			found = found || refs[sn.Path]
 		}
+		if !found && s.inStore(ctx, sn) {
+			s.log.Info("snapshot image missing here but kept in the snapshot store; it is fetched when needed", "snapshot", sn.ID, "image", sn.Path)
+			continue
+		}
 		if !found {
 			s.log.Warn("snapshot image missing; dropping its record", "snapshot", sn.ID, "image", sn.Path)
 			s.hist.DeleteSnapshot(ctx, sn.ID)
