@@ -46,10 +46,10 @@ type storeState struct {
 
 // storeEvent is a step of an upload or a fetch, for tests' ordering checks.
 type storeEvent struct {
-	Kind                string // upload_started, uploaded, upload_failed, fetched
-	Sandbox, Snapshot   string
-	Key                 string
-	Err                 error
+	Kind              string // upload_started, uploaded, upload_failed, fetched
+	Sandbox, Snapshot string
+	Key               string
+	Err               error
 }
 
 type uploadJob struct {
