@@ -57,6 +57,8 @@ type Config struct {
 	Agents []agent.Config `yaml:"agents"`
 	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
 	AgentsConfig string `yaml:"agents_config"`
+	// Cluster configures multi-host mode (cluster.go); absent: single host.
+	Cluster Cluster `yaml:"cluster"`
 }
 
 // Auth configures who may call the API. Keys are required once any key has been
@@ -182,6 +184,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 			*p = v
 		}
 	}
+	c.Cluster.S3.applyEnv(lookup)
 	if v, ok := lookup("VMEXEC_BACKENDS"); ok && v != "" {
 		c.Backends = SplitList(v)
 	}
@@ -271,6 +274,9 @@ func (c Config) Validate() error {
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
+	}
+	if err := c.Cluster.S3.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	ids := map[string]bool{}
 	for _, a := range c.Agents {

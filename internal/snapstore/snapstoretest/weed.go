@@ -42,7 +42,7 @@ func StartServer(t testing.TB) *Server {
 	t.Helper()
 	bin := testenv.Weed(t)
 	dir := t.TempDir()
-	ports := freePorts(t, 8)
+	ports := freePorts(t, 10)
 	p := func(i int) string { return strconv.Itoa(ports[i]) }
 	args := []string{"mini",
 		"-dir=" + filepath.Join(dir, "data"),
@@ -57,6 +57,7 @@ func StartServer(t testing.TB) *Server {
 		"-s3.port=" + p(6), "-s3.port.grpc=" + p(7),
 		"-s3.port.iceberg=0", "-s3.port.lance=0",
 		"-webdav=false", "-admin.ui=false",
+		"-admin.port=" + p(8), "-admin.port.grpc=" + p(9), "-admin.port.legacy=0",
 		"-bucket=" + Bucket,
 	}
 	cmd := exec.Command(bin, args...)
