@@ -2,6 +2,7 @@ package snapstoretest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -27,6 +28,9 @@ const (
 type Server struct {
 	Endpoint string
 	Dir      string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	log      *os.File
 }
 
 // Config is an S3Config for the server's test bucket.
@@ -34,15 +38,27 @@ func (s *Server) Config() snapstore.S3Config {
 	return snapstore.S3Config{Endpoint: s.Endpoint, Bucket: Bucket, AccessKeyID: AccessKey, SecretAccessKey: SecretKey, PathStyle: true}
 }
 
-// StartServer starts `weed mini` in a temporary directory, on free loopback ports,
-// with every outgoing feature off (telemetry above all: its default reports to an
-// internet address), and stops it when the test ends. It skips when weed is not
-// installed (scripts/setup builds it).
+// StartServer starts a server (Start) in a temporary directory and stops it when the
+// test ends; it skips when weed is not installed (scripts/setup builds it).
 func StartServer(t testing.TB) *Server {
 	t.Helper()
-	bin := testenv.Weed(t)
-	dir := t.TempDir()
-	ports := freePorts(t, 10)
+	s, err := Start(testenv.Weed(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Start runs `weed mini` (the binary bin) with its data in dir, on free loopback
+// ports, with every outgoing feature off — telemetry above all, whose default reports
+// to an internet address — and returns once its bucket answers a probe object's
+// round trip. Stop it with Stop.
+func Start(bin, dir string) (*Server, error) {
+	ports, err := freePorts(10)
+	if err != nil {
+		return nil, err
+	}
 	p := func(i int) string { return strconv.Itoa(ports[i]) }
 	args := []string{"mini",
 		"-dir=" + filepath.Join(dir, "data"),
@@ -65,30 +81,20 @@ func StartServer(t testing.TB) *Server {
 	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+AccessKey, "AWS_SECRET_ACCESS_KEY="+SecretKey, "HOME="+dir)
 	logf, err := os.Create(filepath.Join(dir, "weed.log"))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start weed: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
 		logf.Close()
-	})
-	s := &Server{Endpoint: "http://127.0.0.1:" + p(6), Dir: dir}
-	// Ready once the bucket answers a probe object's round trip.
+		return nil, fmt.Errorf("start weed: %w", err)
+	}
+	s := &Server{Endpoint: "http://127.0.0.1:" + p(6), Dir: dir, cmd: cmd, done: make(chan struct{}), log: logf}
+	go func() { cmd.Wait(); close(s.done) }()
 	b, err := snapstore.NewS3(s.Config())
 	if err != nil {
-		t.Fatal(err)
+		s.Stop()
+		return nil, err
 	}
 	deadline := time.Now().Add(90 * time.Second)
 	for {
@@ -99,20 +105,40 @@ func StartServer(t testing.TB) *Server {
 		}
 		cancel()
 		if err == nil {
-			return s
+			return s, nil
 		}
 		select {
-		case <-done:
-			log, _ := os.ReadFile(filepath.Join(dir, "weed.log"))
-			t.Fatalf("weed exited before it was ready: %s", tail(log))
+		case <-s.done:
+			s.Stop()
+			return nil, fmt.Errorf("weed exited before it was ready: %s", s.tail())
 		default:
 		}
 		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "weed.log"))
-			t.Fatalf("weed not ready after 90s (%v): %s", err, tail(log))
+			s.Stop()
+			return nil, fmt.Errorf("weed not ready after 90s (%v): %s", err, s.tail())
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// Stop ends the server (its whole process group) and waits for it.
+func (s *Server) Stop() {
+	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		<-s.done
+	}
+	s.log.Close()
+}
+
+func (s *Server) tail() string {
+	b, _ := os.ReadFile(filepath.Join(s.Dir, "weed.log"))
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
 }
 
 // S3 starts a server and returns a Blobs on its bucket, under a prefix of its own.
@@ -127,31 +153,28 @@ func S3(t testing.TB) *snapstore.S3 {
 	return b
 }
 
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
+// freePorts finds n free loopback ports that weed can also use +10000 of (it derives
+// some gRPC ports that way when not told).
+func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
 	var out []int
-	for len(out) < n {
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 1000 {
+			return nil, errors.New("no free loopback ports")
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		ls = append(ls, l)
-		port := l.Addr().(*net.TCPAddr).Port
-		if port+10000 > 65535 || port < 11000 { // weed derives some ports ±10000
-			continue
+		if port := l.Addr().(*net.TCPAddr).Port; port >= 11000 && port+10000 <= 65535 {
+			out = append(out, port)
 		}
-		out = append(out, port)
 	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return out
-}
-
-func tail(b []byte) string {
-	if len(b) > 3000 {
-		b = b[len(b)-3000:]
-	}
-	return fmt.Sprint(string(b))
+	return out, nil
 }
