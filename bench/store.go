@@ -89,29 +89,40 @@ func storeCase(a, b *gvisor.Backend, st *snapstore.Store, host snapstore.Host, t
 		defer f.Destroy(ctx)
 		return f.Ping(ctx)
 	}
-	local, err := measure(name+": local restore", n, func(i int) error { return restore(a, img.Ref, i) })
-	if err != nil {
-		return err
-	}
+	// Interleaved, one of each per round, so that the host's load (these machines are
+	// shared) falls on the three alike.
+	local, up, fromStore := series{name: name + ": local restore"}, series{name: name + ": upload"}, series{name: name + ": restore from store"}
 	var archive int64
-	up, err := measure(name+": upload", n, func(i int) error {
-		m, err := st.Upload(ctx, a, img.Ref, snapstore.Manifest{Key: snapstore.Key("bench", fmt.Sprintf("%s-%d", slug, i)), SnapshotID: "bench", SandboxID: "bench", TemplateHash: tpl.Hash})
-		archive = m.ArchiveBytes
-		return err
-	})
-	if err != nil {
-		return err
+	timed := func(s *series, f func() error) error {
+		t := time.Now()
+		if err := f(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		s.d = append(s.d, time.Since(t))
+		return nil
 	}
-	fromStore, err := measure(name+": restore from store", n, func(i int) error {
-		imported, _, err := st.Fetch(ctx, b, snapstore.Key("bench", fmt.Sprintf("%s-%d", slug, i)), host)
-		if err != nil {
+	for i := 0; i < n; i++ {
+		key := snapstore.Key("bench", fmt.Sprintf("%s-%d", slug, i))
+		if err := timed(&local, func() error { return restore(a, img.Ref, i) }); err != nil {
 			return err
 		}
-		defer b.DeleteImage(ctx, imported.Ref)
-		return restore(b, imported.Ref, i)
-	})
-	if err != nil {
-		return err
+		if err := timed(&up, func() error {
+			m, err := st.Upload(ctx, a, img.Ref, snapstore.Manifest{Key: key, SnapshotID: "bench", SandboxID: "bench", TemplateHash: tpl.Hash})
+			archive = m.ArchiveBytes
+			return err
+		}); err != nil {
+			return err
+		}
+		if err := timed(&fromStore, func() error {
+			imported, _, err := st.Fetch(ctx, b, key, host)
+			if err != nil {
+				return err
+			}
+			defer b.DeleteImage(ctx, imported.Ref)
+			return restore(b, imported.Ref, n+i)
+		}); err != nil {
+			return err
+		}
 	}
 	for i := 0; i < n; i++ {
 		st.Delete(ctx, snapstore.Key("bench", fmt.Sprintf("%s-%d", slug, i)))

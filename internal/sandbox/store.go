@@ -196,6 +196,7 @@ func (s *Service) inStore(ctx context.Context, sn history.Snapshot) bool {
 // local image, else from the store's copy (see storeState); turn held. On a fetch it
 // updates *sn (and its record) to the new local image.
 func (s *Service) forkSnapshot(ctx context.Context, e *entry, sn *history.Snapshot, spec backend.Spec) (backend.Sandbox, error) {
+	s.takeFetched(e) // what an earlier restore fetched is not this one's news
 	snapper := s.snapperOf(e)
 	sb, err := snapper.Fork(ctx, sn.Path, spec) // Path is the image's reference
 	if err == nil || !errors.Is(err, backend.ErrNotFound) || s.store.st == nil {

@@ -55,6 +55,9 @@ func StartServer(t testing.TB) *Server {
 // to an internet address — and returns once its bucket answers a probe object's
 // round trip. Stop it with Stop.
 func Start(bin, dir string) (*Server, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	ports, err := freePorts(10)
 	if err != nil {
 		return nil, err
