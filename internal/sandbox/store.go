@@ -98,10 +98,9 @@ func (s *Service) stored(e *entry, rec history.Snapshot, parent string) {
 	if st.active[rec.SandboxID] {
 		return
 	}
-	if s.isClosed() && rec.Kind != history.SnapshotSuspend {
-		delete(st.pending, rec.SandboxID)
-		return
-	}
+	// Also while Close runs: the snapshots it waits for (a run's background one, the
+	// suspensions) are what the next node resumes from; Close waits for their uploads
+	// (waitUploads, after every snapshot it waits for), within its budget.
 	st.active[rec.SandboxID] = true
 	st.wg.Add(1)
 	go s.uploadLoop(rec.SandboxID)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vmexec/vmexec/api"
@@ -19,9 +20,20 @@ import (
 
 // exportingFake is the fake backend with backend.ImageExporter: an export is the
 // image file's bytes.
-type exportingFake struct{ *fakeBackend }
+type exportingFake struct {
+	*fakeBackend
+	// snapshotting, if set, is told each Snapshot call as it begins.
+	snapshotting *atomic.Int64
+}
 
 var _ backend.ImageExporter = exportingFake{}
+
+func (f exportingFake) Snapshot(ctx context.Context, s backend.Sandbox) (backend.Image, error) {
+	if f.snapshotting != nil {
+		f.snapshotting.Add(1)
+	}
+	return f.fakeBackend.Snapshot(ctx, s)
+}
 
 func (f exportingFake) ExportImage(ctx context.Context, ref string, w io.Writer) error {
 	if !backend.ValidRef(ref) {
@@ -90,8 +102,9 @@ func (e *events) of(kind string) []string {
 
 type storeHarness struct {
 	*harness
-	store *snapstore.Store
-	ev    *events
+	store        *snapstore.Store
+	ev           *events
+	snapshotting *atomic.Int64 // Snapshot calls begun
 }
 
 // startStoreHarness starts a service on dir with a fresh exporting fake (its own
@@ -108,7 +121,8 @@ func startStoreHarness(t *testing.T, dir, imagesDir string, st *snapstore.Store)
 	os.MkdirAll(imagesDir, 0o700)
 	cfg := DefaultConfig()
 	cfg.PoolSize = 0
-	svc, err := New(cfg, Deps{Backends: []backend.Backend{exportingFake{be}}, Template: fakeTemplate, History: hist, Store: st,
+	var snaps atomic.Int64
+	svc, err := New(cfg, Deps{Backends: []backend.Backend{exportingFake{be, &snaps}}, Template: fakeTemplate, History: hist, Store: st,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +134,7 @@ func startStoreHarness(t *testing.T, dir, imagesDir string, st *snapstore.Store)
 	}
 	h := &harness{svc: svc, be: be, hist: hist, dir: dir, cfg: cfg}
 	t.Cleanup(h.close)
-	return &storeHarness{harness: h, store: st, ev: ev}
+	return &storeHarness{harness: h, store: st, ev: ev, snapshotting: &snaps}
 }
 
 func (h *storeHarness) idle() bool {
@@ -227,5 +241,36 @@ func TestNoStoreUnchanged(t *testing.T) {
 	h.svc.bg.Wait()
 	if got := h.run(t, "ns", "print x", nil); got.Stdout != "1\n" || got.SandboxID != r.SandboxID {
 		t.Fatalf("%+v", got)
+	}
+}
+
+// Guards the shutdown's uploads: a run's background snapshot that is being taken when
+// Close begins, and completes after (so Close's suspension reuses it), is still uploaded before Close
+// returns, so the next node resumes from the latest state. Failed before the fix:
+// snapshots taken during Close were not uploaded.
+func TestCloseUploadsLatest(t *testing.T) {
+	st := &snapstore.Store{Blobs: snapstore.Dir(t.TempDir())}
+	h := startStoreHarness(t, t.TempDir(), filepath.Join(t.TempDir(), "images"), st)
+	r := h.run(t, "cl", "set x 1", nil)
+	h.svc.bg.Wait() // the background snapshot after the first run
+	waitUntil(t, "the first uploads are done", h.idle)
+	gate := make(chan struct{})
+	h.be.mu.Lock()
+	h.be.snapGate = gate // the next run's background snapshot waits
+	h.be.mu.Unlock()
+	before := h.snapshotting.Load()
+	h.run(t, "cl", "set x 2", nil)
+	waitUntil(t, "the background snapshot is being taken", func() bool { return h.snapshotting.Load() > before })
+	closed := make(chan struct{})
+	go func() { h.svc.Close(context.Background()); close(closed) }()
+	waitUntil(t, "Close has begun", h.svc.isClosed)
+	close(gate)
+	<-closed
+	e := h.svc.sandboxes[r.SandboxID]
+	if e == nil || e.current == "" {
+		t.Fatal("no current snapshot after Close")
+	}
+	if ok, err := st.Exists(context.Background(), snapstore.Key(r.SandboxID, e.current)); !ok || err != nil {
+		t.Fatalf("the snapshot the sandbox resumes from (%s) is not in the store after Close: %v %v; uploaded: %v", e.current, ok, err, h.ev.of("uploaded"))
 	}
 }
