@@ -108,6 +108,7 @@ func (s *Server) routes() {
 	s.jsRoutes()
 	s.chatRoutes()
 	s.mcpRoutes()
+	s.clusterRoutes()
 	s.webRoutes()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

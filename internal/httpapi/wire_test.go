@@ -37,6 +37,7 @@ var requestRoutes = []struct {
 	{"POST", "/v1/snapshots/snap-x/fork", api.ForkRequest{}},
 	{"PUT", "/v1/agents/a/policy", api.ExecPolicy{}},
 	{"POST", "/v1/parse-execute", api.ParseExecuteRequest{}},
+	{"POST", "/v1/cluster/adopt", api.AdoptRequest{}},
 	{"POST", "/api/llm/execute", api.CompatExecRequest{}},
 	{"POST", "/api/llm/parse-execute", compatParseRequest{}},
 	{"POST", "/api/vms", api.CompatCreateVM{}},

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/cluster"
 	"github.com/vmexec/vmexec/internal/history"
@@ -47,7 +48,7 @@ func (n *fakeNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(`{"status":"ok"}`))
 		return
 	case "/v1/cluster/node":
-		json.NewEncoder(w).Encode(NodeInfo{Node: n.name, Compat: n.compat})
+		json.NewEncoder(w).Encode(api.NodeInfo{Node: n.name, Compat: n.compat})
 		return
 	case "/v1/cluster/adopt":
 		n.adopts.Add(1)

@@ -153,31 +153,16 @@ func (rt *Router) probe(ctx context.Context, n cluster.Node) error {
 	return err
 }
 
-// AdoptRequest is POST /v1/cluster/adopt: the node is to restore agent's sandbox
-// from its durable snapshot and hold it at epoch.
-type AdoptRequest struct {
-	AgentID string `json:"agent_id"`
-	Epoch   int64  `json:"epoch"`
-}
-
 // adopt asks n to restore agent (which n now holds at epoch).
 func (rt *Router) adopt(ctx context.Context, n cluster.Node, agent string, epoch int64) error {
 	start := time.Now()
-	var out json.RawMessage
-	if _, err := rt.call(ctx, n, http.MethodPost, "/v1/cluster/adopt", AdoptRequest{AgentID: agent, Epoch: epoch}, &out); err != nil {
+	var out api.AdoptResult
+	if _, err := rt.call(ctx, n, http.MethodPost, "/v1/cluster/adopt", api.AdoptRequest{AgentID: agent, Epoch: epoch}, &out); err != nil {
 		return fmt.Errorf("node %s could not adopt agent %s at epoch %d: %w", n.Name, agent, epoch, err)
 	}
-	rt.log.Info("new owner adopted the agent", "agent", agent, "node", n.Name, "epoch", epoch, "seconds", time.Since(start).Seconds())
+	rt.log.Info("new owner adopted the agent", "agent", agent, "node", n.Name, "epoch", epoch,
+		"sandbox", out.SandboxID, "snapshot", out.SnapshotID, "restored", out.Restored, "seconds", time.Since(start).Seconds())
 	return nil
-}
-
-// NodeInfo is GET /v1/cluster/node: who the node is and what its snapshots need.
-type NodeInfo struct {
-	Node string `json:"node"`
-	// Compat is the snapshot compatibility of the node's default backend
-	// ("gvisor/<runsc version>/<platform>"); nodes with equal Compat restore each
-	// other's snapshots.
-	Compat string `json:"compat"`
 }
 
 // compatOf returns n's snapshot compatibility, asking it once ("" if it cannot say).
@@ -187,7 +172,7 @@ func (rt *Router) compatOf(ctx context.Context, n cluster.Node) string {
 	}
 	ctx, cancel := context.WithTimeout(ctx, defaultProbeTimout)
 	defer cancel()
-	var info NodeInfo
+	var info api.NodeInfo
 	if _, err := rt.call(ctx, n, http.MethodGet, "/v1/cluster/node", nil, &info); err != nil || info.Compat == "" {
 		return ""
 	}

@@ -210,6 +210,12 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 	s.mu.Lock()
 	id, ok := s.byAgent[req.AgentID]
 	s.mu.Unlock()
+	if !ok && s.fencer != nil { // cluster mode: the agent's sandbox may be in the shared history (adopt.go)
+		s.adoptKnown(ctx, req.AgentID)
+		s.mu.Lock()
+		id, ok = s.byAgent[req.AgentID]
+		s.mu.Unlock()
+	}
 	if ok {
 		if e, err := s.lookup(id, req.AgentID); err == nil {
 			return e, nil

@@ -82,6 +82,8 @@ type Service struct {
 	hist     history.Store
 	log      *slog.Logger
 	fencer   Fencer // nil: single host
+	adoptMu  sync.Mutex
+	adopted  map[string]int64 // agent → the epoch this node adopted it at (adopt.go)
 
 	redactor *redact.Redactor
 	store    *storeState // the snapshot store's uploads and fetches (store.go)
