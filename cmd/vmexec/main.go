@@ -77,6 +77,6 @@ Or over HTTP:
 	root.PersistentFlags().StringVar(&g.apiKey, "api-key", "", "API key sent as Authorization: Bearer (default $VMEXEC_API_KEY)")
 	root.AddCommand(newServeCmd(), newExecCmd(g), newRunReplyCmd(g), newSandboxesCmd(g), newBackendsCmd(g),
 		newSnapshotCmd(g), newRollbackCmd(g), newForkCmd(g), newHistoryCmd(g), newFilesCmd(g),
-		newTemplateCmd(), newDoctorCmd(g), newChatCmd(g), newMCPCmd(g), newKeysCmd())
+		newTemplateCmd(), newDoctorCmd(g), newChatCmd(g), newMCPCmd(g), newKeysCmd(), newRouterCmd())
 	return root
 }
