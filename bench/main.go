@@ -10,10 +10,13 @@
 //
 // And what a run's change set costs (changes.go).
 //
+// And, with -cluster, the router's overhead per request and the takeover time from a
+// node's death to its agent's next run (cluster.go; needs PostgreSQL and SeaweedFS).
+//
 // And, with -store, the snapshot store's upload and restore-from-S3 times against a
 // local restore (store.go; needs the SeaweedFS that scripts/setup builds).
 //
-//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only] [-store] [-store-only] [-store-n 10]
+//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only] [-store] [-store-only] [-store-n 10] [-cluster] [-cluster-only] [-cluster-n 3]
 package main
 
 import (
@@ -47,7 +50,11 @@ func main() {
 	withStore := flag.Bool("store", false, "measure the snapshot store's upload and restore from S3 (store.go)")
 	storeOnly := flag.Bool("store-only", false, "measure only the snapshot store")
 	storeN := flag.Int("store-n", 10, "samples per snapshot store measurement")
+	withCluster := flag.Bool("cluster", false, "measure the router's overhead and the takeover time (cluster.go)")
+	clusterOnly := flag.Bool("cluster-only", false, "measure only cluster mode")
+	clusterN := flag.Int("cluster-n", 3, "takeovers to time")
 	flag.Parse()
+	clusterFlags = clusterOpts{on: *withCluster || *clusterOnly, only: *clusterOnly, n: *clusterN}
 	storeFlags = storeOpts{on: *withStore || *storeOnly, only: *storeOnly, n: *storeN}
 	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -118,6 +125,18 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	}
 	if changesOnly {
 		return printChanges(tmp, runsc, tpl.Dir, n)
+	}
+	if clusterFlags.on {
+		weed := weedPath(dataDir)
+		if weed == "" {
+			return fmt.Errorf("-cluster: SeaweedFS (weed) not found under %s/tools: run scripts/setup", dataDir)
+		}
+		if err := printCluster(tmp, runsc, tpl.Dir, weed, n); err != nil {
+			return err
+		}
+		if clusterFlags.only {
+			return nil
+		}
 	}
 	if storeFlags.on {
 		weed := weedPath(dataDir)

@@ -69,6 +69,7 @@ func (rt *Router) takeOver(ctx context.Context, agent string) (cluster.Node, str
 		ready map[string]bool
 		err   error
 	)
+	waited := false
 	for {
 		if o, err = rt.cfg.Owners.Get(ctx, agent); err != nil {
 			return cluster.Node{}, "", fmt.Errorf("reading the owner of agent %s: %w", agent, err)
@@ -87,7 +88,10 @@ func (rt *Router) takeOver(ctx context.Context, agent string) (cluster.Node, str
 		if time.Now().After(deadline) {
 			return cluster.Node{}, "", fmt.Errorf("node %s owns agent %s and does not answer, but it heartbeated within %s: retry: %w", o.Node, agent, cluster.ReadyWithin, ErrOwnerUnreachable)
 		}
-		rt.log.Info("owner unreachable but still heartbeating; waiting before a takeover", "agent", agent, "node", o.Node)
+		if !waited {
+			rt.log.Info("owner unreachable but still heartbeating; waiting for it to answer or age out", "agent", agent, "node", o.Node, "up_to", time.Until(deadline).Round(time.Second))
+			waited = true
+		}
 		select {
 		case <-ctx.Done():
 			return cluster.Node{}, "", ctx.Err()
