@@ -109,7 +109,7 @@ func newClusterLab(t *testing.T) *clusterLab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(base, 0o755) // PostgreSQL's user must reach its directory
+	os.Chmod(base, 0o755)                    // PostgreSQL's user must reach its directory
 	t.Cleanup(func() { os.RemoveAll(base) }) // after the lab's processes end (cleanups run last-registered first)
 	c := &clusterLab{t: t, base: base, lab: newNetLab(t), nodes: map[string]*clusterNode{}, routers: map[string]*labProc{}, routerIP: map[string]string{}}
 	c.hc = &http.Client{Transport: &http.Transport{DialContext: c.lab.dial("client"), MaxIdleConnsPerHost: 16}}
