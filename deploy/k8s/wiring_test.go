@@ -142,7 +142,9 @@ func TestManifestsWireTogether(t *testing.T) {
 	dc, rc := dpod.Spec.Containers[0], rpod.Spec.Containers[0]
 	check(len(o.daemonSvc.Spec.Ports) == 1 && o.daemonSvc.Spec.Ports[0].Name == "http" && o.daemonSvc.Spec.Ports[0].TargetPort.StrVal == "http",
 		"headless Service's port must be the one named http, to the container port http")
-	check(slices.ContainsFunc(dc.Ports, func(p corev1.ContainerPort) bool { return p.Name == "http" && strings.HasSuffix(argValue(dc.Args, "--addr"), fmt.Sprint(":", p.ContainerPort)) }),
+	check(slices.ContainsFunc(dc.Ports, func(p corev1.ContainerPort) bool {
+		return p.Name == "http" && strings.HasSuffix(argValue(dc.Args, "--addr"), fmt.Sprint(":", p.ContainerPort))
+	}),
 		"daemon's --addr %q does not listen on its container port http", argValue(dc.Args, "--addr"))
 	check(strings.HasPrefix(argValue(dc.Args, "--addr"), "0.0.0.0:"), "daemon must listen on the pod's addresses (0.0.0.0), got %q", argValue(dc.Args, "--addr"))
 	check(argValue(rc.Args, "--service") == o.daemonSvc.Name, "router --service %q, want the headless Service %q", argValue(rc.Args, "--service"), o.daemonSvc.Name)
@@ -308,7 +310,10 @@ func TestRouterServiceAccountFollowsDaemons(t *testing.T) {
 		{"router writes EndpointSlices", func() error {
 			return routerCS.DiscoveryV1().EndpointSlices(ns).Delete(ctx, es.Name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})
 		}},
-		{"daemon lists EndpointSlices", func() error { _, err := daemonCS.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{}); return err }},
+		{"daemon lists EndpointSlices", func() error {
+			_, err := daemonCS.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{})
+			return err
+		}},
 	} {
 		if err := tc.call(); !apierrors.IsForbidden(err) {
 			t.Errorf("%s: err %v, want 403 forbidden", tc.what, err)

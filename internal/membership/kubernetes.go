@@ -2,6 +2,7 @@ package membership
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -83,8 +84,13 @@ func NewKubernetes(cfg KubernetesConfig) (*Kubernetes, error) {
 		view: newView(fmt.Sprintf("membership: endpointslices of service %s/%s", cfg.Namespace, cfg.Service)),
 		cfg:  cfg, factory: factory, lister: slices.Lister(), stop: make(chan struct{}),
 	}
+	k.view.diagnose = func(ctx context.Context) error {
+		_, err := cfg.Client.DiscoveryV1().EndpointSlices(cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: selector, Limit: 1})
+		return err
+	}
 	inf := slices.Informer()
 	if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		k.view.failed(err)
 		cfg.Logger.Warn("membership: watching endpointslices failed; retrying", "namespace", cfg.Namespace, "service", cfg.Service, "err", err)
 	}); err != nil {
 		return nil, fmt.Errorf("membership: kubernetes: %w", err)
@@ -106,11 +112,12 @@ func NewKubernetes(cfg KubernetesConfig) (*Kubernetes, error) {
 	return k, nil
 }
 
-// Close stops the informer and waits for its goroutines.
+// Close stops the informer and returns at once: its goroutines end soon after (one
+// backing off from an unreachable API server ends when its wait does).
 func (k *Kubernetes) Close() error {
 	k.once.Do(func() {
 		close(k.stop)
-		k.factory.Shutdown()
+		go k.factory.Shutdown()
 		k.view.close()
 	})
 	return nil

@@ -45,6 +45,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Node is one daemon as a membership source sees it.
@@ -79,9 +80,9 @@ type Members interface {
 
 var (
 	// ErrNotSynced is wrapped by Nodes when the first view did not arrive in time.
-	ErrNotSynced = errors.New("membership: no complete view yet")
+	ErrNotSynced = errors.New("no complete view of the nodes yet")
 	// ErrClosed is wrapped by Nodes after Close.
-	ErrClosed = errors.New("membership: closed")
+	ErrClosed = errors.New("membership closed")
 )
 
 // view is the state both sources share: the nodes, the change broadcast and the
@@ -94,6 +95,10 @@ type view struct {
 	changed chan struct{}
 	closed  bool
 	done    chan struct{} // closed by close
+	lastErr error         // the source's last failure, for Nodes' not-synced error
+	// diagnose, when set, asks the source directly why there is no view yet (one
+	// bounded call, on Nodes' failure path only).
+	diagnose func(context.Context) error
 
 	synced   chan struct{}
 	syncOnce sync.Once
@@ -116,6 +121,13 @@ func (v *view) set(nodes []Node) {
 	v.changed = make(chan struct{})
 }
 
+// failed records the source's latest failure (a watch or list error).
+func (v *view) failed(err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.lastErr = err
+}
+
 // markSynced releases Nodes' callers waiting for the first view.
 func (v *view) markSynced() { v.syncOnce.Do(func() { close(v.synced) }) }
 
@@ -128,6 +140,19 @@ func (v *view) Nodes(ctx context.Context) ([]Node, error) {
 		case <-v.synced:
 		case <-v.done:
 		case <-ctx.Done():
+			v.mu.Lock()
+			last, diagnose := v.lastErr, v.diagnose
+			v.mu.Unlock()
+			if diagnose != nil {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				if err := diagnose(dctx); err != nil {
+					last = err
+				}
+				cancel()
+			}
+			if last != nil {
+				return nil, fmt.Errorf("%s: %w (last error: %v): %w", v.what, ErrNotSynced, last, ctx.Err())
+			}
 			return nil, fmt.Errorf("%s: %w: %w", v.what, ErrNotSynced, ctx.Err())
 		}
 	}
