@@ -168,7 +168,7 @@ func printCluster(tmp, runsc, tplDir, weed string, n int) error {
 		}
 	}()
 	raddr := freePort()
-	router, err := startProc(tmp, bin, []string{"VMEXEC_POSTGRES_URL=" + pgURL}, "router", "--listen", raddr, "--ready-within", "15s", "--takeover-wait", "90s", "--log-level", "info")
+	router, err := startProc(tmp, bin, []string{"VMEXEC_POSTGRES_URL=" + pgURL}, "router", "--addr", raddr, "--ready-within", "15s", "--takeover-wait", "90s", "--log-level", "info")
 	if err != nil {
 		return err
 	}

@@ -251,7 +251,7 @@ func (c *clusterLab) startRouter(name string, octet int) *labProc {
 		c.routerIP[name] = ip
 	}
 	p := c.lab.start(name, name, []string{"VMEXEC_POSTGRES_URL=" + c.pgURL, "VMEXEC_ROUTER_ADMIN_KEY=" + c.key}, testenv.Vmexec(t), "router",
-		"--listen", ip+":8090", "--ready-within", readyFor, "--takeover-wait", "90s", "--log-level", "debug")
+		"--addr", ip+":8090", "--ready-within", readyFor, "--takeover-wait", "90s", "--log-level", "debug")
 	c.routers[name] = p
 	waitFor(t, "router "+name, time.Minute, func() bool {
 		resp, err := c.hc.Get("http://" + ip + ":8090/router/health")

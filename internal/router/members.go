@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/vmexec/vmexec/internal/cluster"
+	"github.com/vmexec/vmexec/internal/membership"
 )
 
 // Members says which nodes exist and which are ready. The node registry in
@@ -46,4 +47,40 @@ func (g Registry) Nodes(ctx context.Context) ([]cluster.Node, map[string]bool, e
 		out[n.Name] = true
 	}
 	return all, out, nil
+}
+
+// Sourced is Members over a membership source (internal/membership: Kubernetes
+// EndpointSlices, or a static list probed on /health): which nodes exist, where
+// and whether they are ready come from it; load and capacity from the node registry
+// (Reg, optional) when the node is registered there, else from the source.
+type Sourced struct {
+	Src membership.Members
+	Reg cluster.Nodes
+}
+
+// Nodes implements Members.
+func (s Sourced) Nodes(ctx context.Context) ([]cluster.Node, map[string]bool, error) {
+	ms, err := s.Src.Nodes(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	reg := map[string]cluster.Node{}
+	if s.Reg != nil {
+		if rs, err := s.Reg.ListReady(ctx, forever); err == nil {
+			for _, r := range rs {
+				reg[r.Name] = r
+			}
+		}
+	}
+	all := make([]cluster.Node, 0, len(ms))
+	ready := map[string]bool{}
+	for _, m := range ms {
+		n := cluster.Node{Name: m.Name, Address: m.Address, Capacity: int64(m.Capacity), Load: int64(max(m.Load, 0))}
+		if r, ok := reg[m.Name]; ok {
+			n.Capacity, n.Load, n.LastReady = r.Capacity, r.Load, r.LastReady
+		}
+		all = append(all, n)
+		ready[m.Name] = m.Ready
+	}
+	return all, ready, nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/vmexec/vmexec/internal/history"
 	"github.com/vmexec/vmexec/internal/history/postgres"
 	"github.com/vmexec/vmexec/internal/history/postgres/pgtest"
+	"github.com/vmexec/vmexec/internal/membership"
 )
 
 // The router's unit tests run on a real PostgreSQL (the cluster's tables and the
@@ -44,8 +45,8 @@ type fakeNode struct {
 
 func (n *fakeNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
-	case "/v1/health":
-		w.Write([]byte(`{"status":"ok"}`))
+	case "/v1/health", "/health":
+		json.NewEncoder(w).Encode(api.Health{Service: "vmexec", Status: "healthy", Timestamp: time.Now()})
 		return
 	case "/v1/cluster/node":
 		json.NewEncoder(w).Encode(api.NodeInfo{Node: n.name, Compat: n.compat})
@@ -472,5 +473,39 @@ func TestAuth(t *testing.T) {
 	}
 	if got := do(t, rt, "GET", "/health", ""); got.status != 200 {
 		t.Errorf("health without a key: %+v", got)
+	}
+}
+
+// TestStaticMembers guards the router on a membership source other than the
+// registry (a static list probed on /health, as on bare hosts): it routes by the
+// source's addresses, and a node the probes find gone loses its agents to a ready
+// one.
+func TestStaticMembers(t *testing.T) {
+	c := newCluster(t, "n1", "n2")
+	c.claim("a", "n1")
+	var list []string
+	for _, name := range []string{"n1", "n2"} {
+		list = append(list, name+"="+c.nodes[name].hs.Listener.Addr().String())
+	}
+	m, err := membership.NewStatic(membership.StaticConfig{Nodes: list, Interval: 20 * time.Millisecond, FailureThreshold: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	rt, err := New(Config{Owners: c.pg, Members: Sourced{Src: m, Reg: c.pg}, Lookup: PGLookup{Pool: c.hist.Pool()},
+		TakeoverWait: 5 * time.Second, CacheTTL: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := do(t, rt, "POST", "/v1/exec", `{"agent_id":"a"}`); got.node != "n1" {
+		t.Fatalf("got %+v, want n1", got)
+	}
+	c.nodes["n1"].hs.Close()
+	got := do(t, rt, "POST", "/v1/exec", `{"agent_id":"a"}`)
+	if got.status != 200 || got.node != "n2" || got.from != "n1" {
+		t.Fatalf("after n1 went away: %+v", got)
+	}
+	if o := c.owner("a"); o.Node != "n2" || o.Epoch != 2 {
+		t.Errorf("owner %+v", o)
 	}
 }
