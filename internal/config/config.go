@@ -275,7 +275,7 @@ func (c Config) Validate() error {
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
 	}
-	if err := c.Cluster.Validate(); err != nil {
+	if err := c.Cluster.validatePostgres(); err != nil {
 		errs = append(errs, err)
 	}
 	ids := map[string]bool{}
@@ -306,7 +306,7 @@ func (c *Config) Resolve() error {
 	if c.Agent == "" {
 		c.Agent = DefaultAgentPath()
 	}
-	if err := c.Cluster.resolve(); err != nil {
+	if err := c.Cluster.resolvePostgres(); err != nil {
 		return err
 	}
 	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key} {

@@ -18,7 +18,7 @@ func TestClusterConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.Cluster.Enabled() || c.Cluster.PostgresURL != "postgres://vmexec:file@db:5432/vmexec" || c.Cluster.Address != "127.0.0.1:8080" {
+	if !c.Cluster.PostgresEnabled() || c.Cluster.PostgresURL != "postgres://vmexec:file@db:5432/vmexec" || c.Cluster.Address != "127.0.0.1:8080" {
 		t.Fatalf("cluster = %+v", c.Cluster)
 	}
 	if err := c.Resolve(); err != nil {
@@ -41,16 +41,16 @@ func TestClusterConfig(t *testing.T) {
 		t.Errorf("environment did not win: %+v", c.Cluster)
 	}
 
-	if d := Default(); d.Cluster.Enabled() {
+	if d := Default(); d.Cluster.PostgresEnabled() {
 		t.Errorf("cluster mode on by default: %+v", d.Cluster)
 	}
 
-	for _, bad := range []Cluster{
+	for _, bad := range []ClusterPostgres{
 		{PostgresURL: "mysql://u:hunter2@db/x"},
 		{PostgresURL: "postgres://u:hunter2@db/x", NodeName: "has space"},
 	} {
 		c := Default()
-		c.Cluster = bad
+		c.Cluster.ClusterPostgres = bad
 		err := c.Validate()
 		if err == nil || !strings.Contains(err.Error(), "cluster.") {
 			t.Errorf("Validate(%+v) = %v, want a cluster error", bad, err)

@@ -8,11 +8,18 @@ import (
 	"strings"
 )
 
-// Cluster configures cluster mode: several daemons sharing one PostgreSQL database
-// for history and agent ownership (internal/history/postgres, internal/cluster) and
-// an S3-compatible store for snapshots (the s3 field, beside these). With no
-// postgres_url the daemon runs on one host as before: SQLite history, no ownership.
+// Cluster configures cluster mode (several daemons on more than one host); its zero
+// value is single-host mode. Its PostgreSQL settings are ClusterPostgres's, inline;
+// the snapshot store's are configured beside them.
 type Cluster struct {
+	ClusterPostgres `yaml:",inline"`
+}
+
+// ClusterPostgres is cluster mode's database: several daemons share one PostgreSQL
+// database for history and agent ownership (internal/history/postgres,
+// internal/cluster). With no postgres_url the daemon runs on one host as before:
+// SQLite history, no ownership.
+type ClusterPostgres struct {
 	// PostgresURL is the database (postgres://user:password@host:5432/db?sslmode=...);
 	// VMEXEC_POSTGRES_URL overrides it, so the password can come from a secret.
 	PostgresURL string `yaml:"postgres_url"`
@@ -24,12 +31,12 @@ type Cluster struct {
 	Address string `yaml:"address"`
 }
 
-// Enabled reports whether cluster mode's PostgreSQL is configured.
-func (c Cluster) Enabled() bool { return c.PostgresURL != "" }
+// PostgresEnabled reports whether cluster mode's PostgreSQL is configured.
+func (c ClusterPostgres) PostgresEnabled() bool { return c.PostgresURL != "" }
 
-// Validate reports what is wrong with c, without the password in any message.
-func (c Cluster) Validate() error {
-	if !c.Enabled() {
+// validatePostgres reports what is wrong with c, without the password in any message.
+func (c ClusterPostgres) validatePostgres() error {
+	if !c.PostgresEnabled() {
 		return nil
 	}
 	var errs []error
@@ -46,9 +53,9 @@ func (c Cluster) Validate() error {
 	return errors.Join(errs...)
 }
 
-// resolve fills the node name from the host name.
-func (c *Cluster) resolve() error {
-	if !c.Enabled() || c.NodeName != "" {
+// resolvePostgres fills the node name from the host name.
+func (c *ClusterPostgres) resolvePostgres() error {
+	if !c.PostgresEnabled() || c.NodeName != "" {
 		return nil
 	}
 	h, err := os.Hostname()
