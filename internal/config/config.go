@@ -57,7 +57,7 @@ type Config struct {
 	Agents []agent.Config `yaml:"agents"`
 	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
 	AgentsConfig string `yaml:"agents_config"`
-	// Cluster configures cluster mode (see Cluster); empty: one host.
+	// Cluster configures multi-host mode (cluster.go); absent: single host.
 	Cluster Cluster `yaml:"cluster"`
 }
 
@@ -275,9 +275,6 @@ func (c Config) Validate() error {
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
 	}
-	if err := c.Cluster.validatePostgres(); err != nil {
-		errs = append(errs, err)
-	}
 	ids := map[string]bool{}
 	for _, a := range c.Agents {
 		if err := a.Validate(); err != nil {
@@ -287,6 +284,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("agents: %q is configured twice", a.ID))
 		}
 		ids[a.ID] = true
+	}
+	if err := c.Cluster.validatePostgres(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -54,6 +54,9 @@ var (
 
 // Deps are the parts a Service is built from.
 type Deps struct {
+	// Fencer, in cluster mode, refuses runs for agents this node does not own (see
+	// Fencer); nil on a single host.
+	Fencer Fencer
 	// Backends run the sandboxes; the first is the default, the others serve
 	// sandboxes that ask for them by name. Snapshots, rollbacks and suspension need a
 	// backend that implements backend.Snapshotter, which owns the images: the
@@ -64,9 +67,6 @@ type Deps struct {
 	// History records runs, snapshots and sandboxes durably.
 	History history.Store
 	Logger  *slog.Logger
-	// Fencer, in cluster mode, refuses runs for agents this node does not own (see
-	// Fencer); nil on a single host.
-	Fencer Fencer
 }
 
 // Service runs agents' code in sandboxes of one backend.
@@ -74,10 +74,10 @@ type Service struct {
 	cfg      Config
 	backends map[string]backend.Backend
 	def      backend.Backend // the default backend; the pool holds its sandboxes
+	fencer   Fencer          // nil: single host
 	tpl      template.Template
 	hist     history.Store
 	log      *slog.Logger
-	fencer   Fencer // nil: single host
 
 	redactor *redact.Redactor
 
