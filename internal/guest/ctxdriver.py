@@ -57,6 +57,12 @@ def _on_sigint(sig, frame):
 
 signal.signal(signal.SIGINT, _on_sigint)
 
+# plt.show() under the Agg backend would warn that it cannot show; the figure becomes
+# a png result at the end of the cell instead.
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+
 _MIME = {
     "text/plain": "text",
     "text/html": "html",
