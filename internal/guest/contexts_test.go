@@ -173,3 +173,37 @@ func TestJavaScriptContext(t *testing.T) {
 		}
 	}
 }
+
+// An output flood is cut at the limit and interrupted (the interpreter keeps its
+// state); a memory bomb is killed by the memory watch and the context restarted.
+func TestContextLimits(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "python3")
+	spec := agentproto.ContextSpec{ID: "ctx_lim", Language: "python"}
+	cell(t, c, spec, "keep = 'me'", 20000)
+	ctx := context.Background()
+	res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: "python", Context: &spec,
+		Code:   "while True: print('x' * 1000)",
+		Limits: agentproto.Limits{TimeoutMS: 20000, MaxOutputBytes: 100000}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictOutputLimit || !res.StdoutTruncated || len(res.Stdout) != 100000 || res.Cell.Restarted {
+		t.Fatalf("flood: %s truncated=%v len=%d restarted=%v", describe(res), res.StdoutTruncated, len(res.Stdout), res.Cell.Restarted)
+	}
+	if r := cell(t, c, spec, "keep", 20000); r.main() != "'me'" {
+		t.Fatalf("after the flood: %q (%s)", r.main(), describe(r.res))
+	}
+	res, err = c.Exec(ctx, &agentproto.ExecRequest{Language: "python", Context: &spec,
+		Code:   "hog = []\nwhile True: hog.append(bytearray(10 << 20))",
+		Limits: agentproto.Limits{TimeoutMS: 60000, MemoryBytes: 200 << 20}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictMemoryLimit || !res.Cell.Restarted {
+		t.Fatalf("memory bomb: %s restarted=%v", describe(res), res.Cell.Restarted)
+	}
+	if r := cell(t, c, spec, "'keep' in dir()", 20000); r.main() != "False" || r.res.Verdict != "ok" {
+		t.Fatalf("after the memory bomb: %q (%s)", r.main(), describe(r.res))
+	}
+}
