@@ -192,7 +192,8 @@ func TestPythonContextCells(t *testing.T) {
 	}
 }
 
-// matplotlib figures become png results; skipped on a template without matplotlib.
+// matplotlib figures become png results and a pandas DataFrame html; skipped on a
+// template without them.
 func TestPythonContextFigure(t *testing.T) {
 	d := startDaemon(t, daemonOpts{extra: []string{"--pool-size", "0"}})
 	sb := d.newSandbox(t, "ctx-fig")
@@ -212,6 +213,11 @@ func TestPythonContextFigure(t *testing.T) {
 	}
 	if r := d.cell(t, sb, c.ID, "len(plt.get_fignums())", ""); r.main() != "0" {
 		t.Fatalf("the figure was not closed: %s", r)
+	}
+	// A pandas DataFrame comes back as html too; numpy is there.
+	r = d.cell(t, sb, c.ID, "import numpy as np, pandas as pd\npd.DataFrame({'a': np.arange(3)})", "")
+	if len(r.Results) != 1 || !strings.Contains(r.Results[0].HTML, "<table") || !strings.Contains(r.Results[0].Text, "a") {
+		t.Fatalf("DataFrame: %s", r)
 	}
 }
 
