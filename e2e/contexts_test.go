@@ -284,7 +284,8 @@ func TestJavaScriptContextCells(t *testing.T) {
 }
 
 // A context survives a restart of the daemon: its sandbox is suspended with it and
-// resumed with it, state included. A fork of the sandbox gets a copy.
+// resumed with it, state included. A fork of the sandbox gets a copy, and a rollback
+// restores it.
 func TestContextSurvivesRestartAndFork(t *testing.T) {
 	d := startDaemon(t, daemonOpts{extra: []string{"--pool-size", "0"}})
 	a := "ctx-restart"
@@ -314,6 +315,18 @@ func TestContextSurvivesRestartAndFork(t *testing.T) {
 	}
 	if r := d.cell(t, sb, c.ID, "sum(data)", ""); r.main() != "6" {
 		t.Fatalf("the original after the fork changed: %s", r)
+	}
+	// An explicit rollback to the snapshot brings the interpreter back as it was, and a
+	// context deleted since comes back with it.
+	d.cell(t, sb, c.ID, "data = []", "")
+	if st, e := d.call(t, "DELETE", "/v1/sandboxes/"+sb+"/contexts/"+c.ID, "", nil); st != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", st, e.Error)
+	}
+	if _, err := d.client.Rollback(bg(t), sb, api.RollbackRequest{AgentID: a, SnapshotID: sn.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if r := d.cell(t, sb, c.ID, "sum(data)", ""); r.main() != "6" {
+		t.Fatalf("after the rollback: %s", r)
 	}
 }
 
