@@ -406,4 +406,3 @@ func TestContextCellStream(t *testing.T) {
 		t.Errorf("the last event is not the result:\n%s", got)
 	}
 }
-

@@ -46,9 +46,9 @@ type Recipe struct {
 // imports first; matplotlib's font cache is built here, so the first figure of a
 // sandbox does not pay for it), and the unprivileged user (uid 1000) runs happen as.
 var Default = Recipe{
-	Name:     "default",
-	Suite:    "bookworm",
-	Variant:  "minbase",
+	Name:    "default",
+	Suite:   "bookworm",
+	Variant: "minbase",
 	Packages: []string{"python3", "nodejs", "golang-go", "rustc", "libc6-dev", "ca-certificates",
 		"python3-numpy", "python3-pandas", "python3-matplotlib"},
 	Setup: `set -e
