@@ -95,8 +95,11 @@ type Store struct {
 	// Node names this daemon in the manifests it writes.
 	Node string
 	// Epoch, if set, gives a sandbox's ownership epoch for its manifests.
-	Epoch  func(sandboxID string) int64
-	Logger *slog.Logger
+	Epoch func(sandboxID string) int64
+	// Uploaded, if set, is told each whole upload the service made (the ownership
+	// record's durable snapshot key, in cluster mode), off the run's path.
+	Uploaded func(Manifest)
+	Logger   *slog.Logger
 }
 
 // Policy is the store's upload policy, with its default.
