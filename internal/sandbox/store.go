@@ -39,8 +39,8 @@ type storeState struct {
 	wg      sync.WaitGroup // uploads in flight; Close waits for them
 	mu      sync.Mutex
 	pending map[string]*uploadQueue // sandbox id → its snapshots waiting for upload
-	active  map[string]bool      // sandbox id → its upload loop runs
-	fetched map[string]string    // sandbox id → key of the stored snapshot its last restore fetched
+	active  map[string]bool         // sandbox id → its upload loop runs
+	fetched map[string]string       // sandbox id → key of the stored snapshot its last restore fetched
 	// hook, if set (tests), is told each step, in order.
 	hook func(storeEvent)
 }
