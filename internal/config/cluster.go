@@ -8,13 +8,6 @@ import (
 	"github.com/vmexec/vmexec/internal/snapstore"
 )
 
-// Cluster configures multi-host mode; its zero value is single-host mode.
-type Cluster struct {
-	// S3 is the snapshot store: sandboxes' snapshots are uploaded there so that they
-	// outlive this host (see internal/snapstore). Off when s3.bucket is empty.
-	S3 S3 `yaml:"s3"`
-}
-
 // S3 configures the S3-compatible snapshot store.
 type S3 struct {
 	// Endpoint is the service's base URL (http://127.0.0.1:8333); empty means AWS.

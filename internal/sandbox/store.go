@@ -188,7 +188,7 @@ func (s *Service) upload(j uploadJob) {
 	}
 	s.log.Info("snapshot uploaded", "sandbox", j.snap.SandboxID, "snapshot", j.snap.ID, "key", key,
 		"image_bytes", m.ImageBytes, "archive_bytes", m.ArchiveBytes, "seconds", time.Since(start).Seconds())
-	if f := s.store.st.Uploaded; f != nil {
+	if f := s.store.st.Uploaded; f != nil && j.snap.Kind != history.SnapshotManual {
 		f(m)
 	}
 	ev.Kind = "uploaded"
