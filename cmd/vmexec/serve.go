@@ -193,7 +193,12 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return fmt.Errorf("%w\n(run `vmexec doctor` to see what this host lacks)", err)
 	}
-	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, Template: tpl, History: hist, Logger: log, Fencer: clu.fencer()})
+	store, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	clu.storeHooks(store, log)
+	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, Template: tpl, History: hist, Store: store, Logger: log, Fencer: clu.fencer()})
 	if err != nil {
 		return err
 	}

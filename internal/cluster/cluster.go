@@ -40,9 +40,10 @@
 //     clock_timestamp()), so the nodes' clocks need not agree for ListReady;
 //     `vmexec doctor` still warns of a skewed clock, which confuses logs and the
 //     snapshot store's times.
-//   - The durable snapshot key is to be written by whoever uploads the agent's
-//     snapshot to the store (cluster mode part 1's S3 half), with Update, so a
-//     cut-off node cannot overwrite the new owner's key; nothing writes it yet.
+//   - The durable snapshot key is written by the daemon that uploads the agent's
+//     newest state to the snapshot store (cmd/vmexec's storeHooks, on
+//     internal/snapstore's Store.Uploaded), with Update, so a cut-off node cannot
+//     overwrite the new owner's key.
 //   - What is fenced: runs (POST /v1/exec and the sandbox exec route), and every
 //     write of a sandbox's durable state (current snapshot, head run) to the shared
 //     history; a starting daemon also keeps the snapshot records whose images it

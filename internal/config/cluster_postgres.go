@@ -13,6 +13,9 @@ import (
 // the snapshot store's are configured beside them.
 type Cluster struct {
 	ClusterPostgres `yaml:",inline"`
+	// S3 is the snapshot store: sandboxes' snapshots are uploaded there so that they
+	// outlive this host (cluster.go, internal/snapstore). Off when s3.bucket is empty.
+	S3 S3 `yaml:"s3"`
 }
 
 // ClusterPostgres is cluster mode's database: several daemons share one PostgreSQL

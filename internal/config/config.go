@@ -185,6 +185,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 			*p = v
 		}
 	}
+	c.Cluster.S3.applyEnv(lookup)
 	if v, ok := lookup("VMEXEC_BACKENDS"); ok && v != "" {
 		c.Backends = SplitList(v)
 	}
@@ -274,6 +275,9 @@ func (c Config) Validate() error {
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
+	}
+	if err := c.Cluster.S3.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	ids := map[string]bool{}
 	for _, a := range c.Agents {

@@ -268,9 +268,11 @@ func (e *entry) snapshot(ctx context.Context, kind, runID string, meta api.Creat
 		}
 		return history.Snapshot{}, fmt.Errorf("record snapshot: %w", err)
 	}
+	parent := e.current
 	e.cleanSnap, e.current = rec.ID, rec.ID
 	e.persist(ctx)
 	s.retain(e, e.pol, rec.ID)
+	s.stored(e, rec, parent)
 	return rec, nil
 }
 
@@ -330,7 +332,7 @@ func (e *entry) restore(ctx context.Context, snap history.Snapshot) error {
 	}
 	old := e.sb
 	e.gen++
-	sb, err := snapper.Fork(ctx, snap.Path, s.specFor(e)) // Path is the image's reference
+	sb, err := s.forkSnapshot(ctx, e, &snap, s.specFor(e))
 	if err != nil {
 		return fmt.Errorf("restore snapshot %s: %w", snap.ID, classifyBackend(err))
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history"
 	"github.com/vmexec/vmexec/internal/redact"
+	"github.com/vmexec/vmexec/internal/snapstore"
 	"github.com/vmexec/vmexec/internal/template"
 )
 
@@ -66,7 +67,10 @@ type Deps struct {
 	Template template.Template
 	// History records runs, snapshots and sandboxes durably.
 	History history.Store
-	Logger  *slog.Logger
+	// Store, if set, keeps snapshots where they outlive this host (cluster mode;
+	// see store.go); nil is single-host mode.
+	Store  *snapstore.Store
+	Logger *slog.Logger
 }
 
 // Service runs agents' code in sandboxes of one backend.
@@ -80,6 +84,7 @@ type Service struct {
 	log      *slog.Logger
 
 	redactor *redact.Redactor
+	store    *storeState // the snapshot store's uploads and fetches (store.go)
 
 	memBudgetMB int64 // the memory all live sandboxes may be given together; 0: no bound
 
@@ -135,6 +140,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	for _, b := range d.Backends {
 		s.backends[b.Name()] = b
 	}
+	s.initStore(d.Store)
 	var err error
 	if s.redactor, err = redact.New(s.cfg.Redact); err != nil {
 		return nil, fmt.Errorf("redact config: %w", err)
@@ -234,6 +240,7 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.bg.Wait() // snapshots, retention and destroys started before Close
+	s.waitUploads()
 	s.cancelWork()
 	return errors.Join(errs...)
 }
@@ -420,7 +427,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 			err = fmt.Errorf("fork: %w", ErrUnsupported)
 			break
 		}
-		sb, err = sn.Fork(ctx, r.from.Path, s.specFor(e)) // Path is the image's reference
+		sb, err = s.forkSnapshot(ctx, e, r.from, s.specFor(e))
 	case sb == nil:
 		sb, err = s.backendOf(e).Create(ctx, s.specFor(e))
 	}
