@@ -139,3 +139,93 @@ func TestClusterPostgresFencing(t *testing.T) {
 		t.Errorf("agent-a has %d runs in the history (%v); the refused ones must not run", n, err)
 	}
 }
+
+// TestClusterTwoNodes guards two real daemons sharing one PostgreSQL: the second's
+// start leaves the first's snapshot records alone; each refuses the agent the other
+// owns, naming it; after a takeover (as a router would do) the agent runs on the new
+// node with its history continuous (the first node's runs listed there), and the old
+// node refuses it.
+func TestClusterTwoNodes(t *testing.T) {
+	srv := pgtest.Start(t)
+	url := srv.NewDatabase(t)
+	node := func(name string) *daemon {
+		p := filepath.Join(t.TempDir(), "vmexec.yaml")
+		if err := os.WriteFile(p, []byte("cluster:\n  postgres_url: "+url+"\n  node_name: "+name+"\nsandbox:\n  pool_size: 0\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return startDaemon(t, daemonOpts{extra: []string{"--config", p}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	run := func(d *daemon, code string) (*api.ExecResult, error) {
+		return d.client.Exec(ctx, api.ExecRequest{AgentID: "agent-a", Language: "bash", Code: code})
+	}
+	refusedBy := func(d *daemon, owner string) {
+		t.Helper()
+		_, err := run(d, "echo no")
+		var ce *client.Error
+		if !errors.As(err, &ce) || ce.Status != http.StatusConflict || !strings.Contains(ce.Message, `"`+owner+`"`) {
+			t.Fatalf("run on the node that does not own agent-a: %v; want 409 naming %s", err, owner)
+		}
+	}
+
+	n1 := node("node-1")
+	first, err := run(n1, "echo one > /tmp/f")
+	if err != nil || first.Verdict != api.VerdictOK {
+		t.Fatalf("first run on node-1: %+v, %v", first, err)
+	}
+	hist, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.Close()
+	before, err := hist.ListAllSnapshots(ctx)
+	if err != nil || len(before) == 0 {
+		t.Fatalf("node-1's snapshots: %v, %v", before, err)
+	}
+
+	n2 := node("node-2")
+	for _, sn := range before {
+		if _, err := hist.GetSnapshot(ctx, sn.ID); err != nil {
+			t.Errorf("node-1's snapshot record %s after node-2 started: %v; want it kept", sn.ID, err)
+		}
+	}
+	refusedBy(n2, "node-1")
+
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	own, err := cluster.NewPostgres(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := own.Get(ctx, "agent-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := own.Takeover(ctx, "agent-a", "node-2", o.Epoch); err != nil {
+		t.Fatal(err)
+	}
+	second, err := run(n2, "echo two")
+	if err != nil || second.Verdict != api.VerdictOK {
+		t.Fatalf("run on node-2 after the takeover: %+v, %v", second, err)
+	}
+	list, err := n2.client.History(ctx, client.HistoryQuery{AgentID: "agent-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range list.Runs {
+		ids = append(ids, r.ID)
+	}
+	if !strings.Contains(strings.Join(ids, " "), first.ExecutionID) || !strings.Contains(strings.Join(ids, " "), second.ExecutionID) {
+		t.Errorf("node-2's history of agent-a: %v; want node-1's run %s and its own %s", ids, first.ExecutionID, second.ExecutionID)
+	}
+	refusedBy(n1, "node-2")
+	nodes, err := own.ListReady(ctx, cluster.ReadyWithin)
+	if err != nil || len(nodes) != 2 {
+		t.Errorf("ready nodes: %+v, %v; want node-1 and node-2", nodes, err)
+	}
+}

@@ -35,7 +35,7 @@ type clusterParts struct {
 // openHistory opens the history: PostgreSQL, with agent ownership beside it, when
 // cluster.postgres_url is set; the SQLite file in the data dir otherwise.
 func openHistory(ctx context.Context, cfg config.Config, log *slog.Logger) (historyStore, clusterParts, error) {
-	if !cfg.Cluster.Enabled() {
+	if !cfg.Cluster.PostgresEnabled() {
 		hist, err := sqlite.Open(ctx, cfg.HistoryPath())
 		if err != nil {
 			return nil, clusterParts{}, fmt.Errorf("history database: %w", err)
@@ -88,7 +88,7 @@ const maxClockSkew = 2 * time.Second
 // clusterChecks are doctor's checks of cluster mode's PostgreSQL: reachable, the
 // schema migrated (or migratable), the clocks close. None on one host.
 func clusterChecks(cfg config.Config) []check {
-	if !cfg.Cluster.Enabled() {
+	if !cfg.Cluster.PostgresEnabled() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

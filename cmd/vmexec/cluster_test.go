@@ -21,7 +21,7 @@ func TestDoctorPostgres(t *testing.T) {
 	db := pgtest.DatabaseName(url)
 	doctorOf := func(url string) map[string]check {
 		cfg := config.Default()
-		cfg.Cluster = config.Cluster{PostgresURL: url, NodeName: "node-1"}
+		cfg.Cluster.ClusterPostgres = config.ClusterPostgres{PostgresURL: url, NodeName: "node-1"}
 		out := map[string]check{}
 		for _, c := range clusterChecks(cfg) {
 			out[c.name] = c

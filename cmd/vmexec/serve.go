@@ -197,6 +197,7 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	clu.storeHooks(store, log)
 	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, Template: tpl, History: hist, Store: store, Logger: log, Fencer: clu.fencer()})
 	if err != nil {
 		return err

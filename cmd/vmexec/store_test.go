@@ -1,11 +1,19 @@
 package main
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vmexec/vmexec/internal/cluster"
 	"github.com/vmexec/vmexec/internal/config"
+	"github.com/vmexec/vmexec/internal/history/postgres/pgtest"
+	"github.com/vmexec/vmexec/internal/snapstore"
 	"github.com/vmexec/vmexec/internal/snapstore/snapstoretest"
 )
 
@@ -44,5 +52,57 @@ func TestDoctorStoreCheck(t *testing.T) {
 				t.Fatalf("check = %+v; want ok=%v and a message containing %q", c, tc.ok, tc.say)
 			}
 		})
+	}
+}
+
+// Guards the store's tie to ownership: an upload of the agent's newest state becomes
+// its durable snapshot key, an upload of another sandbox of the agent does not, and
+// once another node took the agent over, this node writes nothing (fenced). The
+// manifest carries the epoch this node holds.
+func TestStoreHooksDurableKey(t *testing.T) {
+	srv := pgtest.Start(t)
+	ctx := context.Background()
+	url := srv.NewDatabase(t)
+	owners := make([]*cluster.Postgres, 2)
+	for i := range owners {
+		pool, err := pgxpool.New(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		if owners[i], err = cluster.NewPostgres(ctx, pool); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fence := cluster.NewFence(owners[0], "node-a")
+	if err := fence.Hold(ctx, "agent-1", "sb-1"); err != nil {
+		t.Fatal(err)
+	}
+	st := &snapstore.Store{Blobs: snapstore.Dir(t.TempDir())}
+	clusterParts{owners: owners[0], fence: fence}.storeHooks(st, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if got := st.Epoch("agent-1"); got != 1 {
+		t.Fatalf("epoch for manifests %d, want 1", got)
+	}
+	key := func() string {
+		o, err := owners[0].Get(ctx, "agent-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.DurableSnapshotKey
+	}
+	st.Uploaded(snapstore.Manifest{AgentID: "agent-1", SandboxID: "sb-1", Key: snapstore.Key("sb-1", "snap-1")})
+	if k := key(); k != snapstore.Key("sb-1", "snap-1") {
+		t.Fatalf("durable key %q after an upload of the agent's sandbox", k)
+	}
+	st.Uploaded(snapstore.Manifest{AgentID: "agent-1", SandboxID: "sb-other", Key: snapstore.Key("sb-other", "snap-9")})
+	if k := key(); k != snapstore.Key("sb-1", "snap-1") {
+		t.Fatalf("durable key %q after an upload of another sandbox of the agent", k)
+	}
+	if _, err := owners[1].Takeover(ctx, "agent-1", "node-b", 1); err != nil {
+		t.Fatal(err)
+	}
+	st.Uploaded(snapstore.Manifest{AgentID: "agent-1", SandboxID: "sb-1", Key: snapstore.Key("sb-1", "snap-2")})
+	if k := key(); k != snapstore.Key("sb-1", "snap-1") {
+		t.Fatalf("a node that lost the agent wrote its durable key: %q", k)
 	}
 }

@@ -32,13 +32,18 @@
 //     from it; its callers get HTTP 409 naming the node that owns the agent now. A
 //     node that restarts has no epoch and claims again: it is refused an agent
 //     another node owns. Writes to the row itself (Update) are fenced the same way.
+//   - Membership: each daemon registers (name, address, capacity, load) when it
+//     starts, heartbeats every HeartbeatEvery and deregisters when it stops
+//     (Announce); a node is ready if ListReady(ReadyWithin) lists it. The owner row
+//     names the agent's default sandbox once a run has used it.
 //   - Readiness is judged by the database's clock (last_ready is set with
 //     clock_timestamp()), so the nodes' clocks need not agree for ListReady;
 //     `vmexec doctor` still warns of a skewed clock, which confuses logs and the
 //     snapshot store's times.
-//   - The durable snapshot key is written by whoever uploads the agent's snapshot to
-//     the store (cluster mode part 1's S3 half), with Update, so a cut-off node
-//     cannot overwrite the new owner's key.
+//   - The durable snapshot key is written by the daemon that uploads the agent's
+//     newest state to the snapshot store (cmd/vmexec's storeHooks, on
+//     internal/snapstore's Store.Uploaded), with Update, so a cut-off node cannot
+//     overwrite the new owner's key.
 //   - What is fenced: runs (POST /v1/exec and the sandbox exec route), and every
 //     write of a sandbox's durable state (current snapshot, head run) to the shared
 //     history; a starting daemon also keeps the snapshot records whose images it

@@ -57,7 +57,7 @@ type Config struct {
 	Agents []agent.Config `yaml:"agents"`
 	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
 	AgentsConfig string `yaml:"agents_config"`
-	// Cluster configures cluster mode (see Cluster); empty: one host.
+	// Cluster configures multi-host mode (cluster.go); absent: single host.
 	Cluster Cluster `yaml:"cluster"`
 }
 
@@ -276,9 +276,6 @@ func (c Config) Validate() error {
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
 	}
-	if err := c.Cluster.Validate(); err != nil {
-		errs = append(errs, err)
-	}
 	if err := c.Cluster.S3.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -291,6 +288,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("agents: %q is configured twice", a.ID))
 		}
 		ids[a.ID] = true
+	}
+	if err := c.Cluster.validatePostgres(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -310,7 +310,7 @@ func (c *Config) Resolve() error {
 	if c.Agent == "" {
 		c.Agent = DefaultAgentPath()
 	}
-	if err := c.Cluster.resolve(); err != nil {
+	if err := c.Cluster.resolvePostgres(); err != nil {
 		return err
 	}
 	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key} {

@@ -87,16 +87,16 @@ func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandb
 		for _, refs := range listed {
 			found = found || refs[sn.Path]
 		}
-		if !found && s.inStore(ctx, sn) {
+		if !found && s.fencer == nil && s.inStore(ctx, sn) { // (cluster mode keeps them all, below)
 			s.log.Info("snapshot image missing here but kept in the snapshot store; it is fetched when needed", "snapshot", sn.ID, "image", sn.Path)
 			continue
 		}
-		if !found && s.fencer != nil {
-			// Cluster mode: the history is shared, and the image may be another
-			// node's (or in the snapshot store); it is not this node's to drop.
-			continue
-		}
 		if !found {
+			if s.fencer != nil {
+				// Cluster mode: the history is shared, and the image may be another
+				// node's (or in the snapshot store); it is not this node's to drop.
+				continue
+			}
 			s.log.Warn("snapshot image missing; dropping its record", "snapshot", sn.ID, "image", sn.Path)
 			s.hist.DeleteSnapshot(ctx, sn.ID)
 			continue

@@ -55,6 +55,9 @@ var (
 
 // Deps are the parts a Service is built from.
 type Deps struct {
+	// Fencer, in cluster mode, refuses runs for agents this node does not own (see
+	// Fencer); nil on a single host.
+	Fencer Fencer
 	// Backends run the sandboxes; the first is the default, the others serve
 	// sandboxes that ask for them by name. Snapshots, rollbacks and suspension need a
 	// backend that implements backend.Snapshotter, which owns the images: the
@@ -68,9 +71,6 @@ type Deps struct {
 	// see store.go); nil is single-host mode.
 	Store  *snapstore.Store
 	Logger *slog.Logger
-	// Fencer, in cluster mode, refuses runs for agents this node does not own (see
-	// Fencer); nil on a single host.
-	Fencer Fencer
 }
 
 // Service runs agents' code in sandboxes of one backend.
@@ -78,12 +78,12 @@ type Service struct {
 	cfg      Config
 	backends map[string]backend.Backend
 	def      backend.Backend // the default backend; the pool holds its sandboxes
+	fencer   Fencer          // nil: single host
+	adoptMu  sync.Mutex
+	adopted  map[string]int64 // agent → the epoch this node adopted it at (adopt.go)
 	tpl      template.Template
 	hist     history.Store
 	log      *slog.Logger
-	fencer   Fencer // nil: single host
-	adoptMu  sync.Mutex
-	adopted  map[string]int64 // agent → the epoch this node adopted it at (adopt.go)
 
 	redactor *redact.Redactor
 	store    *storeState // the snapshot store's uploads and fetches (store.go)

@@ -21,7 +21,8 @@ import (
 // every one, after_run; suspensions only, on_suspend), it is queued for upload. One
 // upload per sandbox runs at a time, off the sandbox's turn (a run never waits for
 // it); while it runs, newer snapshots replace each other in the queue, so only the
-// newest waiting is uploaded next (coalescing: only the latest state matters). The
+// newest waiting is uploaded next (coalescing: only the latest state matters), after
+// any manual snapshot waiting (those are uploaded each: someone asked for them). The
 // stored copy's key is derived from the snapshot (snapstore.Key), so the history's
 // record names it; its manifest's presence says the upload is whole. Deleting a
 // snapshot record deletes its stored copy.
@@ -37,9 +38,9 @@ type storeState struct {
 
 	wg      sync.WaitGroup // uploads in flight; Close waits for them
 	mu      sync.Mutex
-	pending map[string]uploadJob // sandbox id → the newest snapshot waiting for upload
-	active  map[string]bool      // sandbox id → its upload loop runs
-	fetched map[string]string    // sandbox id → key of the stored snapshot its last restore fetched
+	pending map[string]*uploadQueue // sandbox id → its snapshots waiting for upload
+	active  map[string]bool         // sandbox id → its upload loop runs
+	fetched map[string]string       // sandbox id → key of the stored snapshot its last restore fetched
 	// hook, if set (tests), is told each step, in order.
 	hook func(storeEvent)
 }
@@ -52,6 +53,28 @@ type storeEvent struct {
 	Err               error
 }
 
+// uploadQueue is one sandbox's snapshots waiting for upload: the manual ones (which
+// an agent or operator asked for by name, to come back to) each in turn, then only
+// the newest of the others.
+type uploadQueue struct {
+	manual []uploadJob
+	latest *uploadJob
+}
+
+func (q *uploadQueue) next() (uploadJob, bool) {
+	if len(q.manual) > 0 {
+		j := q.manual[0]
+		q.manual = q.manual[1:]
+		return j, true
+	}
+	if q.latest != nil {
+		j := *q.latest
+		q.latest = nil
+		return j, true
+	}
+	return uploadJob{}, false
+}
+
 type uploadJob struct {
 	snap              history.Snapshot
 	parent            string
@@ -60,7 +83,7 @@ type uploadJob struct {
 }
 
 func (s *Service) initStore(st *snapstore.Store) {
-	s.store = &storeState{st: st, pending: map[string]uploadJob{}, active: map[string]bool{}, fetched: map[string]string{}}
+	s.store = &storeState{st: st, pending: map[string]*uploadQueue{}, active: map[string]bool{}, fetched: map[string]string{}}
 }
 
 func (st *storeState) event(ev storeEvent) {
@@ -94,7 +117,16 @@ func (s *Service) stored(e *entry, rec history.Snapshot, parent string) {
 	st := s.store
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.pending[rec.SandboxID] = j // replaces an older one still waiting
+	q := st.pending[rec.SandboxID]
+	if q == nil {
+		q = &uploadQueue{}
+		st.pending[rec.SandboxID] = q
+	}
+	if rec.Kind == history.SnapshotManual {
+		q.manual = append(q.manual, j)
+	} else {
+		q.latest = &j // replaces an older one still waiting
+	}
 	if st.active[rec.SandboxID] {
 		return
 	}
@@ -112,9 +144,13 @@ func (s *Service) uploadLoop(id string) {
 	for {
 		st := s.store
 		st.mu.Lock()
-		j, ok := st.pending[id]
-		delete(st.pending, id)
+		var j uploadJob
+		ok := false
+		if q := st.pending[id]; q != nil {
+			j, ok = q.next()
+		}
 		if !ok {
+			delete(st.pending, id)
 			delete(st.active, id)
 			st.mu.Unlock()
 			return
@@ -152,6 +188,9 @@ func (s *Service) upload(j uploadJob) {
 	}
 	s.log.Info("snapshot uploaded", "sandbox", j.snap.SandboxID, "snapshot", j.snap.ID, "key", key,
 		"image_bytes", m.ImageBytes, "archive_bytes", m.ArchiveBytes, "seconds", time.Since(start).Seconds())
+	if f := s.store.st.Uploaded; f != nil && j.snap.Kind != history.SnapshotManual {
+		f(m)
+	}
 	ev.Kind = "uploaded"
 	s.store.event(ev)
 }

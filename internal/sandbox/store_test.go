@@ -144,11 +144,18 @@ func (h *storeHarness) idle() bool {
 }
 
 // Guards the run's latency against the store: runs complete while an upload is
-// stuck, and the uploads that waited meanwhile are coalesced into the newest one.
+// stuck, and the automatic snapshots that waited meanwhile are coalesced into the
+// newest one, while a manual snapshot is uploaded all the same.
 // Ordering is checked through the store's events, not by timing.
 func TestUploadDoesNotBlockRun(t *testing.T) {
 	gate := make(chan struct{})
-	st := &snapstore.Store{Blobs: gatedBlobs{snapstore.Dir(t.TempDir()), gate}}
+	var told []string
+	var toldMu sync.Mutex
+	st := &snapstore.Store{Blobs: gatedBlobs{snapstore.Dir(t.TempDir()), gate}, Uploaded: func(m snapstore.Manifest) {
+		toldMu.Lock()
+		told = append(told, m.Key)
+		toldMu.Unlock()
+	}}
 	h := startStoreHarness(t, t.TempDir(), filepath.Join(t.TempDir(), "images"), st)
 	ctx := context.Background()
 	r := h.run(t, "up", "set x 1", nil)
@@ -156,6 +163,10 @@ func TestUploadDoesNotBlockRun(t *testing.T) {
 	first := h.ev.of("upload_started")[0]
 	// These runs complete while the upload cannot.
 	h.run(t, "up", "set x 2", nil)
+	manual, err := h.svc.CreateSnapshot(ctx, r.SandboxID, api.CreateSnapshotRequest{AgentID: "up", Name: "keep me"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.run(t, "up", "set x 3", nil)
 	last, err := h.svc.Exec(ctx, api.ExecRequest{AgentID: "up", Language: "bash", Code: "set x 4", Durable: true})
 	if err != nil || !last.Durable {
@@ -174,11 +185,17 @@ func TestUploadDoesNotBlockRun(t *testing.T) {
 	cur := struct{ CurrentSnapshotID string }{e.current}
 	e.unlock()
 	got := h.ev.of("uploaded")
-	if len(got) != 2 || got[0] != first || got[1] != cur.CurrentSnapshotID {
-		t.Fatalf("uploaded %v; want the first (%s), then only the newest (%s): the ones between coalesced", got, first, cur.CurrentSnapshotID)
+	if len(got) != 3 || got[0] != first || got[1] != manual.ID || got[2] != cur.CurrentSnapshotID {
+		t.Fatalf("uploaded %v; want the first (%s), the manual one (%s), then only the newest (%s): the automatic ones between coalesced",
+			got, first, manual.ID, cur.CurrentSnapshotID)
 	}
 	if ok, err := st.Exists(ctx, snapstore.Key(r.SandboxID, cur.CurrentSnapshotID)); !ok || err != nil {
 		t.Fatalf("current snapshot not in the store: %v %v", ok, err)
+	}
+	toldMu.Lock()
+	defer toldMu.Unlock()
+	if len(told) != 2 || told[1] != snapstore.Key(r.SandboxID, cur.CurrentSnapshotID) {
+		t.Fatalf("Uploaded told %v; want the two uploads of the newest state (not the manual one), the current snapshot's last", told)
 	}
 }
 

@@ -94,9 +94,14 @@ type Store struct {
 	UploadPolicy Policy
 	// Node names this daemon in the manifests it writes.
 	Node string
-	// Epoch, if set, gives a sandbox's ownership epoch for its manifests.
-	Epoch  func(sandboxID string) int64
-	Logger *slog.Logger
+	// Epoch, if set, gives an agent's ownership epoch on this node for its
+	// manifests (cluster mode).
+	Epoch func(agentID string) int64
+	// Uploaded, if set, is told each whole upload of a sandbox's newest state the
+	// service made (not manual snapshots'), off the run's path: cluster mode writes
+	// it as the agent's durable snapshot key.
+	Uploaded func(Manifest)
+	Logger   *slog.Logger
 }
 
 // Policy is the store's upload policy, with its default.
@@ -122,8 +127,8 @@ func (s *Store) Upload(ctx context.Context, exp backend.ImageExporter, ref strin
 		return Manifest{}, fmt.Errorf("upload %s: %w", m.Key, err)
 	}
 	m.Format, m.Compat, m.Compression, m.Node = Format, compat, "zstd", s.Node
-	if s.Epoch != nil && m.Epoch == 0 {
-		m.Epoch = s.Epoch(m.SandboxID)
+	if s.Epoch != nil && m.Epoch == 0 && m.AgentID != "" {
+		m.Epoch = s.Epoch(m.AgentID)
 	}
 	pr, pw := io.Pipe()
 	var image counter

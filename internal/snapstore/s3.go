@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -35,9 +36,12 @@ type S3Config struct {
 	// PathStyle addresses the bucket as endpoint/bucket/key instead of
 	// bucket.endpoint/key; self-hosted servers (SeaweedFS, MinIO) need it.
 	PathStyle bool
-	// PartBytes is the multipart upload's part size, the most Put buffers in memory;
-	// default 8 MiB (S3's minimum is 5 MiB).
+	// PartBytes is the multipart upload's part size; default 8 MiB (S3's minimum is
+	// 5 MiB).
 	PartBytes int
+	// Concurrency is how many parts are sent at once (default 4); Put holds at most
+	// Concurrency×PartBytes in memory.
+	Concurrency int
 	// HTTPClient, if set, makes the requests (tests).
 	HTTPClient *http.Client
 }
@@ -63,6 +67,9 @@ func NewS3(cfg S3Config) (*S3, error) {
 	}
 	if cfg.PartBytes == 0 {
 		cfg.PartBytes = DefaultPartBytes
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 4
 	}
 	if cfg.PartBytes < 5<<20 {
 		return nil, fmt.Errorf("s3: part size %d below S3's minimum of 5 MiB", cfg.PartBytes)
@@ -127,8 +134,8 @@ func (s *S3) CreateBucket(ctx context.Context) error {
 }
 
 // Put implements Blobs: one PutObject for a body smaller than a part, else a
-// multipart upload of PartBytes parts, read and sent one at a time (so at most one
-// part is in memory), aborted on any error so that nothing appears.
+// multipart upload of PartBytes parts (Concurrency at a time), aborted on any error
+// so that nothing appears.
 func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
 	k, err := s.key(key)
 	if err != nil {
@@ -160,25 +167,84 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
 	return total, nil
 }
 
+// putParts sends the multipart upload's parts, up to Concurrency at a time, each
+// from its own PartBytes buffer (so at most Concurrency parts are in memory), the
+// first from buf (n bytes), and completes the upload.
 func (s *S3) putParts(ctx context.Context, k, id *string, r io.Reader, buf []byte, n int) (int64, error) {
-	var parts []types.CompletedPart
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	free := make(chan []byte, s.cfg.Concurrency)
+	free <- buf
+	for i := 1; i < s.cfg.Concurrency; i++ {
+		free <- nil // allocated on first use
+	}
+	var (
+		mu    sync.Mutex
+		parts []types.CompletedPart
+		first error
+		wg    sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if first == nil {
+			first = err
+			cancel()
+		}
+		mu.Unlock()
+	}
 	var total int64
 	for num := int32(1); ; num++ {
-		out, err := s.client.UploadPart(ctx, &s3.UploadPartInput{Bucket: &s.cfg.Bucket, Key: k, UploadId: id, PartNumber: aws.Int32(num),
-			Body: bytes.NewReader(buf[:n]), ContentLength: aws.Int64(int64(n))})
-		if err != nil {
-			return 0, fmt.Errorf("upload part %d: %w", num, classify(err))
+		b := buf
+		if num > 1 {
+			select {
+			case b = <-free:
+			case <-ctx.Done():
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			if b == nil {
+				b = make([]byte, s.cfg.PartBytes)
+			}
+			var err error
+			n, err = io.ReadFull(r, b)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+				fail(fmt.Errorf("read: %w", err))
+				break
+			}
+		} else {
+			<-free // buf, taken
 		}
-		parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num)})
 		total += int64(n)
-		n, err = io.ReadFull(r, buf)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, fmt.Errorf("read: %w", err)
+		wg.Add(1)
+		go func(num int32, b []byte, n int) {
+			defer wg.Done()
+			out, err := s.client.UploadPart(ctx, &s3.UploadPartInput{Bucket: &s.cfg.Bucket, Key: k, UploadId: id, PartNumber: aws.Int32(num),
+				Body: bytes.NewReader(b[:n]), ContentLength: aws.Int64(int64(n))})
+			if err != nil {
+				fail(fmt.Errorf("upload part %d: %w", num, classify(err)))
+			} else {
+				mu.Lock()
+				parts = append(parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num)})
+				mu.Unlock()
+			}
+			free <- b
+		}(num, b, n)
+		if n < len(b) {
+			break // the last part
 		}
 	}
+	wg.Wait()
+	if first != nil {
+		return 0, first
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
 	_, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &s.cfg.Bucket, Key: k, UploadId: id,
 		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
 	if err != nil {
