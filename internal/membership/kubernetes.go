@@ -49,10 +49,14 @@ type KubernetesConfig struct {
 // counts as ready, as the API defines).
 type Kubernetes struct {
 	*view
-	cfg    KubernetesConfig
-	store  cache.Store
-	cancel context.CancelFunc
-	once   sync.Once
+	cfg   KubernetesConfig
+	store cache.Store
+	// refreshMu makes each refresh's read of the cache and its publication one step,
+	// so a refresh that read an older cache cannot publish after a newer one (the sync
+	// waiter and the event handler both refresh).
+	refreshMu sync.Mutex
+	cancel    context.CancelFunc
+	once      sync.Once
 }
 
 // NewKubernetes starts the informer and returns at once; Nodes waits for its first
@@ -134,6 +138,8 @@ func (k *Kubernetes) Close() error {
 
 // refresh rebuilds the view from the informer's cache.
 func (k *Kubernetes) refresh() {
+	k.refreshMu.Lock()
+	defer k.refreshMu.Unlock()
 	var all []*discoveryv1.EndpointSlice
 	for _, o := range k.store.List() {
 		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
