@@ -10,7 +10,10 @@
 //
 // And what a run's change set costs (changes.go).
 //
-//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
+// And, with -store, the snapshot store's upload and restore-from-S3 times against a
+// local restore (store.go; needs the SeaweedFS that scripts/setup builds).
+//
+//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only] [-store] [-store-only] [-store-n 10]
 package main
 
 import (
@@ -41,7 +44,11 @@ func main() {
 	withAgent := flag.Bool("agent", true, "measure the agent loop's overhead per step (against a fake model)")
 	agentOnly := flag.Bool("agent-only", false, "measure only the agent loop")
 	changesOnly := flag.Bool("changes-only", false, "measure only the cost of change sets (changes.go)")
+	withStore := flag.Bool("store", false, "measure the snapshot store's upload and restore from S3 (store.go)")
+	storeOnly := flag.Bool("store-only", false, "measure only the snapshot store")
+	storeN := flag.Int("store-n", 10, "samples per snapshot store measurement")
 	flag.Parse()
+	storeFlags = storeOpts{on: *withStore || *storeOnly, only: *storeOnly, n: *storeN}
 	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -111,6 +118,18 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	}
 	if changesOnly {
 		return printChanges(tmp, runsc, tpl.Dir, n)
+	}
+	if storeFlags.on {
+		weed := weedPath(dataDir)
+		if weed == "" {
+			return fmt.Errorf("-store: SeaweedFS (weed) not found under %s/tools: run scripts/setup", dataDir)
+		}
+		if err := printStore(tmp, runsc, filepath.Join(tmp, "vmexec-agent"), tpl, weed, storeFlags.n); err != nil {
+			return err
+		}
+		if storeFlags.only {
+			return nil
+		}
 	}
 	results := []series{}
 	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim

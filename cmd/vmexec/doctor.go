@@ -21,6 +21,8 @@ type check struct {
 	name string
 	ok   bool
 	info string // what was found, or what to do
+	// required makes doctor fail when this check does, wherever it stands.
+	required bool
 }
 
 func newDoctorCmd(g *globals) *cobra.Command {
@@ -28,11 +30,14 @@ func newDoctorCmd(g *globals) *cobra.Command {
 	var probeKVM bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check this host: runsc, template, guest agent, KVM, QEMU, the daemon",
+		Short: "Check this host: runsc, template, guest agent, KVM, QEMU, the daemon, cluster mode's PostgreSQL",
 		Long: `Check what vmexec needs on this host and say what to do about each gap.
-Exits non-zero when something the default (gVisor) backend needs is missing.
+Exits non-zero when something the default (gVisor) backend needs is missing, or
+when the configured snapshot store (cluster.s3) does not work.
 Whether microVMs get KVM is read from a running daemon; --probe-kvm boots one to
-find out without it.`,
+find out without it. In cluster mode (cluster.postgres_url set) it also checks that
+PostgreSQL answers, that its schema is migrated or can be, and that this host's clock
+agrees with the database's.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
@@ -45,7 +50,7 @@ find out without it.`,
 			checks, required := doctor(cfg, g, probeKVM)
 			report(cmd.OutOrStdout(), checks)
 			for i, c := range checks {
-				if !c.ok && i < required {
+				if !c.ok && (i < required || c.required) {
 					return exitError{1}
 				}
 			}
@@ -93,6 +98,7 @@ func doctor(cfg config.Config, g *globals, probeKVM bool) (checks []check, requi
 		tp.ok, tp.info = true, fmt.Sprintf("%s-%s at %s", t.Name, t.Hash, t.RootFS)
 	}
 	checks = append(checks, tp)
+	checks = append(checks, clusterChecks(cfg)...) // cluster mode's PostgreSQL
 	required = len(checks)
 
 	q := check{name: "qemu (microVM backend)"}
@@ -105,6 +111,9 @@ func doctor(cfg config.Config, g *globals, probeKVM bool) (checks []check, requi
 
 	d, accel := daemonCheck(g)
 	checks = append(checks, kvmCheck(cfg, accel, probeKVM), d)
+	if s3, on := storeCheck(cfg); on {
+		checks = append(checks, s3)
+	}
 	return checks, required
 }
 

@@ -91,6 +91,9 @@
 //   - [Preparer]: do slow one-off work for a template (build an image, probe an
 //     accelerator) before the first Create.
 //   - [Accelerated]: report the accelerator a backend (or one sandbox) uses.
+//   - [ImageExporter]: stream an image out of the scope and into another one (a
+//     snapshot store, another daemon), and say what restoring it needs of a host
+//     (ImageCompat), so a sandbox outlives the host its image was taken on.
 //
 // # Adding a backend
 //

@@ -57,6 +57,8 @@ type Config struct {
 	Agents []agent.Config `yaml:"agents"`
 	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
 	AgentsConfig string `yaml:"agents_config"`
+	// Cluster configures multi-host mode (cluster.go); absent: single host.
+	Cluster Cluster `yaml:"cluster"`
 }
 
 // Auth configures who may call the API. Keys are required once any key has been
@@ -176,12 +178,14 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 		"VMEXEC_ADDR": &c.Addr, "VMEXEC_DATA_DIR": &c.DataDir, "VMEXEC_RUNSC": &c.Runsc,
 		"VMEXEC_AGENT": &c.Agent, "VMEXEC_TEMPLATE_DIR": &c.TemplateDir, "VMEXEC_LOG_LEVEL": &c.LogLevel,
 		"VMEXEC_TLS_CERT": &c.TLS.Cert, "VMEXEC_TLS_KEY": &c.TLS.Key,
+		"VMEXEC_POSTGRES_URL": &c.Cluster.PostgresURL, "VMEXEC_NODE_NAME": &c.Cluster.NodeName, "VMEXEC_NODE_ADDRESS": &c.Cluster.Address,
 	}
 	for k, p := range str {
 		if v, ok := lookup(k); ok && v != "" {
 			*p = v
 		}
 	}
+	c.Cluster.S3.applyEnv(lookup)
 	if v, ok := lookup("VMEXEC_BACKENDS"); ok && v != "" {
 		c.Backends = SplitList(v)
 	}
@@ -272,6 +276,9 @@ func (c Config) Validate() error {
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
 		errs = append(errs, errors.New("tls: give both cert and key (--tls-cert, --tls-key), or neither"))
 	}
+	if err := c.Cluster.S3.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	ids := map[string]bool{}
 	for _, a := range c.Agents {
 		if err := a.Validate(); err != nil {
@@ -281,6 +288,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("agents: %q is configured twice", a.ID))
 		}
 		ids[a.ID] = true
+	}
+	if err := c.Cluster.validatePostgres(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -299,6 +309,9 @@ func (c *Config) Resolve() error {
 	}
 	if c.Agent == "" {
 		c.Agent = DefaultAgentPath()
+	}
+	if err := c.Cluster.resolvePostgres(); err != nil {
+		return err
 	}
 	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key} {
 		if *p != "" {

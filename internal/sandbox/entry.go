@@ -151,6 +151,14 @@ func (e *entry) usable() error {
 
 // persist writes e's durable state (current snapshot and head run); turn held.
 func (e *entry) persist(ctx context.Context) {
+	// Cluster mode: the record is shared; a node that does not hold the agent (cut
+	// off, or never its owner) must not move the sandbox's durable state.
+	if e.agentID != "" {
+		if err := e.s.fence(ctx, e.agentID, ""); err != nil {
+			e.s.log.Warn("not recording sandbox state", "id", e.id, "err", err)
+			return
+		}
+	}
 	st := history.SandboxState{CurrentSnapshotID: e.current, HeadRunID: e.headRun}
 	if err := e.s.hist.SetSandboxState(ctx, e.id, st); err != nil && !errors.Is(err, history.ErrNotFound) {
 		e.s.log.Error("recording sandbox state", "id", e.id, "err", err)
@@ -260,9 +268,11 @@ func (e *entry) snapshot(ctx context.Context, kind, runID string, meta api.Creat
 		}
 		return history.Snapshot{}, fmt.Errorf("record snapshot: %w", err)
 	}
+	parent := e.current
 	e.cleanSnap, e.current = rec.ID, rec.ID
 	e.persist(ctx)
 	s.retain(e, e.pol, rec.ID)
+	s.stored(e, rec, parent)
 	return rec, nil
 }
 
@@ -322,7 +332,7 @@ func (e *entry) restore(ctx context.Context, snap history.Snapshot) error {
 	}
 	old := e.sb
 	e.gen++
-	sb, err := snapper.Fork(ctx, snap.Path, s.specFor(e)) // Path is the image's reference
+	sb, err := s.forkSnapshot(ctx, e, &snap, s.specFor(e))
 	if err != nil {
 		return fmt.Errorf("restore snapshot %s: %w", snap.ID, classifyBackend(err))
 	}

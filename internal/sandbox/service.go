@@ -32,6 +32,7 @@ import (
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history"
 	"github.com/vmexec/vmexec/internal/redact"
+	"github.com/vmexec/vmexec/internal/snapstore"
 	"github.com/vmexec/vmexec/internal/template"
 )
 
@@ -54,6 +55,9 @@ var (
 
 // Deps are the parts a Service is built from.
 type Deps struct {
+	// Fencer, in cluster mode, refuses runs for agents this node does not own (see
+	// Fencer); nil on a single host.
+	Fencer Fencer
 	// Backends run the sandboxes; the first is the default, the others serve
 	// sandboxes that ask for them by name. Snapshots, rollbacks and suspension need a
 	// backend that implements backend.Snapshotter, which owns the images: the
@@ -63,7 +67,10 @@ type Deps struct {
 	Template template.Template
 	// History records runs, snapshots and sandboxes durably.
 	History history.Store
-	Logger  *slog.Logger
+	// Store, if set, keeps snapshots where they outlive this host (cluster mode;
+	// see store.go); nil is single-host mode.
+	Store  *snapstore.Store
+	Logger *slog.Logger
 }
 
 // Service runs agents' code in sandboxes of one backend.
@@ -71,11 +78,13 @@ type Service struct {
 	cfg      Config
 	backends map[string]backend.Backend
 	def      backend.Backend // the default backend; the pool holds its sandboxes
+	fencer   Fencer          // nil: single host
 	tpl      template.Template
 	hist     history.Store
 	log      *slog.Logger
 
 	redactor *redact.Redactor
+	store    *storeState // the snapshot store's uploads and fetches (store.go)
 
 	memBudgetMB int64 // the memory all live sandboxes may be given together; 0: no bound
 
@@ -119,7 +128,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg.withDefaults(), backends: map[string]backend.Backend{}, def: d.Backends[0], tpl: d.Template,
-		hist: d.History, log: d.Logger.With("component", "sandbox"),
+		hist: d.History, log: d.Logger.With("component", "sandbox"), fencer: d.Fencer,
 		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, deletedFor: map[string]string{}, stop: make(chan struct{}),
 	}
 	s.runs, s.cancelRuns = context.WithCancel(context.Background())
@@ -131,6 +140,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	for _, b := range d.Backends {
 		s.backends[b.Name()] = b
 	}
+	s.initStore(d.Store)
 	var err error
 	if s.redactor, err = redact.New(s.cfg.Redact); err != nil {
 		return nil, fmt.Errorf("redact config: %w", err)
@@ -230,6 +240,7 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.bg.Wait() // snapshots, retention and destroys started before Close
+	s.waitUploads()
 	s.cancelWork()
 	return errors.Join(errs...)
 }
@@ -416,7 +427,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 			err = fmt.Errorf("fork: %w", ErrUnsupported)
 			break
 		}
-		sb, err = sn.Fork(ctx, r.from.Path, s.specFor(e)) // Path is the image's reference
+		sb, err = s.forkSnapshot(ctx, e, r.from, s.specFor(e))
 	case sb == nil:
 		sb, err = s.backendOf(e).Create(ctx, s.specFor(e))
 	}

@@ -63,6 +63,7 @@ func (s *Service) removeSnapshot(ctx context.Context, e *entry, sn history.Snaps
 	if err := s.hist.DeleteSnapshot(ctx, sn.ID); err != nil && !errors.Is(err, history.ErrNotFound) {
 		return err
 	}
+	s.unstore(sn)
 	snapper := s.snapperOf(e)
 	if snapper == nil {
 		return nil
@@ -201,6 +202,9 @@ func (s *Service) Rollback(ctx context.Context, sandboxID string, req api.Rollba
 		}
 		s.recordRollback(ctx, e, sn.ID, reason, "")
 		out = api.RollbackResult{SandboxID: e.id, SnapshotID: sn.ID, Message: "sandbox " + e.id + " rolled back to snapshot " + sn.ID}
+		if key := s.takeFetched(e); key != "" {
+			out.Message += " (its local image was gone: restored from the snapshot store, " + key + ")"
+		}
 		return nil
 	})
 	return out, err

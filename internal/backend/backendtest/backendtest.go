@@ -83,6 +83,7 @@ func (e *Env) ctxFor(t *testing.T) context.Context {
 func Run(t *testing.T, e Env) {
 	t.Run("Contract", func(t *testing.T) { RunContract(t, e) })
 	t.Run("Guest", func(t *testing.T) { RunGuest(t, e) })
+	t.Run("Export", func(t *testing.T) { RunExport(t, e) })
 }
 
 func run(t *testing.T, ctx context.Context, sb backend.Sandbox, lang, code string) *agentproto.ExecResult {
