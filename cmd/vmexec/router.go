@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/vmexec/vmexec/internal/auth"
@@ -196,7 +195,7 @@ func routerMembers(o routerOptions, reg cluster.Nodes, log *slog.Logger) (router
 		if err != nil {
 			return nil, nil, fmt.Errorf("--members kubernetes: not in a pod (%w)", err)
 		}
-		cs, err := kubernetes.NewForConfig(rc)
+		cs, err := membership.NewEndpointSliceClient(rc)
 		if err != nil {
 			return nil, nil, err
 		}

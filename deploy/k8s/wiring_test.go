@@ -251,11 +251,16 @@ func TestRouterServiceAccountFollowsDaemons(t *testing.T) {
 	o := typed(t)
 	ns, svc := o.ns.Name, o.daemonSvc.Name
 	admin := kubernetes.NewForConfigOrDie(c.cfg)
-	routerCS := kubernetes.NewForConfigOrDie(as(c.cfg, ns, o.router.Spec.Template.Spec.ServiceAccountName))
+	routerCfg := as(c.cfg, ns, o.router.Spec.Template.Spec.ServiceAccountName)
+	routerCS := kubernetes.NewForConfigOrDie(routerCfg)
+	routerAPI, err := membership.NewEndpointSliceClient(routerCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	daemonCS := kubernetes.NewForConfigOrDie(as(c.cfg, ns, o.daemon.Spec.Template.Spec.ServiceAccountName))
 	ctx := context.Background()
 
-	m, err := membership.NewKubernetes(membership.KubernetesConfig{Client: routerCS, Namespace: ns, Service: svc})
+	m, err := membership.NewKubernetes(membership.KubernetesConfig{Client: routerAPI, Namespace: ns, Service: svc})
 	if err != nil {
 		t.Fatal(err)
 	}

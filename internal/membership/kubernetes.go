@@ -16,9 +16,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -26,8 +25,9 @@ import (
 // headless Service (deploy/k8s/daemon.yaml). The router's ServiceAccount needs get,
 // list and watch on discovery.k8s.io endpointslices in Namespace (deploy/k8s/rbac.yaml).
 type KubernetesConfig struct {
-	// Client talks to the API server (in a pod: rest.InClusterConfig).
-	Client kubernetes.Interface
+	// Client talks to the API server: NewEndpointSliceClient(rest.InClusterConfig())
+	// in a pod.
+	Client EndpointSliceAPI
 	// Namespace holds the Service (in a pod: the ServiceAccount's namespace).
 	Namespace string
 	// Service is the headless Service's name: only EndpointSlices labelled
@@ -49,11 +49,14 @@ type KubernetesConfig struct {
 // counts as ready, as the API defines).
 type Kubernetes struct {
 	*view
-	cfg     KubernetesConfig
-	factory informers.SharedInformerFactory
-	lister  discoverylisters.EndpointSliceLister
-	stop    chan struct{}
-	once    sync.Once
+	cfg   KubernetesConfig
+	store cache.Store
+	// refreshMu makes each refresh's read of the cache and its publication one step,
+	// so a refresh that read an older cache cannot publish after a newer one (the sync
+	// waiter and the event handler both refresh).
+	refreshMu sync.Mutex
+	cancel    context.CancelFunc
+	once      sync.Once
 }
 
 // NewKubernetes starts the informer and returns at once; Nodes waits for its first
@@ -76,23 +79,33 @@ func NewKubernetes(cfg KubernetesConfig) (*Kubernetes, error) {
 		cfg.Logger = slog.Default()
 	}
 	selector := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: cfg.Service}).String()
-	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync,
-		informers.WithNamespace(cfg.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
-	slices := factory.Discovery().V1().EndpointSlices()
+	api, ns := cfg.Client, cfg.Namespace
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.LabelSelector = selector
+			return api.List(ctx, ns, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.LabelSelector = selector
+			return api.Watch(ctx, ns, o)
+		},
+	}
+	inf := cache.NewSharedIndexInformer(lw, &discoveryv1.EndpointSlice{}, cfg.Resync,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	ctx, cancel := context.WithCancel(context.Background())
 	k := &Kubernetes{
 		view: newView(fmt.Sprintf("membership: endpointslices of service %s/%s", cfg.Namespace, cfg.Service)),
-		cfg:  cfg, factory: factory, lister: slices.Lister(), stop: make(chan struct{}),
+		cfg:  cfg, store: inf.GetStore(), cancel: cancel,
 	}
 	k.view.diagnose = func(ctx context.Context) error {
-		_, err := cfg.Client.DiscoveryV1().EndpointSlices(cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: selector, Limit: 1})
+		_, err := api.List(ctx, ns, metav1.ListOptions{LabelSelector: selector, Limit: 1})
 		return err
 	}
-	inf := slices.Informer()
 	if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
 		k.view.failed(err)
 		cfg.Logger.Warn("membership: watching endpointslices failed; retrying", "namespace", cfg.Namespace, "service", cfg.Service, "err", err)
 	}); err != nil {
+		cancel()
 		return nil, fmt.Errorf("membership: kubernetes: %w", err)
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -100,11 +113,12 @@ func NewKubernetes(cfg KubernetesConfig) (*Kubernetes, error) {
 		UpdateFunc: func(any, any) { k.refresh() },
 		DeleteFunc: func(any) { k.refresh() },
 	}); err != nil {
+		cancel()
 		return nil, fmt.Errorf("membership: kubernetes: %w", err)
 	}
-	factory.Start(k.stop)
+	go inf.RunWithContext(ctx)
 	go func() {
-		if cache.WaitForCacheSync(k.stop, inf.HasSynced) {
+		if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			k.refresh()
 			k.view.markSynced()
 		}
@@ -116,8 +130,7 @@ func NewKubernetes(cfg KubernetesConfig) (*Kubernetes, error) {
 // backing off from an unreachable API server ends when its wait does).
 func (k *Kubernetes) Close() error {
 	k.once.Do(func() {
-		close(k.stop)
-		go k.factory.Shutdown()
+		k.cancel()
 		k.view.close()
 	})
 	return nil
@@ -125,10 +138,13 @@ func (k *Kubernetes) Close() error {
 
 // refresh rebuilds the view from the informer's cache.
 func (k *Kubernetes) refresh() {
-	all, err := k.lister.EndpointSlices(k.cfg.Namespace).List(labels.Everything())
-	if err != nil { // the cache lister does not fail; keep the last view if it ever does
-		k.cfg.Logger.Warn("membership: listing cached endpointslices", "err", err)
-		return
+	k.refreshMu.Lock()
+	defer k.refreshMu.Unlock()
+	var all []*discoveryv1.EndpointSlice
+	for _, o := range k.store.List() {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			all = append(all, s)
+		}
 	}
 	k.view.set(NodesFromEndpointSlices(all, k.cfg.PortName, k.cfg.Logger))
 }

@@ -60,7 +60,12 @@ func newNamespace(t *testing.T, cs kubernetes.Interface) string {
 // ready and not-ready endpoints, a node added, a node's readiness flipping, a node
 // removed, and slices of other Services ignored.
 func TestKubernetesEndpointSlices(t *testing.T) {
-	cs := kubernetes.NewForConfigOrDie(kubetest.Config(t))
+	cfg := kubetest.Config(t)
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	api, err := NewEndpointSliceClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	ns := newNamespace(t, cs)
 	slices := cs.DiscoveryV1().EndpointSlices(ns)
@@ -75,7 +80,7 @@ func TestKubernetesEndpointSlices(t *testing.T) {
 	create(slice("vmexec-daemons-a", "vmexec-daemons", 8080, ep("node-1", "10.1.0.1", true), ep("node-2", "10.1.0.2", false)))
 	create(slice("other-x", "other", 9090, ep("node-9", "10.9.0.9", true)))
 
-	m, err := NewKubernetes(KubernetesConfig{Client: cs, Namespace: ns, Service: "vmexec-daemons", Logger: discardLogger()})
+	m, err := NewKubernetes(KubernetesConfig{Client: api, Namespace: ns, Service: "vmexec-daemons", Logger: discardLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,8 +144,11 @@ func TestKubernetesEndpointSlices(t *testing.T) {
 func TestKubernetesUnreachable(t *testing.T) {
 	cfg := kubetest.Config(t)
 	cfg.Host = "https://127.0.0.1:1" // nothing listens there
-	cs := kubernetes.NewForConfigOrDie(cfg)
-	m, err := NewKubernetes(KubernetesConfig{Client: cs, Namespace: "vmexec", Service: "vmexec-daemons", Logger: discardLogger()})
+	api, err := NewEndpointSliceClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewKubernetes(KubernetesConfig{Client: api, Namespace: "vmexec", Service: "vmexec-daemons", Logger: discardLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

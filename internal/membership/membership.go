@@ -78,6 +78,12 @@ type Members interface {
 	Close() error
 }
 
+// Both sources are Members.
+var (
+	_ Members = (*Kubernetes)(nil)
+	_ Members = (*Static)(nil)
+)
+
 var (
 	// ErrNotSynced is wrapped by Nodes when the first view did not arrive in time.
 	ErrNotSynced = errors.New("no complete view of the nodes yet")

@@ -27,7 +27,8 @@ type StaticConfig struct {
 	Nodes []string
 	// Interval is the time between two probes of one node (default 2s).
 	Interval time.Duration
-	// Timeout bounds one probe (default 1s, at most Interval).
+	// Timeout bounds one probe (default 1s). The next probe of a node starts after the
+	// previous one ended, at the next Interval tick.
 	Timeout time.Duration
 	// FailureThreshold is how many failed probes in a row make a ready node not ready
 	// (default 3). One success makes a node ready.
@@ -86,7 +87,6 @@ func (c *StaticConfig) parse() ([]staticNode, error) {
 	if c.Timeout <= 0 {
 		c.Timeout = time.Second
 	}
-	c.Timeout = min(c.Timeout, c.Interval)
 	if c.FailureThreshold <= 0 {
 		c.FailureThreshold = 3
 	}

@@ -92,7 +92,7 @@ func TestStaticProbesRealServers(t *testing.T) {
 
 	m, err := NewStatic(StaticConfig{
 		Nodes:    []string{"node-a=" + a.addr(), "http://" + b.addr(), "node-c=" + deadAddr},
-		Interval: 20 * time.Millisecond, Timeout: 500 * time.Millisecond, FailureThreshold: 2,
+		Interval: 20 * time.Millisecond, Timeout: 10 * time.Second, FailureThreshold: 2,
 	})
 	if err != nil {
 		t.Fatal(err)
