@@ -19,8 +19,11 @@
 //     room (load < capacity), the least loaded, and claims the agent for it
 //     (cluster.Ownership.Claim, an insert that only one of several racing routers
 //     wins: the others use the winner's row).
-//   - A node is ready when its heartbeat is younger than ReadyWithin by the
-//     database's clock (cluster.Nodes.ListReady, through Members).
+//   - Members says which nodes exist, where they listen and which are ready:
+//     Registry (the node registry in PostgreSQL: ready while a node's heartbeat is
+//     younger than ReadyWithin, by the database's clock), or Sourced over an
+//     internal/membership source (a Kubernetes headless Service's EndpointSlices,
+//     or a static list probed on /health), with load and capacity from the registry.
 //
 // # Takeover
 //
