@@ -31,11 +31,11 @@ type epochHolder interface{ Epoch(agent string) int64 }
 // Adopt makes this node the live home of agentID, which it holds at epoch.
 func (s *Service) Adopt(ctx context.Context, agentID string, epoch int64) (api.AdoptResult, error) {
 	out := api.AdoptResult{AgentID: agentID, Epoch: epoch}
-	if s.fencer == nil {
-		return out, fmt.Errorf("adopt: this daemon is not in cluster mode (no cluster.postgres_url): %w", ErrUnsupported)
-	}
 	if agentID == "" || epoch < 1 {
 		return out, fmt.Errorf("adopt: agent_id and an epoch ≥ 1 are required: %w", ErrInvalid)
+	}
+	if s.fencer == nil {
+		return out, fmt.Errorf("adopt: this daemon is not in cluster mode (no cluster.postgres_url), so it adopts nothing: %w", ErrUnsupported)
 	}
 	if err := s.fence(ctx, agentID, ""); err != nil {
 		return out, err
