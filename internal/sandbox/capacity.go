@@ -131,12 +131,12 @@ func (s *Service) fillPool() {
 	}
 }
 
-// fillOne creates one pool sandbox.
+// fillOne creates one pool sandbox: a restore of the template snapshot, once it is
+// settled, else a boot (see startPooled).
 func (s *Service) fillOne() {
 	ctx, cancel := context.WithTimeout(s.work, 2*time.Minute)
 	defer cancel()
-	id := randID("sb-", 6)
-	sb, err := s.def.Create(ctx, s.spec(id+"-0", s.cfg.Defaults.MemoryMB))
+	p, err := s.startPooled(ctx, randID("sb-", 6))
 	s.mu.Lock()
 	s.filling--
 	if err != nil {
@@ -146,9 +146,9 @@ func (s *Service) fillOne() {
 	}
 	if s.closed {
 		s.mu.Unlock()
-		sb.Destroy(context.Background())
+		p.sb.Destroy(context.Background())
 		return
 	}
-	s.pool = append(s.pool, pooled{id: id, sb: sb})
+	s.pool = append(s.pool, p)
 	s.mu.Unlock()
 }

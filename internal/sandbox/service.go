@@ -89,6 +89,8 @@ type Service struct {
 	startingMB int64 // their memory
 	closed     bool
 
+	tsnap templateSnap // the template snapshot (pool.go)
+
 	// runs is cancelled when Close begins: in-flight runs are interrupted and rolled
 	// back. work is cancelled when Close's budget ends: background work stops.
 	runs       context.Context
@@ -102,8 +104,9 @@ type Service struct {
 }
 
 type pooled struct {
-	id string
-	sb backend.Sandbox
+	id   string
+	sb   backend.Sandbox
+	base string // the shared image it was restored from, untouched since (pool.go)
 }
 
 // New returns a service. Call Start before use and Close when done.
@@ -140,7 +143,8 @@ func New(cfg Config, d Deps) (*Service, error) {
 
 // Start removes sandboxes a previous process left running, reconciles the history
 // with the snapshot images on disk, loads the sandboxes the history knows (suspended,
-// to be resumed on next use), then starts the idle reaper and fills the pool.
+// to be resumed on next use), then starts the idle reaper, finds or starts making the
+// template snapshot (pool.go) and fills the pool.
 func (s *Service) Start(ctx context.Context) error {
 	for _, be := range s.backends {
 		orphans, err := be.List(ctx)
@@ -161,6 +165,7 @@ func (s *Service) Start(ctx context.Context) error {
 		s.wg.Add(1)
 		go s.reaper()
 	}
+	s.startTemplateSnapshot(ctx)
 	s.fillPool()
 	return nil
 }
@@ -407,7 +412,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	defer e.unlock()
 	s.fillPool()
 
-	sb := p.sb
+	sb, base := p.sb, p.base
 	var err error
 	switch {
 	case r.from != nil:
@@ -418,7 +423,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 		}
 		sb, err = sn.Fork(ctx, r.from.Path, s.specFor(e)) // Path is the image's reference
 	case sb == nil:
-		sb, err = s.backendOf(e).Create(ctx, s.specFor(e))
+		sb, base, err = s.startFresh(ctx, e)
 	}
 	if err != nil {
 		s.forget(e)
@@ -429,6 +434,9 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	e.setSandbox(sb)
 	if err := s.hist.PutSandbox(ctx, history.Sandbox{ID: id, AgentID: r.agentID, Name: r.name, Backend: r.backend, MemoryMB: r.memoryMB, CreatedAt: e.created}); err != nil {
 		s.log.Error("recording sandbox", "id", id, "err", err)
+	}
+	if base != "" {
+		e.startedFrom(ctx, base)
 	}
 	if r.from != nil {
 		// The fork's own image of its starting state, taken now: a crash before its
