@@ -107,13 +107,16 @@ func (s *Service) startTemplateSnapshot(ctx context.Context) {
 		return
 	}
 	t.key = s.templateKey()
-	if img, err := si.SharedImage(ctx, t.key); err == nil {
+	img, err := si.SharedImage(ctx, t.key)
+	// Now, before any snapshot is in flight: listing images removes half-written ones.
+	s.pruneShared(ctx, si, img.Ref)
+	if err == nil {
 		t.ref = img.Ref
 		close(t.done)
-		s.log.Info("template snapshot found", "image", img.Ref, "bytes", img.SizeBytes)
-		s.pruneShared(ctx, si)
+		s.log.Info("template snapshot found", "image", img.Ref, "bytes", img.SizeBytes) // after done: tests wait for it
 		return
 	}
+	s.log.Info("making the template snapshot (once per template, runsc and agent build)", "template", s.tpl.Name, "key", t.key)
 	// Room for the warm-up sandbox is taken now, before the pool's fills count.
 	release, err := s.admit(ctx, s.cfg.Defaults.MemoryMB, nil)
 	if err != nil {
@@ -125,14 +128,16 @@ func (s *Service) startTemplateSnapshot(ctx context.Context) {
 		// Stopped as soon as Close begins.
 		ctx, cancel := context.WithTimeout(s.runs, 5*time.Minute)
 		defer cancel()
+		t0 := time.Now()
 		ref, err := s.makeTemplateSnapshot(ctx, si, t.key)
 		release()
-		if err != nil {
-			s.log.Warn("no template snapshot; sandboxes boot from the template (tried again at the next start)", "err", err)
-		}
 		t.ref = ref
 		close(t.done)
-		s.pruneShared(ctx, si)
+		if err != nil {
+			s.log.Warn("no template snapshot; sandboxes boot from the template (tried again at the next start)", "err", err)
+		} else {
+			s.log.Info("template snapshot ready", "image", ref, "took", time.Since(t0).Round(time.Millisecond))
+		}
 		s.fillPool()
 	})
 	if !started {
@@ -166,7 +171,6 @@ func (s *Service) templateRef(ctx context.Context, wait bool) string {
 // it.
 func (s *Service) makeTemplateSnapshot(ctx context.Context, si backend.SharedImager, key string) (string, error) {
 	t0 := time.Now()
-	s.log.Info("making the template snapshot (once per template, runsc and agent build)", "template", s.tpl.Name, "key", key)
 	sb, err := s.def.Create(ctx, s.spec(randID("tpl-", 6)+"-0", s.cfg.Defaults.MemoryMB))
 	if err != nil {
 		return "", fmt.Errorf("boot: %w", err)
@@ -181,8 +185,42 @@ func (s *Service) makeTemplateSnapshot(ctx context.Context, si backend.SharedIma
 	if err != nil {
 		return "", fmt.Errorf("save: %w", err)
 	}
-	s.log.Info("template snapshot ready", "image", img.Ref, "bytes", img.SizeBytes, "took", time.Since(t0).Round(time.Millisecond))
+	s.log.Info("template snapshot: saved", "image", img.Ref, "bytes", img.SizeBytes, "took", time.Since(t0).Round(time.Millisecond))
 	return img.Ref, nil
+}
+
+// forkedProbe prints True when it runs forked from the python zygote: a forked run's
+// /proc/self/cmdline is the zygote's (see internal/guest/zygote.go).
+const forkedProbe = "print('python-zygote' in open('/proc/self/cmdline').read())"
+
+// warmRequest is a warm-up run of lang code with the default limits and change scan,
+// as a run of an agent that sets none would be.
+func (s *Service) warmRequest(lang, code string) (*agentproto.ExecRequest, error) {
+	lim, err := s.cfg.resolve(api.Limits{})
+	if err != nil {
+		return nil, err
+	}
+	return &agentproto.ExecRequest{Language: lang, Code: code,
+		Limits: agentproto.Limits{TimeoutMS: 20_000, MaxOutputBytes: lim.MaxOutputBytes, MaxFileBytes: lim.MaxFileBytes,
+			MaxProcs: lim.MaxProcs, MemoryBytes: lim.MemoryMB << 20},
+		Changes: s.changeScan(api.ExecRequest{})}, nil
+}
+
+// warmRun runs a warm-up run in sb and returns its trimmed stdout; a run that does not
+// end ok is an error.
+func (s *Service) warmRun(ctx context.Context, sb backend.Sandbox, lang, code string) (string, error) {
+	req, err := s.warmRequest(lang, code)
+	if err != nil {
+		return "", err
+	}
+	res, err := sb.Exec(ctx, req, nil)
+	if err != nil {
+		return "", err
+	}
+	if res.Verdict != agentproto.VerdictOK {
+		return "", fmt.Errorf("%s warm-up run ended %s: %s%s", lang, res.Verdict, res.Stderr, res.Error)
+	}
+	return strings.TrimSpace(string(res.Stdout)), nil
 }
 
 // warmTemplate starts in sb what first runs need: a python run with the default
@@ -190,31 +228,9 @@ func (s *Service) makeTemplateSnapshot(ctx context.Context, si backend.SharedIma
 // starts afterwards serves default runs), then python runs until one is forked from
 // the zygote, then a wait until the zygote has forked its spare for the next run.
 func (s *Service) warmTemplate(ctx context.Context, sb backend.Sandbox) error {
-	lim, err := s.cfg.resolve(api.Limits{})
-	if err != nil {
-		return err
-	}
-	req := func(lang, code string) *agentproto.ExecRequest {
-		return &agentproto.ExecRequest{Language: lang, Code: code,
-			Limits: agentproto.Limits{TimeoutMS: 20_000, MaxOutputBytes: lim.MaxOutputBytes, MaxFileBytes: lim.MaxFileBytes,
-				MaxProcs: lim.MaxProcs, MemoryBytes: lim.MemoryMB << 20},
-			Changes: s.changeScan(api.ExecRequest{})}
-	}
-	run := func(lang, code string) (string, error) {
-		res, err := sb.Exec(ctx, req(lang, code), nil)
-		if err != nil {
-			return "", err
-		}
-		if res.Verdict != agentproto.VerdictOK {
-			return "", fmt.Errorf("%s warm-up run ended %s: %s%s", lang, res.Verdict, res.Stderr, res.Error)
-		}
-		return strings.TrimSpace(string(res.Stdout)), nil
-	}
-	// A forked run's /proc/self/cmdline is the zygote's (see internal/guest/zygote.go).
-	const forked = "print('python-zygote' in open('/proc/self/cmdline').read())"
 	ok := false
 	for i := 0; i < 100 && !ok; i++ {
-		out, err := run("python", forked)
+		out, err := s.warmRun(ctx, sb, "python", forkedProbe)
 		if err != nil {
 			return err
 		}
@@ -235,15 +251,17 @@ func (s *Service) warmTemplate(ctx context.Context, sb backend.Sandbox) error {
   sleep 0.01
 done
 exit 1`
-	if _, err := run("bash", spare); err != nil {
+	if _, err := s.warmRun(ctx, sb, "bash", spare); err != nil {
 		return fmt.Errorf("the zygote's spare: %w", err)
 	}
 	return nil
 }
 
-// pruneShared removes shared images other than the current template snapshot that
-// no snapshot record names (made for an older template, runsc or agent).
-func (s *Service) pruneShared(ctx context.Context, si backend.SharedImager) {
+// pruneShared removes shared images other than current (the template snapshot, if
+// it exists already) that no snapshot record names: made for an older template,
+// runsc or agent. Called by Start only: ListImages removes half-written images, so
+// no snapshot may be in flight.
+func (s *Service) pruneShared(ctx context.Context, si backend.SharedImager, current string) {
 	sn, ok := si.(backend.Snapshotter)
 	if !ok {
 		return
@@ -256,7 +274,7 @@ func (s *Service) pruneShared(ctx context.Context, si backend.SharedImager) {
 	if err != nil {
 		return
 	}
-	named := map[string]bool{s.tsnap.ref: true}
+	named := map[string]bool{current: true}
 	for _, r := range snaps {
 		named[r.Path] = true
 	}
@@ -294,6 +312,14 @@ func (s *Service) startPooled(ctx context.Context, id string) (pooled, error) {
 	if ref := s.templateRef(ctx, true); ref != "" {
 		sb, err := s.snapperFor(s.def.Name()).Fork(ctx, ref, spec)
 		if err == nil {
+			// A restored sandbox's memory is mapped again as it is touched, which
+			// costs its first python run ~20 ms more than a warm one; a run now, while
+			// it waits in the pool, does that. It leaves nothing behind (its run
+			// directory is removed, it writes no file), so the state is still the
+			// shared image's as far as any program can tell.
+			if _, werr := s.warmRun(ctx, sb, "python", "pass"); werr != nil {
+				s.log.Warn("pool: warm-up run after the restore", "id", id, "err", werr)
+			}
 			return pooled{id: id, sb: sb, base: ref}, nil
 		}
 		s.log.Warn("pool: restore from the template snapshot failed; booting from the template", "image", ref, "err", err)

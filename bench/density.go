@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/client"
+)
+
+// printDensity is the density mode (-density N): one daemon holds N idle sandboxes.
+// It reports the start rate (N sandboxes created through the API, four at a time),
+// the latency of one run in each (print(1), a transaction like any: its pre-run
+// snapshot is the template snapshot), the host memory per sandbox (the PSS of every
+// runsc process of the daemon, from /proc/*/smaps_rollup, divided by the sandboxes
+// running, the pool's included) and the daemon's own, and the daemon's health
+// latency (GET /health every 20 ms) while it starts them and while it holds them.
+//
+// Then suspension: a second daemon with a short idle timeout runs one run in each of
+// a few sandboxes, waits until the reaper has suspended them all, reports the host
+// memory they still use (their runsc processes: none) and times one run in each,
+// which resumes it from its snapshot.
+//
+// The daemon's memory budget counts each sandbox's memory limit (memory_mb), not
+// what it uses, so density mode turns it off (memory_budget_mb: -1) and sets
+// max_sandboxes to fit N; everything else is the default.
+func printDensity(tmp, runsc, tplDir string, n int) error {
+	cfg := filepath.Join(tmp, "density.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("sandbox:\n  max_sandboxes: %d\n  memory_budget_mb: -1\n", n+8)), 0o644); err != nil {
+		return err
+	}
+	d, err := startDaemon(tmp, runsc, tplDir, "--config", cfg)
+	if err != nil {
+		return err
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			d.stop()
+		}
+	}()
+	c := client.New(d.url)
+	ctx := context.Background()
+
+	startHealth := pollHealth(d.url, "health while starting")
+	t0 := time.Now()
+	ids := make([]string, n)
+	var (
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+		next     = make(chan int)
+	)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Name: fmt.Sprintf("density-%d", i)})
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = fmt.Errorf("sandbox %d of %d: %w", i+1, n, err)
+				}
+				ids[i] = sb.ID
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	startTook := time.Since(t0)
+	starting := startHealth()
+	if firstErr != nil {
+		return firstErr
+	}
+
+	runHealth := pollHealth(d.url, "health while running")
+	runs, err := measure("one run in each", n, func(i int) error {
+		r, err := c.Exec(ctx, api.ExecRequest{SandboxID: ids[i], Language: "python", Code: "print(1)"})
+		if err == nil && strings.TrimSpace(r.Stdout) != "1" {
+			err = fmt.Errorf("unexpected result %+v", r)
+		}
+		return err
+	})
+	running := runHealth()
+	if err != nil {
+		return err
+	}
+
+	time.Sleep(5 * time.Second) // the runs' background snapshots settle; then idle
+	holdHealth := pollHealth(d.url, "health while holding")
+	time.Sleep(10 * time.Second)
+	holding := holdHealth()
+	pss, procs := runscPSS(d.dataDir)
+	daemonPSS := procPSS(d.cmd.Process.Pid)
+	live := n + 2 // the pool's two
+
+	fmt.Printf("\n%-36s %s\n", fmt.Sprintf("density: %d idle sandboxes", n), "")
+	fmt.Printf("%-36s %d in %s: %.1f sandboxes/s\n", "start rate (4 at a time)", n, startTook.Round(time.Millisecond), float64(n)/startTook.Seconds())
+	fmt.Printf("%-36s %.1f MiB (runsc PSS %.0f MiB over %d processes, %d sandboxes); daemon %.0f MiB\n", "host memory per idle sandbox",
+		pss/float64(live), pss, procs, live, daemonPSS)
+	fmt.Printf("%-36s %6s %10s %10s %10s\n", "", "n", "p50", "p95", "p99")
+	for _, s := range []series{runs, starting, running, holding} {
+		fmt.Printf("%-36s %6d %10s %10s %10s\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), s.pct(0.99).Round(100*time.Microsecond))
+	}
+	d.stop()
+	stopped = true
+	return printSuspended(tmp, runsc, tplDir, min(n, 10))
+}
+
+// printSuspended measures suspended sandboxes: their host memory and their resume.
+func printSuspended(tmp, runsc, tplDir string, k int) error {
+	d, err := startDaemon(tmp, runsc, tplDir, "--idle-timeout", "2s", "--pool-size", "0")
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	c := client.New(d.url)
+	ctx := context.Background()
+	var ids []string
+	for i := 0; i < k; i++ {
+		r, err := c.Exec(ctx, api.ExecRequest{AgentID: fmt.Sprintf("suspend-%d", i), Language: "python", Code: "x = 41\nprint(x + 1)"})
+		if err != nil {
+			return err
+		}
+		ids = append(ids, r.SandboxID)
+	}
+	pssLive, procsLive := runscPSS(d.dataDir)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		all := true
+		for _, id := range ids {
+			sb, err := c.GetSandbox(ctx, id)
+			if err != nil {
+				return err
+			}
+			all = all && sb.Status == "suspended"
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the sandboxes were not suspended within 2 minutes")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	pss, procs := runscPSS(d.dataDir)
+	resume, err := measure("resume + run (suspended)", k, func(i int) error {
+		r, err := c.Exec(ctx, api.ExecRequest{SandboxID: ids[i], Language: "python", Code: "print(1)"})
+		if err == nil && strings.TrimSpace(r.Stdout) != "1" {
+			err = fmt.Errorf("unexpected result %+v", r)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%-36s %.0f MiB over %d runsc processes (%d running: %.0f MiB over %d)\n", fmt.Sprintf("%d suspended sandboxes: host memory", k), pss, procs, k, pssLive, procsLive)
+	fmt.Printf("%-36s %6d %10s %10s\n", resume.name, len(resume.d), resume.pct(0.5).Round(100*time.Microsecond), resume.pct(0.95).Round(100*time.Microsecond))
+	return nil
+}
+
+// pollHealth polls GET /health every 20 ms until the returned function is called,
+// which returns the latencies.
+func pollHealth(url, name string) func() series {
+	s := series{name: name}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	hc := &http.Client{Timeout: 10 * time.Second}
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			t := time.Now()
+			resp, err := hc.Get(url + "/health")
+			if err == nil {
+				resp.Body.Close()
+			}
+			s.d = append(s.d, time.Since(t))
+		}
+	}()
+	return func() series {
+		close(stop)
+		<-done
+		if len(s.d) == 0 {
+			s.d = []time.Duration{0}
+		}
+		return s
+	}
+}
+
+// runscPSS sums the PSS (MiB) of the runsc processes whose command line names a path
+// under dataDir (one daemon's: its runsc root is there).
+func runscPSS(dataDir string) (mib float64, procs int) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		cl := strings.ReplaceAll(string(b), "\x00", " ")
+		if !strings.Contains(cl, "runsc") || !strings.Contains(cl, dataDir+"/") {
+			continue
+		}
+		mib += procPSS(pid)
+		procs++
+	}
+	return mib, procs
+}
+
+// procPSS is a process's PSS in MiB (smaps_rollup), 0 when it cannot be read.
+func procPSS(pid int) float64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Pss:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
