@@ -33,20 +33,56 @@ import (
 // what it uses, so density mode turns it off (memory_budget_mb: -1) and sets
 // max_sandboxes to fit N; everything else is the default.
 func printDensity(tmp, runsc, tplDir string, n int) error {
-	cfg := filepath.Join(tmp, "density.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("sandbox:\n  max_sandboxes: %d\n  memory_budget_mb: -1\n", n+8)), 0o644); err != nil {
-		return err
-	}
-	d, err := startDaemon(tmp, runsc, tplDir, "--config", cfg)
+	restored, err := holdIdle(tmp, runsc, tplDir, n, true)
 	if err != nil {
 		return err
 	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			d.stop()
+	// The old way side by side, fewer (booting is slower): booted from the template.
+	booted, err := holdIdle(tmp, runsc, tplDir, min(n, 20), false)
+	if err != nil {
+		return err
+	}
+	for _, r := range []densityResult{restored, booted} {
+		fmt.Printf("\n%-36s\n", fmt.Sprintf("density: %d idle sandboxes, %s", r.n, r.mode))
+		fmt.Printf("%-36s %d in %s: %.1f sandboxes/s\n", "start rate (4 at a time)", r.n, r.startTook.Round(time.Millisecond), float64(r.n)/r.startTook.Seconds())
+		fmt.Printf("%-36s %.1f MiB (runsc PSS %.0f MiB over %d processes, %d sandboxes); daemon %.0f MiB\n", "host memory per idle sandbox",
+			r.pss/float64(r.live), r.pss, r.procs, r.live, r.daemonPSS)
+		fmt.Printf("%-36s %6s %10s %10s %10s\n", "", "n", "p50", "p95", "p99")
+		for _, s := range r.series {
+			fmt.Printf("%-36s %6d %10s %10s %10s\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), s.pct(0.99).Round(100*time.Microsecond))
 		}
-	}()
+	}
+	return printSuspended(tmp, runsc, tplDir, min(n, 10))
+}
+
+// densityResult is what holdIdle measured.
+type densityResult struct {
+	mode           string
+	n, live, procs int
+	startTook      time.Duration
+	pss, daemonPSS float64 // MiB
+	series         []series
+}
+
+// holdIdle starts a daemon (sandboxes restored from the template snapshot, or
+// booted), creates n sandboxes four at a time, runs one run in each, lets them idle
+// and measures their memory, with the health latency throughout.
+func holdIdle(tmp, runsc, tplDir string, n int, tsnap bool) (densityResult, error) {
+	r := densityResult{mode: "restored from the template snapshot", n: n, live: n + 2} // the pool's two
+	cfg := filepath.Join(tmp, fmt.Sprintf("density-%v.yaml", tsnap))
+	body := fmt.Sprintf("sandbox:\n  max_sandboxes: %d\n  memory_budget_mb: -1\n", n+8)
+	if !tsnap {
+		r.mode = "booted (old)"
+		body += "  template_snapshot: false\n"
+	}
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		return r, err
+	}
+	d, err := startDaemon(tmp, runsc, tplDir, "--config", cfg)
+	if err != nil {
+		return r, err
+	}
+	defer d.stop()
 	c := client.New(d.url)
 	ctx := context.Background()
 
@@ -79,44 +115,33 @@ func printDensity(tmp, runsc, tplDir string, n int) error {
 	}
 	close(next)
 	wg.Wait()
-	startTook := time.Since(t0)
+	r.startTook = time.Since(t0)
 	starting := startHealth()
 	if firstErr != nil {
-		return firstErr
+		return r, firstErr
 	}
 
 	runHealth := pollHealth(d.url, "health while running")
 	runs, err := measure("one run in each", n, func(i int) error {
-		r, err := c.Exec(ctx, api.ExecRequest{SandboxID: ids[i], Language: "python", Code: "print(1)"})
-		if err == nil && strings.TrimSpace(r.Stdout) != "1" {
-			err = fmt.Errorf("unexpected result %+v", r)
+		res, err := c.Exec(ctx, api.ExecRequest{SandboxID: ids[i], Language: "python", Code: "print(1)"})
+		if err == nil && strings.TrimSpace(res.Stdout) != "1" {
+			err = fmt.Errorf("unexpected result %+v", res)
 		}
 		return err
 	})
 	running := runHealth()
 	if err != nil {
-		return err
+		return r, err
 	}
 
 	time.Sleep(5 * time.Second) // the runs' background snapshots settle; then idle
 	holdHealth := pollHealth(d.url, "health while holding")
 	time.Sleep(10 * time.Second)
 	holding := holdHealth()
-	pss, procs := runscPSS(d.dataDir)
-	daemonPSS := procPSS(d.cmd.Process.Pid)
-	live := n + 2 // the pool's two
-
-	fmt.Printf("\n%-36s %s\n", fmt.Sprintf("density: %d idle sandboxes", n), "")
-	fmt.Printf("%-36s %d in %s: %.1f sandboxes/s\n", "start rate (4 at a time)", n, startTook.Round(time.Millisecond), float64(n)/startTook.Seconds())
-	fmt.Printf("%-36s %.1f MiB (runsc PSS %.0f MiB over %d processes, %d sandboxes); daemon %.0f MiB\n", "host memory per idle sandbox",
-		pss/float64(live), pss, procs, live, daemonPSS)
-	fmt.Printf("%-36s %6s %10s %10s %10s\n", "", "n", "p50", "p95", "p99")
-	for _, s := range []series{runs, starting, running, holding} {
-		fmt.Printf("%-36s %6d %10s %10s %10s\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), s.pct(0.99).Round(100*time.Microsecond))
-	}
-	d.stop()
-	stopped = true
-	return printSuspended(tmp, runsc, tplDir, min(n, 10))
+	r.pss, r.procs = runscPSS(d.dataDir)
+	r.daemonPSS = procPSS(d.cmd.Process.Pid)
+	r.series = []series{runs, starting, running, holding}
+	return r, nil
 }
 
 // printSuspended measures suspended sandboxes: their host memory and their resume.
@@ -166,8 +191,22 @@ func printSuspended(tmp, runsc, tplDir string, k int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%-36s %.0f MiB over %d runsc processes (%d running: %.0f MiB over %d)\n", fmt.Sprintf("%d suspended sandboxes: host memory", k), pss, procs, k, pssLive, procsLive)
-	fmt.Printf("%-36s %6d %10s %10s\n", resume.name, len(resume.d), resume.pct(0.5).Round(100*time.Microsecond), resume.pct(0.95).Round(100*time.Microsecond))
+	// The rollback bound, side by side: a rollback of a live sandbox (API).
+	sn, err := c.CreateSnapshot(ctx, ids[0], api.CreateSnapshotRequest{})
+	if err != nil {
+		return err
+	}
+	rb, err := measure("rollback (API), same daemon", k, func(int) error {
+		_, err := c.Rollback(ctx, ids[0], api.RollbackRequest{SnapshotID: sn.ID})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n%-36s %.0f MiB over %d runsc processes (%d running: %.0f MiB over %d)\n", fmt.Sprintf("%d suspended sandboxes: host memory", k), pss, procs, k, pssLive, procsLive)
+	for _, s := range []series{resume, rb} {
+		fmt.Printf("%-36s %6d %10s %10s\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond))
+	}
 	return nil
 }
 
