@@ -47,6 +47,7 @@ func printDensity(tmp, runsc, tplDir string, n int) error {
 		fmt.Printf("%-36s %d in %s: %.1f sandboxes/s\n", "start rate (4 at a time)", r.n, r.startTook.Round(time.Millisecond), float64(r.n)/r.startTook.Seconds())
 		fmt.Printf("%-36s %.1f MiB (runsc PSS %.0f MiB over %d processes, %d sandboxes); daemon %.0f MiB\n", "host memory per idle sandbox",
 			r.pss/float64(r.live), r.pss, r.procs, r.live, r.daemonPSS)
+		fmt.Printf("%-36s %s\n", "runs' background snapshots done", r.settle.Round(100*time.Millisecond).String()+" after the last run")
 		fmt.Printf("%-36s %6s %10s %10s %10s\n", "", "n", "p50", "p95", "p99")
 		for _, s := range r.series {
 			fmt.Printf("%-36s %6d %10s %10s %10s\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), s.pct(0.99).Round(100*time.Microsecond))
@@ -60,7 +61,8 @@ type densityResult struct {
 	mode           string
 	n, live, procs int
 	startTook      time.Duration
-	pss, daemonPSS float64 // MiB
+	settle         time.Duration // from the last run to the last background snapshot
+	pss, daemonPSS float64       // MiB
 	series         []series
 }
 
@@ -134,7 +136,19 @@ func holdIdle(tmp, runsc, tplDir string, n int, tsnap bool) (densityResult, erro
 		return r, err
 	}
 
-	time.Sleep(5 * time.Second) // the runs' background snapshots settle; then idle
+	// Each run's background snapshot (the next run's pre-run snapshot; a booted
+	// sandbox's first run took one before it too): once all are taken, the sandboxes
+	// are idle.
+	want := n
+	if !tsnap {
+		want = 2 * n
+	}
+	settle := time.Now()
+	for time.Since(settle) < 5*time.Minute && countImages(d.dataDir) < want {
+		time.Sleep(200 * time.Millisecond)
+	}
+	r.settle = time.Since(settle)
+	time.Sleep(2 * time.Second)
 	holdHealth := pollHealth(d.url, "health while holding")
 	time.Sleep(10 * time.Second)
 	holding := holdHealth()
@@ -208,6 +222,19 @@ func printSuspended(tmp, runsc, tplDir string, k int) error {
 		fmt.Printf("%-36s %6d %10s %10s\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond))
 	}
 	return nil
+}
+
+// countImages counts the whole snapshot images (not the shared one) in a daemon's
+// gVisor image directory.
+func countImages(dataDir string) int {
+	ents, _ := os.ReadDir(filepath.Join(dataDir, "gvisor", "images"))
+	n := 0
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "img-") && !strings.HasSuffix(e.Name(), ".tmp") {
+			n++
+		}
+	}
+	return n
 }
 
 // pollHealth polls GET /health every 20 ms until the returned function is called,

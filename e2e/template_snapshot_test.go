@@ -40,7 +40,8 @@ func waitTemplateSnapshot(t *testing.T, d *daemon) {
 }
 
 // The template snapshot is made once: a second daemon on the same data dir finds it
-// and does not make it again, and it is the only shared image.
+// and does not make it again, and it is the only shared image (one of an older build
+// that no snapshot names is removed).
 func TestTemplateSnapshotMadeOnce(t *testing.T) {
 	dir := t.TempDir()
 	d := startDaemon(t, daemonOpts{dataDir: dir, extra: []string{"--pool-size", "1"}})
@@ -51,6 +52,12 @@ func TestTemplateSnapshotMadeOnce(t *testing.T) {
 	}
 	wantOK(t, d.exec(t, "once", "python", "print(6*7)"), "42")
 	d.stop()
+	// A template snapshot of an older build that no snapshot names: removed at start.
+	old := filepath.Join(dir, "gvisor", "images", "shared-0123456789abcdef01234567")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(old, "checkpoint.img"), []byte("old"), 0o600)
 
 	d2 := startDaemon(t, daemonOpts{dataDir: dir, extra: []string{"--pool-size", "1"}})
 	waitTemplateSnapshot(t, d2)

@@ -89,6 +89,15 @@ func (s *Service) admit(ctx context.Context, memMB int64, except *entry) (releas
 	}
 }
 
+// Count is how many sandboxes the service knows (running, suspended or starting),
+// as List would list, without describing each: GET /health asks it on every probe,
+// and a host holding hundreds of sandboxes must answer probes at once.
+func (s *Service) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sandboxes)
+}
+
 // idlest is the least recently used live sandbox that no request uses or waits for,
 // other than except; s.mu held.
 func (s *Service) idlest(except *entry) *entry {
