@@ -47,6 +47,12 @@ func printDensity(tmp, runsc, tplDir string, n int) error {
 		fmt.Printf("%-36s %d in %s: %.1f sandboxes/s\n", "start rate (4 at a time)", r.n, r.startTook.Round(time.Millisecond), float64(r.n)/r.startTook.Seconds())
 		fmt.Printf("%-36s %.1f MiB (runsc PSS %.0f MiB over %d processes, %d sandboxes); daemon %.0f MiB\n", "host memory per idle sandbox",
 			r.pss/float64(r.live), r.pss, r.procs, r.live, r.daemonPSS)
+		var per []string
+		for _, k := range r.kinds {
+			per = append(per, fmt.Sprintf("%s %.1f", k.name, k.mib/float64(r.live)))
+		}
+		fmt.Printf("%-36s %s MiB\n", "  of which, per sandbox", strings.Join(per, ", "))
+		fmt.Printf("%-36s %.0f%% of a core, all of them together\n", "host CPU while they idle", 100*r.idleCPU)
 		fmt.Printf("%-36s %s\n", "runs' background snapshots done", r.settle.Round(100*time.Millisecond).String()+" after the last run")
 		fmt.Printf("%-36s %6s %10s %10s %10s\n", "", "n", "p50", "p95", "p99")
 		for _, s := range r.series {
@@ -63,6 +69,8 @@ type densityResult struct {
 	startTook      time.Duration
 	settle         time.Duration // from the last run to the last background snapshot
 	pss, daemonPSS float64       // MiB
+	kinds          []pssKind
+	idleCPU        float64 // cores the runsc processes used while idle
 	series         []series
 }
 
@@ -150,9 +158,15 @@ func holdIdle(tmp, runsc, tplDir string, n int, tsnap bool) (densityResult, erro
 	r.settle = time.Since(settle)
 	time.Sleep(2 * time.Second)
 	holdHealth := pollHealth(d.url, "health while holding")
+	cpu0, t0 := runscCPU(d.dataDir), time.Now()
 	time.Sleep(10 * time.Second)
+	r.idleCPU = (runscCPU(d.dataDir) - cpu0).Seconds() / time.Since(t0).Seconds()
 	holding := holdHealth()
-	r.pss, r.procs = runscPSS(d.dataDir)
+	r.kinds = runscPSSKinds(d.dataDir)
+	for _, k := range r.kinds {
+		r.pss += k.mib
+		r.procs += k.procs
+	}
 	r.daemonPSS = procPSS(d.cmd.Process.Pid)
 	r.series = []series{runs, starting, running, holding}
 	return r, nil
@@ -273,6 +287,52 @@ func pollHealth(url, name string) func() series {
 // runscPSS sums the PSS (MiB) of the runsc processes whose command line names a path
 // under dataDir (one daemon's: its runsc root is there).
 func runscPSS(dataDir string) (mib float64, procs int) {
+	for _, k := range runscPSSKinds(dataDir) {
+		mib += k.mib
+		procs += k.procs
+	}
+	return mib, procs
+}
+
+// runscCPU is the CPU time (user and system) the runsc processes of a daemon have
+// used so far.
+func runscCPU(dataDir string) time.Duration {
+	var ticks int64
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), "runsc") || !strings.Contains(string(b), dataDir+"/") {
+			continue
+		}
+		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(st)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			k, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + k
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// pssKind is the PSS of one kind of runsc process.
+type pssKind struct {
+	name  string
+	mib   float64
+	procs int
+}
+
+// runscPSSKinds is runscPSS by kind of process: the sentry (runsc-sandbox), the gofer
+// and the supervising runsc run/restore.
+func runscPSSKinds(dataDir string) []pssKind {
+	kinds := []pssKind{{name: "sentry"}, {name: "gofer"}, {name: "runsc run/restore"}}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -287,10 +347,17 @@ func runscPSS(dataDir string) (mib float64, procs int) {
 		if !strings.Contains(cl, "runsc") || !strings.Contains(cl, dataDir+"/") {
 			continue
 		}
-		mib += procPSS(pid)
-		procs++
+		k := &kinds[2]
+		switch {
+		case strings.HasPrefix(cl, "runsc-sandbox"):
+			k = &kinds[0]
+		case strings.HasPrefix(cl, "runsc-gofer"):
+			k = &kinds[1]
+		}
+		k.mib += procPSS(pid)
+		k.procs++
 	}
-	return mib, procs
+	return kinds
 }
 
 // procPSS is a process's PSS in MiB (smaps_rollup), 0 when it cannot be read.

@@ -23,7 +23,9 @@ type Config struct {
 	// IdleTimeout is how long an unused sandbox lives; 0 takes the default, negative
 	// never reaps.
 	IdleTimeout time.Duration `json:"idle_timeout" yaml:"idle_timeout"`
-	// MaxSandboxes bounds the live sandboxes of this server.
+	// MaxSandboxes bounds the live sandboxes of this server. The daemon's default
+	// comes from the host's memory (internal/config DefaultMaxSandboxes); 0 here
+	// takes DefaultConfig's.
 	MaxSandboxes int `json:"max_sandboxes" yaml:"max_sandboxes"`
 	// PoolSize is how many ready sandboxes are kept waiting for new agents.
 	PoolSize int `json:"pool_size" yaml:"pool_size"`
