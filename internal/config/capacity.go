@@ -10,9 +10,10 @@ import (
 //
 //	max_sandboxes = clamp((MemTotal − HostReserveMiB) / PerSandboxMiB, MinSandboxes, MaxSandboxesCap)
 //
-// An idle sandbox costs its runsc processes about 20–25 MiB of host memory (PSS,
-// measured by `go run ./bench -density N`); PerSandboxMiB leaves room for each to
-// run something on top. HostReserveMiB is kept for the host, the daemon and the page
+// An idle sandbox costs its runsc processes about 30–36 MiB of host memory (PSS,
+// measured by `go run ./bench -density N`: ~31 MiB booted, ~35 MiB restored from the
+// template snapshot, after one run each); PerSandboxMiB leaves room for each to run
+// something on top. HostReserveMiB is kept for the host, the daemon and the page
 // cache of the template. On a 24 GiB host (MemTotal 23.5 GiB) that is 344; where MemTotal
 // cannot be read, MinSandboxes. The memory budget (memory_budget_mb) still bounds
 // the memory limits given out, so hosts whose sandboxes are given much memory meet
