@@ -27,7 +27,9 @@ import (
 // ONCE as a shared image of the default backend (backend.SharedImager). Then:
 //
 //   - pool sandboxes (and new sandboxes of the default backend and memory when the
-//     pool is empty) are restores of that image, not boots;
+//     pool is empty) are restores of that image, not boots; a pool sandbox also runs
+//     one throwaway python run while it waits (see startPooled), so that the memory
+//     its first run touches is mapped again;
 //   - such a sandbox's first pre-run snapshot IS the shared image: startedFrom records
 //     a snapshot (kind pre_run, 0 bytes: its disk is shared) naming it as the
 //     sandbox's current and clean snapshot, so the first run takes no checkpoint, and
