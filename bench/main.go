@@ -13,7 +13,13 @@
 // And, with -store, the snapshot store's upload and restore-from-S3 times against a
 // local restore (store.go; needs the SeaweedFS that scripts/setup builds).
 //
-//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only] [-store] [-store-only] [-store-n 10]
+// A new agent's first run is measured side by side from the template snapshot and
+// booted the old way, with its phases (firstrun.go); -density N holds N idle
+// sandboxes and reports memory, start rate, a run in each, health latency and
+// suspension (density.go).
+//
+//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
+//	                    [-first-only] [-density N] [-density-only] [-store] [-store-only] [-store-n 10]
 package main
 
 import (
@@ -47,6 +53,9 @@ func main() {
 	withStore := flag.Bool("store", false, "measure the snapshot store's upload and restore from S3 (store.go)")
 	storeOnly := flag.Bool("store-only", false, "measure only the snapshot store")
 	storeN := flag.Int("store-n", 10, "samples per snapshot store measurement")
+	flag.IntVar(&densityN, "density", 20, "density mode: hold this many idle sandboxes (300 on a 24 GiB host); 0 skips it")
+	flag.BoolVar(&densityOnly, "density-only", false, "measure only the density mode")
+	flag.BoolVar(&firstOnly, "first-only", false, "measure only a new agent's first run (firstrun.go), against the native spawn")
 	flag.Parse()
 	storeFlags = storeOpts{on: *withStore || *storeOnly, only: *storeOnly, n: *storeN}
 	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
@@ -54,6 +63,13 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// Sections beyond the default ones (flags).
+var (
+	densityN    int
+	densityOnly bool
+	firstOnly   bool
+)
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -131,6 +147,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 			return nil
 		}
 	}
+	if densityOnly {
+		return printDensity(tmp, runsc, tpl.Dir, densityN)
+	}
 	results := []series{}
 	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim
 	if _, err := os.Stat(python); err != nil {
@@ -143,6 +162,11 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 		return err
 	}
 	results = append(results, native)
+	if firstOnly {
+		first, err := firstRunSeries(tmp, runsc, tpl.Dir, n)
+		printSeries(native, append(results, first...))
+		return err
+	}
 	doRoot := filepath.Join(tmp, "runsc-do")
 	rdo, err := measure("runsc do per run", n/2, func(int) error {
 		out, err := exec.Command(runsc, "--root", doRoot, "--network=none", "do", "python3", "-c", "print(1)").CombinedOutput()
@@ -156,41 +180,23 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	}
 	results = append(results, rdo)
 
-	for _, pool := range []int{2, 0} {
-		d, err := startDaemon(tmp, runsc, tpl.Dir, "--pool-size", fmt.Sprint(pool))
+	{
+		d, err := startDaemon(tmp, runsc, tpl.Dir, "--pool-size", "2")
 		if err != nil {
 			return err
 		}
-		c := client.New(d.url)
-		ctx := context.Background()
-		execOnce := func(agent string) error {
-			r, err := c.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: "print(1)"})
-			if err == nil && strings.TrimSpace(r.Stdout) != "1" {
-				err = fmt.Errorf("unexpected result %+v", r)
-			}
-			return err
-		}
-		if pool > 0 {
-			more, err := warmSeries(ctx, c, n)
-			if err != nil {
-				d.stop()
-				return err
-			}
-			results = append(results, more...)
-		}
-		name := fmt.Sprintf("cold: new agent, pool=%d", pool)
-		cold, err := measureWith(name, n/2, func(int) {
-			if pool > 0 {
-				time.Sleep(400 * time.Millisecond) // let the pool refill, as between real agents
-			}
-		}, func(i int) error {
-			return execOnce(fmt.Sprintf("cold-%d-%d", pool, i))
-		})
+		more, err := warmSeries(context.Background(), client.New(d.url), n)
 		d.stop()
+		results = append(results, more...)
 		if err != nil {
 			return err
 		}
-		results = append(results, cold)
+	}
+	// A new agent's first run, from the template snapshot and the old way (firstrun.go).
+	first, err := firstRunSeries(tmp, runsc, tpl.Dir, n)
+	results = append(results, first...)
+	if err != nil {
+		return err
 	}
 
 	if withMicroVM {
@@ -201,18 +207,28 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 		}
 	}
 
-	base := native.pct(0.5)
-	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
-	for _, s := range results {
-		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
-	}
+	printSeries(native, results)
 	if err := printChanges(tmp, runsc, tpl.Dir, n); err != nil {
 		return err
+	}
+	if densityN > 0 {
+		if err := printDensity(tmp, runsc, tpl.Dir, densityN); err != nil {
+			return err
+		}
 	}
 	if withAgent {
 		return printAgent(tmp, runsc, tpl.Dir, n)
 	}
 	return nil
+}
+
+// printSeries prints results with their ratio to the native spawn's p50.
+func printSeries(native series, results []series) {
+	base := native.pct(0.5)
+	fmt.Printf("\n%-36s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
+	for _, s := range results {
+		fmt.Printf("%-36s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+	}
 }
 
 // printAgent measures and prints the agent loop's section.
@@ -327,8 +343,10 @@ func streamLag(ctx context.Context, c *client.Client, n int) (series, error) {
 }
 
 type daemon struct {
-	cmd *exec.Cmd
-	url string
+	cmd     *exec.Cmd
+	url     string
+	dataDir string
+	log     *daemonLog // its stderr: warnings passed on, the template snapshot's settling seen (firstrun.go)
 }
 
 // microVMSeries measures the microvm backend: cold boot to a ready agent, a warm run,
@@ -404,16 +422,18 @@ func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
 	ln.Close()
 	dir, _ := os.MkdirTemp(tmp, "data-")
 	args := append([]string{"serve", "--addr", addr, "--data-dir", dir, "--template-dir", filepath.Dir(tplDir),
-		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--log-level", "warn"}, extra...)
+		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--log-level", "info"}, extra...)
 	cmd := exec.Command(filepath.Join(tmp, "vmexec"), args...)
-	cmd.Stderr = os.Stderr
+	dl := newDaemonLog()
+	cmd.Stderr = dl
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	d := &daemon{cmd: cmd, url: "http://" + addr}
+	d := &daemon{cmd: cmd, url: "http://" + addr, dataDir: dir, log: dl}
 	for i := 0; i < 600; i++ {
 		if resp, err := http.Get(d.url + "/health"); err == nil {
 			resp.Body.Close()
+			dl.waitTemplate(2 * time.Minute)
 			time.Sleep(time.Second) // let the pool fill
 			return d, nil
 		}

@@ -65,11 +65,12 @@ type Config struct {
 // DefaultCPUs is a sandbox's CPU quota when Config.CPUs is 0: one core.
 const DefaultCPUs = 1.0
 
-// Backend runs sandboxes with runsc. It implements backend.Backend and
-// backend.Snapshotter.
+// Backend runs sandboxes with runsc. It implements backend.Backend,
+// backend.Snapshotter and backend.SharedImager (template_snapshot.go).
 type Backend struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	shared sharedInputs // see template_snapshot.go
 }
 
 var (
