@@ -233,7 +233,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 			}
 			p := target
 			if p == "" {
-				p = part.FileName() // the SDK puts each file's path there
+				p = rawFileName(part) // the SDK puts each file's path there
 			}
 			if p == "" {
 				err = fmt.Errorf("no ?path= and no file name in the part: %w", errBadRequest)
@@ -275,4 +275,14 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.writeHTTPError(w, r, err)
 	}
+}
+
+// rawFileName is a part's file name as sent: the SDK's multi-file write puts each
+// file's whole path there, which multipart.Part.FileName would cut to its base.
+func rawFileName(p *multipart.Part) string {
+	_, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+	if err != nil {
+		return ""
+	}
+	return params["filename"]
 }
