@@ -114,7 +114,7 @@ func (s *Server) authenticate(r *http.Request) (*http.Request, func(), error) {
 	}
 	p, err := s.keys.Authenticate(apiKey(r, pattern))
 	if err != nil {
-		if strings.HasPrefix(pattern, e2bEnvdPattern) && s.e2b.TokenOK(r) {
+		if strings.HasSuffix(pattern, " "+e2bEnvdPattern) && s.e2b.TokenOK(r) {
 			return r, nop, nil // no key, but the access token of the sandbox it names
 		}
 		return r, nop, fmt.Errorf("a valid API key is required: send Authorization: Bearer KEY: %w", errUnauthenticated)
