@@ -10,7 +10,9 @@
 //
 // And what a run's change set costs (changes.go).
 //
-//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
+// And vmexec through the official E2B SDK (e2b.go; needs Node ≥ 20.18 and npm).
+//
+//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only] [-e2b=false] [-e2b-only]
 package main
 
 import (
@@ -41,12 +43,18 @@ func main() {
 	withAgent := flag.Bool("agent", true, "measure the agent loop's overhead per step (against a fake model)")
 	agentOnly := flag.Bool("agent-only", false, "measure only the agent loop")
 	changesOnly := flag.Bool("changes-only", false, "measure only the cost of change sets (changes.go)")
+	_, nodeErr := exec.LookPath("node")
+	withE2B = flag.Bool("e2b", nodeErr == nil, "measure through the official E2B SDK (e2b.go; needs node and npm)")
+	e2bOnly = flag.Bool("e2b-only", false, "measure only through the E2B SDK (and the native baseline)")
 	flag.Parse()
 	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
+
+// withE2B and e2bOnly are the E2B flags (e2b.go).
+var withE2B, e2bOnly *bool
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -123,6 +131,10 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	if err != nil {
 		return err
 	}
+	if *e2bOnly {
+		fmt.Printf("native python3 spawn p50 %s (the baseline)\n", native.pct(0.5).Round(100*time.Microsecond))
+		return printE2B(tmp, runsc, tpl.Dir, n, native.pct(0.5))
+	}
 	results = append(results, native)
 	doRoot := filepath.Join(tmp, "runsc-do")
 	rdo, err := measure("runsc do per run", n/2, func(int) error {
@@ -189,6 +201,11 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	}
 	if err := printChanges(tmp, runsc, tpl.Dir, n); err != nil {
 		return err
+	}
+	if *withE2B {
+		if err := printE2B(tmp, runsc, tpl.Dir, n, base); err != nil {
+			return err
+		}
 	}
 	if withAgent {
 		return printAgent(tmp, runsc, tpl.Dir, n)
