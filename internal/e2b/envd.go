@@ -2,11 +2,14 @@ package e2b
 
 import (
 	"context"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/vmexec/vmexec/internal/auth"
+	"github.com/vmexec/vmexec/internal/sandbox"
 )
 
 // envd: the sandbox's own API as the SDKs call it through E2B_SANDBOX_URL, one base
@@ -15,6 +18,10 @@ import (
 type recKey struct{}
 
 const startPath = "/process.Process/Start"
+
+// streamPaths are the server-streaming RPCs: their errors, even "unimplemented",
+// must be a 200 stream with the error in its end message for the SDK to read them.
+var streamPaths = map[string]bool{startPath: true, "/process.Process/Connect": true, "/filesystem.Filesystem/WatchDir": true}
 
 // recOf is the record of the sandbox the request is about (set by serveEnvd).
 func recOf(r *http.Request) record { return r.Context().Value(recKey{}).(record) }
@@ -39,6 +46,10 @@ func (h *Handler) envdRoutes() {
 	m.HandleFunc("POST /contexts/{id}/restart", h.restartContext)
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		err := fmt.Errorf("%s %s (PTY, watchers, stdin, …): %w", r.Method, r.URL.Path, errUnsupported)
+		if streamPaths[r.URL.Path] {
+			startStream(w).end(h.streamError(r, err))
+			return
+		}
 		if isRPC(r.URL.Path) {
 			h.writeRPCError(w, r, err)
 			return
@@ -65,7 +76,7 @@ func interpreterPath(p string) bool {
 func (h *Handler) serveEnvd(w http.ResponseWriter, r *http.Request) {
 	fail := h.writeHTTPError
 	switch {
-	case r.URL.Path == startPath: // a stream's errors go in its end message, after a 200
+	case streamPaths[r.URL.Path]: // a stream's errors go in its end message, after a 200
 		fail = func(w http.ResponseWriter, r *http.Request, err error) { startStream(w).end(h.streamError(r, err)) }
 	case isRPC(r.URL.Path):
 		fail = h.writeRPCError
@@ -87,10 +98,36 @@ func (h *Handler) serveEnvd(w http.ResponseWriter, r *http.Request) {
 		fail(w, r, fmt.Errorf("port %s serves no %s (envd is 49983, the code interpreter 49999; other ports are not reachable): %w", port, r.URL.Path, errNoRoute))
 		return
 	}
+	if err := userOK(r); err != nil {
+		fail(w, r, err)
+		return
+	}
 	rec, err := h.owned(r, id)
+	if r.URL.Path == "/health" && errors.Is(err, sandbox.ErrNotFound) {
+		w.WriteHeader(http.StatusBadGateway) // envd's "not running": the SDK's isRunning() is false
+		return
+	}
 	if err != nil {
 		fail(w, r, err)
 		return
 	}
 	h.envd.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), recKey{}, rec)))
+}
+
+// sandboxUser is the one user commands and files act as (uid 1000, home /home/user).
+const sandboxUser = "user"
+
+// userOK refuses a request that asks to act as another user: the SDKs name one with
+// `Authorization: Basic base64("<user>:")` on RPCs and ?username= on /files.
+func userOK(r *http.Request) error {
+	u := r.URL.Query().Get("username")
+	if v := r.Header.Get("Authorization"); strings.HasPrefix(v, "Basic ") {
+		if b, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(v, "Basic ")); err == nil {
+			u, _, _ = strings.Cut(string(b), ":")
+		}
+	}
+	if u != "" && u != sandboxUser {
+		return fmt.Errorf("user %q: commands and files act as %q (uid 1000) only: %w", u, sandboxUser, errUnsupported)
+	}
+	return nil
 }

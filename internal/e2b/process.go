@@ -3,12 +3,14 @@ package e2b
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmexec/vmexec/api"
@@ -27,9 +29,10 @@ type processConfig struct {
 }
 
 type startRequest struct {
-	Process processConfig `json:"process"`
-	Stdin   bool          `json:"stdin"`
-	Tag     string        `json:"tag"`
+	Process processConfig   `json:"process"`
+	Stdin   bool            `json:"stdin"`
+	Tag     string          `json:"tag"`
+	PTY     json.RawMessage `json:"pty"`
 }
 
 // proc is a command in progress, known by the pid the surface gave it.
@@ -38,6 +41,13 @@ type proc struct {
 	cfg    processConfig
 	tag    string
 	cancel context.CancelFunc
+	killed atomic.Bool // stopped by SendSignal (or its sandbox's kill), not by its client
+}
+
+// kill stops the command.
+func (p *proc) kill() {
+	p.killed.Store(true)
+	p.cancel()
 }
 
 // keepaliveEvery is how often a quiet command's stream gets a keepalive event (the
@@ -85,6 +95,10 @@ func (h *Handler) processStart(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := readStreamRequest(r.Body, &in); err != nil {
 		startStream(w).end(h.streamError(r, err))
+		return
+	}
+	if len(in.PTY) > 0 && string(in.PTY) != "null" {
+		startStream(w).end(h.streamError(r, fmt.Errorf("a PTY (sandbox.pty): %w", errUnsupported)))
 		return
 	}
 	if in.Stdin {
@@ -135,6 +149,11 @@ func (h *Handler) processStart(w http.ResponseWriter, r *http.Request) {
 	})
 	close(done)
 	wg.Wait()
+	if err != nil && p.killed.Load() && errors.Is(err, context.Canceled) {
+		// Killed before the run began (while it queued or its snapshot was taken):
+		// it ends as a killed command, as one killed while running does.
+		res, err = &api.ExecResult{Verdict: api.VerdictCanceled, ExitCode: -1}, nil
+	}
 	if err != nil {
 		st.end(h.streamError(r, err))
 		return
@@ -205,7 +224,7 @@ func (h *Handler) stopProcs(sandboxID string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, p := range h.procs[sandboxID] {
-		p.cancel()
+		p.kill()
 	}
 }
 
@@ -246,7 +265,7 @@ func (h *Handler) processSignal(w http.ResponseWriter, r *http.Request) {
 		h.writeRPCError(w, r, fmt.Errorf("no running process with that pid: %w", errNoRoute))
 		return
 	}
-	p.cancel()
+	p.kill()
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 

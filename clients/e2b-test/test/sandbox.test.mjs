@@ -68,6 +68,22 @@ describe('e2b SDK against vmexec', { skip: why || false }, () => {
     assert.equal((await sb.commands.run('echo after')).stdout, 'after\n', 'the sandbox works after the kill');
   });
 
+  it('lists a running command and kills it by pid', async () => {
+    const h = await sb.commands.run('sleep 60', { background: true });
+    const procs = await sb.commands.list();
+    assert.ok(procs.some((p) => p.pid === h.pid && p.args.includes('sleep 60')), JSON.stringify(procs));
+    assert.equal(await sb.commands.kill(h.pid), true);
+    await assert.rejects(h.wait(), E.CommandExitError);
+    assert.equal(await sb.commands.kill(h.pid), false, 'no such command any more');
+  });
+
+  it('refuses what it does not support, saying so', async () => {
+    await assert.rejects(sb.pty.create({ cols: 80, rows: 24, onData: () => {} }), (e) => /not supported|unimplemented/i.test(e.message));
+    await assert.rejects(sb.commands.run('whoami', { user: 'root' }), (e) => /not supported|unimplemented/i.test(e.message));
+    await assert.rejects(sb.files.watchDir('/home/user', () => {}), (e) => /not supported|unimplemented/i.test(e.message));
+    assert.equal((await sb.commands.run('whoami', { user: 'user' })).stdout, 'user\n');
+  });
+
   it('stops a command at its timeout with a TimeoutError', async () => {
     await assert.rejects(sb.commands.run('sleep 30', { timeoutMs: 1500 }), (e) => e instanceof E.TimeoutError || /timed out|deadline/i.test(String(e?.message)));
   });
@@ -96,6 +112,15 @@ describe('e2b SDK against vmexec', { skip: why || false }, () => {
     assert.equal(b.path, '/home/user/files/b.bin');
     // A file written through the SDK is the command's file, and the reverse.
     assert.equal((await sb.commands.run('cat /home/user/files/a.txt')).stdout, 'hello text\n');
+  });
+
+  it('writes gzip-encoded and streamed uploads, reads as a stream', async () => {
+    await sb.files.write('/home/user/z/g.txt', 'gzipped body', { gzip: true });
+    assert.equal(await sb.files.read('/home/user/z/g.txt'), 'gzipped body');
+    const src = new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode('streamed ')); c.enqueue(new TextEncoder().encode('upload')); c.close(); } });
+    await sb.files.write('/home/user/z/s.txt', src);
+    const stream = await sb.files.read('/home/user/z/s.txt', { format: 'stream' });
+    assert.equal(await new Response(stream).text(), 'streamed upload');
   });
 
   it('answers a missing file with FileNotFoundError, and exists() false', async () => {
@@ -170,7 +195,9 @@ describe('e2b SDK against vmexec', { skip: why || false }, () => {
 
   it('kills a sandbox; getInfo then fails as not found', async () => {
     const k = await Sandbox.create();
+    assert.equal(await k.isRunning(), true);
     await k.kill();
+    assert.equal(await k.isRunning(), false);
     await assert.rejects(k.getInfo(), (e) => e instanceof E.SandboxNotFoundError);
     assert.equal(await Sandbox.kill(k.sandboxId), false, 'a second kill finds nothing');
   });
