@@ -25,8 +25,9 @@ func (h *Handler) apiRoutes() {
 	m.HandleFunc("GET /sandboxes/{id}", h.info)
 	m.HandleFunc("DELETE /sandboxes/{id}", h.kill)
 	m.HandleFunc("POST /sandboxes/{id}/timeout", h.setTimeout)
+	m.HandleFunc("POST /sandboxes/{id}/snapshots", h.snapshot)
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		h.writeAPIError(w, r, fmt.Errorf("%s %s%s (pause, snapshots, metrics, templates, volumes…): %w", r.Method, APIPrefix, r.URL.Path, errUnsupported))
+		h.writeAPIError(w, r, fmt.Errorf("%s %s%s (pause, metrics, templates, volumes…): %w", r.Method, APIPrefix, r.URL.Path, errUnsupported))
 	})
 	h.api = m
 }
@@ -124,7 +125,14 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request) {
 	if in.TemplateID == "" {
 		in.TemplateID = "base"
 	}
-	sb, err := h.svc.Create(r.Context(), api.CreateSandboxRequest{AgentID: agent})
+	var sb api.Sandbox
+	if sn, serr := h.svc.GetSnapshot(r.Context(), in.TemplateID, agent); serr == nil {
+		// A snapshot's id as the template: a fork, starting from the snapshot's whole
+		// state (memory and processes too), as E2B starts a sandbox from a snapshot.
+		sb, err = h.svc.Fork(r.Context(), sn.ID, api.ForkRequest{AgentID: agent})
+	} else {
+		sb, err = h.svc.Create(r.Context(), api.CreateSandboxRequest{AgentID: agent})
+	}
 	if err != nil {
 		h.writeAPIError(w, r, err)
 		return
@@ -301,4 +309,31 @@ func matches(md, want map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// snapshot takes a snapshot of the sandbox (vmexec's manual snapshot: its whole
+// state); Sandbox.create(snapshotID) forks it, and /v1 can roll back to it.
+func (h *Handler) snapshot(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		Name string `json:"name"`
+	}
+	if err := decodeJSON(r, &in); err != nil {
+		h.writeAPIError(w, r, err)
+		return
+	}
+	rec, err := h.owned(r, r.PathValue("id"))
+	if err != nil {
+		h.writeAPIError(w, r, err)
+		return
+	}
+	sn, err := h.svc.CreateSnapshot(r.Context(), rec.ID, api.CreateSnapshotRequest{AgentID: rec.AgentID, Name: in.Name, Description: "E2B createSnapshot"})
+	if err != nil {
+		h.writeAPIError(w, r, err)
+		return
+	}
+	names := []string{sn.ID}
+	if in.Name != "" {
+		names = append(names, in.Name)
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"snapshotID": sn.ID, "names": names})
 }

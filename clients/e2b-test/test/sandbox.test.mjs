@@ -181,6 +181,21 @@ describe('e2b SDK against vmexec', { skip: why || false }, () => {
     }
   });
 
+  it('forks a sandbox from its snapshot (createSnapshot, then create from it)', async () => {
+    await sb.files.write('/home/user/before-snap.txt', 'in the snapshot');
+    const snap = await sb.createSnapshot();
+    assert.ok(snap.snapshotId);
+    const fork = await Sandbox.create(snap.snapshotId);
+    try {
+      assert.notEqual(fork.sandboxId, sb.sandboxId);
+      assert.equal(await fork.files.read('/home/user/before-snap.txt'), 'in the snapshot');
+      await fork.files.write('/home/user/before-snap.txt', 'changed in the fork');
+      assert.equal(await sb.files.read('/home/user/before-snap.txt'), 'in the snapshot', 'the source is untouched');
+    } finally {
+      await fork.kill();
+    }
+  });
+
   it('kills a sandbox when its timeout passes (setTimeout)', async () => {
     const t = await Sandbox.create();
     await t.setTimeout(2_000);
