@@ -68,7 +68,7 @@ describe('@e2b/code-interpreter against vmexec', { skip: why || false }, () => {
   it('passes env vars for one execution only', async (t) => {
     if (noInterp) return t.skip(noInterp);
     assert.equal((await sb.runCode('import os\nos.environ.get("ONLY_ONCE")', { envs: { ONLY_ONCE: 'here' } })).text, "'here'");
-    assert.equal((await sb.runCode('os.environ.get("ONLY_ONCE")')).text, 'None');
+    assert.equal((await sb.runCode('os.environ.get("ONLY_ONCE", "gone")')).text, "'gone'");
   });
 
   it('runs javascript cells, keeping their state too', async (t) => {
@@ -78,6 +78,18 @@ describe('@e2b/code-interpreter against vmexec', { skip: why || false }, () => {
     assert.equal(ex.text, '42');
     const err = await sb.runCode('undefinedThing.x', { language: 'javascript' });
     assert.equal(err.error.name, 'ReferenceError');
+  });
+
+  it('returns rich results: a figure as png, a DataFrame as html; javascript awaits at top level', async (t) => {
+    if (noInterp) return t.skip(noInterp);
+    const fig = await sb.runCode('import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()');
+    assert.equal(fig.error, undefined);
+    const png = fig.results.find((r) => r.png);
+    assert.ok(png, JSON.stringify(fig.results.map((r) => r.formats())));
+    assert.equal(Buffer.from(png.png, 'base64').subarray(1, 4).toString(), 'PNG');
+    const df = await sb.runCode('import pandas as pd\npd.DataFrame({"a": [1, 2]})');
+    assert.match(df.results[0].html, /<table/);
+    assert.equal((await sb.runCode('await new Promise((r) => setTimeout(r, 10)); 6 * 7', { language: 'js' })).text, '42');
   });
 
   it('creates, uses, lists, restarts and removes contexts', async (t) => {
