@@ -28,11 +28,13 @@ func newDoctorCmd(g *globals) *cobra.Command {
 	var probeKVM bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check this host: runsc, template, guest agent, KVM, QEMU, the daemon",
+		Short: "Check this host: runsc, template, guest agent, KVM, QEMU, the daemon, cluster mode's PostgreSQL",
 		Long: `Check what vmexec needs on this host and say what to do about each gap.
 Exits non-zero when something the default (gVisor) backend needs is missing.
 Whether microVMs get KVM is read from a running daemon; --probe-kvm boots one to
-find out without it.`,
+find out without it. In cluster mode (cluster.postgres_url set) it also checks that
+PostgreSQL answers, that its schema is migrated or can be, and that this host's clock
+agrees with the database's.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
@@ -93,6 +95,7 @@ func doctor(cfg config.Config, g *globals, probeKVM bool) (checks []check, requi
 		tp.ok, tp.info = true, fmt.Sprintf("%s-%s at %s", t.Name, t.Hash, t.RootFS)
 	}
 	checks = append(checks, tp)
+	checks = append(checks, clusterChecks(cfg)...) // cluster mode's PostgreSQL
 	required = len(checks)
 
 	q := check{name: "qemu (microVM backend)"}

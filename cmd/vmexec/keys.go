@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/config"
+	"github.com/vmexec/vmexec/internal/history/postgres"
 	"github.com/vmexec/vmexec/internal/history/sqlite"
 )
 
@@ -33,14 +34,21 @@ only as those agents, and sees only their sandboxes, snapshots, runs and policie
 
 These commands work on the data dir's database directly; a running daemon picks up
 a new or revoked key within a second or two, without a restart. Keys are stored
-hashed: a key is shown once, when it is created.`,
+hashed: a key is shown once, when it is created. In cluster mode, set
+VMEXEC_POSTGRES_URL: the keys are then in the cluster's PostgreSQL.`,
 		Example: `  sudo vmexec keys create --name ops --admin
   sudo vmexec keys create --name team-a --agents 'team-a-*' --rate 20/s --max-sandboxes 10 --max-runs 4
   sudo vmexec keys list
   sudo vmexec keys revoke team-a`,
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", "", "the daemon's data dir (default $VMEXEC_DATA_DIR or "+config.Default().DataDir+")")
-	open := func(ctx context.Context) (*sqlite.Store, error) {
+	open := func(ctx context.Context) (interface {
+		auth.Store
+		Close() error
+	}, error) {
+		if u := os.Getenv("VMEXEC_POSTGRES_URL"); u != "" { // cluster mode: the keys are in PostgreSQL
+			return postgres.Open(ctx, u)
+		}
 		dir := dataDir
 		if dir == "" {
 			dir = os.Getenv("VMEXEC_DATA_DIR")

@@ -24,7 +24,6 @@ import (
 	"github.com/vmexec/vmexec/internal/backend/gvisor"
 	"github.com/vmexec/vmexec/internal/backend/microvm"
 	"github.com/vmexec/vmexec/internal/config"
-	"github.com/vmexec/vmexec/internal/history/sqlite"
 	"github.com/vmexec/vmexec/internal/httpapi"
 	"github.com/vmexec/vmexec/internal/sandbox"
 	"github.com/vmexec/vmexec/internal/template"
@@ -164,9 +163,9 @@ func serve(cfg config.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	hist, err := sqlite.Open(ctx, cfg.HistoryPath())
+	hist, clu, err := openHistory(ctx, cfg, log)
 	if err != nil {
-		return fmt.Errorf("history database: %w", err)
+		return err
 	}
 	defer hist.Close()
 	keys := auth.NewCache(hist, cfg.Auth.Required, log)
@@ -194,7 +193,7 @@ func serve(cfg config.Config) error {
 	if err != nil {
 		return fmt.Errorf("%w\n(run `vmexec doctor` to see what this host lacks)", err)
 	}
-	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, Template: tpl, History: hist, Logger: log})
+	svc, err := sandbox.New(cfg.Sandbox, sandbox.Deps{Backends: backends, Template: tpl, History: hist, Logger: log, Fencer: clu.fencer()})
 	if err != nil {
 		return err
 	}
@@ -249,6 +248,10 @@ func serve(cfg config.Config) error {
 	keysDone := make(chan struct{})
 	go func() { defer close(keysDone); keys.Run(kctx) }()
 	defer func() { stopKeys(); <-keysDone }()
+	actx, stopAnnounce := context.WithCancel(context.Background())
+	announced := make(chan struct{})
+	go func() { defer close(announced); clu.announce(actx, cfg, ln.Addr().String(), svc, log) }()
+	defer func() { stopAnnounce(); <-announced }()
 	errc := make(chan error, 1)
 	scheme := "http"
 	if cfg.TLS.Enabled() {
@@ -282,7 +285,7 @@ func serve(cfg config.Config) error {
 
 // newAgents makes the agent runner: the config's agents, then the roles of the seed's
 // role config file.
-func newAgents(cfg config.Config, svc *sandbox.Service, hist *sqlite.Store, log *slog.Logger) (*agent.Runner, error) {
+func newAgents(cfg config.Config, svc *sandbox.Service, hist agent.Store, log *slog.Logger) (*agent.Runner, error) {
 	agents := cfg.Agents
 	if cfg.AgentsConfig != "" {
 		roles, err := agent.LoadSeedRoles(cfg.AgentsConfig)

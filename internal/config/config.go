@@ -57,6 +57,8 @@ type Config struct {
 	Agents []agent.Config `yaml:"agents"`
 	// AgentsConfig is a seed role config file (JSON) whose roles become agents.
 	AgentsConfig string `yaml:"agents_config"`
+	// Cluster configures multi-host mode (cluster.go); absent: single host.
+	Cluster Cluster `yaml:"cluster"`
 }
 
 // Auth configures who may call the API. Keys are required once any key has been
@@ -176,6 +178,7 @@ func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
 		"VMEXEC_ADDR": &c.Addr, "VMEXEC_DATA_DIR": &c.DataDir, "VMEXEC_RUNSC": &c.Runsc,
 		"VMEXEC_AGENT": &c.Agent, "VMEXEC_TEMPLATE_DIR": &c.TemplateDir, "VMEXEC_LOG_LEVEL": &c.LogLevel,
 		"VMEXEC_TLS_CERT": &c.TLS.Cert, "VMEXEC_TLS_KEY": &c.TLS.Key,
+		"VMEXEC_POSTGRES_URL": &c.Cluster.PostgresURL, "VMEXEC_NODE_NAME": &c.Cluster.NodeName, "VMEXEC_NODE_ADDRESS": &c.Cluster.Address,
 	}
 	for k, p := range str {
 		if v, ok := lookup(k); ok && v != "" {
@@ -282,6 +285,9 @@ func (c Config) Validate() error {
 		}
 		ids[a.ID] = true
 	}
+	if err := c.Cluster.validatePostgres(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -299,6 +305,9 @@ func (c *Config) Resolve() error {
 	}
 	if c.Agent == "" {
 		c.Agent = DefaultAgentPath()
+	}
+	if err := c.Cluster.resolvePostgres(); err != nil {
+		return err
 	}
 	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key} {
 		if *p != "" {

@@ -4,7 +4,8 @@
 // performed.
 //
 // The package holds the contract only: the record types and the [Store]
-// interface. The implementation lives in the sqlite subpackage.
+// interface. The implementations live in the sqlite subpackage (one host) and the
+// postgres subpackage (cluster mode); storetest is the conformance suite both pass.
 //
 // # Terms
 //

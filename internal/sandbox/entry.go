@@ -151,6 +151,14 @@ func (e *entry) usable() error {
 
 // persist writes e's durable state (current snapshot and head run); turn held.
 func (e *entry) persist(ctx context.Context) {
+	// Cluster mode: the record is shared; a node that does not hold the agent (cut
+	// off, or never its owner) must not move the sandbox's durable state.
+	if e.agentID != "" {
+		if err := e.s.fence(ctx, e.agentID, ""); err != nil {
+			e.s.log.Warn("not recording sandbox state", "id", e.id, "err", err)
+			return
+		}
+	}
 	st := history.SandboxState{CurrentSnapshotID: e.current, HeadRunID: e.headRun}
 	if err := e.s.hist.SetSandboxState(ctx, e.id, st); err != nil && !errors.Is(err, history.ErrNotFound) {
 		e.s.log.Error("recording sandbox state", "id", e.id, "err", err)

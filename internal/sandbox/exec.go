@@ -79,6 +79,9 @@ func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out Outpu
 	if d := s.checkPolicy(req, set); d.Blocked {
 		return s.blocked(ctx, req, d), nil
 	}
+	if err := s.fence(ctx, req.AgentID, req.SandboxID); err != nil { // cluster mode: another node's agent
+		return nil, err
+	}
 	e, err := s.entryFor(ctx, req, lim, set)
 	if err != nil {
 		return nil, err
@@ -283,8 +286,23 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	if e.sb == nil && !out.RolledBack {
 		e.lost(pre, s.runs.Err() != nil)
 	}
+	// Cluster mode: a node that lost the agent during the run must not acknowledge it.
+	fenced := false
+	if runErr == nil {
+		fctx, cancel := context.WithTimeout(s.work, 10*time.Second)
+		def := "" // the ownership record names the agent's default sandbox only
+		if req.SandboxID == "" {
+			def = e.id
+		}
+		if runErr = s.fence(fctx, req.AgentID, def); runErr != nil {
+			fenced = true
+		}
+		cancel()
+	}
 	s.finishRecord(e, pol, rec, out, runErr)
-	e.persist(context.Background())
+	if !fenced {
+		e.persist(context.Background())
+	}
 	if runErr != nil {
 		return nil, runErr
 	}

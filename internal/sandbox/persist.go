@@ -50,7 +50,8 @@ func (s *Service) recover(ctx context.Context) error {
 // reconcileImages brings snapshot records and the backends' images in line: an image
 // no record names (a crash between a snapshot and its record, or between a record's
 // deletion and its image's) is deleted, and a record whose image no backend has is
-// dropped. Records of sandboxes on a backend not enabled now are left alone.
+// dropped. Records of sandboxes on a backend not enabled now are left alone, and so,
+// in cluster mode (a Fencer is set), are records whose image this node lacks.
 func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandbox) error {
 	snaps, err := s.hist.ListAllSnapshots(ctx)
 	if err != nil {
@@ -87,6 +88,11 @@ func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandb
 			found = found || refs[sn.Path]
 		}
 		if !found {
+			if s.fencer != nil {
+				// Cluster mode: the history is shared, and the image may be another
+				// node's (or in the snapshot store); it is not this node's to drop.
+				continue
+			}
 			s.log.Warn("snapshot image missing; dropping its record", "snapshot", sn.ID, "image", sn.Path)
 			s.hist.DeleteSnapshot(ctx, sn.ID)
 			continue

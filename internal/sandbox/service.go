@@ -54,6 +54,9 @@ var (
 
 // Deps are the parts a Service is built from.
 type Deps struct {
+	// Fencer, in cluster mode, refuses runs for agents this node does not own (see
+	// Fencer); nil on a single host.
+	Fencer Fencer
 	// Backends run the sandboxes; the first is the default, the others serve
 	// sandboxes that ask for them by name. Snapshots, rollbacks and suspension need a
 	// backend that implements backend.Snapshotter, which owns the images: the
@@ -71,6 +74,7 @@ type Service struct {
 	cfg      Config
 	backends map[string]backend.Backend
 	def      backend.Backend // the default backend; the pool holds its sandboxes
+	fencer   Fencer          // nil: single host
 	tpl      template.Template
 	hist     history.Store
 	log      *slog.Logger
@@ -119,7 +123,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg.withDefaults(), backends: map[string]backend.Backend{}, def: d.Backends[0], tpl: d.Template,
-		hist: d.History, log: d.Logger.With("component", "sandbox"),
+		hist: d.History, log: d.Logger.With("component", "sandbox"), fencer: d.Fencer,
 		sandboxes: map[string]*entry{}, byAgent: map[string]string{}, deletedFor: map[string]string{}, stop: make(chan struct{}),
 	}
 	s.runs, s.cancelRuns = context.WithCancel(context.Background())

@@ -1,7 +1,8 @@
-package sqlite
+package storetest
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"testing"
@@ -12,11 +13,11 @@ import (
 	"github.com/vmexec/vmexec/internal/history"
 )
 
-// TestRunRoundTrip guards that every field a run records comes back as
+// testRunRoundTrip guards that every field a run records comes back as
 // written, through BeginRun and FinishRun.
-func TestRunRoundTrip(t *testing.T) {
+func testRunRoundTrip(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 
 	begin := history.Run{
 		ID:            "run-1",
@@ -85,12 +86,12 @@ func TestRunRoundTrip(t *testing.T) {
 	}
 }
 
-// TestFinishRunOverwrites guards FinishRun's field rules: identity fields
+// testFinishRunOverwrites guards FinishRun's field rules: identity fields
 // stay as BeginRun wrote them, non-empty snapshot IDs and metadata replace
 // the stored ones, and a zero CompletedAt is filled in.
-func TestFinishRunOverwrites(t *testing.T) {
+func testFinishRunOverwrites(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	if err := s.BeginRun(ctx, history.Run{ID: "r", SandboxID: "sb", AgentID: "a", Code: "x", StartedAt: t0,
 		PreSnapshotID: "p1", Metadata: map[string]any{"k": "v"}}); err != nil {
 		t.Fatal(err)
@@ -119,10 +120,10 @@ func TestFinishRunOverwrites(t *testing.T) {
 	}
 }
 
-// TestRunErrors guards the error classes callers branch on.
-func TestRunErrors(t *testing.T) {
+// testRunErrors guards the error classes callers branch on.
+func testRunErrors(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	if err := s.BeginRun(ctx, history.Run{ID: "exists", SandboxID: "sb"}); err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +168,7 @@ func TestRunErrors(t *testing.T) {
 			return err
 		}, history.ErrInvalid},
 		{"list cursor without id", func() error {
-			_, _, err := s.ListRuns(ctx, history.RunFilter{Cursor: encodeCursor(1, "")})
+			_, _, err := s.ListRuns(ctx, history.RunFilter{Cursor: base64.RawURLEncoding.EncodeToString([]byte("1:"))})
 			return err
 		}, history.ErrInvalid},
 		{"last successful none", func() error { _, err := s.LastSuccessfulRun(ctx, "sb"); return err }, history.ErrNotFound},
@@ -186,11 +187,11 @@ func TestRunErrors(t *testing.T) {
 	}
 }
 
-// TestRecordRunDefaults guards one-step records: times default sensibly and
+// testRecordRunDefaults guards one-step records: times default sensibly and
 // the row is complete at once.
-func TestRecordRunDefaults(t *testing.T) {
+func testRecordRunDefaults(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	before := time.Now().Add(-time.Second)
 	blocked := history.Run{ID: "b", SandboxID: "sb", Code: "rm -rf /", Status: history.StatusBlocked,
 		Verdict: history.VerdictBlocked, BlockedRule: "fs.destructive", BlockedReason: "deletes root"}
@@ -210,11 +211,11 @@ func TestRecordRunDefaults(t *testing.T) {
 	}
 }
 
-// TestListRunsFilters guards each filter of ListRuns and CountRuns, alone
+// testListRunsFilters guards each filter of ListRuns and CountRuns, alone
 // and combined, and the newest-first order.
-func TestListRunsFilters(t *testing.T) {
+func testListRunsFilters(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	mustRecord(t, s,
 		finishedRun("r1", "a1", "sb1", 1, history.VerdictOK),
 		finishedRun("r2", "a1", "sb1", 2, history.VerdictNonzeroExit),
@@ -267,10 +268,10 @@ func TestListRunsFilters(t *testing.T) {
 	}
 }
 
-// TestListRunsPagination guards paging: following cursors visits every
+// testListRunsPagination guards paging: following cursors visits every
 // matching run exactly once, newest first, even across runs that share a
 // start time and runs inserted mid-way.
-func TestListRunsPagination(t *testing.T) {
+func testListRunsPagination(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
 	const n = 57
 	var want []string
@@ -279,7 +280,7 @@ func TestListRunsPagination(t *testing.T) {
 	}
 	for _, limit := range []int{1, 10, 25} {
 		t.Run(fmt.Sprint("limit ", limit), func(t *testing.T) {
-			s, _ := openTest(t)
+			s, _ := openTest(t, newDB)
 			for i := 0; i < n; i++ {
 				// Pairs of runs share a start time, so the ID breaks ties.
 				mustRecord(t, s, finishedRun(fmt.Sprintf("r%03d", i), "a", "sb", i/2, history.VerdictOK))
@@ -321,10 +322,10 @@ func TestListRunsPagination(t *testing.T) {
 	}
 }
 
-// TestListRunsLimit guards the page size bounds.
-func TestListRunsLimit(t *testing.T) {
+// testListRunsLimit guards the page size bounds.
+func testListRunsLimit(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	for i := 0; i < history.MaxListLimit+5; i++ {
 		mustRecord(t, s, finishedRun(fmt.Sprintf("r%04d", i), "a", "sb", i, history.VerdictOK))
 	}
@@ -347,12 +348,12 @@ func TestListRunsLimit(t *testing.T) {
 	}
 }
 
-// TestAbortRunning guards crash recovery: every in-flight run is closed as
+// testAbortRunning guards crash recovery: every in-flight run is closed as
 // an error with the reason kept and exit code -1 (a run cut off by a crash
 // never exited 0), and finished runs are untouched.
-func TestAbortRunning(t *testing.T) {
+func testAbortRunning(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	ok := finishedRun("done", "a", "sb", 0, history.VerdictOK)
 	mustRecord(t, s, ok)
 	for i, id := range []string{"inflight1", "inflight2"} {
@@ -394,9 +395,9 @@ func TestAbortRunning(t *testing.T) {
 	}
 }
 
-// TestPruneRuns guards retention: the newest runs of the sandbox stay, other
+// testPruneRuns guards retention: the newest runs of the sandbox stay, other
 // sandboxes and in-flight runs are untouched.
-func TestPruneRuns(t *testing.T) {
+func testPruneRuns(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
 	tests := []struct {
 		name string
@@ -410,7 +411,7 @@ func TestPruneRuns(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, _ := openTest(t)
+			s, _ := openTest(t, newDB)
 			for i := 0; i < 5; i++ {
 				mustRecord(t, s, finishedRun(fmt.Sprintf("r%d", i), "a", "sb", i, history.VerdictOK))
 			}
@@ -435,11 +436,11 @@ func TestPruneRuns(t *testing.T) {
 	}
 }
 
-// TestLastSuccessfulRun guards the rollback target: the newest ok run of the
+// testLastSuccessfulRun guards the rollback target: the newest ok run of the
 // sandbox, ignoring failures, running rows and other sandboxes.
-func TestLastSuccessfulRun(t *testing.T) {
+func testLastSuccessfulRun(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	mustRecord(t, s,
 		finishedRun("old-ok", "a", "sb", 1, history.VerdictOK),
 		finishedRun("new-ok", "a", "sb", 2, history.VerdictOK),

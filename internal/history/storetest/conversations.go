@@ -1,4 +1,4 @@
-package sqlite
+package storetest
 
 import (
 	"context"
@@ -14,9 +14,10 @@ import (
 
 // A conversation comes back as stored, in order, across a reopen: it is continued by
 // id after a daemon restart.
-func TestConversations(t *testing.T) {
+func testConversations(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, path := openTest(t)
+	st, reopen := openTest(t, newDB)
+	s := convStore(t, st)
 	if err := s.CreateConversation(ctx, "conv-1", "dev"); err != nil {
 		t.Fatal(err)
 	}
@@ -37,11 +38,12 @@ func TestConversations(t *testing.T) {
 		t.Fatalf("append to a missing conversation: %v, want ErrNotFound", err)
 	}
 	s.Close()
-	s2, err := Open(ctx, path)
+	st2, err := reopen(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s2.Close()
+	defer st2.Close()
+	s2 := convStore(t, st2)
 	c, err := s2.GetConversation(ctx, "conv-1")
 	if err != nil {
 		t.Fatal(err)

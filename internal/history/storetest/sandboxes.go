@@ -1,4 +1,4 @@
-package sqlite
+package storetest
 
 import (
 	"context"
@@ -12,9 +12,9 @@ import (
 
 // Guards that sandbox records and agent policies survive a reopen, which is what lets
 // an agent find its sandbox after a daemon restart.
-func TestSandboxesAndAgentsPersist(t *testing.T) {
+func testSandboxesAndAgentsPersist(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, path := openTest(t)
+	s, reopen := openTest(t, newDB)
 	a := history.Sandbox{ID: "sb-a", AgentID: "agent-1", Name: "a", Backend: "gvisor", MemoryMB: 512, CreatedAt: t0}
 	b := history.Sandbox{ID: "sb-b", Backend: "gvisor", MemoryMB: 256, CreatedAt: t0.Add(1)}
 	for _, sb := range []history.Sandbox{b, a} {
@@ -26,7 +26,7 @@ func TestSandboxesAndAgentsPersist(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s2, err := Open(ctx, path)
+	s2, err := reopen(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +59,9 @@ func TestSandboxesAndAgentsPersist(t *testing.T) {
 // Guards the sandbox's durable state: what it resumes from (its current snapshot) and
 // the newest acknowledged run in its state survive a reopen, so a crash cannot undo a
 // rollback or hide a lost commit.
-func TestSandboxStatePersists(t *testing.T) {
+func testSandboxStatePersists(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, path := openTest(t)
+	s, reopen := openTest(t, newDB)
 	if err := s.PutSandbox(ctx, history.Sandbox{ID: "sb-a", Backend: "gvisor", CreatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestSandboxStatePersists(t *testing.T) {
 		}
 	}
 	s.Close()
-	s2, err := Open(ctx, path)
+	s2, err := reopen(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package sqlite
+package storetest
 
 import (
 	"context"
@@ -11,11 +11,11 @@ import (
 	"github.com/vmexec/vmexec/internal/history"
 )
 
-// TestSnapshotCRUD guards the snapshot record's life: stored whole, replaced
+// testSnapshotCRUD guards the snapshot record's life: stored whole, replaced
 // by a second Put (pinning), deleted once.
-func TestSnapshotCRUD(t *testing.T) {
+func testSnapshotCRUD(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	snap := history.Snapshot{
 		ID: "snap-1", SandboxID: "sb", AgentID: "a", Name: "before deps", Description: "pip install",
 		Kind: history.SnapshotPreRun, RunID: "run-1", Path: "/var/lib/vmexec/snap-1", SizeBytes: 1 << 30,
@@ -52,10 +52,10 @@ func TestSnapshotCRUD(t *testing.T) {
 	}
 }
 
-// TestPutSnapshotInvalid guards the required fields of a snapshot.
-func TestPutSnapshotInvalid(t *testing.T) {
+// testPutSnapshotInvalid guards the required fields of a snapshot.
+func testPutSnapshotInvalid(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	valid := history.Snapshot{ID: "s", SandboxID: "sb", Kind: history.SnapshotManual}
 	tests := []struct {
 		name   string
@@ -77,11 +77,11 @@ func TestPutSnapshotInvalid(t *testing.T) {
 	}
 }
 
-// TestListSnapshotsOrder guards ListSnapshots: one sandbox's snapshots,
+// testListSnapshotsOrder guards ListSnapshots: one sandbox's snapshots,
 // oldest first, ties by ID, and a zero CreatedAt filled in with now.
-func TestListSnapshotsOrder(t *testing.T) {
+func testListSnapshotsOrder(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	put := func(id, sb string, at time.Time) {
 		t.Helper()
 		if err := s.PutSnapshot(ctx, history.Snapshot{ID: id, SandboxID: sb, Kind: history.SnapshotManual, CreatedAt: at}); err != nil {
@@ -114,11 +114,11 @@ func TestListSnapshotsOrder(t *testing.T) {
 	}
 }
 
-// TestRollbacks guards the rollback log: records round-trip, oldest first,
+// testRollbacks guards the rollback log: records round-trip, oldest first,
 // per sandbox, with duplicate and incomplete records refused.
-func TestRollbacks(t *testing.T) {
+func testRollbacks(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
-	s, _ := openTest(t)
+	s, _ := openTest(t, newDB)
 	rb1 := history.Rollback{ID: "rb1", SandboxID: "sb", AgentID: "a", SnapshotID: "snap-1", Reason: "timeout", RunID: "run-1", At: t0.Add(time.Second)}
 	rb2 := history.Rollback{ID: "rb2", SandboxID: "sb", SnapshotID: "snap-0", At: t0}
 	rb3 := history.Rollback{ID: "rb3", SandboxID: "other", SnapshotID: "snap-9", At: t0}

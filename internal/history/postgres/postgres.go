@@ -1,0 +1,123 @@
+// Package postgres implements history.Store (and the API keys' auth.Store and the
+// agent loop's conversation store) on PostgreSQL through pgx, for cluster mode:
+// several daemons share one history, so an agent's runs, snapshots and sandbox
+// records outlive the node that ran them. The sqlite package is the single-host
+// twin; both pass the same conformance suite (internal/history/storetest).
+//
+// # Schema
+//
+// The schema is created and upgraded by the migrations embedded from
+// migrations/*.sql when Open is called (see migrate.go). Each is the PostgreSQL
+// twin of the SQLite migration with the same version and name, and a test checks
+// that every SQLite migration has one. Times are stored as unix nanoseconds in
+// BIGINT columns, as in SQLite, because timestamptz keeps only microseconds and the
+// contract promises nanoseconds. IDs are ordered bytewise (COLLATE "C"), as SQLite
+// orders them, whatever the database's locale.
+//
+// # Durability and concurrency
+//
+// Every mutating method is one statement or one transaction, committed with the
+// server's synchronous_commit (on by default: a nil return means durable). The store
+// holds a pgxpool.Pool, so calls run in parallel; migrations take an advisory lock,
+// so daemons starting together apply each migration once.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vmexec/vmexec/internal/history"
+)
+
+// defaultMaxConns is the pool's size unless the URL sets pool_max_conns.
+const defaultMaxConns = 16
+
+// Store is a history.Store backed by PostgreSQL. Create it with Open.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+var _ history.Store = (*Store)(nil)
+
+// Open connects to the database at url (a postgres:// URL or a libpq key=value
+// string; pgxpool's pool_max_conns sets the pool's size, 16 by default) and applies
+// any migrations it lacks. A database whose schema is newer
+// than this binary's is refused. The context bounds connecting and migrating only.
+func Open(ctx context.Context, url string) (*Store, error) {
+	pool, err := connect(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if err := migrate(ctx, pool, len(migrations)); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("open history database: %w", err)
+	}
+	return &Store{pool: pool}, nil
+}
+
+// connect opens a pool on url and checks that the server answers.
+func connect(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	if url == "" {
+		return nil, fmt.Errorf("open postgres: empty url: %w", history.ErrInvalid)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		// The parse error may quote the URL, password included: say only what is wrong.
+		return nil, fmt.Errorf("open postgres: malformed postgres_url (want postgres://user:password@host:port/db): %w", history.ErrInvalid)
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		// pgxpool's default is max(4, CPUs); a daemon's concurrent runs, key checks
+		// and heartbeats need more than that on a small host.
+		cfg.MaxConns = defaultMaxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres %s: %w", Redact(url), err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to postgres %s: %w", Redact(url), err)
+	}
+	return pool, nil
+}
+
+// Pool returns the store's connection pool, for packages that keep their own tables
+// in the same database (internal/cluster).
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Close closes the pool. Closing twice is harmless.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// isUnique reports whether err is a unique or primary-key violation.
+func isUnique(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// nanos converts t to unix nanoseconds, with the zero time as 0.
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// fromNanos is the inverse of nanos; times are returned in UTC.
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// now is the store's clock.
+func now() time.Time { return time.Now().UTC() }
