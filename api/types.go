@@ -18,6 +18,7 @@ const (
 	VerdictMemoryLimit = "memory_limit"
 	VerdictKilled      = "killed"
 	VerdictBlocked     = "blocked" // refused by policy; never ran
+	VerdictError       = "error"   // a cell of an interpreter context raised an exception
 	// VerdictCanceled: the caller went away (a streaming client disconnected) and the
 	// run was stopped; it is rolled back like any failure.
 	VerdictCanceled = "canceled"

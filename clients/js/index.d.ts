@@ -1,7 +1,7 @@
 // Typings of vmexec.js, written by hand. The JSON shapes are those of api/openapi.yaml.
 
 export type Language = 'python' | 'javascript' | 'bash' | 'rust' | 'go';
-export type Verdict = 'ok' | 'nonzero_exit' | 'timeout' | 'output_limit' | 'memory_limit' | 'killed' | 'blocked' | 'canceled';
+export type Verdict = 'ok' | 'nonzero_exit' | 'timeout' | 'output_limit' | 'memory_limit' | 'killed' | 'blocked' | 'canceled' | 'error';
 export type JSONValue = string | number | boolean | null | JSONValue[] | { [key: string]: JSONValue };
 
 export const LANGUAGES: readonly Language[];
@@ -260,17 +260,83 @@ export interface FileEntry {
 export interface Health { service: string; status: string; timestamp: string; version?: string; backend?: string; sandboxes: number }
 export interface Backend { name: string; default: boolean; accel?: string; snapshots: boolean }
 
+// ----- interpreter contexts
+
+export type ContextLanguage = 'python' | 'javascript';
+
+export interface CreateContextRequest {
+  /** python or javascript (aliases python3, py, js, node). */
+  language: ContextLanguage | string;
+  /** Working directory, absolute or relative to /home/user (default /home/user). */
+  cwd?: string;
+  agent_id?: string;
+}
+
+export interface Context {
+  id: string;
+  language: ContextLanguage;
+  cwd: string;
+  created: string;
+  execution_count: number;
+  default?: boolean;
+}
+
+export interface RunCellRequest {
+  code: string;
+  env?: Record<string, string>;
+  timeout_ms?: number;
+  /** Force auto-rollback on or off for this cell (absent: the agent's policy). */
+  rollback?: boolean;
+  agent_id?: string;
+}
+
+/** One rich result of a cell; png and jpeg are base64. */
+export interface CellOutput {
+  text?: string;
+  html?: string;
+  markdown?: string;
+  svg?: string;
+  png?: string;
+  jpeg?: string;
+  latex?: string;
+  json?: unknown;
+  javascript?: string;
+  extra?: Record<string, unknown>;
+  /** The value of the cell's final expression. */
+  is_main_result: boolean;
+}
+
+export interface CellError { name: string; value: string; traceback: string }
+
+export interface CellResult {
+  run_id: string;
+  context_id: string;
+  stdout: string;
+  stderr: string;
+  results: CellOutput[];
+  error?: CellError;
+  execution_count: number;
+  verdict: Verdict;
+  rolled_back: boolean;
+  restarted?: boolean;
+  snapshot_id?: string;
+  warnings?: string[];
+}
+
 // ----- streaming
 
 export type StreamEvent =
   | { type: 'stdout' | 'stderr'; data: string; /** parse-execute: the block that wrote it. */ blockIndex?: number; raw: unknown }
   | { type: 'block'; block: BlockResult }
-  | { type: 'result'; result: ExecResult | ParseExecuteResult | any };
+  | { type: 'display'; display: CellOutput }
+  | { type: 'result'; result: ExecResult | ParseExecuteResult | CellResult | any };
 
 export interface StreamCallbacks {
   onStdout?: (chunk: string) => void;
   onStderr?: (chunk: string) => void;
   onBlock?: (block: BlockResult) => void;
+  /** runCell: each rich result (a final expression's value, display(), a figure). */
+  onDisplay?: (result: CellOutput) => void;
   onEvent?: (event: StreamEvent) => void;
 }
 
@@ -363,6 +429,14 @@ export class Client {
   readText(sandboxId: string, path: string, opts?: FileOptions): Promise<string>;
   listFiles(sandboxId: string, path?: string, opts?: FileOptions & { depth?: number }): Promise<{ entries: FileEntry[] }>;
   deleteFile(sandboxId: string, path: string, opts?: FileOptions & { recursive?: boolean }): Promise<void>;
+
+  createContext(sandboxId: string, req: CreateContextRequest, opts?: CallOptions): Promise<Context>;
+  listContexts(sandboxId: string, opts?: FileOptions): Promise<Context[]>;
+  deleteContext(sandboxId: string, contextId: string, opts?: FileOptions): Promise<void>;
+  restartContext(sandboxId: string, contextId: string, opts?: CallOptions): Promise<Context>;
+  /** A string is the cell's code. With onStdout/onStderr/onDisplay the cell streams. */
+  runCell(sandboxId: string, contextId: string, req: RunCellRequest | string, opts?: StreamOptions): Promise<CellResult>;
+  runCellStream(sandboxId: string, contextId: string, req: RunCellRequest | string, opts?: StreamOptions): EventStream<CellResult>;
 }
 
 // ----- code blocks

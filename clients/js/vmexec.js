@@ -280,6 +280,8 @@ function toEvent(raw) {
       return { type: 'result', result: data };
     case 'block':
       return { type: 'block', block: data };
+    case 'display':
+      return { type: 'display', display: data };
     case 'error':
       return { type: 'error', error: data };
     default:
@@ -314,10 +316,10 @@ function streamError(body) {
  * call; the server cancels a run whose client went away (verdict canceled, rolled back).
  */
 export class EventStream {
-  constructor(start, { onStdout, onStderr, onBlock, onEvent } = {}, controller, retry = { maxRetries: 0 }) {
+  constructor(start, { onStdout, onStderr, onBlock, onDisplay, onEvent } = {}, controller, retry = { maxRetries: 0 }) {
     this._start = start;
     this._retry = retry;
-    this._cb = { onStdout, onStderr, onBlock, onEvent };
+    this._cb = { onStdout, onStderr, onBlock, onDisplay, onEvent };
     this._controller = controller;
     this._final = undefined;
     this._iterating = false;
@@ -385,6 +387,7 @@ export class EventStream {
     if (ev.type === 'stdout') cb.onStdout?.(ev.data);
     else if (ev.type === 'stderr') cb.onStderr?.(ev.data);
     else if (ev.type === 'block') cb.onBlock?.(ev.block);
+    else if (ev.type === 'display') cb.onDisplay?.(ev.display);
     else if (ev.type === 'result') this._final = ev.result;
     cb.onEvent?.(ev);
     return ev;
@@ -601,6 +604,51 @@ export class Client {
   getPolicy(agentId, opts) { return this.request(`/v1/agents/${enc(agentId)}/policy`, opts); }
   setPolicy(agentId, policy, opts) {
     return this.request(`/v1/agents/${enc(agentId)}/policy`, { ...opts, method: 'PUT', body: policy });
+  }
+
+  // Interpreter contexts: long-lived python and javascript interpreters whose cells
+  // are transactions (a failing cell is rolled back with the interpreter's memory).
+
+  /** createContext starts an interpreter: {language: 'python'|'javascript', cwd?}. */
+  createContext(sandboxId, req, opts) {
+    return this.request(`/v1/sandboxes/${enc(sandboxId)}/contexts`, { ...opts, method: 'POST', body: this.withAgent(req) });
+  }
+
+  /** listContexts lists a sandbox's contexts, oldest first. */
+  async listContexts(sandboxId, { agentId, ...opts } = {}) {
+    const res = await this.request(`/v1/sandboxes/${enc(sandboxId)}/contexts`, { ...opts, query: { agent_id: agentId ?? this.agentId } });
+    return res.contexts;
+  }
+
+  /** deleteContext kills a context's interpreter. */
+  async deleteContext(sandboxId, contextId, { agentId, ...opts } = {}) {
+    await this.request(`/v1/sandboxes/${enc(sandboxId)}/contexts/${enc(contextId)}`, {
+      ...opts, method: 'DELETE', query: { agent_id: agentId ?? this.agentId },
+    });
+  }
+
+  /** restartContext replaces a context's interpreter by a fresh one (its state is gone). */
+  restartContext(sandboxId, contextId, opts) {
+    return this.request(`/v1/sandboxes/${enc(sandboxId)}/contexts/${enc(contextId)}/restart`, { ...opts, method: 'POST', body: this.withAgent({}) });
+  }
+
+  /**
+   * runCell runs code in a context: {code, env?, timeout_ms?, rollback?}. It resolves
+   * with the CellResult {run_id, stdout, stderr, results, error?, execution_count,
+   * verdict, rolled_back}; a cell that raises is a result, not an error. With
+   * onStdout/onStderr/onDisplay it streams and calls them as the cell writes.
+   */
+  runCell(sandboxId, contextId, req, opts = {}) {
+    const path = `/v1/sandboxes/${enc(sandboxId)}/contexts/${enc(contextId)}/run`;
+    const body = this.withAgent(typeof req === 'string' ? { code: req } : req);
+    if (opts.onStdout || opts.onStderr || opts.onDisplay || opts.onEvent) return this.stream(path, body, opts).result();
+    return this.request(path, { method: 'POST', body, signal: opts.signal, timeoutMs: opts.timeoutMs, maxRetries: opts.maxRetries });
+  }
+
+  /** runCellStream runs a cell and returns its events as they come. */
+  runCellStream(sandboxId, contextId, req, opts = {}) {
+    const body = this.withAgent(typeof req === 'string' ? { code: req } : req);
+    return this.stream(`/v1/sandboxes/${enc(sandboxId)}/contexts/${enc(contextId)}/run`, body, opts);
   }
 
   // Files (paths relative to /home/user unless absolute)

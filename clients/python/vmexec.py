@@ -34,7 +34,7 @@ import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 __all__ = [
     "Client", "Event", "SSEParser", "VmexecError", "ConnectionFailed", "Timeout",
@@ -561,6 +561,63 @@ class Client:
         self.send("DELETE", f"/v1/sandboxes/{_q(sandbox_id)}/files",
                   query={"path": path, "recursive": "true" if recursive else None,
                          "agent_id": agent_id or self.agent_id}).read()
+
+
+    # -- interpreter contexts: long-lived python/javascript interpreters whose cells
+    #    are transactions (a failing cell is rolled back with the interpreter's memory)
+
+    def create_context(self, sandbox_id: str, language: str = "python", *, cwd: Optional[str] = None,
+                       agent_id: Optional[str] = None) -> Dict[str, Any]:
+        """Start an interpreter (python or javascript); return the context {id, language, cwd, ...}."""
+        req = self._agent({k: v for k, v in dict(language=language, cwd=cwd, agent_id=agent_id).items() if v is not None})
+        return self.request("POST", f"/v1/sandboxes/{_q(sandbox_id)}/contexts", body=req)
+
+    def list_contexts(self, sandbox_id: str, *, agent_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """The sandbox's contexts, oldest first."""
+        return self.request("GET", f"/v1/sandboxes/{_q(sandbox_id)}/contexts",
+                            query={"agent_id": agent_id or self.agent_id})["contexts"]
+
+    def delete_context(self, sandbox_id: str, context_id: str, *, agent_id: Optional[str] = None) -> None:
+        """Kill a context's interpreter."""
+        self.send("DELETE", f"/v1/sandboxes/{_q(sandbox_id)}/contexts/{_q(context_id)}",
+                  query={"agent_id": agent_id or self.agent_id}).read()
+
+    def restart_context(self, sandbox_id: str, context_id: str, *, agent_id: Optional[str] = None) -> Dict[str, Any]:
+        """Replace a context's interpreter by a fresh one (its state is gone)."""
+        return self.request("POST", f"/v1/sandboxes/{_q(sandbox_id)}/contexts/{_q(context_id)}/restart",
+                            body=self._agent({"agent_id": agent_id} if agent_id else {}))
+
+    def run_cell(self, sandbox_id: str, context_id: str, code: str, *, env: Optional[Dict[str, str]] = None,
+                 timeout_ms: Optional[int] = None, rollback: Optional[bool] = None, agent_id: Optional[str] = None,
+                 on_stdout: Optional[Callable[[str], None]] = None, on_stderr: Optional[Callable[[str], None]] = None,
+                 on_display: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+        """Run a cell; return the CellResult {run_id, stdout, stderr, results, error, execution_count,
+        verdict, rolled_back}. A cell that raises is a result (verdict ``error``), not an exception.
+
+        With on_stdout/on_stderr/on_display the cell streams and they are called as it writes
+        (on_display with each rich result: a final expression's value, display(), a figure).
+        """
+        req = self._agent({k: v for k, v in dict(code=code, env=env, timeout_ms=timeout_ms, rollback=rollback,
+                                                  agent_id=agent_id).items() if v is not None})
+        path = f"/v1/sandboxes/{_q(sandbox_id)}/contexts/{_q(context_id)}/run"
+        if not (on_stdout or on_stderr or on_display):
+            return self.request("POST", path, body=req)
+        result: Dict[str, Any] = {}
+        for ev in self._events(path, req):
+            if ev.type == "stdout" and on_stdout:
+                on_stdout(ev.text)
+            elif ev.type == "stderr" and on_stderr:
+                on_stderr(ev.text)
+            elif ev.type == "display" and on_display:
+                on_display(ev.data)
+            elif ev.type == "result":
+                result = ev.data
+        return result
+
+    def run_cell_stream(self, sandbox_id: str, context_id: str, code: str, **fields: Any) -> Iterator[Event]:
+        """run_cell as events: stdout/stderr chunks, a display event per rich result, then the result."""
+        req = self._agent({"code": code, **{k: v for k, v in fields.items() if v is not None}})
+        return self._events(f"/v1/sandboxes/{_q(sandbox_id)}/contexts/{_q(context_id)}/run", req)
 
 
 def _exec_path(sandbox_id: Optional[str]) -> str:

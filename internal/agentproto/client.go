@@ -292,6 +292,12 @@ func (r *Run) Wait(ctx context.Context) (*ExecResult, error) {
 			}
 			switch e.Type {
 			case TypeOutput:
+				if e.Stream == StreamResult { // a cell's rich result: not output
+					if r.out != nil && !cancelled {
+						r.out(e.Stream, e.Data)
+					}
+					break
+				}
 				s := &r.stdout
 				if e.Stream == StreamStderr {
 					s = &r.stderr

@@ -262,6 +262,9 @@ type Envelope struct {
 	Signal  string       `json:"signal,omitempty"`  // signal: a name, "SIGTERM" or "TERM"
 	Error   string       `json:"error,omitempty"`   // error
 	Code    string       `json:"code,omitempty"`    // error: one of the Code constants, or ""
+	// Context and Contexts: see contexts.go.
+	Context  *ContextRequest `json:"context,omitempty"`  // context
+	Contexts []ContextInfo   `json:"contexts,omitempty"` // contexts
 }
 
 // Output streams.
@@ -328,6 +331,9 @@ type ExecRequest struct {
 	Limits   Limits            `json:"limits"`
 	// Changes asks the guest for the run's change set (see ChangeScan); nil: none.
 	Changes *ChangeScan `json:"changes,omitempty"`
+	// Context makes the exec a cell of that interpreter context (see contexts.go):
+	// Language must be the context's, Stdin and Changes are not used.
+	Context *ContextSpec `json:"context,omitempty"`
 }
 
 // ChangeScan asks the guest to compare the metadata (type, size, mode, mtime, ctime,
@@ -394,6 +400,8 @@ type ExecResult struct {
 	Changes          []Change `json:"changes,omitempty"`
 	ChangesTruncated bool     `json:"changes_truncated,omitempty"`
 	ChangesScanUS    int64    `json:"changes_scan_us,omitempty"`
+	// Cell is a cell's outcome (an exec with a context).
+	Cell *CellOutcome `json:"cell,omitempty"`
 }
 
 // Conn frames envelopes over a reader and a writer. Reads and writes are each safe

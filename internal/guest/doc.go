@@ -90,6 +90,14 @@
 // directory, removing a non-empty one without recursive), not_dir, file_too_large
 // (EFBIG, ENOSPC), invalid_path.
 //
+// # Interpreter contexts
+//
+// A context is a long-lived python or node interpreter the agent keeps for the host
+// (see contexts.go): started like a run, driven over a control socket, outliving
+// connections and checkpoints. A cell is an exec naming its context: it takes the run
+// token, streams the interpreter's output and rich results, and is interrupted (SIGINT)
+// by its deadline; an interpreter that does not stop is killed and replaced.
+//
 // # Reaping
 //
 // As PID 1 the agent inherits every orphan in the sandbox. A single reaper (see reaper)

@@ -182,6 +182,12 @@ func (a *agent) dispatch(ctx context.Context, e *agentproto.Envelope) {
 			return
 		}
 		a.start(ctx, e, func(o *op) { o.run = &runHandle{} }, a.serveExec)
+	case agentproto.TypeContext:
+		if e.Context == nil {
+			errReply("context without a request")
+			return
+		}
+		a.start(ctx, e, nil, a.serveContext) // see contexts.go
 	case agentproto.TypeWrite:
 		a.start(ctx, e, func(o *op) { o.data = make(chan *agentproto.Envelope, 4) }, a.serveFile)
 	case agentproto.TypeRead, agentproto.TypeStat, agentproto.TypeList, agentproto.TypeMkdir, agentproto.TypeRemove:
@@ -259,7 +265,13 @@ func (a *agent) serveExec(o *op, e *agentproto.Envelope) {
 	emit := func(stream string, p []byte) {
 		a.reply(o, &agentproto.Envelope{Type: agentproto.TypeOutput, Stream: stream, Data: p})
 	}
-	res, err := a.exec(o.ctx, req, emit, o.run)
+	exec := a.exec
+	if req.Context != nil {
+		exec = func(ctx context.Context, req *agentproto.ExecRequest, emit func(string, []byte), _ *runHandle) (*agentproto.ExecResult, error) {
+			return a.runCell(ctx, req, emit) // a cell (see contexts.go)
+		}
+	}
+	res, err := exec(o.ctx, req, emit, o.run)
 	if err != nil {
 		a.log.Info("run refused", "id", o.id, "language", req.Language, "err", err)
 		a.replyErr(o, err)

@@ -37,6 +37,7 @@ type agent struct {
 	ops       opTable       // the operations in flight
 	watch     *changeWatch  // change sets' baseline and inotify watches (runs only; see watch.go)
 	watchMiss watchMiss     // the areas watch could not serve (runs only)
+	contexts  ctxTable      // the interpreter contexts (see contexts.go)
 }
 
 // exec runs one request; its output goes to emit as it is read. It fails only for a

@@ -144,7 +144,8 @@ func Serve(ctx context.Context, r io.Reader, w io.Writer, opts Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go a.reaper.run(ctx)
-	defer a.stopZygotes() // before cancel: the reaper must see them go
+	defer a.stopZygotes()  // before cancel: the reaper must see them go
+	defer a.stopContexts() // likewise
 	go a.watchBombs(ctx)
 	if err := a.prepare(); err != nil {
 		a.log.Error("cannot prepare directories (retried before each run)", "err", err)

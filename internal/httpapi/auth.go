@@ -70,6 +70,9 @@ var scopedRoutes = map[string]bool{
 	"GET /v1/agents/{id}/policy": true, "PUT /v1/agents/{id}/policy": true,
 	"PUT /v1/sandboxes/{id}/files": true, "GET /v1/sandboxes/{id}/files": true, "DELETE /v1/sandboxes/{id}/files": true,
 	"GET /v1/sandboxes/{id}/files/list": true,
+	"POST /v1/sandboxes/{id}/contexts":  true, "GET /v1/sandboxes/{id}/contexts": true,
+	"DELETE /v1/sandboxes/{id}/contexts/{ctx}": true, "POST /v1/sandboxes/{id}/contexts/{ctx}/restart": true,
+	"POST /v1/sandboxes/{id}/contexts/{ctx}/run": true,
 	// An agent's turn runs as the agent its path (or role) names; a conversation is
 	// its agent's.
 	"POST /v1/agents/{id}/chat": true, "GET /v1/conversations/{id}": true, "POST /chat": true,
@@ -85,7 +88,8 @@ var scopedRoutes = map[string]bool{
 // is served.
 var runRoutes = map[string]bool{
 	"POST /v1/exec": true, "POST /v1/sandboxes/{id}/exec": true, "POST /v1/parse-execute": true,
-	"POST /api/llm/execute": true, "POST /api/llm/parse-execute": true,
+	"POST /v1/sandboxes/{id}/contexts/{ctx}/run": true,
+	"POST /api/llm/execute":                      true, "POST /api/llm/parse-execute": true,
 	"POST /v1/agents/{id}/chat": true, "POST /chat": true, // a turn runs one piece of code at a time
 }
 

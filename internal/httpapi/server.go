@@ -111,6 +111,7 @@ func (s *Server) routes() {
 	s.changeRoutes()
 	s.replyRoutes()
 	s.fileRoutes()
+	s.contextRoutes()
 	s.jsRoutes()
 	s.chatRoutes()
 	s.mcpRoutes()

@@ -43,6 +43,9 @@ var requestRoutes = []struct {
 	{"POST", "/api/vms/vm-x/snapshots", compatSnapshotRequest{}},
 	{"POST", "/v1/agents/a/chat", api.ChatRequest{}},
 	{"POST", "/chat", api.CompatChatRequest{}},
+	{"POST", "/v1/sandboxes/sb-x/contexts", createContextRequest{}},
+	{"POST", "/v1/sandboxes/sb-x/contexts/ctx_x/restart", agentRequest{}},
+	{"POST", "/v1/sandboxes/sb-x/contexts/ctx_x/run", runCellRequest{}},
 }
 
 // testServer is the real handler over no service: requests refused on the wire never

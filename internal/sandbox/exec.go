@@ -331,11 +331,17 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 		},
 		Changes: s.changeScan(req),
 	}
+	output := st.output()
+	cell := cellOf(ctx) // a cell of an interpreter context (contexts.go)
+	if cell != nil {
+		cell.prepare(preq)
+		output = cell.output(output)
+	}
 	// The guest enforces the timeout; the host waits a little longer before it gives
 	// up on the guest.
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(lim.TimeoutMS)*time.Millisecond+15*time.Second)
 	defer cancel()
-	res, err := e.sb.Exec(rctx, preq, st.output())
+	res, err := e.sb.Exec(rctx, preq, output)
 	st.close()
 	out.CompletedAt = time.Now().UTC()
 	e.used()
@@ -348,6 +354,9 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 		out.DurationMS = res.DurationMS
 		out.Error = res.Error
 		setChanges(out, res)
+		if cell != nil {
+			cell.outcome = res.Cell
+		}
 		if out.Verdict == api.VerdictCanceled && out.Error == "" {
 			out.Error = "the caller went away; the run was stopped"
 		}

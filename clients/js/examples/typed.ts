@@ -2,7 +2,7 @@
 // checks it against index.d.ts (test/types.test.mjs runs that).
 import VmExecutionClientDefault, {
   ApiClient, Client, ConnectionError, VmExecutionClient, VmexecError, extractCodeBlocks, withVmMethods,
-  type ExecResult, type Progress, type StreamEvent,
+  type CellOutput, type CellResult, type Context, type ExecResult, type Progress, type StreamEvent,
 } from 'vmexec';
 
 async function lowLevel(): Promise<void> {
@@ -43,6 +43,15 @@ async function lowLevel(): Promise<void> {
     if (err instanceof VmexecError) console.log(err.status, err.code);
     if (err instanceof ConnectionError) console.log('down');
   }
+  // Interpreter contexts.
+  const ctx: Context = await vx.createContext('sb-1', { language: 'python', cwd: 'work' });
+  const cells: CellResult = await vx.runCell('sb-1', ctx.id, { code: 'x = 1\nx', timeout_ms: 5000, rollback: false },
+    { onStdout: (s: string) => void s, onDisplay: (o: CellOutput) => void o.png });
+  if (cells.error) console.log(cells.error.name, cells.error.traceback, cells.execution_count, cells.rolled_back);
+  console.log(cells.results[0]?.text, (await vx.runCell('sb-1', ctx.id, '1 + 1')).verdict);
+  for await (const ev of vx.runCellStream('sb-1', ctx.id, { code: 'print(1)' })) if (ev.type === 'display') console.log(ev.display.html);
+  console.log((await vx.listContexts('sb-1')).length, (await vx.restartContext('sb-1', ctx.id)).execution_count);
+  await vx.deleteContext('sb-1', ctx.id);
 }
 
 async function seed(): Promise<void> {

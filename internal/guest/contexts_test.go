@@ -1,0 +1,209 @@
+package guest
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmexec/vmexec/internal/agentproto"
+)
+
+// cellRun is what the host saw of one cell.
+type cellRun struct {
+	res     *agentproto.ExecResult
+	results []agentproto.CellOutput
+}
+
+func (r cellRun) main() string {
+	for _, o := range r.results {
+		if o.IsMainResult {
+			return o.Text
+		}
+	}
+	return ""
+}
+
+func cell(t *testing.T, c *agentproto.Client, spec agentproto.ContextSpec, code string, timeoutMS int64) cellRun {
+	t.Helper()
+	var out cellRun
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: spec.Language, Code: code, Context: &spec,
+		Limits: agentproto.Limits{TimeoutMS: timeoutMS}}, func(stream string, p []byte) {
+		if stream == agentproto.StreamResult {
+			o, err := agentproto.DecodeResult(p)
+			if err != nil {
+				t.Errorf("result: %v", err)
+			}
+			out.results = append(out.results, o)
+		}
+	})
+	if err != nil {
+		t.Fatalf("cell %q: %v", code, err)
+	}
+	out.res = res
+	return out
+}
+
+func needTool(t *testing.T, c *agentproto.Client, tool string) {
+	t.Helper()
+	if r := run(t, c, &agentproto.ExecRequest{Language: "bash", Code: tool + " --version"}); r.Verdict != agentproto.VerdictOK {
+		t.Skipf("%s is not usable here: %s", tool, r.Stderr)
+	}
+}
+
+// A python context keeps its state across cells, returns the final expression's value
+// and the exception a cell raised, and streams the cell's output as its own.
+func TestPythonContext(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "python3")
+	spec := agentproto.ContextSpec{ID: "ctx_py", Language: "python"}
+	if _, err := c.StartContext(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		code, stdout, main, verdict, errName string
+	}{
+		{code: "x = 1\nprint('hi')", stdout: "hi\n", verdict: "ok"},
+		{code: "x + 1", main: "2", verdict: "ok"},
+		{code: "import sys\nprint('err', file=sys.stderr)\nraise ValueError('bad')", verdict: "error", errName: "ValueError"},
+		{code: "class A:\n    def _repr_html_(self): return '<b>A</b>'\nA()", verdict: "ok", main: "<__main__.A object"},
+		{code: "[x, 'a']", main: "[1, 'a']", verdict: "ok"},
+	}
+	for i, st := range steps {
+		r := cell(t, c, spec, st.code, 20000)
+		if r.res.Verdict != st.verdict || string(r.res.Stdout) != st.stdout || !strings.HasPrefix(r.main(), st.main) {
+			t.Errorf("step %d %q: verdict %s stdout %q main %q; want %s %q %q (%s)", i, st.code, r.res.Verdict, r.res.Stdout, r.main(), st.verdict, st.stdout, st.main, describe(r.res))
+		}
+		if got := r.res.Cell.ExecutionCount; got != i+1 {
+			t.Errorf("step %d: execution count %d, want %d", i, got, i+1)
+		}
+		if st.errName != "" {
+			e := r.res.Cell.Error
+			if e == nil || e.Name != st.errName || e.Value != "bad" || !strings.Contains(e.Traceback, "raise ValueError('bad')") {
+				t.Errorf("step %d: error %+v, want %s with its traceback", i, e, st.errName)
+			}
+			if string(r.res.Stderr) != "err\n" {
+				t.Errorf("step %d: stderr %q", i, r.res.Stderr)
+			}
+		}
+		if i == 3 && (len(r.results) != 1 || r.results[0].HTML != "<b>A</b>") {
+			t.Errorf("html result: %+v", r.results)
+		}
+	}
+	list, err := c.ListContexts(context.Background())
+	if err != nil || len(list) != 1 || list[0].ID != "ctx_py" || list[0].Count != len(steps) {
+		t.Errorf("list: %+v %v", list, err)
+	}
+}
+
+// A timeout interrupts the cell and keeps the interpreter's state; a cell that
+// ignores the interrupt gets its interpreter killed and replaced.
+func TestContextTimeout(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "python3")
+	spec := agentproto.ContextSpec{ID: "ctx_t", Language: "python"}
+	cell(t, c, spec, "x = 41", 20000)
+	r := cell(t, c, spec, "import time\nwhile True: time.sleep(0.01)", 500)
+	if r.res.Verdict != agentproto.VerdictTimeout || r.res.Cell.Restarted || r.res.Cell.Error == nil || r.res.Cell.Error.Name != "KeyboardInterrupt" {
+		t.Fatalf("interrupted cell: %s restarted=%v error=%+v", describe(r.res), r.res.Cell.Restarted, r.res.Cell.Error)
+	}
+	if r := cell(t, c, spec, "x + 1", 20000); r.main() != "42" {
+		t.Fatalf("after the interrupt: %q (%s)", r.main(), describe(r.res))
+	}
+	list, _ := c.ListContexts(context.Background())
+	oldPID := list[0].PID
+	r = cell(t, c, spec, "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: time.sleep(0.01)", 500)
+	if r.res.Verdict != agentproto.VerdictTimeout || !r.res.Cell.Restarted || !strings.Contains(string(r.res.Stderr), "killed") {
+		t.Fatalf("stubborn cell: %s restarted=%v", describe(r.res), r.res.Cell.Restarted)
+	}
+	if syscall.Kill(oldPID, 0) == nil && aliveNotZombie(oldPID) {
+		t.Errorf("the killed interpreter %d is still running", oldPID)
+	}
+	if r := cell(t, c, spec, "'x' in dir()", 20000); r.main() != "False" || r.res.Verdict != "ok" {
+		t.Errorf("after the restart: %q (%s)", r.main(), describe(r.res))
+	}
+}
+
+// Stopping a context kills its interpreter.
+func TestStopContext(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "python3")
+	info, err := c.StartContext(context.Background(), agentproto.ContextSpec{ID: "ctx_s", Language: "python"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StopContext(context.Background(), "ctx_s"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the interpreter to end", func() bool { return !aliveNotZombie(info.PID) })
+	if list, _ := c.ListContexts(context.Background()); len(list) != 0 {
+		t.Errorf("contexts after stop: %+v", list)
+	}
+	if _, err := c.StartContext(context.Background(), agentproto.ContextSpec{ID: "ctx_s", Language: "ruby"}); err == nil {
+		t.Errorf("a ruby context started")
+	}
+}
+
+// A javascript context: top-level await, the last expression's value, state across
+// cells, errors with their name.
+func TestJavaScriptContext(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "node")
+	spec := agentproto.ContextSpec{ID: "ctx_js", Language: "javascript"}
+	steps := []struct{ code, stdout, main, verdict string }{
+		{code: "const a = await new Promise(r => setTimeout(() => r(20), 10));\nconsole.log('got', a)\na + 1", stdout: "got 20\n", main: "21", verdict: "ok"},
+		{code: "a * 2", main: "40", verdict: "ok"},
+		{code: "throw new TypeError('nope')", verdict: "error"},
+		{code: "while (true) {}", verdict: "timeout"},
+		{code: "a", main: "20", verdict: "ok"},
+	}
+	for i, st := range steps {
+		r := cell(t, c, spec, st.code, 2000)
+		if r.res.Verdict != st.verdict || string(r.res.Stdout) != st.stdout || r.main() != st.main {
+			t.Errorf("step %d %q: verdict %s stdout %q main %q; want %s %q %q (%s)", i, st.code, r.res.Verdict, r.res.Stdout, r.main(), st.verdict, st.stdout, st.main, describe(r.res))
+		}
+		if i == 2 && (r.res.Cell.Error == nil || r.res.Cell.Error.Name != "TypeError" || r.res.Cell.Error.Value != "nope") {
+			t.Errorf("error: %+v", r.res.Cell.Error)
+		}
+		if i == 3 && r.res.Cell.Restarted {
+			t.Errorf("the interrupted loop restarted the interpreter")
+		}
+	}
+}
+
+// An output flood is cut at the limit and interrupted (the interpreter keeps its
+// state); a memory bomb is killed by the memory watch and the context restarted.
+func TestContextLimits(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "python3")
+	spec := agentproto.ContextSpec{ID: "ctx_lim", Language: "python"}
+	cell(t, c, spec, "keep = 'me'", 20000)
+	ctx := context.Background()
+	res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: "python", Context: &spec,
+		Code:   "while True: print('x' * 1000)",
+		Limits: agentproto.Limits{TimeoutMS: 20000, MaxOutputBytes: 100000}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictOutputLimit || !res.StdoutTruncated || len(res.Stdout) != 100000 || res.Cell.Restarted {
+		t.Fatalf("flood: %s truncated=%v len=%d restarted=%v", describe(res), res.StdoutTruncated, len(res.Stdout), res.Cell.Restarted)
+	}
+	if r := cell(t, c, spec, "keep", 20000); r.main() != "'me'" {
+		t.Fatalf("after the flood: %q (%s)", r.main(), describe(r.res))
+	}
+	res, err = c.Exec(ctx, &agentproto.ExecRequest{Language: "python", Context: &spec,
+		Code:   "hog = []\nwhile True: hog.append(bytearray(10 << 20))",
+		Limits: agentproto.Limits{TimeoutMS: 60000, MemoryBytes: 200 << 20}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Verdict != agentproto.VerdictMemoryLimit || !res.Cell.Restarted {
+		t.Fatalf("memory bomb: %s restarted=%v", describe(res), res.Cell.Restarted)
+	}
+	if r := cell(t, c, spec, "'keep' in dir()", 20000); r.main() != "False" || r.res.Verdict != "ok" {
+		t.Fatalf("after the memory bomb: %q (%s)", r.main(), describe(r.res))
+	}
+}
