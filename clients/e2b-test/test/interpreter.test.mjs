@@ -111,6 +111,21 @@ describe('@e2b/code-interpreter against vmexec', { skip: why || false }, () => {
     await assert.rejects(sb.runCode('1', { context: ctx }), (e) => e instanceof E.NotFoundError || e instanceof E.SandboxError);
   });
 
+  it('rolls a failing cell back, interpreter and all, when the agent\'s policy says so', async (t) => {
+    if (noInterp) return t.skip(noInterp);
+    const res = await fetch(`${d.url}/v1/agents/e2b-cells/policy`, { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ auto_rollback_on_failure: true }) });
+    assert.equal(res.status, 200, await res.text());
+    const tx = await CI.Sandbox.create({ metadata: { agent_id: 'e2b-cells' } });
+    try {
+      await tx.runCode('x = 1');
+      const bad = await tx.runCode('x = 2\nraise ValueError("undo me")');
+      assert.equal(bad.error.name, 'ValueError');
+      assert.equal((await tx.runCode('x')).text, '1', 'the interpreter is as it was before the failed cell');
+    } finally {
+      await tx.kill();
+    }
+  });
+
   it('refuses context and language together', async () => {
     await assert.rejects(sb.runCode('1', { language: 'python', context: { id: 'x', language: 'python', cwd: '/' } }), (e) => e instanceof E.InvalidArgumentError);
   });
