@@ -126,6 +126,15 @@ describe('@e2b/code-interpreter against vmexec', { skip: why || false }, () => {
     }
   });
 
+  it('interrupts a cell when the SDK\'s timeoutMs passes, keeping the interpreter', async (t) => {
+    if (noInterp) return t.skip(noInterp);
+    await sb.runCode('kept = "still here"');
+    await assert.rejects(sb.runCode('import time\ntime.sleep(120)', { timeoutMs: 1500 }), (e) => e instanceof E.TimeoutError);
+    // The next cell does not wait out the sleep: the cell was interrupted, not left running.
+    const next = await sb.runCode('kept', { timeoutMs: 60_000 });
+    assert.equal(next.text, "'still here'");
+  });
+
   it('refuses context and language together', async () => {
     await assert.rejects(sb.runCode('1', { language: 'python', context: { id: 'x', language: 'python', cwd: '/' } }), (e) => e instanceof E.InvalidArgumentError);
   });
