@@ -18,8 +18,11 @@
 // sandboxes and reports memory, start rate, a run in each, health latency and
 // suspension (density.go).
 //
+// And vmexec through the official E2B SDK (e2b.go; needs Node ≥ 20.18 and npm).
+//
 //	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
 //	                    [-first-only] [-density N] [-density-only] [-store] [-store-only] [-store-n 10]
+//	                    [-e2b=false] [-e2b-only]
 package main
 
 import (
@@ -56,6 +59,9 @@ func main() {
 	flag.IntVar(&densityN, "density", 20, "density mode: hold this many idle sandboxes (300 on a 24 GiB host); 0 skips it")
 	flag.BoolVar(&densityOnly, "density-only", false, "measure only the density mode")
 	flag.BoolVar(&firstOnly, "first-only", false, "measure only a new agent's first run (firstrun.go), against the native spawn")
+	_, nodeErr := exec.LookPath("node")
+	withE2B = flag.Bool("e2b", nodeErr == nil, "measure through the official E2B SDK (e2b.go; needs node and npm)")
+	e2bOnly = flag.Bool("e2b-only", false, "measure only through the E2B SDK (and the native baseline)")
 	flag.Parse()
 	storeFlags = storeOpts{on: *withStore || *storeOnly, only: *storeOnly, n: *storeN}
 	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
@@ -70,6 +76,8 @@ var (
 	densityOnly bool
 	firstOnly   bool
 )
+// withE2B and e2bOnly are the E2B flags (e2b.go).
+var withE2B, e2bOnly *bool
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -161,6 +169,10 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	if err != nil {
 		return err
 	}
+	if *e2bOnly {
+		fmt.Printf("native python3 spawn p50 %s (the baseline)\n", native.pct(0.5).Round(100*time.Microsecond))
+		return printE2B(tmp, runsc, tpl.Dir, n, native.pct(0.5))
+	}
 	results = append(results, native)
 	if firstOnly {
 		first, err := firstRunSeries(tmp, runsc, tpl.Dir, n)
@@ -213,6 +225,11 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	}
 	if densityN > 0 {
 		if err := printDensity(tmp, runsc, tpl.Dir, densityN); err != nil {
+			return err
+		}
+	}
+	if *withE2B {
+		if err := printE2B(tmp, runsc, tpl.Dir, n, native.pct(0.5)); err != nil {
 			return err
 		}
 	}

@@ -229,3 +229,6 @@ func hostMemoryMB() int64 {
 	}
 	return 0
 }
+
+// Limits returns the server's default and maximum per-run limits.
+func (s *Service) Limits() (defaults, max api.Limits) { return s.cfg.Defaults, s.cfg.Max }
