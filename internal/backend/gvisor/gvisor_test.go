@@ -261,3 +261,50 @@ with ThreadPoolExecutor(32) as pool:
 		}
 	}
 }
+
+// Both ways of taking a checkpoint (the control server, and `runsc checkpoint`) save the
+// whole state: a sandbox forked from the image has the file and the process the
+// original had when it was taken, and the original keeps running.
+func TestCheckpointWays(t *testing.T) {
+	testenv.Root(t)
+	tpl := testenv.Template(t)
+	for _, way := range []string{gvisor.CheckpointControl, gvisor.CheckpointRunsc} {
+		t.Run(way, func(t *testing.T) {
+			b, err := gvisor.New(gvisor.Config{Runsc: testenv.Runsc(t), StateDir: t.TempDir(), AgentPath: testenv.Agent(t), Checkpoint: way})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			sb, err := b.Create(ctx, backend.Spec{ID: "ckpt-" + way, Template: tpl, MemoryBytes: 256 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sb.Destroy(ctx)
+			run := func(sb backend.Sandbox, code string) string {
+				t.Helper()
+				res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
+				if err != nil || res.Verdict != agentproto.VerdictOK {
+					t.Fatalf("%q: %+v %v", code, res, err)
+				}
+				return strings.TrimSpace(string(res.Stdout))
+			}
+			run(sb, "echo saved > ~/f.txt; nohup sleep 1000 >/dev/null 2>&1 &")
+			img, err := b.Snapshot(ctx, sb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			check := "cat ~/f.txt; for f in /proc/[0-9]*/comm; do cat $f; done | grep -cx sleep"
+			if got := run(sb, check); got != "saved\n1" {
+				t.Fatalf("original after the snapshot: %q", got)
+			}
+			fork, err := b.Fork(ctx, img.Ref, backend.Spec{ID: "ckpt-" + way + "-fork", Template: tpl, MemoryBytes: 256 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fork.Destroy(ctx)
+			if got := run(fork, check); got != "saved\n1" {
+				t.Fatalf("fork: %q, want the file and the process", got)
+			}
+		})
+	}
+}
