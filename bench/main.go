@@ -10,7 +10,14 @@
 //
 // And what a run's change set costs (changes.go).
 //
+// And transactions (txn.go): warm runs that change nothing and runs that write a file,
+// rollbacks, and ten agents' throughput with the pre-run snapshot on and off; with
+// -compare, once per configuration of the transaction path (the changes made to it
+// can be turned off one by one), side by side. And where a checkpoint's and a
+// restore's time goes (phases.go).
+//
 //	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
+//	                    [-phases=false] [-txn=false] [-compare] [-txn-only]
 package main
 
 import (
@@ -41,12 +48,19 @@ func main() {
 	withAgent := flag.Bool("agent", true, "measure the agent loop's overhead per step (against a fake model)")
 	agentOnly := flag.Bool("agent-only", false, "measure only the agent loop")
 	changesOnly := flag.Bool("changes-only", false, "measure only the cost of change sets (changes.go)")
+	flag.BoolVar(&opts.phases, "phases", true, "measure where a checkpoint's and a restore's time goes (phases.go)")
+	flag.BoolVar(&opts.txn, "txn", true, "measure transactions and ten agents' throughput (txn.go)")
+	flag.BoolVar(&opts.compare, "compare", false, "measure transactions once per configuration of the transaction path, side by side")
+	flag.BoolVar(&opts.txnOnly, "txn-only", false, "measure only the native baseline, phases and transactions")
 	flag.Parse()
 	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
+
+// opts are the flags of the transaction sections.
+var opts struct{ phases, txn, compare, txnOnly bool }
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -124,6 +138,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 		return err
 	}
 	results = append(results, native)
+	if opts.txnOnly {
+		return printTxnSections(tmp, runsc, tpl, n, native.pct(0.5))
+	}
 	doRoot := filepath.Join(tmp, "runsc-do")
 	rdo, err := measure("runsc do per run", n/2, func(int) error {
 		out, err := exec.Command(runsc, "--root", doRoot, "--network=none", "do", "python3", "-c", "print(1)").CombinedOutput()
@@ -186,6 +203,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
 	for _, s := range results {
 		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+	}
+	if err := printTxnSections(tmp, runsc, tpl, n, base); err != nil {
+		return err
 	}
 	if err := printChanges(tmp, runsc, tpl.Dir, n); err != nil {
 		return err
@@ -376,7 +396,25 @@ func microVMSeries(tmp, runsc, tplDir string, n int) ([]series, error) {
 	return append(out, rb), err
 }
 
+// printTxnSections prints the phases and transactions sections, as the flags ask.
+func printTxnSections(tmp, runsc string, tpl template.Template, n int, native time.Duration) error {
+	if opts.phases {
+		if err := printPhases(tmp, runsc, tpl, n); err != nil {
+			return fmt.Errorf("phases: %w", err)
+		}
+	}
+	if opts.txn {
+		return printTxn(tmp, runsc, tpl.Dir, n, native, opts.compare)
+	}
+	return nil
+}
+
 func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
+	return startDaemonEnv(tmp, runsc, tplDir, nil, extra...)
+}
+
+// startDaemonEnv is startDaemon with env added to the daemon's environment.
+func startDaemonEnv(tmp, runsc, tplDir string, env []string, extra ...string) (*daemon, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -387,6 +425,7 @@ func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
 	args := append([]string{"serve", "--addr", addr, "--data-dir", dir, "--template-dir", filepath.Dir(tplDir),
 		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--log-level", "warn"}, extra...)
 	cmd := exec.Command(filepath.Join(tmp, "vmexec"), args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -230,6 +230,11 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.bg.Wait() // snapshots, retention and destroys started before Close
+	for _, be := range s.backends { // what a backend keeps of its own (gvisor's standbys)
+		if c, ok := be.(interface{ Close(context.Context) error }); ok {
+			add(c.Close(ctx))
+		}
+	}
 	s.cancelWork()
 	return errors.Join(errs...)
 }

@@ -64,6 +64,9 @@ type Config struct {
 	// checkpoint`, as before, kept to measure one against the other. Empty takes
 	// $VMEXEC_GVISOR_CHECKPOINT, else CheckpointControl.
 	Checkpoint string
+	// NoStandby turns off the standby containers restores go into (standby.go); so
+	// does $VMEXEC_GVISOR_STANDBY=off.
+	NoStandby bool
 	// Observe, when set, is told how long each phase of a snapshot or a start took
 	// (bench's phase breakdown); op is "snapshot", "create" or "restore".
 	Observe func(op, phase string, d time.Duration)
@@ -83,8 +86,9 @@ const DefaultCPUs = 1.0
 // Backend runs sandboxes with runsc. It implements backend.Backend and
 // backend.Snapshotter.
 type Backend struct {
-	cfg Config
-	log *slog.Logger
+	cfg      Config
+	log      *slog.Logger
+	standbys standbys
 }
 
 var (
@@ -109,6 +113,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.Checkpoint == "" {
 		cfg.Checkpoint = cmp.Or(os.Getenv("VMEXEC_GVISOR_CHECKPOINT"), CheckpointControl)
+	}
+	if os.Getenv("VMEXEC_GVISOR_STANDBY") == "off" {
+		cfg.NoStandby = true
 	}
 	if cfg.Checkpoint != CheckpointControl && cfg.Checkpoint != CheckpointRunsc {
 		return nil, fmt.Errorf("gvisor checkpoint %q: want %q or %q", cfg.Checkpoint, CheckpointControl, CheckpointRunsc)

@@ -58,11 +58,23 @@ func (b *Backend) Snapshot(ctx context.Context, s backend.Sandbox) (backend.Imag
 }
 
 // Fork implements backend.Snapshotter: a new container restored from the image, its
-// agent reached over new pipes. runsc reads the image during the restore only.
+// agent reached over new pipes; into a standby when one of spec's shape is ready (then
+// the sandbox's ID is the standby's, see standby.go). runsc reads the image during the
+// restore only.
 func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (backend.Sandbox, error) {
 	dir, err := b.imageDir(ref)
 	if err != nil {
 		return nil, err
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if st := b.takeStandby(spec); st != nil { // standby.go
+		sb, err := b.restoreInto(ctx, st, dir)
+		if err == nil {
+			return sb, nil
+		}
+		b.log.Warn("restore into a standby failed; restoring afresh", "err", err)
 	}
 	sb, err := b.start(ctx, spec, dir)
 	if err != nil {
