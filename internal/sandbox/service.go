@@ -230,7 +230,8 @@ func (s *Service) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.bg.Wait() // snapshots, retention and destroys started before Close
-	for _, be := range s.backends { // what a backend keeps of its own (gvisor's standbys)
+	// What a backend keeps of its own (gvisor's standbys) goes last.
+	for _, be := range s.backends {
 		if c, ok := be.(interface{ Close(context.Context) error }); ok {
 			add(c.Close(ctx))
 		}
