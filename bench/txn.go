@@ -27,17 +27,6 @@ var txnConfigs = []txnConfig{
 	{"+restore standby (now)", nil},
 }
 
-// txnFigures are a transaction configuration's figures.
-type txnFigures struct {
-	series []series
-	rates  []rate
-}
-
-type rate struct {
-	name string
-	per  float64 // runs per second
-}
-
 // throughput runs agents agents in parallel, each sending perAgent runs of code back to
 // back, and returns the runs per second of the whole. Each agent's sandbox is warmed
 // first (two runs, then a pause for its background snapshot).
@@ -89,163 +78,241 @@ func throughput(ctx context.Context, c *client.Client, prefix string, agents, pe
 	return float64(done.Load()) / elapsed.Seconds(), nil
 }
 
-// txnSeries measures, in the daemon at c, what transactions cost: warm runs back to
-// back and with an agent's pause between them, runs that change a file, rollbacks,
-// and the throughput of ten agents with the pre-run snapshot on and off.
-func txnSeries(ctx context.Context, c *client.Client, tag string, n int) (txnFigures, error) {
-	var f txnFigures
-	run := func(agent, code string, pol *api.ExecPolicy) (*api.ExecResult, error) {
-		r, err := c.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: code, History: pol})
-		if err == nil && r.Verdict != api.VerdictOK {
-			err = fmt.Errorf("unexpected result %+v", r)
-		}
-		return r, err
-	}
-	print1 := func(agent string) func(int) error {
-		return func(int) error {
-			r, err := run(agent, "print(1)", nil)
-			if err == nil && strings.TrimSpace(r.Stdout) != "1" {
-				err = fmt.Errorf("unexpected result %+v", r)
-			}
-			return err
-		}
-	}
-	write := func(agent string) func(int) error {
-		return func(i int) error {
-			_, err := run(agent, fmt.Sprintf("open('/home/user/n.txt', 'w').write('%d')", i), nil)
-			return err
-		}
-	}
-	add := func(s series, err error) error {
-		f.series = append(f.series, s)
-		return err
-	}
-	think := func(int) { time.Sleep(300 * time.Millisecond) }
-	for _, a := range []string{"t-warm", "t-write"} { // warm both sandboxes: zygote up, snapshot taken
-		for i := 0; i < 3; i++ {
-			if _, err := run(a, "print(0)", nil); err != nil {
-				return f, err
-			}
-		}
-	}
-	time.Sleep(500 * time.Millisecond)
-	if err := add(measure(tag+"warm print(1), back to back", n, print1("t-warm"))); err != nil {
-		return f, err
-	}
-	if err := add(measureWith(tag+"warm print(1), 300ms between", n, think, print1("t-warm"))); err != nil {
-		return f, err
-	}
-	if err := add(measure(tag+"warm file write, back to back", n, write("t-write"))); err != nil {
-		return f, err
-	}
-	if err := add(measureWith(tag+"warm file write, 300ms between", n, think, write("t-write"))); err != nil {
-		return f, err
-	}
-	// Rollback: of a run that failed having changed a file (the transaction's own
-	// rollback: a restore), and of one that changed nothing.
-	failing := func(code string) func(int) error {
-		return func(int) error {
-			r, err := c.Exec(ctx, api.ExecRequest{AgentID: "t-write", Language: "python", Code: code})
-			if err == nil && (!r.RolledBack || r.Verdict == api.VerdictOK) {
-				err = fmt.Errorf("not rolled back: %+v", r)
-			}
-			return err
-		}
-	}
-	off := false
-	if err := add(measureWith(tag+"failed run + rollback (wrote a file)", n/2, think,
-		failing("open('/home/user/n.txt', 'w').write('x'); raise SystemExit(1)"))); err != nil {
-		return f, err
-	}
-	if err := add(measureWith(tag+"failed run + rollback (changed nothing)", n/2, think,
-		failing("raise SystemExit(1)"))); err != nil {
-		return f, err
-	}
-	sb, err := run("t-write", "print(0)", nil)
-	if err != nil {
-		return f, err
-	}
-	snap, err := c.CreateSnapshot(ctx, sb.SandboxID, api.CreateSnapshotRequest{})
-	if err != nil {
-		return f, err
-	}
-	if err := add(measureWith(tag+"rollback (API), after a file write", n/2, func(i int) {
-		write("t-write")(i)
-		time.Sleep(300 * time.Millisecond)
-	}, func(int) error {
-		_, err := c.Rollback(ctx, sb.SandboxID, api.RollbackRequest{SnapshotID: snap.ID})
-		return err
-	})); err != nil {
-		return f, err
-	}
-	const agents = 10
-	per := max(n/2, 5)
-	noSnap := &api.ExecPolicy{SnapshotBeforeExecution: &off}
-	for _, c2 := range []struct {
-		name string
-		code func(int) string
-		pol  *api.ExecPolicy
-	}{
-		{"10 agents print(i), snapshot on", func(i int) string { return fmt.Sprintf("print(%d)", i) }, nil},
-		{"10 agents print(i), snapshot off", func(i int) string { return fmt.Sprintf("print(%d)", i) }, noSnap},
-		{"10 agents file write, snapshot on", func(i int) string { return fmt.Sprintf("open('/home/user/n.txt', 'w').write('%d')", i) }, nil},
-		{"10 agents file write, snapshot off", func(i int) string { return fmt.Sprintf("open('/home/user/n.txt', 'w').write('%d')", i) }, noSnap},
-	} {
-		per, err := throughput(ctx, c, strings.ReplaceAll(c2.name, " ", "-")[:12], agents, per, c2.code, c2.pol)
-		if err != nil {
-			return f, fmt.Errorf("%s: %w", c2.name, err)
-		}
-		f.rates = append(f.rates, rate{tag + c2.name, per})
-	}
-	return f, nil
+// txnBench is one daemon measured by printTxn.
+type txnBench struct {
+	ctx     context.Context
+	c       *client.Client
+	sandbox string // t-write's sandbox
+	snap    string // a snapshot of it, for API rollbacks
 }
 
-// printTxn measures txnSeries in a daemon per configuration (all of txnConfigs with
-// compare, else only the current one) and prints them with ratios to the native
-// spawn measured in the same run.
+func (b *txnBench) run(agent, code string, pol *api.ExecPolicy) (*api.ExecResult, error) {
+	r, err := b.c.Exec(b.ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: code, History: pol})
+	if err == nil && r.Verdict != api.VerdictOK {
+		err = fmt.Errorf("unexpected result %+v", r)
+	}
+	return r, err
+}
+
+// timed runs f and returns how long it took.
+func timed(f func() error) (time.Duration, error) {
+	t := time.Now()
+	err := f()
+	return time.Since(t), err
+}
+
+// backToBack runs f k+1 times in a row and returns the last k durations: the first
+// follows a pause, the others follow a run.
+func backToBack(k int, f func(i int) error) ([]time.Duration, error) {
+	var d []time.Duration
+	for i := 0; i <= k; i++ {
+		t, err := timed(func() error { return f(i) })
+		if err != nil {
+			return d, err
+		}
+		if i > 0 {
+			d = append(d, t)
+		}
+	}
+	return d, nil
+}
+
+// afterThinking sleeps 300 ms (an agent between turns) before each of k timed calls.
+func afterThinking(k int, before, f func(i int) error) ([]time.Duration, error) {
+	var d []time.Duration
+	for i := 0; i < k; i++ {
+		if before != nil {
+			if err := before(i); err != nil {
+				return d, err
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+		t, err := timed(func() error { return f(i) })
+		if err != nil {
+			return d, err
+		}
+		d = append(d, t)
+	}
+	return d, nil
+}
+
+// txnMeasure is one row of the transactions table: burst measures some samples in
+// one daemon.
+type txnMeasure struct {
+	name  string
+	burst func(b *txnBench, round int) ([]time.Duration, error)
+}
+
+func print1(b *txnBench, agent string) func(int) error {
+	return func(int) error {
+		r, err := b.run(agent, "print(1)", nil)
+		if err == nil && strings.TrimSpace(r.Stdout) != "1" {
+			err = fmt.Errorf("unexpected result %+v", r)
+		}
+		return err
+	}
+}
+
+func writeFile(b *txnBench, agent string) func(int) error {
+	return func(i int) error {
+		_, err := b.run(agent, fmt.Sprintf("open('/home/user/n.txt', 'w').write('%d')", i), nil)
+		return err
+	}
+}
+
+// failing is a run that fails (and is rolled back) after running code.
+func failing(b *txnBench, code string) func(int) error {
+	return func(int) error {
+		r, err := b.c.Exec(b.ctx, api.ExecRequest{AgentID: "t-write", Language: "python", Code: code + "\nraise SystemExit(1)"})
+		if err == nil && (!r.RolledBack || r.Verdict == api.VerdictOK) {
+			err = fmt.Errorf("not rolled back: %+v", r)
+		}
+		return err
+	}
+}
+
+var txnMeasures = []txnMeasure{
+	{"warm print(1), back to back", func(b *txnBench, _ int) ([]time.Duration, error) {
+		return backToBack(3, print1(b, "t-warm"))
+	}},
+	{"warm print(1), 300ms between", func(b *txnBench, _ int) ([]time.Duration, error) {
+		return afterThinking(2, nil, print1(b, "t-warm"))
+	}},
+	{"warm file write, back to back", func(b *txnBench, _ int) ([]time.Duration, error) {
+		return backToBack(3, writeFile(b, "t-write"))
+	}},
+	{"warm file write, 300ms between", func(b *txnBench, _ int) ([]time.Duration, error) {
+		return afterThinking(2, nil, writeFile(b, "t-write"))
+	}},
+	{"failed run + rollback (wrote a file)", func(b *txnBench, _ int) ([]time.Duration, error) {
+		return afterThinking(1, nil, failing(b, "open('/home/user/n.txt', 'w').write('x')"))
+	}},
+	{"failed run + rollback (changed nothing)", func(b *txnBench, _ int) ([]time.Duration, error) {
+		return afterThinking(1, nil, failing(b, "pass"))
+	}},
+	{"rollback (API), after a file write", func(b *txnBench, _ int) ([]time.Duration, error) {
+		return afterThinking(1, writeFile(b, "t-write"), func(int) error {
+			_, err := b.c.Rollback(b.ctx, b.sandbox, api.RollbackRequest{SnapshotID: b.snap})
+			return err
+		})
+	}},
+}
+
+// setup warms the daemon's sandboxes (zygote up, snapshot taken) and takes the
+// snapshot API rollbacks go back to.
+func (b *txnBench) setup() error {
+	for _, a := range []string{"t-warm", "t-write"} {
+		for i := 0; i < 3; i++ {
+			if _, err := b.run(a, "print(0)", nil); err != nil {
+				return err
+			}
+		}
+	}
+	r, err := b.run("t-write", "print(0)", nil)
+	if err != nil {
+		return err
+	}
+	sn, err := b.c.CreateSnapshot(b.ctx, r.SandboxID, api.CreateSnapshotRequest{Pinned: true}) // kept by retention
+	b.sandbox, b.snap = r.SandboxID, sn.ID
+	return err
+}
+
+// printTxn measures transactions in one daemon per configuration (all of txnConfigs
+// with compare, else only the current one), running at once, with every
+// measurement's samples taken in turns across them (a burst in one, then in the
+// next), so that the host's load, which swings on these shared machines, weighs on
+// them alike. It prints p50, p95 and ratios to the native spawn measured in the same
+// run, and ten agents' throughput.
 func printTxn(tmp, runsc, tplDir string, n int, native time.Duration, compare bool) error {
 	cfgs := txnConfigs[len(txnConfigs)-1:]
 	if compare {
 		cfgs = txnConfigs
 	}
-	var all []txnFigures
+	var benches []*txnBench
 	for _, cfg := range cfgs {
 		d, err := startDaemonEnv(tmp, runsc, tplDir, cfg.env, "--pool-size", "0")
 		if err != nil {
 			return err
 		}
-		f, err := txnSeries(context.Background(), client.New(d.url), "", n)
-		d.stop()
-		if err != nil {
+		defer d.stop()
+		b := &txnBench{ctx: context.Background(), c: client.New(d.url)}
+		if err := b.setup(); err != nil {
 			return fmt.Errorf("%s: %w", cfg.name, err)
 		}
-		all = append(all, f)
+		benches = append(benches, b)
 	}
-	fmt.Printf("\ntransactions: p50 ms, p50/native (native %s), p95 ms; then runs per second\n", native.Round(100*time.Microsecond))
+	time.Sleep(time.Second)
+	rounds := max(n/3, 2)
+	rows := make([][]series, len(txnMeasures)) // [measure][config]
+	for m, tm := range txnMeasures {
+		rows[m] = make([]series, len(cfgs))
+		for r := 0; r < rounds; r++ {
+			for i, b := range benches {
+				d, err := tm.burst(b, r)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", cfgs[i].name, tm.name, err)
+				}
+				rows[m][i].d = append(rows[m][i].d, d...)
+			}
+		}
+	}
+	// Throughput: ten agents per daemon, snapshot on and off, in turns.
+	off := false
+	noSnap := &api.ExecPolicy{SnapshotBeforeExecution: &off}
+	printI := func(i int) string { return fmt.Sprintf("print(%d)", i) }
+	write := func(i int) string { return fmt.Sprintf("open('/home/user/n.txt', 'w').write('%d')", i) }
+	kinds := []struct {
+		name string
+		code func(int) string
+		pol  *api.ExecPolicy
+	}{
+		{"10 agents print(i), snapshot on", printI, nil},
+		{"10 agents print(i), snapshot off", printI, noSnap},
+		{"10 agents file write, snapshot on", write, nil},
+		{"10 agents file write, snapshot off", write, noSnap},
+	}
+	// [kind][config]: runs/s, mean of the turns; on and off of one code share agents.
+	rates := make([][]float64, len(kinds))
+	for k := range kinds {
+		rates[k] = make([]float64, len(cfgs))
+	}
+	const turns = 2
+	for t := 0; t < turns; t++ {
+		for k, kind := range kinds {
+			for i, b := range benches {
+				per, err := throughput(b.ctx, b.c, fmt.Sprintf("tp%d", k/2), 10, max(n/2, 5), kind.code, kind.pol)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", cfgs[i].name, kind.name, err)
+				}
+				rates[k][i] += per / turns
+			}
+		}
+	}
+
+	fmt.Printf("\ntransactions: p50 ms, p50/native (native %s), p95 ms; samples taken in turns across the columns\n", native.Round(100*time.Microsecond))
 	fmt.Printf("%-44s", "")
 	for _, cfg := range cfgs {
 		fmt.Printf(" | %-24.24s", cfg.name)
 	}
 	fmt.Println()
-	for i, s := range all[0].series {
-		fmt.Printf("%-44s", s.name)
-		for _, f := range all {
-			v := f.series[i]
+	for m, tm := range txnMeasures {
+		fmt.Printf("%-44s", fmt.Sprintf("%s (n=%d)", tm.name, len(rows[m][0].d)))
+		for _, v := range rows[m] {
 			fmt.Printf(" | %7.1f %6.2fx %8.1f", ms(v.pct(0.5)), float64(v.pct(0.5))/float64(native), ms(v.pct(0.95)))
 		}
 		fmt.Println()
 	}
-	for i, r := range all[0].rates {
-		fmt.Printf("%-44s", r.name)
-		for _, f := range all {
-			fmt.Printf(" | %7.1f runs/s %9s", f.rates[i].per, "")
+	for k, kind := range kinds {
+		fmt.Printf("%-44s", kind.name)
+		for _, r := range rates[k] {
+			fmt.Printf(" | %7.1f runs/s %9s", r, "")
 		}
 		fmt.Println()
 	}
 	for _, pair := range [][2]int{{0, 1}, {2, 3}} {
-		fmt.Printf("%-44s", strings.TrimSuffix(all[0].rates[pair[0]].name, ", snapshot on")+": on/off")
-		for _, f := range all {
-			fmt.Printf(" | %7.0f %% %14s", 100*f.rates[pair[0]].per/f.rates[pair[1]].per, "")
+		fmt.Printf("%-44s", strings.TrimSuffix(kinds[pair[0]].name, ", snapshot on")+": on/off")
+		for i := range cfgs {
+			fmt.Printf(" | %7.0f %% %14s", 100*rates[pair[0]][i]/rates[pair[1]][i], "")
 		}
 		fmt.Println()
 	}

@@ -78,9 +78,12 @@ func underAny(path string, roots []string) bool {
 	return false
 }
 
+// pfKthread is the kernel-thread bit of /proc/PID/stat's flags (PF_KTHREAD).
+const pfKthread = 0x00200000
+
 // onlyOwnProcesses reports whether every live process is the agent (pid 1, or this
 // process when it is not pid 1, as in tests), a zygote of the pool, or a child of
-// one (its spare). Zombies and exiting processes do not count.
+// one (its spare). Zombies, exiting processes and kernel threads do not count.
 func (a *agent) onlyOwnProcesses() bool {
 	own := map[string]bool{"1": true, strconv.Itoa(os.Getpid()): true}
 	pool := &a.zygotes
@@ -93,11 +96,18 @@ func (a *agent) onlyOwnProcesses() bool {
 	pool.mu.Unlock()
 	ok := true
 	eachProc(func(pid string, f [][]byte) {
-		if len(f) < 2 || own[pid] {
+		if own[pid] {
+			return
+		}
+		if len(f) < 7 {
+			ok = false // cannot tell what it is
 			return
 		}
 		if st := string(f[0]); st == "Z" || st == "X" {
 			return
+		}
+		if flags, err := strconv.ParseUint(string(f[6]), 10, 64); err == nil && flags&pfKthread != 0 {
+			return // a kernel thread (a microVM's kernel): no user state
 		}
 		if ppid := string(f[1]); own[ppid] && ppid != "1" && ppid != strconv.Itoa(os.Getpid()) {
 			return // a zygote's child: its spare (a run has been reaped by now)
