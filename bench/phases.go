@@ -47,79 +47,89 @@ func (p *phaseLog) add(name string, d time.Duration) {
 func printPhases(tmp, runsc string, tpl template.Template, n int) error {
 	ctx := context.Background()
 	var log phaseLog
-	img := map[string]backend.Image{}
-	var sizes []int64
-	for _, way := range []string{gvisor.CheckpointRunsc, gvisor.CheckpointControl} {
+	type way struct {
+		name    string // the checkpoint's way
+		restore string // the restore's row
+		dir     string
+		b       *gvisor.Backend
+		sb      backend.Sandbox
+		img     backend.Image
+	}
+	// The old path throughout (runsc checkpoint, restores afresh) and the new one,
+	// measured in turns, so that the host's swinging load weighs on both alike.
+	ways := []*way{{name: gvisor.CheckpointRunsc, restore: "restore: total (afresh)"}, {name: gvisor.CheckpointControl, restore: "restore: total (standby)"}}
+	for _, w := range ways {
 		dir, err := os.MkdirTemp(tmp, "phases-")
 		if err != nil {
 			return err
 		}
-		// The runsc way is the old path throughout: restores afresh, no standby.
-		old := way == gvisor.CheckpointRunsc
-		b, err := gvisor.New(gvisor.Config{Runsc: runsc, StateDir: dir, AgentPath: filepath.Join(tmp, "vmexec-agent"), Checkpoint: way, NoStandby: old, Observe: log.observe})
+		old := w.name == gvisor.CheckpointRunsc
+		w.dir = dir
+		w.b, err = gvisor.New(gvisor.Config{Runsc: runsc, StateDir: dir, AgentPath: filepath.Join(tmp, "vmexec-agent"), Checkpoint: w.name, NoStandby: old, Observe: log.observe})
 		if err != nil {
 			return err
 		}
-		defer b.Close(ctx)
-		sb, err := b.Create(ctx, backend.Spec{ID: "phases-" + way, Template: tpl, MemoryBytes: 512 << 20})
+		defer w.b.Close(ctx)
+		w.sb, err = w.b.Create(ctx, backend.Spec{ID: "phases-" + w.name, Template: tpl, MemoryBytes: 512 << 20})
 		if err != nil {
 			return err
 		}
-		defer sb.Destroy(ctx)
+		defer w.sb.Destroy(ctx)
 		// A warm sandbox as a transaction sees it: python has run (its zygote is up).
 		for i := 0; i < 2; i++ {
-			if _, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "print(1)", Limits: agentproto.Limits{TimeoutMS: 20000}}, nil); err != nil {
+			if _, err := w.sb.Exec(ctx, &agentproto.ExecRequest{Language: "python", Code: "print(1)", Limits: agentproto.Limits{TimeoutMS: 20000}}, nil); err != nil {
 				return err
 			}
 		}
-		time.Sleep(300 * time.Millisecond) // let the zygote's spare settle
-		rsc := func(args ...string) error {
-			out, err := exec.Command(runsc, append([]string{"--root", filepath.Join(dir, "runsc")}, args...)...).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("runsc %s: %v: %s", args[0], err, out)
+	}
+	time.Sleep(300 * time.Millisecond) // let the zygotes' spares settle
+	var sizes []int64
+	for i := 0; i < n; i++ {
+		for _, w := range ways {
+			rsc := func(args ...string) error {
+				out, err := exec.Command(runsc, append([]string{"--root", filepath.Join(w.dir, "runsc")}, args...)...).CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("runsc %s: %v: %s", args[0], err, out)
+				}
+				return nil
 			}
-			return nil
-		}
-		for i := 0; i < n; i++ {
-			if way == gvisor.CheckpointRunsc { // the process's own costs, once
+			if w.name == gvisor.CheckpointRunsc { // the process's own costs
 				t := time.Now()
-				if err := rsc("state", sb.ID()); err != nil {
+				if err := rsc("state", w.sb.ID()); err != nil {
 					return err
 				}
 				log.add("runsc process: `runsc state`", time.Since(t))
 				t = time.Now()
-				if err := rsc("pause", sb.ID()); err != nil {
+				if err := rsc("pause", w.sb.ID()); err != nil {
 					return err
 				}
-				if err := rsc("resume", sb.ID()); err != nil {
+				if err := rsc("resume", w.sb.ID()); err != nil {
 					return err
 				}
 				log.add("runsc process: pause + resume", time.Since(t))
 			}
 			t := time.Now()
-			im, err := b.Snapshot(ctx, sb)
+			im, err := w.b.Snapshot(ctx, w.sb)
 			if err != nil {
 				return err
 			}
-			log.add("snapshot: total ("+way+")", time.Since(t))
+			log.add("snapshot: total ("+w.name+")", time.Since(t))
 			sizes = append(sizes, im.SizeBytes)
-			if old, ok := img[way]; ok {
-				b.DeleteImage(ctx, old.Ref)
+			if w.img.Ref != "" {
+				w.b.DeleteImage(ctx, w.img.Ref)
 			}
-			img[way] = im
+			w.img = im
 		}
-		restore := "restore: total (standby)"
-		if old {
-			restore = "restore: total (afresh)"
-		}
-		for i := 0; i < max(n/2, 3); i++ {
-			time.Sleep(300 * time.Millisecond) // a standby is made after each restore
+	}
+	for i := 0; i < max(n/2, 3); i++ {
+		for _, w := range ways {
+			time.Sleep(500 * time.Millisecond) // a standby is made after each restore
 			t := time.Now()
-			fork, err := b.Fork(ctx, img[way].Ref, backend.Spec{ID: fmt.Sprintf("phases-%s-r%d", way, i), Template: tpl, MemoryBytes: 512 << 20})
+			fork, err := w.b.Fork(ctx, w.img.Ref, backend.Spec{ID: fmt.Sprintf("phases-%s-r%d", w.name, i), Template: tpl, MemoryBytes: 512 << 20})
 			if err != nil {
 				return err
 			}
-			log.add(restore, time.Since(t))
+			log.add(w.restore, time.Since(t))
 			fork.Destroy(ctx)
 		}
 	}

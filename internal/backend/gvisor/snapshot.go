@@ -69,6 +69,7 @@ func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (back
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	defer b.refillStandby(spec)
 	if st := b.takeStandby(spec); st != nil { // standby.go
 		sb, err := b.restoreInto(ctx, st, dir)
 		if err == nil {

@@ -26,7 +26,8 @@ import (
 // Fork of a spec of that shape takes it and runs `runsc restore` into it (runsc
 // restores into a created container when one with the id exists): that process only
 // loads the image, and supervises the sandbox as `runsc run` does. A new standby is
-// made in the background after each one taken, off the rollback's path.
+// made in the background once the restore that took one is done, off the rollback's
+// path (and off its CPU).
 //
 // A Fork that takes a standby returns a sandbox whose ID is the standby's (a fresh,
 // unique "standby-…" id), not spec.ID; callers use the returned sandbox's ID (the
@@ -66,8 +67,7 @@ type standbys struct {
 	wg      sync.WaitGroup
 }
 
-// take returns the standby of spec's shape, if one is ready, and starts making the
-// next one in the background.
+// takeStandby returns the standby of spec's shape, if one is ready.
 func (b *Backend) takeStandby(spec backend.Spec) *standby {
 	if b.cfg.NoStandby {
 		return nil
@@ -76,11 +76,25 @@ func (b *Backend) takeStandby(spec backend.Spec) *standby {
 	s := &b.standbys
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
 	sb := s.ready[k]
 	delete(s.ready, k)
+	return sb
+}
+
+// refillStandby starts making the standby of spec's shape in the background unless
+// one is ready or being made. Fork calls it once its restore is done, so that the
+// two do not compete for the CPU.
+func (b *Backend) refillStandby(spec backend.Spec) {
+	if b.cfg.NoStandby {
+		return
+	}
+	k := keyOf(spec)
+	s := &b.standbys
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.ready[k] != nil {
+		return
+	}
 	if !s.filling[k] {
 		if s.filling == nil {
 			s.filling = map[standbyKey]bool{}
@@ -89,7 +103,6 @@ func (b *Backend) takeStandby(spec backend.Spec) *standby {
 		s.wg.Add(1)
 		go b.fillStandby(k, spec)
 	}
-	return sb
 }
 
 // fillStandby makes the standby of shape k, like spec but with an id of its own.
