@@ -62,6 +62,15 @@ func main() {
 // opts are the flags of the transaction sections.
 var opts struct{ phases, txn, compare, txnOnly bool }
 
+// nativePython is the host's python3 for the native baseline: the interpreter
+// itself, not a version manager's shim.
+func nativePython() string {
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
+	return "python3"
+}
+
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
@@ -127,10 +136,7 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 		return printChanges(tmp, runsc, tpl.Dir, n)
 	}
 	results := []series{}
-	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim
-	if _, err := os.Stat(python); err != nil {
-		python = "python3"
-	}
+	python := nativePython()
 	native, err := measure("native python3 spawn", n, func(int) error {
 		return exec.Command(python, "-c", "print(1)").Run()
 	})
