@@ -108,15 +108,6 @@ func firstRuns(d *daemon, name string, pool, m int) ([]series, error) {
 	return []series{total, guest, rest, native}, nil
 }
 
-// nativePython is the interpreter of the native baseline: the binary itself, not a
-// version manager's shim.
-func nativePython() string {
-	if _, err := os.Stat("/usr/bin/python3"); err == nil {
-		return "/usr/bin/python3"
-	}
-	return "python3"
-}
-
 // sandboxStarts times m sandbox starts through the API (no pool), each deleted
 // before the next (untimed).
 func sandboxStarts(d *daemon, name string, m int) (series, error) {

@@ -20,9 +20,16 @@
 //
 // And vmexec through the official E2B SDK (e2b.go; needs Node ≥ 20.18 and npm).
 //
+// And transactions (txn.go): warm runs that change nothing and runs that write a file,
+// rollbacks, and ten agents' throughput with the pre-run snapshot on and off; with
+// -compare, once per configuration of the transaction path (the changes made to it
+// can be turned off one by one), side by side. And where a checkpoint's and a
+// restore's time goes (phases.go).
+//
 //	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
 //	                    [-first-only] [-density N] [-density-only] [-store] [-store-only] [-store-n 10]
 //	                    [-e2b=false] [-e2b-only]
+//	                    [-phases=false] [-txn=false] [-compare] [-txn-only]
 package main
 
 import (
@@ -62,6 +69,10 @@ func main() {
 	_, nodeErr := exec.LookPath("node")
 	withE2B = flag.Bool("e2b", nodeErr == nil, "measure through the official E2B SDK (e2b.go; needs node and npm)")
 	e2bOnly = flag.Bool("e2b-only", false, "measure only through the E2B SDK (and the native baseline)")
+	flag.BoolVar(&opts.phases, "phases", true, "measure where a checkpoint's and a restore's time goes (phases.go)")
+	flag.BoolVar(&opts.txn, "txn", true, "measure transactions and ten agents' throughput (txn.go)")
+	flag.BoolVar(&opts.compare, "compare", false, "measure transactions once per configuration of the transaction path, side by side")
+	flag.BoolVar(&opts.txnOnly, "txn-only", false, "measure only the native baseline, phases and transactions")
 	flag.Parse()
 	storeFlags = storeOpts{on: *withStore || *storeOnly, only: *storeOnly, n: *storeN}
 	if err := run(*n, *dataDir, *withMicroVM, *withAgent, *agentOnly, *changesOnly); err != nil {
@@ -76,8 +87,21 @@ var (
 	densityOnly bool
 	firstOnly   bool
 )
+
 // withE2B and e2bOnly are the E2B flags (e2b.go).
 var withE2B, e2bOnly *bool
+
+// opts are the flags of the transaction sections.
+var opts struct{ phases, txn, compare, txnOnly bool }
+
+// nativePython is the host's python3 for the native baseline: the interpreter
+// itself, not a version manager's shim.
+func nativePython() string {
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
+	return "python3"
+}
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -159,10 +183,7 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 		return printDensity(tmp, runsc, tpl.Dir, densityN)
 	}
 	results := []series{}
-	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim
-	if _, err := os.Stat(python); err != nil {
-		python = "python3"
-	}
+	python := nativePython()
 	native, err := measure("native python3 spawn", n, func(int) error {
 		return exec.Command(python, "-c", "print(1)").Run()
 	})
@@ -178,6 +199,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 		first, err := firstRunSeries(tmp, runsc, tpl.Dir, n)
 		printSeries(native, append(results, first...))
 		return err
+	}
+	if opts.txnOnly {
+		return printTxnSections(tmp, runsc, tpl, n, native.pct(0.5))
 	}
 	doRoot := filepath.Join(tmp, "runsc-do")
 	rdo, err := measure("runsc do per run", n/2, func(int) error {
@@ -220,6 +244,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	}
 
 	printSeries(native, results)
+	if err := printTxnSections(tmp, runsc, tpl, n, native.pct(0.5)); err != nil {
+		return err
+	}
 	if err := printChanges(tmp, runsc, tpl.Dir, n); err != nil {
 		return err
 	}
@@ -430,7 +457,25 @@ func microVMSeries(tmp, runsc, tplDir string, n int) ([]series, error) {
 	return append(out, rb), err
 }
 
+// printTxnSections prints the phases and transactions sections, as the flags ask.
+func printTxnSections(tmp, runsc string, tpl template.Template, n int, native time.Duration) error {
+	if opts.phases {
+		if err := printPhases(tmp, runsc, tpl, n); err != nil {
+			return fmt.Errorf("phases: %w", err)
+		}
+	}
+	if opts.txn {
+		return printTxn(tmp, runsc, tpl.Dir, n, native, opts.compare)
+	}
+	return nil
+}
+
 func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
+	return startDaemonEnv(tmp, runsc, tplDir, nil, extra...)
+}
+
+// startDaemonEnv is startDaemon with env added to the daemon's environment.
+func startDaemonEnv(tmp, runsc, tplDir string, env []string, extra ...string) (*daemon, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -441,6 +486,7 @@ func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
 	args := append([]string{"serve", "--addr", addr, "--data-dir", dir, "--template-dir", filepath.Dir(tplDir),
 		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--log-level", "info"}, extra...)
 	cmd := exec.Command(filepath.Join(tmp, "vmexec"), args...)
+	cmd.Env = append(os.Environ(), env...)
 	dl := newDaemonLog()
 	cmd.Stderr = dl
 	if err := cmd.Start(); err != nil {

@@ -408,6 +408,12 @@ type ExecResult struct {
 	ChangesScanUS    int64    `json:"changes_scan_us,omitempty"`
 	// Cell is a cell's outcome (an exec with a context).
 	Cell *CellOutcome `json:"cell,omitempty"`
+	// Settled (with a change set only) says that after the run nothing but the
+	// agent's own processes runs in the sandbox, no System V IPC object exists and the
+	// writable areas the change set did not scan are empty (see the guest's
+	// settled.go): with an empty, whole change set, the run left the sandbox's state
+	// as it found it.
+	Settled bool `json:"settled,omitempty"`
 }
 
 // Conn frames envelopes over a reader and a writer. Reads and writes are each safe

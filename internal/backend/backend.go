@@ -279,6 +279,9 @@ type Snapshotter interface {
 	// may be ignored: the image holds the memory it was saved with). A ref that names
 	// no image (deleted, never taken, malformed) is ErrNotFound. The new sandbox does
 	// not depend on the image afterwards: the image may be deleted while it runs.
+	// The new sandbox's ID may differ from spec.ID (a backend that restores into a
+	// container made ahead gives it that container's unique id): callers use the
+	// returned sandbox's ID.
 	Fork(ctx context.Context, ref string, spec Spec) (Sandbox, error)
 	// DeleteImage removes an image; one that does not exist is not an error. A shared
 	// image (Image.Shared, see SharedImager) is left in place: it is not one sandbox's,

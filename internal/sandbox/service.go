@@ -246,6 +246,12 @@ func (s *Service) Close(ctx context.Context) error {
 	wg.Wait()
 	s.bg.Wait() // snapshots, retention and destroys started before Close
 	s.waitUploads()
+	// What a backend keeps of its own (gvisor's standbys) goes last.
+	for _, be := range s.backends {
+		if c, ok := be.(interface{ Close(context.Context) error }); ok {
+			add(c.Close(ctx))
+		}
+	}
 	s.cancelWork()
 	return errors.Join(errs...)
 }
