@@ -16,7 +16,24 @@
 // And, with -store, the snapshot store's upload and restore-from-S3 times against a
 // local restore (store.go; needs the SeaweedFS that scripts/setup builds).
 //
-//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only] [-store] [-store-only] [-store-n 10] [-cluster] [-cluster-only] [-cluster-n 3]
+// A new agent's first run is measured side by side from the template snapshot and
+// booted the old way, with its phases (firstrun.go); -density N holds N idle
+// sandboxes and reports memory, start rate, a run in each, health latency and
+// suspension (density.go).
+//
+// And vmexec through the official E2B SDK (e2b.go; needs Node ≥ 20.18 and npm).
+//
+// And transactions (txn.go): warm runs that change nothing and runs that write a file,
+// rollbacks, and ten agents' throughput with the pre-run snapshot on and off; with
+// -compare, once per configuration of the transaction path (the changes made to it
+// can be turned off one by one), side by side. And where a checkpoint's and a
+// restore's time goes (phases.go).
+//
+//	sudo go run ./bench [-n 40] [-microvm=false] [-agent=false] [-agent-only] [-changes-only]
+//	                    [-first-only] [-density N] [-density-only] [-store] [-store-only] [-store-n 10]
+//	                    [-e2b=false] [-e2b-only]
+//	                    [-phases=false] [-txn=false] [-compare] [-txn-only]
+//	                    [-cluster] [-cluster-only] [-cluster-n 3]
 package main
 
 import (
@@ -53,6 +70,16 @@ func main() {
 	withCluster := flag.Bool("cluster", false, "measure the router's overhead and the takeover time (cluster.go)")
 	clusterOnly := flag.Bool("cluster-only", false, "measure only cluster mode")
 	clusterN := flag.Int("cluster-n", 3, "takeovers to time")
+	flag.IntVar(&densityN, "density", 20, "density mode: hold this many idle sandboxes (300 on a 24 GiB host); 0 skips it")
+	flag.BoolVar(&densityOnly, "density-only", false, "measure only the density mode")
+	flag.BoolVar(&firstOnly, "first-only", false, "measure only a new agent's first run (firstrun.go), against the native spawn")
+	_, nodeErr := exec.LookPath("node")
+	withE2B = flag.Bool("e2b", nodeErr == nil, "measure through the official E2B SDK (e2b.go; needs node and npm)")
+	e2bOnly = flag.Bool("e2b-only", false, "measure only through the E2B SDK (and the native baseline)")
+	flag.BoolVar(&opts.phases, "phases", true, "measure where a checkpoint's and a restore's time goes (phases.go)")
+	flag.BoolVar(&opts.txn, "txn", true, "measure transactions and ten agents' throughput (txn.go)")
+	flag.BoolVar(&opts.compare, "compare", false, "measure transactions once per configuration of the transaction path, side by side")
+	flag.BoolVar(&opts.txnOnly, "txn-only", false, "measure only the native baseline, phases and transactions")
 	flag.Parse()
 	clusterFlags = clusterOpts{on: *withCluster || *clusterOnly, only: *clusterOnly, n: *clusterN}
 	storeFlags = storeOpts{on: *withStore || *storeOnly, only: *storeOnly, n: *storeN}
@@ -60,6 +87,28 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// Sections beyond the default ones (flags).
+var (
+	densityN    int
+	densityOnly bool
+	firstOnly   bool
+)
+
+// withE2B and e2bOnly are the E2B flags (e2b.go).
+var withE2B, e2bOnly *bool
+
+// opts are the flags of the transaction sections.
+var opts struct{ phases, txn, compare, txnOnly bool }
+
+// nativePython is the host's python3 for the native baseline: the interpreter
+// itself, not a version manager's shim.
+func nativePython() string {
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		return "/usr/bin/python3"
+	}
+	return "python3"
 }
 
 func envOr(k, def string) string {
@@ -150,18 +199,30 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 			return nil
 		}
 	}
-	results := []series{}
-	python := "/usr/bin/python3" // the interpreter itself, not a version manager's shim
-	if _, err := os.Stat(python); err != nil {
-		python = "python3"
+	if densityOnly {
+		return printDensity(tmp, runsc, tpl.Dir, densityN)
 	}
+	results := []series{}
+	python := nativePython()
 	native, err := measure("native python3 spawn", n, func(int) error {
 		return exec.Command(python, "-c", "print(1)").Run()
 	})
 	if err != nil {
 		return err
 	}
+	if *e2bOnly {
+		fmt.Printf("native python3 spawn p50 %s (the baseline)\n", native.pct(0.5).Round(100*time.Microsecond))
+		return printE2B(tmp, runsc, tpl.Dir, n, native.pct(0.5))
+	}
 	results = append(results, native)
+	if firstOnly {
+		first, err := firstRunSeries(tmp, runsc, tpl.Dir, n)
+		printSeries(native, append(results, first...))
+		return err
+	}
+	if opts.txnOnly {
+		return printTxnSections(tmp, runsc, tpl, n, native.pct(0.5))
+	}
 	doRoot := filepath.Join(tmp, "runsc-do")
 	rdo, err := measure("runsc do per run", n/2, func(int) error {
 		out, err := exec.Command(runsc, "--root", doRoot, "--network=none", "do", "python3", "-c", "print(1)").CombinedOutput()
@@ -175,41 +236,23 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	}
 	results = append(results, rdo)
 
-	for _, pool := range []int{2, 0} {
-		d, err := startDaemon(tmp, runsc, tpl.Dir, "--pool-size", fmt.Sprint(pool))
+	{
+		d, err := startDaemon(tmp, runsc, tpl.Dir, "--pool-size", "2")
 		if err != nil {
 			return err
 		}
-		c := client.New(d.url)
-		ctx := context.Background()
-		execOnce := func(agent string) error {
-			r, err := c.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: "print(1)"})
-			if err == nil && strings.TrimSpace(r.Stdout) != "1" {
-				err = fmt.Errorf("unexpected result %+v", r)
-			}
-			return err
-		}
-		if pool > 0 {
-			more, err := warmSeries(ctx, c, n)
-			if err != nil {
-				d.stop()
-				return err
-			}
-			results = append(results, more...)
-		}
-		name := fmt.Sprintf("cold: new agent, pool=%d", pool)
-		cold, err := measureWith(name, n/2, func(int) {
-			if pool > 0 {
-				time.Sleep(400 * time.Millisecond) // let the pool refill, as between real agents
-			}
-		}, func(i int) error {
-			return execOnce(fmt.Sprintf("cold-%d-%d", pool, i))
-		})
+		more, err := warmSeries(context.Background(), client.New(d.url), n)
 		d.stop()
+		results = append(results, more...)
 		if err != nil {
 			return err
 		}
-		results = append(results, cold)
+	}
+	// A new agent's first run, from the template snapshot and the old way (firstrun.go).
+	first, err := firstRunSeries(tmp, runsc, tpl.Dir, n)
+	results = append(results, first...)
+	if err != nil {
+		return err
 	}
 
 	if withMicroVM {
@@ -220,18 +263,36 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 		}
 	}
 
-	base := native.pct(0.5)
-	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
-	for _, s := range results {
-		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+	printSeries(native, results)
+	if err := printTxnSections(tmp, runsc, tpl, n, native.pct(0.5)); err != nil {
+		return err
 	}
 	if err := printChanges(tmp, runsc, tpl.Dir, n); err != nil {
 		return err
+	}
+	if densityN > 0 {
+		if err := printDensity(tmp, runsc, tpl.Dir, densityN); err != nil {
+			return err
+		}
+	}
+	if *withE2B {
+		if err := printE2B(tmp, runsc, tpl.Dir, n, native.pct(0.5)); err != nil {
+			return err
+		}
 	}
 	if withAgent {
 		return printAgent(tmp, runsc, tpl.Dir, n)
 	}
 	return nil
+}
+
+// printSeries prints results with their ratio to the native spawn's p50.
+func printSeries(native series, results []series) {
+	base := native.pct(0.5)
+	fmt.Printf("\n%-36s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
+	for _, s := range results {
+		fmt.Printf("%-36s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+	}
 }
 
 // printAgent measures and prints the agent loop's section.
@@ -346,8 +407,10 @@ func streamLag(ctx context.Context, c *client.Client, n int) (series, error) {
 }
 
 type daemon struct {
-	cmd *exec.Cmd
-	url string
+	cmd     *exec.Cmd
+	url     string
+	dataDir string
+	log     *daemonLog // its stderr: warnings passed on, the template snapshot's settling seen (firstrun.go)
 }
 
 // microVMSeries measures the microvm backend: cold boot to a ready agent, a warm run,
@@ -414,7 +477,25 @@ func microVMSeries(tmp, runsc, tplDir string, n int) ([]series, error) {
 	return append(out, rb), err
 }
 
+// printTxnSections prints the phases and transactions sections, as the flags ask.
+func printTxnSections(tmp, runsc string, tpl template.Template, n int, native time.Duration) error {
+	if opts.phases {
+		if err := printPhases(tmp, runsc, tpl, n); err != nil {
+			return fmt.Errorf("phases: %w", err)
+		}
+	}
+	if opts.txn {
+		return printTxn(tmp, runsc, tpl.Dir, n, native, opts.compare)
+	}
+	return nil
+}
+
 func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
+	return startDaemonEnv(tmp, runsc, tplDir, nil, extra...)
+}
+
+// startDaemonEnv is startDaemon with env added to the daemon's environment.
+func startDaemonEnv(tmp, runsc, tplDir string, env []string, extra ...string) (*daemon, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -423,16 +504,19 @@ func startDaemon(tmp, runsc, tplDir string, extra ...string) (*daemon, error) {
 	ln.Close()
 	dir, _ := os.MkdirTemp(tmp, "data-")
 	args := append([]string{"serve", "--addr", addr, "--data-dir", dir, "--template-dir", filepath.Dir(tplDir),
-		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--log-level", "warn"}, extra...)
+		"--runsc", runsc, "--agent", filepath.Join(tmp, "vmexec-agent"), "--log-level", "info"}, extra...)
 	cmd := exec.Command(filepath.Join(tmp, "vmexec"), args...)
-	cmd.Stderr = os.Stderr
+	cmd.Env = append(os.Environ(), env...)
+	dl := newDaemonLog()
+	cmd.Stderr = dl
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	d := &daemon{cmd: cmd, url: "http://" + addr}
+	d := &daemon{cmd: cmd, url: "http://" + addr, dataDir: dir, log: dl}
 	for i := 0; i < 600; i++ {
 		if resp, err := http.Get(d.url + "/health"); err == nil {
 			resp.Body.Close()
+			dl.waitTemplate(2 * time.Minute)
 			time.Sleep(time.Second) // let the pool fill
 			return d, nil
 		}

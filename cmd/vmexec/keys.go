@@ -63,8 +63,9 @@ VMEXEC_POSTGRES_URL: the keys are then in the cluster's PostgreSQL.`,
 	}
 
 	var (
-		k    auth.Key
-		rate string
+		k       auth.Key
+		rate    string
+		e2bForm bool
 	)
 	create := &cobra.Command{
 		Use:   "create --name NAME (--admin | --agents PATTERN,...)",
@@ -91,6 +92,9 @@ VMEXEC_POSTGRES_URL: the keys are then in the cluster's PostgreSQL.`,
 			if err := st.CreateKey(cmd.Context(), k); err != nil {
 				return err
 			}
+			if e2bForm {
+				secret = auth.E2BForm(secret) // the same key, as E2B_API_KEY
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), secret)
 			fmt.Fprintf(cmd.ErrOrStderr(), "key %s created (%s); it is shown only now: keep it safe\n", k.Name, k.Scope())
 			return nil
@@ -102,6 +106,7 @@ VMEXEC_POSTGRES_URL: the keys are then in the cluster's PostgreSQL.`,
 	f.StringSliceVar(&k.Agents, "agents", nil, "agent id patterns the key may act as, comma-separated globs (team-a-*)")
 	f.StringVar(&rate, "rate", "", "request rate limit: N, N/s, N/m or N/h (default: none)")
 	f.IntVar(&k.MaxSandboxes, "max-sandboxes", 0, "most sandboxes in the key's scope at once (default: no cap)")
+	f.BoolVar(&e2bForm, "e2b", false, "print the key in its e2b_ form, for E2B_API_KEY (it works as Bearer too; vmx_ and e2b_ are the same key)")
 	f.IntVar(&k.MaxRuns, "max-runs", 0, "most runs in progress at once with this key (default: no cap)")
 
 	list := &cobra.Command{

@@ -248,7 +248,7 @@ func serve(cfg config.Config) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := newHTTPServer(httpapi.New(svc, httpapi.Options{Version: version, Logger: log, Addr: ln.Addr().String(),
-		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents, Keys: keys, TLSCert: tlsCert}), cfg.HTTP)
+		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents, Keys: keys, TLSCert: tlsCert, DataDir: cfg.DataDir}), cfg.HTTP)
 	kctx, stopKeys := context.WithCancel(context.Background())
 	keysDone := make(chan struct{})
 	go func() { defer close(keysDone); keys.Run(kctx) }()

@@ -281,6 +281,9 @@ func TestRouterServiceAccountFollowsDaemons(t *testing.T) {
 	if _, err := admin.DiscoveryV1().EndpointSlices(ns).Create(ctx, es, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		admin.DiscoveryV1().EndpointSlices(ns).Delete(context.Background(), es.Name, metav1.DeleteOptions{})
+	})
 	want := []membership.Node{
 		{Name: "worker-1", Address: "10.244.1.7:8080", Ready: true, Load: -1},
 		{Name: "worker-2", Address: "10.244.2.9:8080", Ready: false, Load: -1},

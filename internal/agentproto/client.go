@@ -2,6 +2,7 @@ package agentproto
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -62,7 +63,9 @@ func Dial(ctx context.Context, r io.Reader, w io.Writer, closer io.Closer) (*Cli
 }
 
 func (c *Client) handshake(ctx context.Context) (*Hello, error) {
-	o, err := c.start(&Envelope{Type: TypeHello, Hello: &Hello{Version: Version}})
+	entropy := make([]byte, 32)
+	rand.Read(entropy)
+	o, err := c.start(&Envelope{Type: TypeHello, Hello: &Hello{Version: Version, Entropy: entropy}})
 	if err != nil {
 		return nil, err
 	}

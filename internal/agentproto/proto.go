@@ -30,14 +30,16 @@
 // restored sandbox) begins with a handshake, in which each side says the version it
 // speaks:
 //
-//	host → guest  {"type":"hello","id":1,"hello":{"version":2}}
+//	host → guest  {"type":"hello","id":1,"hello":{"version":2,"entropy":"<base64>"}}
 //	guest → host  {"type":"hello","id":1,"hello":{"version":2,"agent":"vmexec-agent/…","languages":[…]}}
 //
 // The guest always answers with its own version; the host checks it before sending
 // anything else and fails fast on a mismatch ([ErrVersion]) — a version 1 guest
 // answers a version 2 hello with version 1, and the other way round. A hello also
 // starts a new session in the guest: operations of an earlier connection are cancelled
-// and nothing more is sent for them.
+// and nothing more is sent for them. The host's hello carries fresh entropy, which
+// the guest mixes into its kernel's random state before it answers: a restored
+// sandbox's programs never see the random state of the image it came from.
 //
 // # Operations and multiplexing
 //
@@ -308,6 +310,10 @@ type Hello struct {
 	Version   int      `json:"version"`
 	Agent     string   `json:"agent,omitempty"`     // guest: agent name and build
 	Languages []string `json:"languages,omitempty"` // guest: languages it can run
+	// Entropy (host): fresh random bytes the guest mixes into its kernel's random
+	// state before it answers, so that sandboxes restored from one image do not share
+	// it (see internal/guest/reseed.go). Dial sends 32.
+	Entropy []byte `json:"entropy,omitempty"`
 }
 
 // Verdicts: how a run ended. Every ExecResult carries exactly one.
@@ -402,6 +408,12 @@ type ExecResult struct {
 	ChangesScanUS    int64    `json:"changes_scan_us,omitempty"`
 	// Cell is a cell's outcome (an exec with a context).
 	Cell *CellOutcome `json:"cell,omitempty"`
+	// Settled (with a change set only) says that after the run nothing but the
+	// agent's own processes runs in the sandbox, no System V IPC object exists and the
+	// writable areas the change set did not scan are empty (see the guest's
+	// settled.go): with an empty, whole change set, the run left the sandbox's state
+	// as it found it.
+	Settled bool `json:"settled,omitempty"`
 }
 
 // Conn frames envelopes over a reader and a writer. Reads and writes are each safe

@@ -126,6 +126,16 @@ func Generate() (secret, hash string, err error) {
 	return Prefix + h, hashHex(h), nil
 }
 
+// E2BForm is a key's secret in its e2b_ form, the one E2B's SDKs take as
+// E2B_API_KEY (older SDKs check for ^e2b_[0-9a-f]+$): the same 40 hex digits after
+// "e2b_" instead of "vmx_". A secret in neither form is returned unchanged.
+func E2BForm(secret string) string {
+	if h, ok := strings.CutPrefix(secret, Prefix); ok {
+		return E2BPrefix + h
+	}
+	return secret
+}
+
 // NewID returns a random row id for a key.
 func NewID() string {
 	b := make([]byte, 8)

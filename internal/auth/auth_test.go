@@ -37,6 +37,12 @@ func TestSecretShape(t *testing.T) {
 	if s2, _, _ := Generate(); s2 == secret {
 		t.Error("two keys are the same")
 	}
+	// The e2b_ form E2B's SDKs take is the same key.
+	if e := E2BForm(secret); e != "e2b_"+hex {
+		t.Errorf("E2BForm(%q) = %q", secret, e)
+	} else if h, err := HashSecret(e); err != nil || h != hash {
+		t.Errorf("the e2b_ form does not authenticate as the key: %q, %v", h, err)
+	}
 }
 
 func TestParseRate(t *testing.T) {

@@ -88,6 +88,10 @@
 //     stores the reference, never a path, and never touches the image's files. A
 //     snapshot is taken only while no call is in flight; the sandbox started from an
 //     image is reached over a new connection, which begins with a new handshake.
+//   - [SharedImager]: keep shared images, saved once and started from by many
+//     sandboxes (the template snapshot: a sandbox booted from the template, warmed and
+//     saved once; see internal/sandbox/pool.go). DeleteImage leaves a shared image
+//     alone, so one sandbox's retention or deletion never removes another's state.
 //   - [Preparer]: do slow one-off work for a template (build an image, probe an
 //     accelerator) before the first Create.
 //   - [Accelerated]: report the accelerator a backend (or one sandbox) uses.
@@ -256,6 +260,8 @@ type Image struct {
 	SizeBytes int64 `json:"size_bytes"`
 	// CreatedAt is when it was taken, when the backend knows.
 	CreatedAt time.Time `json:"created_at,omitempty"`
+	// Shared marks a shared image (see SharedImager): DeleteImage does not remove it.
+	Shared bool `json:"shared,omitempty"`
 }
 
 // Snapshotter is the optional capability of saving a sandbox's whole state (files,
@@ -273,11 +279,54 @@ type Snapshotter interface {
 	// may be ignored: the image holds the memory it was saved with). A ref that names
 	// no image (deleted, never taken, malformed) is ErrNotFound. The new sandbox does
 	// not depend on the image afterwards: the image may be deleted while it runs.
+	// The new sandbox's ID may differ from spec.ID (a backend that restores into a
+	// container made ahead gives it that container's unique id): callers use the
+	// returned sandbox's ID.
 	Fork(ctx context.Context, ref string, spec Spec) (Sandbox, error)
-	// DeleteImage removes an image; one that does not exist is not an error.
+	// DeleteImage removes an image; one that does not exist is not an error. A shared
+	// image (Image.Shared, see SharedImager) is left in place: it is not one sandbox's,
+	// and only DeleteShared removes it.
 	DeleteImage(ctx context.Context, ref string) error
-	// ListImages reports the images in the backend's scope.
+	// ListImages reports the images in the backend's scope, shared ones included
+	// (with Shared set).
 	ListImages(ctx context.Context) ([]Image, error)
+}
+
+// SharedImager is the optional capability of a Snapshotter to keep shared images: an
+// image saved once and used as the starting state of any number of sandboxes, whose
+// records (one per sandbox that started from it) all name the same reference.
+//
+// # Terms
+//
+// A shared image is named by the caller's key (what the caller put into the state it
+// saved: for the template snapshot, the template's hash and the warm-up recipe) and
+// by what the backend itself puts into every sandbox (for gVisor: the runsc version
+// and the guest agent binary). Its reference is derived from both, so when either
+// changes the old reference is simply not found any more and a new image is made;
+// the old one stays until DeleteShared removes it.
+//
+// # Lifecycle
+//
+//	SharedImage(key) ─ErrNotFound─▶ (boot, warm) SaveShared(sb, key) ─▶ Fork(ref)* ─▶ DeleteShared(ref)
+//
+// Fork, ListImages and the image's files work as for any image; DeleteImage is a
+// no-op for a shared reference (so the caller may treat a record naming it like any
+// other, and its retention never removes it); DeleteShared is for the caller that
+// knows no record names it any more.
+//
+// # Failure semantics
+//
+// SaveShared writes the image whole or not at all (as Snapshot); two SaveShared calls
+// for one key leave one image. SharedImage fails with ErrNotFound when no whole image
+// exists for key and the backend's current inputs.
+type SharedImager interface {
+	// SharedImage returns the shared image saved for key, or ErrNotFound.
+	SharedImage(ctx context.Context, key string) (Image, error)
+	// SaveShared saves sb's state as the shared image for key (sb keeps running) and
+	// returns it, replacing one saved before for the same key and inputs.
+	SaveShared(ctx context.Context, sb Sandbox, key string) (Image, error)
+	// DeleteShared removes a shared image; one that does not exist is not an error.
+	DeleteShared(ctx context.Context, ref string) error
 }
 
 // Preparer is the optional capability of getting ready for a template ahead of the

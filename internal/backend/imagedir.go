@@ -18,6 +18,13 @@ type ImageDir string
 // ImageTmpSuffix marks an image being written.
 const ImageTmpSuffix = ".tmp"
 
+// SharedPrefix begins the reference of every shared image (see SharedImager):
+// Delete leaves such an image alone, List marks it Shared, DeleteShared removes it.
+const SharedPrefix = "shared-"
+
+// IsShared reports whether ref names a shared image.
+func IsShared(ref string) bool { return strings.HasPrefix(ref, SharedPrefix) }
+
 // NewImageRef returns a fresh image reference.
 func NewImageRef() string {
 	b := make([]byte, 8)
@@ -40,8 +47,18 @@ func (d ImageDir) Open(ref string) (string, error) {
 	return dir, nil
 }
 
-// Delete removes an image; a reference that names nothing is not an error.
+// Delete removes an image; a reference that names nothing is not an error. A shared
+// image is left in place (see SharedImager; DeleteShared removes it).
 func (d ImageDir) Delete(ref string) error {
+	if IsShared(ref) {
+		return nil
+	}
+	return d.DeleteShared(ref)
+}
+
+// DeleteShared removes an image, shared or not; a reference that names nothing is not
+// an error.
+func (d ImageDir) DeleteShared(ref string) error {
 	if !ValidRef(ref) {
 		return nil // names nothing a backend could have made
 	}
@@ -67,6 +84,7 @@ func (d ImageDir) List(info func(ref string) (Image, error)) ([]Image, error) {
 			continue
 		}
 		if img, err := info(e.Name()); err == nil {
+			img.Shared = IsShared(img.Ref)
 			out = append(out, img)
 		}
 	}

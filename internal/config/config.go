@@ -139,10 +139,13 @@ type MicroVM struct {
 	CPUs int `yaml:"cpus"`
 }
 
-// Default returns the built-in defaults.
+// Default returns the built-in defaults; sandbox.max_sandboxes comes from the host's
+// memory (see DefaultMaxSandboxes).
 func Default() Config {
-	return Config{Addr: "127.0.0.1:8080", HTTP: DefaultHTTP(), DataDir: "/var/lib/vmexec", LogLevel: "info", Backends: []string{"gvisor"}, CPUs: 1,
+	c := Config{Addr: "127.0.0.1:8080", HTTP: DefaultHTTP(), DataDir: "/var/lib/vmexec", LogLevel: "info", Backends: []string{"gvisor"}, CPUs: 1,
 		MicroVM: MicroVM{Accel: "auto", CPUs: 1}, Sandbox: sandbox.DefaultConfig()}
+	c.Sandbox.MaxSandboxes = DefaultMaxSandboxes(hostMemTotalMiB())
+	return c
 }
 
 // Load reads path (if not empty) over the defaults, then applies the environment.
@@ -161,6 +164,9 @@ func Load(path string) (Config, error) {
 	}
 	if err := c.applyEnv(os.LookupEnv); err != nil {
 		return c, err
+	}
+	if c.Sandbox.MaxSandboxes == 0 { // written as 0: the host's default, as when left out
+		c.Sandbox.MaxSandboxes = DefaultMaxSandboxes(hostMemTotalMiB())
 	}
 	return c, nil
 }

@@ -132,3 +132,45 @@ func TestAuthAndTLSConfig(t *testing.T) {
 		t.Error("VMEXEC_INSECURE_NO_AUTH=maybe accepted")
 	}
 }
+
+// max_sandboxes defaults from the host's memory, within its bounds, and a config
+// file's value wins.
+func TestMaxSandboxesDefault(t *testing.T) {
+	for _, c := range []struct {
+		memMiB int64
+		want   int
+	}{
+		{0, MinSandboxes},            // MemTotal unreadable
+		{1024, MinSandboxes},         // smaller than the reserve
+		{8 << 10, 96},                // 8 GiB
+		{24 << 10, 352},              // 24 GiB: room for the 300 of bench -density
+		{256 << 10, MaxSandboxesCap}, // capped
+	} {
+		if got := DefaultMaxSandboxes(c.memMiB); got != c.want {
+			t.Errorf("DefaultMaxSandboxes(%d MiB) = %d, want %d", c.memMiB, got, c.want)
+		}
+	}
+	if got, want := Default().Sandbox.MaxSandboxes, DefaultMaxSandboxes(hostMemTotalMiB()); got != want {
+		t.Errorf("Default().Sandbox.MaxSandboxes = %d, want %d for this host", got, want)
+	}
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(f, []byte("sandbox:\n  max_sandboxes: 7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Sandbox.MaxSandboxes != 7 {
+		t.Errorf("max_sandboxes from the file = %d, want 7", c.Sandbox.MaxSandboxes)
+	}
+	if err := os.WriteFile(f, []byte("sandbox:\n  max_sandboxes: 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = Load(f); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Sandbox.MaxSandboxes, DefaultMaxSandboxes(hostMemTotalMiB()); got != want {
+		t.Errorf("max_sandboxes: 0 in the file = %d, want the host's default %d", got, want)
+	}
+}

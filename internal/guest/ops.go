@@ -140,6 +140,9 @@ func (a *agent) dispatch(ctx context.Context, e *agentproto.Envelope) {
 		if e.Hello != nil && e.Hello.Version != agentproto.Version {
 			a.log.Warn("host speaks another protocol version", "host", e.Hello.Version, "guest", agentproto.Version)
 		}
+		if e.Hello != nil {
+			a.reseed(e.Hello.Entropy) // before the reply: see reseed.go
+		}
 		// The table first: no operation of the new session may be dropped as stale.
 		a.out.newSession(func(session uint64) *agentproto.Envelope {
 			a.ops.reset(session)

@@ -79,7 +79,11 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func
 		return startFailure(err), nil
 	}
 	changes := a.trackChanges(req, workDir) // see changes.go
-	defer func() { changes.finish(res) }()
+	defer func() {
+		quiet := changes != nil && a.quiet() // first: once nothing else runs, nothing else writes
+		changes.finish(res)
+		a.markSettled(changes, quiet, res)
+	}()
 	defer func() {
 		if err := os.RemoveAll(runDir); err != nil {
 			a.log.Warn("cannot remove run dir", "dir", runDir, "err", err)

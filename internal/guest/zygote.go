@@ -67,9 +67,11 @@ import (
 // A forked run differs from a fresh interpreter only in what start-up read. The
 // environment, limits, user and interpreter binary are in the key. The file system part
 // (sys.path directories, the user's site-packages even if missing, .pth files, the site
-// customisation modules) is fingerprinted by the zygote at start and checked before each
-// fork; a change (say, pip install --user) makes it answer "stale": that run goes the
-// normal way and a new zygote is started. A zygote whose start-up runs the user's own
+// customisation modules) is fingerprinted by the zygote at start (size, mtime and ctime
+// of each: not the inode number, which gVisor assigns anew after a restore, so that a
+// zygote restored from a snapshot stays fit) and checked before each fork; a change
+// (say, pip install --user) makes it answer "stale": that run goes the normal way and
+// a new zygote is started. A zygote whose start-up runs the user's own
 // code (usercustomize, or a sitecustomize the user can write) declares itself unfit.
 //
 // # Failure

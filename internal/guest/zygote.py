@@ -57,7 +57,10 @@ def _fingerprint(paths):
         except OSError:
             out.append(None)
         else:
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            # Not st_ino: gVisor numbers inodes anew after a restore, and a zygote
+            # restored from a snapshot must not find itself stale; a replaced file
+            # has a new ctime.
+            out.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return out
 
 

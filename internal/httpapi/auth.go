@@ -79,6 +79,9 @@ var scopedRoutes = map[string]bool{
 	// MCP tool calls go back to this API with the caller's key, where the scope of
 	// each call is applied like any other request's.
 	"POST /mcp": true, "DELETE /mcp": true, "GET /mcp": true,
+	// The E2B surface applies the key's scope to the sandboxes it names (internal/e2b).
+	"GET /e2b/api/": true, "POST /e2b/api/": true, "DELETE /e2b/api/": true,
+	"GET /e2b/envd/": true, "POST /e2b/envd/": true, "DELETE /e2b/envd/": true,
 }
 
 // runRoutes run code: each request holds one of its key's max_runs slots while it
@@ -113,8 +116,11 @@ func (s *Server) authenticate(r *http.Request) (*http.Request, func(), error) {
 	if publicRoute(pattern) || !s.keys.Enforced() {
 		return r, nop, nil
 	}
-	p, err := s.keys.Authenticate(bearer(r))
+	p, err := s.keys.Authenticate(apiKey(r, pattern))
 	if err != nil {
+		if strings.HasSuffix(pattern, " "+e2bEnvdPattern) && s.e2b.TokenOK(r) {
+			return r, nop, nil // no key, but the access token of the sandbox it names
+		}
 		return r, nop, fmt.Errorf("a valid API key is required: send Authorization: Bearer KEY: %w", errUnauthenticated)
 	}
 	if ok, wait := p.Allow(time.Now()); !ok {
@@ -132,6 +138,22 @@ func (s *Server) authenticate(r *http.Request) (*http.Request, func(), error) {
 	}
 	ctx := sandbox.WithKeyName(auth.WithPrincipal(r.Context(), p), p.Name())
 	return r.WithContext(ctx), release, nil
+}
+
+// The E2B SDKs send their key as X-API-KEY (control plane), and on a sandbox's
+// traffic (envd) no key but the sandbox's access token, which internal/e2b checks.
+const (
+	e2bPattern     = "/e2b/"
+	e2bEnvdPattern = "/e2b/envd/"
+)
+
+// apiKey is the key a request presents: its bearer token, or on the E2B routes its
+// X-API-KEY.
+func apiKey(r *http.Request, pattern string) string {
+	if k := bearer(r); k != "" || !strings.Contains(pattern, e2bPattern) {
+		return k
+	}
+	return strings.TrimSpace(r.Header.Get("X-API-KEY"))
 }
 
 // bearer is the token of an "Authorization: Bearer TOKEN" header, or "".

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -27,7 +29,8 @@ import (
 //     Host check) or listed in allowed_origins; any other is refused (403). Listed
 //     origins get CORS headers, and their preflight requests are answered.
 //   - JSON bodies must say Content-Type application/json (decode), which a page can
-//     only send after a preflight the daemon does not grant to foreign origins.
+//     only send after a preflight the daemon does not grant to foreign origins. The
+//     E2B surface's POSTs must say one of the types the E2B SDKs send (e2bMedia).
 //
 // None of this is authentication; API keys are (auth.go). Without keys, on a
 // non-loopback address anyone who can reach the port could run code: `serve` refuses
@@ -193,4 +196,19 @@ func bodyDeadline(w http.ResponseWriter, r *http.Request, d time.Duration) {
 	}
 	// An error means no real connection (tests' recorders): nothing to bound.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
+}
+
+// e2bMedia guards the E2B surface's POST routes as decode guards vmexec's JSON ones:
+// the body's Content-Type must be one of types (415 otherwise); a bodiless request
+// may say none.
+func (s *Server) e2bMedia(h http.Handler, types ...string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ct := r.Header.Get("Content-Type")
+		mt, _, err := mime.ParseMediaType(ct)
+		if ct == "" && r.ContentLength == 0 || err == nil && slices.Contains(types, mt) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		writeError(w, r, s.log, fmt.Errorf("this route takes %s bodies (got Content-Type %q): %w", strings.Join(types, ", "), ct, errMediaType))
+	})
 }

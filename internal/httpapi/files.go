@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"github.com/vmexec/vmexec/internal/e2b"
+
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +29,9 @@ func (s *Server) fileRoutes() {
 // isUpload reports a request whose body is a file (see putFile), exempt from
 // MaxBodyBytes.
 func isUpload(r *http.Request) bool {
-	return r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/sandboxes/") && strings.HasSuffix(r.URL.Path, "/files")
+	return r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/v1/sandboxes/") && strings.HasSuffix(r.URL.Path, "/files") ||
+		r.Method == http.MethodPost && r.URL.Path == e2b.EnvdPrefix+"/files" // checked in internal/e2b
+
 }
 
 func (s *Server) putFile(w http.ResponseWriter, r *http.Request) {

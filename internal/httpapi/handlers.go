@@ -10,7 +10,7 @@ import (
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Health{
 		Service: "vmexec", Status: "healthy", Timestamp: time.Now().UTC(), Version: s.version,
-		Backend: s.svc.BackendName(), Sandboxes: len(s.svc.List()),
+		Backend: s.svc.BackendName(), Sandboxes: s.svc.Count(),
 	})
 }
 

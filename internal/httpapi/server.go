@@ -22,6 +22,7 @@ import (
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/agent"
 	"github.com/vmexec/vmexec/internal/auth"
+	"github.com/vmexec/vmexec/internal/e2b"
 	"github.com/vmexec/vmexec/internal/sandbox"
 )
 
@@ -40,6 +41,7 @@ type Server struct {
 	bodyWait time.Duration
 	keys     *auth.Cache  // nil: no keys, every request acts as the operator
 	selfTLS  *http.Client // calls to this server over HTTPS (MCP tool calls); see pinnedClient
+	e2b      *e2b.Handler // the E2B-compatible surface (internal/e2b)
 }
 
 // Options configures a Server.
@@ -65,6 +67,9 @@ type Options struct {
 	// TLSCert is the DER certificate the server presents when it serves HTTPS; the
 	// server's calls to itself (MCP tool calls) trust exactly it.
 	TLSCert []byte
+	// DataDir is the daemon's data dir, where the E2B surface keeps its state ("":
+	// in memory).
+	DataDir string
 }
 
 // New returns a Server for svc. It warns when opt.Addr is not a loopback address.
@@ -75,6 +80,7 @@ func New(svc *sandbox.Service, opt Options) *Server {
 	s := &Server{svc: svc, log: opt.Logger.With("component", "http"), version: opt.Version, mux: http.NewServeMux(),
 		boundary: newBoundary(opt.Addr, opt.AllowedHosts, opt.AllowedOrigins), bodyWait: opt.BodyTimeout, agents: opt.Agents, keys: opt.Keys}
 	s.selfTLS = pinnedClient(opt.TLSCert)
+	s.e2b = e2b.New(svc, e2b.Options{Logger: opt.Logger, DataDir: opt.DataDir})
 	s.metrics = newMetrics()
 	s.routes()
 	if !opt.Keys.Enforced() {
@@ -111,6 +117,13 @@ func (s *Server) routes() {
 	s.mcpRoutes()
 	s.clusterRoutes()
 	s.webRoutes()
+	// The E2B surface (internal/e2b): the control plane and the sandboxes' traffic.
+	s.mux.Handle("GET /e2b/api/", s.e2b.API())
+	s.mux.Handle("POST /e2b/api/", s.e2bMedia(s.e2b.API(), "application/json"))
+	s.mux.Handle("DELETE /e2b/api/", s.e2b.API())
+	s.mux.Handle("GET /e2b/envd/", s.e2b.Envd())
+	s.mux.Handle("POST /e2b/envd/", s.e2bMedia(s.e2b.Envd(), "application/json", "application/connect+json", "multipart/form-data", "application/octet-stream"))
+	s.mux.Handle("DELETE /e2b/envd/", s.e2b.Envd())
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, fmt.Errorf("no route %s %s: %w", r.Method, r.URL.Path, errNoRoute))

@@ -220,6 +220,9 @@ func TestRoutingRules(t *testing.T) {
 		{"no agent, two nodes", "GET", "/v1/sandboxes", "", nil, 400, "", "names no agent"},
 		{"mcp without agent", "POST", "/mcp", `{}`, nil, 400, "", "X-Vmexec-Agent"},
 		{"no agent's data", "GET", "/v1/languages", "", nil, 200, "", ""},
+		{"e2b create", "POST", "/e2b/api/v2/sandboxes", `{"templateID":"base","metadata":{"agent_id":"bob"}}`, nil, 200, "n2", ""},
+		{"e2b sandbox", "POST", "/e2b/api/sandboxes/sb-bob/timeout", `{"timeout":60}`, nil, 200, "n2", ""},
+		{"e2b envd", "POST", "/e2b/envd/process.Process/Start", `{}`, []string{"E2b-Sandbox-Id", "sb-bob"}, 200, "n2", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -473,6 +476,17 @@ func TestAuth(t *testing.T) {
 	}
 	if got := do(t, rt, "GET", "/health", ""); got.status != 200 {
 		t.Errorf("health without a key: %+v", got)
+	}
+	// E2B's envd traffic carries the sandbox's access token, not a key (the daemon
+	// checks it); its control plane sends the key as X-API-KEY.
+	if got := do(t, rt, "POST", "/e2b/envd/files", `{}`, HeaderAgent, "team-1"); got.status != 200 {
+		t.Errorf("envd traffic without a key: %+v", got)
+	}
+	if got := do(t, rt, "POST", "/e2b/envd/files", `{}`, HeaderAgent, "nobody-yet"); got.status != 404 {
+		t.Errorf("a request without a key placed an agent: %+v", got)
+	}
+	if got := do(t, rt, "POST", "/e2b/api/v2/sandboxes", `{"metadata":{"agent_id":"team-2"}}`, "X-API-KEY", scoped); got.status != 200 {
+		t.Errorf("E2B create with X-API-KEY: %+v", got)
 	}
 }
 

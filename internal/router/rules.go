@@ -28,7 +28,10 @@ type rule func(ctx context.Context, r *http.Request, body []byte) (want, error)
 var publicPatterns = map[string]bool{"GET /health": true, "GET /{$}": true, "GET /ui/{file}": true,
 	"GET /js/vmexec.js": true, "GET /js/index.d.ts": true, "GET /router/health": true}
 
-func publicPattern(p string) bool { return publicPatterns[p] }
+// publicPattern reports a route the router lets through without a key: the public
+// ones, and E2B's envd traffic, which carries the sandbox's access token instead
+// (the daemon checks it).
+func publicPattern(p string) bool { return publicPatterns[p] || p == "/e2b/envd/" }
 
 // routeRules is the routing table: how the agent of each of the daemon's routes is
 // found. In every case an X-Vmexec-Agent header, when present, names the agent
@@ -37,15 +40,24 @@ func publicPattern(p string) bool { return publicPatterns[p] }
 //   - runs and creations (POST /v1/exec, /v1/parse-execute, /api/llm/execute,
 //     /api/llm/parse-execute, /v1/sandboxes, /api/vms, /chat): the JSON body's
 //     agent_id; else the agent of its sandbox_id (or vm_id).
+//
 //   - a sandbox in the path (/v1/sandboxes/{id}/..., /api/vms/{id}/...): the
 //     sandbox's agent, from the history.
+//
 //   - a snapshot (/v1/snapshots/{id}, its fork: the fork runs where the image is),
 //     a run (/v1/runs/{id}...), a conversation (/v1/conversations/{id}): its agent.
+//
 //   - an agent in the path (/v1/agents/{id}/...): that agent.
+//
 //   - listings (GET /v1/sandboxes, /api/vms, /v1/history): ?agent_id=, else the
 //     agent of ?sandbox_id=.
+//
 //   - MCP (/mcp) and any other route: ?agent_id=.
+//
 //   - health, languages, backends, the JavaScript client, the web page: any node.
+//
+//   - E2B (/e2b/api, /e2b/envd): a create's metadata.agent_id; a sandbox in the
+//     control plane's path, or envd's E2b-Sandbox-Id header: its agent.
 //
 // A rule that finds no agent leaves the request to "one ready node, else 400".
 func (rt *Router) routes() {
@@ -80,6 +92,23 @@ func (rt *Router) routes() {
 		"GET /js/vmexec.js", "GET /js/index.d.ts", "GET /{$}", "GET /ui/{file}"} {
 		rt.handle(p, func(context.Context, *http.Request, []byte) (want, error) { return want{any: true}, nil })
 	}
+	// The E2B surface (internal/e2b): a create names its agent in metadata.agent_id;
+	// the control plane's sandbox routes and envd's traffic (the E2b-Sandbox-Id
+	// header) name an E2B sandbox, which is a vmexec sandbox.
+	for _, p := range []string{"POST /e2b/api/v2/sandboxes", "POST /e2b/api/sandboxes"} {
+		rt.handle(p, rt.e2bCreate)
+	}
+	for _, p := range []string{"/e2b/api/sandboxes/{id}", "/e2b/api/sandboxes/{id}/connect", "/e2b/api/v2/sandboxes/{id}/connect",
+		"/e2b/api/sandboxes/{id}/timeout", "/e2b/api/sandboxes/{id}/snapshots"} {
+		rt.handle(p, rt.byObject("sandbox", rt.cfg.Lookup.SandboxAgent))
+	}
+	rt.handle("/e2b/envd/", func(ctx context.Context, r *http.Request, _ []byte) (want, error) {
+		id := r.Header.Get("E2b-Sandbox-Id")
+		if id == "" {
+			return want{}, nil
+		}
+		return rt.objectAgent(ctx, "sandbox", id, rt.cfg.Lookup.SandboxAgent)
+	})
 	rt.mux.HandleFunc("GET /router/health", rt.health)
 	rt.handle("/", func(_ context.Context, r *http.Request, _ []byte) (want, error) {
 		return want{agent: r.URL.Query().Get("agent_id"), named: true, because: "query"}, nil
@@ -179,6 +208,17 @@ func (rt *Router) objectAgent(ctx context.Context, kind, id string, find func(co
 		return want{}, fmt.Errorf("finding the agent of %s %s: %w", kind, id, err)
 	}
 	return want{agent: agent, because: kind + " " + id}, nil
+}
+
+// e2bCreate reads an E2B create's metadata.agent_id.
+func (rt *Router) e2bCreate(_ context.Context, _ *http.Request, body []byte) (want, error) {
+	var in struct {
+		Metadata map[string]string `json:"metadata"`
+	}
+	if json.Unmarshal(body, &in) != nil || in.Metadata["agent_id"] == "" {
+		return want{}, nil
+	}
+	return want{agent: in.Metadata["agent_id"], named: true, because: "metadata.agent_id"}, nil
 }
 
 // byQuery reads ?agent_id=, else the agent of ?sandbox_id=.

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/cluster"
 )
 
@@ -32,7 +33,7 @@ func (rt *Router) serve(w http.ResponseWriter, r *http.Request, body []byte, wt 
 		rt.serveAny(w, r, body, wt, all, ready)
 		return
 	}
-	n, from, err := rt.ownerNode(ctx, wt.agent, all, ready)
+	n, from, err := rt.ownerNode(ctx, wt.agent, all, ready, rt.mayPlace(r))
 	if err != nil {
 		writeError(w, rt.log, err)
 		return
@@ -76,8 +77,11 @@ func (rt *Router) serveAny(w http.ResponseWriter, r *http.Request, body []byte, 
 // ownerNode returns the node owning agent, placing the agent first if no node
 // does. A zero Node (with no error) means the owner is not in the registry (it
 // deregistered): the caller takes the agent over.
-func (rt *Router) ownerNode(ctx context.Context, agent string, all []cluster.Node, ready map[string]bool) (cluster.Node, string, error) {
+func (rt *Router) ownerNode(ctx context.Context, agent string, all []cluster.Node, ready map[string]bool, mayPlace bool) (cluster.Node, string, error) {
 	o, err := rt.owner(ctx, agent)
+	if errors.Is(err, cluster.ErrNotFound) && !mayPlace {
+		return cluster.Node{}, "", fmt.Errorf("agent %s is on no node, and a request without a key places none: %w", agent, ErrNotFound)
+	}
 	if errors.Is(err, cluster.ErrNotFound) {
 		return rt.place(ctx, agent, all, ready)
 	}
@@ -86,6 +90,12 @@ func (rt *Router) ownerNode(ctx context.Context, agent string, all []cluster.Nod
 	}
 	n, _ := byName(all, o.Node)
 	return n, "", nil
+}
+
+// mayPlace reports whether r may place a new agent: not when keys are in force and
+// r came through without one (a public route, E2B's envd traffic).
+func (rt *Router) mayPlace(r *http.Request) bool {
+	return !rt.cfg.Keys.Enforced() || auth.FromContext(r.Context()) != nil
 }
 
 // place claims a new agent for the best of K ready nodes with room.

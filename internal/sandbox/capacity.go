@@ -89,6 +89,15 @@ func (s *Service) admit(ctx context.Context, memMB int64, except *entry) (releas
 	}
 }
 
+// Count is how many sandboxes the service knows (running, suspended or starting),
+// as List would list, without describing each: GET /health asks it on every probe,
+// and a host holding hundreds of sandboxes must answer probes at once.
+func (s *Service) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sandboxes)
+}
+
 // idlest is the least recently used live sandbox that no request uses or waits for,
 // other than except; s.mu held.
 func (s *Service) idlest(except *entry) *entry {
@@ -131,12 +140,12 @@ func (s *Service) fillPool() {
 	}
 }
 
-// fillOne creates one pool sandbox.
+// fillOne creates one pool sandbox: a restore of the template snapshot, once it is
+// settled, else a boot (see startPooled).
 func (s *Service) fillOne() {
 	ctx, cancel := context.WithTimeout(s.work, 2*time.Minute)
 	defer cancel()
-	id := randID("sb-", 6)
-	sb, err := s.def.Create(ctx, s.spec(id+"-0", s.cfg.Defaults.MemoryMB))
+	p, err := s.startPooled(ctx, randID("sb-", 6))
 	s.mu.Lock()
 	s.filling--
 	if err != nil {
@@ -146,9 +155,9 @@ func (s *Service) fillOne() {
 	}
 	if s.closed {
 		s.mu.Unlock()
-		sb.Destroy(context.Background())
+		p.sb.Destroy(context.Background())
 		return
 	}
-	s.pool = append(s.pool, pooled{id: id, sb: sb})
+	s.pool = append(s.pool, p)
 	s.mu.Unlock()
 }

@@ -23,10 +23,18 @@ type Config struct {
 	// IdleTimeout is how long an unused sandbox lives; 0 takes the default, negative
 	// never reaps.
 	IdleTimeout time.Duration `json:"idle_timeout" yaml:"idle_timeout"`
-	// MaxSandboxes bounds the live sandboxes of this server.
+	// MaxSandboxes bounds the live sandboxes of this server. The daemon's default
+	// comes from the host's memory (internal/config DefaultMaxSandboxes); 0 here
+	// takes DefaultConfig's.
 	MaxSandboxes int `json:"max_sandboxes" yaml:"max_sandboxes"`
 	// PoolSize is how many ready sandboxes are kept waiting for new agents.
 	PoolSize int `json:"pool_size" yaml:"pool_size"`
+	// TemplateSnapshot restores new sandboxes (the pool's, and a new agent's) from a
+	// snapshot of a warmed sandbox made once per template, so that a new agent's
+	// first run takes no checkpoint and finds the python zygote ready (see pool.go).
+	// Default on, where the default backend can (gVisor); false boots each from the
+	// template.
+	TemplateSnapshot *bool `json:"template_snapshot,omitempty" yaml:"template_snapshot,omitempty"`
 	// QueueDepth bounds the requests waiting for one busy sandbox.
 	QueueDepth int `json:"queue_depth" yaml:"queue_depth"`
 	// HostMaxPIDs is the host-side task cap of a whole sandbox (a backstop).
@@ -221,3 +229,6 @@ func hostMemoryMB() int64 {
 	}
 	return 0
 }
+
+// Limits returns the server's default and maximum per-run limits.
+func (s *Service) Limits() (defaults, max api.Limits) { return s.cfg.Defaults, s.cfg.Max }

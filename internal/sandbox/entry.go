@@ -59,6 +59,7 @@ type entry struct {
 	gen       int             // incarnation: the backend id is id-gen
 	suspended bool            // sb is nil because it was suspended: resume from current
 	cleanSnap string          // a snapshot equal to the live state, if known
+	settle    settleState     // whether runs and images are quiet (settle.go)
 	current   string          // the snapshot to resume from (durable)
 	headRun   string          // the newest acknowledged run in the live state (durable)
 	pol       txPolicy        // the policy of its latest request, for retention
@@ -122,6 +123,7 @@ func (e *entry) unlock() {
 func (e *entry) setSandbox(sb backend.Sandbox) {
 	e.sb = sb
 	e.live.Store(sb != nil)
+	e.settle.newSandbox()
 }
 
 // drop destroys the backend sandbox, if any; turn held.
@@ -219,6 +221,7 @@ func (e *entry) forgetSnapshot(ctx context.Context, id string) {
 	if e.cleanSnap == id {
 		e.cleanSnap = ""
 	}
+	e.settle.forget(id)
 	if e.current == id {
 		e.current = ""
 		e.persist(ctx)
@@ -270,6 +273,7 @@ func (e *entry) snapshot(ctx context.Context, kind, runID string, meta api.Creat
 	}
 	parent := e.current
 	e.cleanSnap, e.current = rec.ID, rec.ID
+	e.settle.taken(rec.ID)
 	e.persist(ctx)
 	s.retain(e, e.pol, rec.ID)
 	s.stored(e, rec, parent)
@@ -337,6 +341,7 @@ func (e *entry) restore(ctx context.Context, snap history.Snapshot) error {
 		return fmt.Errorf("restore snapshot %s: %w", snap.ID, classifyBackend(err))
 	}
 	e.setSandbox(sb)
+	e.settle.restored(snap.ID)
 	e.suspended, e.cleanSnap, e.current, e.headRun = false, snap.ID, snap.ID, snap.StateRunID
 	e.persist(ctx)
 	if old != nil {

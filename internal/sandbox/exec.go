@@ -282,6 +282,9 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		runErr = fmt.Errorf("interrupted: the server shut down during the run, which was rolled back: %w", ErrClosed)
 	}
 	e.ran(out.ExecutionID)
+	if out.Success() {
+		e.keepPre(pre) // a run that changed nothing: pre is still the state's image
+	}
 	s.redactOutput(out)
 	if !out.Success() && !errors.Is(runErr, ErrInvalid) { // a refused request changed nothing
 		// Its own context: a caller that went away still gets its sandbox rolled back.
@@ -347,6 +350,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	// up on the guest.
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(lim.TimeoutMS)*time.Millisecond+15*time.Second)
 	defer cancel()
+	e.settle.running()
 	res, err := e.sb.Exec(rctx, preq, output)
 	st.close()
 	out.CompletedAt = time.Now().UTC()
@@ -354,6 +358,7 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	var dead *backend.DeadError
 	switch {
 	case err == nil:
+		e.settle.ranWith(res, preq.Changes != nil)
 		out.ExitCode, out.Verdict, out.Signal = res.ExitCode, res.Verdict, res.Signal
 		out.Stdout, out.Stderr = text(res.Stdout), text(res.Stderr)
 		out.StdoutTruncated, out.StderrTruncated = res.StdoutTruncated, res.StderrTruncated
@@ -414,6 +419,9 @@ func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre 
 		}
 	}
 	if !(pol.autoRollback || e.sb == nil) {
+		if out.FailureSnapshotID == "" {
+			e.keepPre(pre) // the failed state is pre's, if the run changed nothing
+		}
 		return
 	}
 	if pre.ID == "" {
@@ -422,7 +430,9 @@ func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre 
 		}
 		return
 	}
-	if err := e.restore(ctx, pre); err != nil {
+	if e.keepPre(pre) {
+		// The run changed nothing (settle.go): the live state is pre's already.
+	} else if err := e.restore(ctx, pre); err != nil {
 		out.Warnings = append(out.Warnings, "rollback failed: "+err.Error())
 		if e.sb == nil {
 			out.Error += "; the next run starts in a fresh sandbox"

@@ -232,3 +232,16 @@ func (l *limitReader) Read(p []byte) (int, error) {
 func fileAPI(fi agentproto.FileInfo) api.FileInfo {
 	return api.FileInfo{Name: fi.Name, Path: fi.Path, Type: fi.Type, Size: fi.Size, Mode: fi.Mode, MTime: fi.MTime.UTC()}
 }
+
+// MakeDir creates directory p in a sandbox with its missing parents; one that exists
+// already is no error.
+func (s *Service) MakeDir(ctx context.Context, sandboxID, agentID, p string) error {
+	p, err := cleanPath(p)
+	if err != nil {
+		return err
+	}
+	return s.withFiles(ctx, sandboxID, agentID, func(e *entry) error {
+		e.cleanSnap = ""
+		return e.sb.MakeDir(ctx, p)
+	})
+}

@@ -62,6 +62,7 @@ func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandb
 		backendOf[r.ID] = r.Backend
 	}
 	listed := map[string]map[string]bool{} // backend → refs of its images
+	shared := map[string]bool{}            // shared images: pool.go's to prune
 	for name, be := range s.backends {
 		sn, ok := be.(backend.Snapshotter)
 		if !ok {
@@ -74,6 +75,9 @@ func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandb
 		listed[name] = map[string]bool{}
 		for _, img := range imgs {
 			listed[name][img.Ref] = true
+			if img.Shared {
+				shared[img.Ref] = true
+			}
 		}
 	}
 	recorded := map[string]bool{}
@@ -105,7 +109,7 @@ func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandb
 	}
 	for name, refs := range listed {
 		for ref := range refs {
-			if recorded[ref] {
+			if recorded[ref] || shared[ref] {
 				continue
 			}
 			s.log.Warn("removing snapshot image without a record", "backend", name, "image", ref)

@@ -100,6 +100,8 @@ type Service struct {
 	startingMB int64 // their memory
 	closed     bool
 
+	tsnap templateSnap // the template snapshot (pool.go)
+
 	// runs is cancelled when Close begins: in-flight runs are interrupted and rolled
 	// back. work is cancelled when Close's budget ends: background work stops.
 	runs       context.Context
@@ -113,8 +115,9 @@ type Service struct {
 }
 
 type pooled struct {
-	id string
-	sb backend.Sandbox
+	id   string
+	sb   backend.Sandbox
+	base string // the shared image it was restored from, untouched since (pool.go)
 }
 
 // New returns a service. Call Start before use and Close when done.
@@ -152,7 +155,8 @@ func New(cfg Config, d Deps) (*Service, error) {
 
 // Start removes sandboxes a previous process left running, reconciles the history
 // with the snapshot images on disk, loads the sandboxes the history knows (suspended,
-// to be resumed on next use), then starts the idle reaper and fills the pool.
+// to be resumed on next use), then starts the idle reaper, finds or starts making the
+// template snapshot (pool.go) and fills the pool.
 func (s *Service) Start(ctx context.Context) error {
 	for _, be := range s.backends {
 		orphans, err := be.List(ctx)
@@ -173,6 +177,7 @@ func (s *Service) Start(ctx context.Context) error {
 		s.wg.Add(1)
 		go s.reaper()
 	}
+	s.startTemplateSnapshot(ctx)
 	s.fillPool()
 	return nil
 }
@@ -243,6 +248,12 @@ func (s *Service) Close(ctx context.Context) error {
 	wg.Wait()
 	s.bg.Wait() // snapshots, retention and destroys started before Close
 	s.waitUploads()
+	// What a backend keeps of its own (gvisor's standbys) goes last.
+	for _, be := range s.backends {
+		if c, ok := be.(interface{ Close(context.Context) error }); ok {
+			add(c.Close(ctx))
+		}
+	}
 	s.cancelWork()
 	return errors.Join(errs...)
 }
@@ -420,7 +431,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	defer e.unlock()
 	s.fillPool()
 
-	sb := p.sb
+	sb, base := p.sb, p.base
 	var err error
 	switch {
 	case r.from != nil:
@@ -431,7 +442,7 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 		}
 		sb, err = s.forkSnapshot(ctx, e, r.from, s.specFor(e))
 	case sb == nil:
-		sb, err = s.backendOf(e).Create(ctx, s.specFor(e))
+		sb, base, err = s.startFresh(ctx, e)
 	}
 	if err != nil {
 		s.forget(e)
@@ -442,6 +453,9 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	e.setSandbox(sb)
 	if err := s.hist.PutSandbox(ctx, history.Sandbox{ID: id, AgentID: r.agentID, Name: r.name, Backend: r.backend, MemoryMB: r.memoryMB, CreatedAt: e.created}); err != nil {
 		s.log.Error("recording sandbox", "id", id, "err", err)
+	}
+	if base != "" {
+		e.startedFrom(ctx, base)
 	}
 	if r.from != nil {
 		// The fork's own image of its starting state, taken now: a crash before its

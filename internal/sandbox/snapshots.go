@@ -60,6 +60,7 @@ func (s *Service) retain(e *entry, pol txPolicy, keep string) {
 // that a crash between the two leaves an image without a record (which Start
 // deletes), never a record without an image.
 func (s *Service) removeSnapshot(ctx context.Context, e *entry, sn history.Snapshot) error {
+	e.settle.forget(sn.ID)
 	if err := s.hist.DeleteSnapshot(ctx, sn.ID); err != nil && !errors.Is(err, history.ErrNotFound) {
 		return err
 	}

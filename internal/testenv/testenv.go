@@ -5,11 +5,16 @@
 package testenv
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/vmexec/vmexec/internal/template"
@@ -100,7 +105,7 @@ func (e *buildError) Error() string { return "go build " + e.pkg + ": " + e.err.
 func Agent(t testing.TB) string {
 	t.Helper()
 	agentOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "vmexec-agent-")
+		dir, err := binDir("vmexec-agent-")
 		if err != nil {
 			agentErr = err
 			return
@@ -118,7 +123,7 @@ func Agent(t testing.TB) string {
 func Vmexec(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "vmexec-bin-")
+		dir, err := binDir("vmexec-bin-")
 		if err != nil {
 			binErr = err
 			return
@@ -147,4 +152,23 @@ func MicroVM(t testing.TB) {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skip("no /bin/busybox: run scripts/setup (busybox-static)")
 	}
+}
+
+// binDir makes the directory a test binary builds prefix's binary into, named by this
+// process's pid, and first removes the ones left by test binaries that have exited (a
+// test binary has no hook at its end to remove its own, and each build is ~10 MB).
+func binDir(prefix string) (string, error) {
+	prefix += "pid"
+	old, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*"))
+	for _, d := range old {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(d), prefix))
+		if err != nil || pid == os.Getpid() {
+			continue // not named by a pid, or this process's
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(d)
+		}
+	}
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d", prefix, os.Getpid()))
+	return dir, os.MkdirAll(dir, 0o700)
 }

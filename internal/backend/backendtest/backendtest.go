@@ -314,6 +314,8 @@ i=0; while [ ! -e ~/go-on ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
 		wantOut(t, run(t, ctx, sb, "bash", "test -e ~/in && echo there || echo removed"), "removed")
 	})
 
+	t.Run("ForksDiffer", func(t *testing.T) { forksDiffer(t, e) })
+
 	// A snapshot holds files and a running process's memory: write 1, snapshot, write
 	// 2, roll back (destroy, then fork from the image under the same id, as the
 	// service does), read 1 — for a file and for a background process's counter.

@@ -199,6 +199,8 @@ func RunContract(t *testing.T, e Env) {
 		}
 	})
 
+	t.Run("SharedImages", func(t *testing.T) { sharedImages(t, e) })
+
 	// Snapshot images are opaque references the backend owns: listed once taken,
 	// forkable, deleted idempotently; a missing or malformed reference is ErrNotFound.
 	t.Run("Images", func(t *testing.T) {

@@ -21,6 +21,7 @@
 package gvisor
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -58,18 +59,37 @@ type Config struct {
 	CPUs float64
 	// StartTimeout bounds the wait for the agent's handshake; default 30s.
 	StartTimeout time.Duration
+	// Checkpoint is how a snapshot is taken: CheckpointControl (the default) asks the
+	// sandbox's control server directly (control.go); CheckpointRunsc runs `runsc
+	// checkpoint`, as before, kept to measure one against the other. Empty takes
+	// $VMEXEC_GVISOR_CHECKPOINT, else CheckpointControl.
+	Checkpoint string
+	// NoStandby turns off the standby containers restores go into (standby.go); so
+	// does $VMEXEC_GVISOR_STANDBY=off.
+	NoStandby bool
+	// Observe, when set, is told how long each phase of a snapshot or a start took
+	// (bench's phase breakdown); op is "snapshot", "create" or "restore".
+	Observe func(op, phase string, d time.Duration)
 	// Logger receives diagnostics; default slog.Default().
 	Logger *slog.Logger
 }
 
+// Ways to take a checkpoint (Config.Checkpoint).
+const (
+	CheckpointControl = "control"
+	CheckpointRunsc   = "runsc"
+)
+
 // DefaultCPUs is a sandbox's CPU quota when Config.CPUs is 0: one core.
 const DefaultCPUs = 1.0
 
-// Backend runs sandboxes with runsc. It implements backend.Backend and
-// backend.Snapshotter.
+// Backend runs sandboxes with runsc. It implements backend.Backend,
+// backend.Snapshotter and backend.SharedImager (template_snapshot.go).
 type Backend struct {
-	cfg Config
-	log *slog.Logger
+	cfg      Config
+	log      *slog.Logger
+	shared   sharedInputs // see template_snapshot.go
+	standbys standbys     // see standby.go
 }
 
 var (
@@ -91,6 +111,15 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = DefaultCPUs
+	}
+	if cfg.Checkpoint == "" {
+		cfg.Checkpoint = cmp.Or(os.Getenv("VMEXEC_GVISOR_CHECKPOINT"), CheckpointControl)
+	}
+	if os.Getenv("VMEXEC_GVISOR_STANDBY") == "off" {
+		cfg.NoStandby = true
+	}
+	if cfg.Checkpoint != CheckpointControl && cfg.Checkpoint != CheckpointRunsc {
+		return nil, fmt.Errorf("gvisor checkpoint %q: want %q or %q", cfg.Checkpoint, CheckpointControl, CheckpointRunsc)
 	}
 	p, err := exec.LookPath(cfg.Runsc)
 	if err != nil {
@@ -131,6 +160,15 @@ func (b *Backend) globalArgs() []string {
 		args = append(args, "--platform="+b.cfg.Platform)
 	}
 	return args
+}
+
+// observe reports a phase that began at start to Config.Observe, and returns now.
+func (b *Backend) observe(op, phase string, start time.Time) time.Time {
+	now := time.Now()
+	if b.cfg.Observe != nil {
+		b.cfg.Observe(op, phase, now.Sub(start))
+	}
+	return now
 }
 
 // runsc runs one short runsc command and returns its combined output.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,7 +27,17 @@ func newBackend(t *testing.T) (*gvisor.Backend, template.Template) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closeAtEnd(t, b)
 	return b, tpl
+}
+
+// closeAtEnd closes b when the test ends: its standbys are removed.
+func closeAtEnd(t *testing.T, b *gvisor.Backend) {
+	t.Cleanup(func() {
+		if err := b.Close(context.Background()); err != nil {
+			t.Errorf("close backend: %v", err)
+		}
+	})
 }
 
 // The gVisor backend passes the backend conformance suite.
@@ -73,6 +85,7 @@ func TestCPUQuota(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	closeAtEnd(t, b)
 	tpl := testenv.Template(t)
 	ctx := context.Background()
 	sb, err := b.Create(ctx, backend.Spec{ID: "cpuquota", Template: tpl, MemoryBytes: 256 << 20})
@@ -259,5 +272,153 @@ with ThreadPoolExecutor(32) as pool:
 		if c.verdict == agentproto.VerdictMemoryLimit && !strings.Contains(string(res.Stderr), "over its memory limit of 256 MiB") {
 			t.Errorf("%s: stderr %q does not say the memory watch killed it", c.name, res.Stderr)
 		}
+	}
+}
+
+// Both ways of taking a checkpoint (the control server, and `runsc checkpoint`) save the
+// whole state: a sandbox forked from the image has the file and the process the
+// original had when it was taken, and the original keeps running.
+func TestCheckpointWays(t *testing.T) {
+	testenv.Root(t)
+	tpl := testenv.Template(t)
+	for _, way := range []string{gvisor.CheckpointControl, gvisor.CheckpointRunsc} {
+		t.Run(way, func(t *testing.T) {
+			b, err := gvisor.New(gvisor.Config{Runsc: testenv.Runsc(t), StateDir: t.TempDir(), AgentPath: testenv.Agent(t), Checkpoint: way})
+			if err != nil {
+				t.Fatal(err)
+			}
+			closeAtEnd(t, b)
+			ctx := context.Background()
+			sb, err := b.Create(ctx, backend.Spec{ID: "ckpt-" + way, Template: tpl, MemoryBytes: 256 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sb.Destroy(ctx)
+			run := func(sb backend.Sandbox, code string) string {
+				t.Helper()
+				res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
+				if err != nil || res.Verdict != agentproto.VerdictOK {
+					t.Fatalf("%q: %+v %v", code, res, err)
+				}
+				return strings.TrimSpace(string(res.Stdout))
+			}
+			run(sb, "echo saved > ~/f.txt; nohup sleep 1000 >/dev/null 2>&1 &")
+			img, err := b.Snapshot(ctx, sb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			check := "cat ~/f.txt; for f in /proc/[0-9]*/comm; do cat $f; done | grep -cx sleep"
+			if got := run(sb, check); got != "saved\n1" {
+				t.Fatalf("original after the snapshot: %q", got)
+			}
+			fork, err := b.Fork(ctx, img.Ref, backend.Spec{ID: "ckpt-" + way + "-fork", Template: tpl, MemoryBytes: 256 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fork.Destroy(ctx)
+			if got := run(fork, check); got != "saved\n1" {
+				t.Fatalf("fork: %q, want the file and the process", got)
+			}
+		})
+	}
+}
+
+// A restore goes into a standby container made ahead when one is ready: the restored
+// sandbox has the image's state and works like any other; a standby that broke
+// meanwhile (removed from outside) does not make the restore fail; Close leaves no
+// standby behind.
+func TestRestoreIntoStandby(t *testing.T) {
+	testenv.Root(t)
+	tpl := testenv.Template(t)
+	runsc := testenv.Runsc(t)
+	state := t.TempDir()
+	b, err := gvisor.New(gvisor.Config{Runsc: runsc, StateDir: state, AgentPath: testenv.Agent(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAtEnd(t, b)
+	ctx := context.Background()
+	spec := func(id string) backend.Spec { return backend.Spec{ID: id, Template: tpl, MemoryBytes: 256 << 20} }
+	sb, err := b.Create(ctx, spec("standby-src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy(ctx)
+	run := func(sb backend.Sandbox, code string) string {
+		t.Helper()
+		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
+		if err != nil || res.Verdict != agentproto.VerdictOK {
+			t.Fatalf("%q: %+v %v", code, res, err)
+		}
+		return strings.TrimSpace(string(res.Stdout))
+	}
+	run(sb, "echo saved > ~/f.txt")
+	img, err := b.Snapshot(ctx, sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	standbys := func() []string {
+		t.Helper()
+		infos, err := b.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, i := range infos {
+			if strings.HasPrefix(i.ID, "standby-") && i.Status == "created" {
+				ids = append(ids, i.ID)
+			}
+		}
+		return ids
+	}
+	waitStandby := func() string {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for len(standbys()) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("no standby made after a restore")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return standbys()[0]
+	}
+	first, err := b.Fork(ctx, img.Ref, spec("standby-f1")) // no standby yet: afresh
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Destroy(ctx)
+	id := waitStandby()
+	second, err := b.Fork(ctx, img.Ref, spec("standby-f2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Destroy(ctx)
+	if second.ID() != id {
+		t.Fatalf("second restore is %s, want the standby %s", second.ID(), id)
+	}
+	for _, s := range []backend.Sandbox{first, second} {
+		if got := run(s, "cat ~/f.txt"); got != "saved" {
+			t.Fatalf("%s: %q, want the image's file", s.ID(), got)
+		}
+	}
+	// A standby removed from outside: the restore still succeeds, afresh.
+	broken := waitStandby()
+	if out, err := exec.Command(runsc, "--root", filepath.Join(state, "runsc"), "delete", "--force", broken).CombinedOutput(); err != nil {
+		t.Fatalf("runsc delete: %v: %s", err, out)
+	}
+	third, err := b.Fork(ctx, img.Ref, spec("standby-f3"))
+	if err != nil {
+		t.Fatalf("restore after its standby broke: %v", err)
+	}
+	defer third.Destroy(ctx)
+	if got := run(third, "cat ~/f.txt"); got != "saved" {
+		t.Fatalf("%s: %q", third.ID(), got)
+	}
+	waitStandby()
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left := standbys(); len(left) > 0 {
+		t.Fatalf("standbys left after Close: %v", left)
 	}
 }

@@ -51,6 +51,11 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("create %s: %w", spec.ID, err)
 	}
+	op := "create"
+	if imageDir != "" {
+		op = "restore"
+	}
+	t := time.Now()
 	dir := b.cfg.bundle(spec.ID)
 	var undo []func()
 	defer func() {
@@ -109,6 +114,7 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 	}
 	inR.Close()
 	outW.Close()
+	t = b.observe(op, "bundle and spawn", t)
 	sb := &Sandbox{b: b, id: spec.ID, created: time.Now(), cmd: cmd, pipes: []*os.File{inW, outR}, exited: make(chan struct{})}
 	go func() {
 		sb.waitErr = cmd.Wait()
@@ -140,6 +146,7 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s did not start: %w; console: %s", spec.ID, err, b.consoleTail(spec.ID))
 	}
+	b.observe(op, "runsc until handshake", t)
 	sb.client = client
 	sb.GuestFiles = backend.GuestFiles{Client: client, Do: sb.do}
 	b.log.Debug("sandbox started", "id", spec.ID, "restored", imageDir != "", "agent", client.Guest.Agent)

@@ -63,7 +63,8 @@ func Start(bin, dir string) (*Server, error) {
 		return nil, err
 	}
 	p := func(i int) string { return strconv.Itoa(ports[i]) }
-	args := []string{"mini",
+	// -logtostderr: glog's files would otherwise pile up in /tmp, one set per start.
+	args := []string{"-logtostderr", "mini",
 		"-dir=" + filepath.Join(dir, "data"),
 		"-ip=127.0.0.1", "-ip.bind=127.0.0.1",
 		// Nothing leaves this machine: no telemetry (and, should a later version
