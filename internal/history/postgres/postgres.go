@@ -18,12 +18,14 @@
 //
 // Every mutating method is one statement or one transaction, committed with the
 // server's synchronous_commit (on by default: a nil return means durable). The store
-// holds a pgxpool.Pool, so calls run in parallel; migrations take an advisory lock,
+// holds a pgxpool.Pool (used through pgx's database/sql adapter by the logic shared
+// with the sqlite store, internal/history/sqlstore), so calls run in parallel; migrations take an advisory lock,
 // so daemons starting together apply each migration once.
 package postgres
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -31,8 +33,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/history/sqlstore"
 )
 
 // defaultMaxConns is the pool's size unless the URL sets pool_max_conns.
@@ -40,6 +44,12 @@ const defaultMaxConns = 16
 
 // Store is a history.Store backed by PostgreSQL. Create it with Open.
 type Store struct {
+	// Store runs the logic shared with the sqlite store (runs, listing,
+	// conversations) on db.
+	*sqlstore.Store
+	// db is pool seen through pgx's database/sql adapter: both share the pool's
+	// connections. pool stays for Pool's users (internal/cluster).
+	db   *sql.DB
 	pool *pgxpool.Pool
 }
 
@@ -58,7 +68,21 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open history database: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	db := stdlib.OpenDBFromPool(pool)
+	return &Store{Store: sqlstore.New(db, dialect), db: db, pool: pool}, nil
+}
+
+// dialect is PostgreSQL's for the shared store.
+var dialect = sqlstore.Dialect{
+	Postgres: true,
+	IsUnique: isUnique,
+	IDOrder:  `id COLLATE "C"`,
+	AbortRunning: `UPDATE runs SET
+		status = ?, verdict = ?, exit_code = -1, completed_at = ?,
+		duration_ms = GREATEST(0, (CAST(? AS BIGINT) - started_at) / 1000000),
+		metadata = jsonb_set(metadata::jsonb, '{abort_reason}', to_jsonb(CAST(? AS TEXT)))::text
+		WHERE status = ?`,
+	ForUpdate: ` FOR UPDATE`,
 }
 
 // connect opens a pool on url and checks that the server answers.
@@ -93,6 +117,7 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Close closes the pool. Closing twice is harmless.
 func (s *Store) Close() error {
+	s.db.Close()
 	s.pool.Close()
 	return nil
 }

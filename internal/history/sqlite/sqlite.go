@@ -28,6 +28,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/history/sqlstore"
 )
 
 // busyTimeout is how long a statement waits for another process's lock
@@ -36,6 +37,9 @@ const busyTimeout = 5 * time.Second
 
 // Store is a history.Store backed by SQLite. Create it with Open.
 type Store struct {
+	// Store runs the logic shared with the postgres store (runs, listing,
+	// conversations) on db.
+	*sqlstore.Store
 	db *sql.DB
 }
 
@@ -63,7 +67,19 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open history database %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{Store: sqlstore.New(db, dialect), db: db}, nil
+}
+
+// dialect is SQLite's for the shared store. ForUpdate is empty: _txlock=immediate
+// makes BEGIN take the write lock.
+var dialect = sqlstore.Dialect{
+	IsUnique: isConstraint,
+	IDOrder:  "id",
+	AbortRunning: `UPDATE runs SET
+		status = ?, verdict = ?, exit_code = -1, completed_at = ?,
+		duration_ms = MAX(0, (? - started_at) / 1000000),
+		metadata = json_set(metadata, '$.abort_reason', ?)
+		WHERE status = ?`,
 }
 
 // dsn returns the driver name for path: the plain file name followed by the
@@ -132,4 +148,9 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface {
+	Scan(dest ...any) error
 }
