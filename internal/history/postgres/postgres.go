@@ -128,21 +128,8 @@ func isUnique(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-// nanos converts t to unix nanoseconds, with the zero time as 0.
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-// fromNanos is the inverse of nanos; times are returned in UTC.
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
 // now is the store's clock.
 func now() time.Time { return time.Now().UTC() }
+
+// nanos is sqlstore.Nanos, for the migrations' applied_at.
+func nanos(t time.Time) int64 { return sqlstore.Nanos(t) }

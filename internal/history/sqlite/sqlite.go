@@ -123,34 +123,8 @@ func isConstraint(err error) bool {
 	return false
 }
 
-// nanos converts t to unix nanoseconds, with the zero time as 0.
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-// fromNanos is the inverse of nanos; times are returned in UTC.
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
 // now is the store's clock.
 func now() time.Time { return time.Now().UTC() }
 
-// b2i stores a bool as 0 or 1.
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// scanner is a *sql.Row or *sql.Rows.
-type scanner interface {
-	Scan(dest ...any) error
-}
+// nanos is sqlstore.Nanos, for the migrations' applied_at.
+func nanos(t time.Time) int64 { return sqlstore.Nanos(t) }
