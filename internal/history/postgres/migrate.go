@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vmexec/vmexec/internal/history/sqlstore"
 )
 
 // migrationFS holds the schema migrations, named and numbered as the SQLite
@@ -23,61 +21,23 @@ import (
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
-var migrations = mustLoadMigrations(migrationFS)
+var migrations = sqlstore.MustLoadMigrations(migrationFS)
 
 // migrationLock is the advisory lock key that serializes migrators ("vmexec" in
 // ASCII, as a number).
 const migrationLock = 0x766d65786563
 
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
+// migration is one embedded migration file.
+type migration = sqlstore.Migration
 
-func mustLoadMigrations(fsys fs.FS) []migration {
-	ms, err := loadMigrations(fsys)
-	if err != nil {
-		panic(err)
-	}
-	return ms
-}
-
-// loadMigrations reads migrations/*.sql from fsys; versions must run 1, 2, 3, ...
-// without gaps or duplicates.
-func loadMigrations(fsys fs.FS) ([]migration, error) {
-	names, err := fs.Glob(fsys, "migrations/*.sql")
-	if err != nil {
-		return nil, fmt.Errorf("list migrations: %w", err)
-	}
-	var ms []migration
-	for _, name := range names {
-		base := path.Base(name)
-		prefix, _, ok := strings.Cut(base, "_")
-		v, err := strconv.Atoi(prefix)
-		if !ok || err != nil || v <= 0 {
-			return nil, fmt.Errorf("migration %s: name must start with a positive version and '_'", base)
-		}
-		b, err := fs.ReadFile(fsys, name)
-		if err != nil {
-			return nil, fmt.Errorf("read migration %s: %w", base, err)
-		}
-		ms = append(ms, migration{version: v, name: base, sql: string(b)})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
-	for i, m := range ms {
-		if m.version != i+1 {
-			return nil, fmt.Errorf("migration %s: version %d, want %d (versions must be 1, 2, 3, ... with no gaps or duplicates)", m.name, m.version, i+1)
-		}
-	}
-	return ms, nil
-}
+// loadMigrations reads and checks migrations/*.sql (see sqlstore.LoadMigrations).
+func loadMigrations(fsys fs.FS) ([]migration, error) { return sqlstore.LoadMigrations(fsys) }
 
 // Migrations returns the names of the embedded migrations, in order.
 func Migrations() []string {
 	out := make([]string, len(migrations))
 	for i, m := range migrations {
-		out[i] = m.name
+		out[i] = m.Name
 	}
 	return out
 }
@@ -128,29 +88,26 @@ func schemaVersion(ctx context.Context, c *pgx.Conn) (int, error) {
 	return v, nil
 }
 
-// isPlaceholder reports a migration file name that only reserved its version.
-func isPlaceholder(name string) bool { return strings.HasSuffix(name, "_reserved.sql") }
-
 // apply runs m unless it is recorded already (a recorded placeholder is replaced by
 // the real migration, as in the SQLite store).
 func apply(ctx context.Context, c *pgx.Conn, m migration) error {
 	var recorded string
-	err := c.QueryRow(ctx, `SELECT name FROM schema_migrations WHERE version = $1`, m.version).Scan(&recorded)
+	err := c.QueryRow(ctx, `SELECT name FROM schema_migrations WHERE version = $1`, m.Version).Scan(&recorded)
 	switch {
-	case err == nil && (recorded == m.name || !isPlaceholder(recorded)):
+	case err == nil && !sqlstore.NeedsApply(m, recorded, true):
 		return nil
 	case err != nil && !errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("migration %s: %w", m.name, err)
+		return fmt.Errorf("migration %s: %w", m.Name, err)
 	}
 	return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
 		// No arguments: the simple protocol, which runs a file of several statements.
-		if _, err := tx.Exec(ctx, m.sql); err != nil {
-			return fmt.Errorf("migration %s: %w", m.name, err)
+		if _, err := tx.Exec(ctx, m.SQL); err != nil {
+			return fmt.Errorf("migration %s: %w", m.Name, err)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)
 			ON CONFLICT (version) DO UPDATE SET name = excluded.name, applied_at = excluded.applied_at`,
-			m.version, m.name, nanos(now())); err != nil {
-			return fmt.Errorf("migration %s: record: %w", m.name, err)
+			m.Version, m.Name, nanos(now())); err != nil {
+			return fmt.Errorf("migration %s: record: %w", m.Name, err)
 		}
 		return nil
 	})

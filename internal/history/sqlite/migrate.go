@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"sort"
-	"strconv"
-	"strings"
+
+	"github.com/vmexec/vmexec/internal/history/sqlstore"
 )
 
 // migrationFS holds the schema migrations. A migration's file name starts
@@ -22,52 +20,13 @@ import (
 var migrationFS embed.FS
 
 // migrations is migrationFS parsed and ordered by version.
-var migrations = mustLoadMigrations(migrationFS)
+var migrations = sqlstore.MustLoadMigrations(migrationFS)
 
-type migration struct {
-	version int
-	name    string // file name
-	sql     string
-}
+// migration is one embedded migration file.
+type migration = sqlstore.Migration
 
-func mustLoadMigrations(fsys fs.FS) []migration {
-	ms, err := loadMigrations(fsys)
-	if err != nil {
-		panic(err)
-	}
-	return ms
-}
-
-// loadMigrations reads migrations/*.sql from fsys. Versions must be unique
-// and run 1, 2, 3, ... without gaps, so that a missing file is caught at
-// build time rather than skipped.
-func loadMigrations(fsys fs.FS) ([]migration, error) {
-	names, err := fs.Glob(fsys, "migrations/*.sql")
-	if err != nil {
-		return nil, fmt.Errorf("list migrations: %w", err)
-	}
-	var ms []migration
-	for _, name := range names {
-		base := path.Base(name)
-		prefix, _, ok := strings.Cut(base, "_")
-		v, err := strconv.Atoi(prefix)
-		if !ok || err != nil || v <= 0 {
-			return nil, fmt.Errorf("migration %s: name must start with a positive version and '_'", base)
-		}
-		b, err := fs.ReadFile(fsys, name)
-		if err != nil {
-			return nil, fmt.Errorf("read migration %s: %w", base, err)
-		}
-		ms = append(ms, migration{version: v, name: base, sql: string(b)})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
-	for i, m := range ms {
-		if m.version != i+1 {
-			return nil, fmt.Errorf("migration %s: version %d, want %d (versions must be 1, 2, 3, ... with no gaps or duplicates)", m.name, m.version, i+1)
-		}
-	}
-	return ms, nil
-}
+// loadMigrations reads and checks migrations/*.sql (see sqlstore.LoadMigrations).
+func loadMigrations(fsys fs.FS) ([]migration, error) { return sqlstore.LoadMigrations(fsys) }
 
 // migrate applies migrations[:upTo] that the database lacks, each in its own
 // transaction together with its row in schema_migrations, so a crash leaves
@@ -96,16 +55,13 @@ func migrate(ctx context.Context, db *sql.DB, upTo int) error {
 	return nil
 }
 
-// isPlaceholder reports a migration file name that only reserved its version.
-func isPlaceholder(name string) bool { return strings.HasSuffix(name, "_reserved.sql") }
-
 // apply runs m unless it is already recorded. The check is inside the
 // transaction, which takes the write lock at BEGIN, so two processes opening
 // the same file cannot both apply it.
 func apply(ctx context.Context, db *sql.DB, m migration) (err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("migration %s: begin: %w", m.name, err)
+		return fmt.Errorf("migration %s: begin: %w", m.Name, err)
 	}
 	defer func() {
 		if err != nil {
@@ -113,25 +69,25 @@ func apply(ctx context.Context, db *sql.DB, m migration) (err error) {
 		}
 	}()
 	var recorded string
-	err = tx.QueryRowContext(ctx, `SELECT name FROM schema_migrations WHERE version = ?`, m.version).Scan(&recorded)
+	err = tx.QueryRowContext(ctx, `SELECT name FROM schema_migrations WHERE version = ?`, m.Version).Scan(&recorded)
 	switch {
-	case err == nil && (recorded == m.name || !isPlaceholder(recorded)):
+	case err == nil && !sqlstore.NeedsApply(m, recorded, true):
 		return tx.Rollback()
 	case err != nil && !errors.Is(err, sql.ErrNoRows):
-		return fmt.Errorf("migration %s: %w", m.name, err)
+		return fmt.Errorf("migration %s: %w", m.Name, err)
 	}
 	// Not applied yet, or applied only as a placeholder that reserved its version
 	// (a "NNNN_reserved.sql" holding nothing but a comment): apply the real one.
-	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-		return fmt.Errorf("migration %s: %w", m.name, err)
+	if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+		return fmt.Errorf("migration %s: %w", m.Name, err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)
 		ON CONFLICT (version) DO UPDATE SET name = excluded.name, applied_at = excluded.applied_at`,
-		m.version, m.name, nanos(now())); err != nil {
-		return fmt.Errorf("migration %s: record: %w", m.name, err)
+		m.Version, m.Name, nanos(now())); err != nil {
+		return fmt.Errorf("migration %s: record: %w", m.Name, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("migration %s: commit: %w", m.name, err)
+		return fmt.Errorf("migration %s: commit: %w", m.Name, err)
 	}
 	return nil
 }
