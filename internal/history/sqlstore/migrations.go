@@ -1,6 +1,9 @@
 package sqlstore
 
 import (
+	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -70,4 +73,74 @@ func NeedsApply(m Migration, recordedName string, recorded bool) bool {
 		return true
 	}
 	return recordedName != m.Name && strings.HasSuffix(recordedName, "_reserved.sql")
+}
+
+// Migrator is what Migrate runs on: a *sql.DB, or a *sql.Conn holding a session
+// lock.
+type Migrator interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+// Migrate creates the schema_migrations table (createTable, the dialect's CREATE
+// TABLE IF NOT EXISTS) and applies ms[:upTo] that the database lacks, each in its
+// own transaction together with its schema_migrations row, so a crash leaves the
+// schema at some whole version. Whether a migration is recorded is read inside its
+// transaction; the caller makes concurrent migrators wait (SQLite's BEGIN takes the
+// write lock, PostgreSQL's caller holds an advisory lock). It fails, changing
+// nothing, if the database records a version newer than ms knows.
+func Migrate(ctx context.Context, db Migrator, d Dialect, createTable string, ms []Migration, upTo int) error {
+	if _, err := db.ExecContext(ctx, createTable); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	var current int
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if current > len(ms) {
+		return fmt.Errorf("database schema version %d is newer than this binary's %d", current, len(ms))
+	}
+	s := &Store{d: d}
+	for _, m := range ms[:upTo] {
+		if err := s.apply(ctx, db, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apply runs m unless it is already recorded.
+func (s *Store) apply(ctx context.Context, db Migrator, m Migration) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migration %s: begin: %w", m.Name, err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	var recorded string
+	err = tx.QueryRowContext(ctx, s.q(`SELECT name FROM schema_migrations WHERE version = ?`), m.Version).Scan(&recorded)
+	switch {
+	case err == nil && !NeedsApply(m, recorded, true):
+		return tx.Rollback()
+	case err != nil && !errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("migration %s: %w", m.Name, err)
+	}
+	// No arguments: PostgreSQL runs the file of several statements through the
+	// simple protocol.
+	if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+		return fmt.Errorf("migration %s: %w", m.Name, err)
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)
+		ON CONFLICT (version) DO UPDATE SET name = excluded.name, applied_at = excluded.applied_at`),
+		m.Version, m.Name, Nanos(now())); err != nil {
+		return fmt.Errorf("migration %s: record: %w", m.Name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migration %s: commit: %w", m.Name, err)
+	}
+	return nil
 }
