@@ -18,9 +18,12 @@
 //
 // Every mutating method is one statement or one transaction, committed with the
 // server's synchronous_commit (on by default: a nil return means durable). The store
-// holds a pgxpool.Pool (used through pgx's database/sql adapter by the logic shared
-// with the sqlite store, internal/history/sqlstore), so calls run in parallel; migrations take an advisory lock,
+// holds a pgxpool.Pool, so calls run in parallel; migrations take an advisory lock,
 // so daemons starting together apply each migration once.
+//
+// The statements are shared with the sqlite store (internal/history/sqlstore), run
+// on the pool through pgx's database/sql adapter; this package holds what is
+// PostgreSQL's: connecting, the migrations and their lock, and the dialect.
 package postgres
 
 import (

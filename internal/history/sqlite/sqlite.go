@@ -13,6 +13,10 @@
 //
 // The schema is created and upgraded by the migrations embedded from
 // migrations/*.sql when Open is called; see migrate.go.
+//
+// The statements themselves are shared with the postgres store
+// (internal/history/sqlstore); this package holds what is SQLite's: opening the
+// file with its pragmas, the migrations, and the dialect.
 package sqlite
 
 import (
