@@ -3,16 +3,13 @@ package postgres
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"sort"
-	"strconv"
-	"strings"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/vmexec/vmexec/internal/history/sqlstore"
 )
 
 // migrationFS holds the schema migrations, named and numbered as the SQLite
@@ -23,135 +20,46 @@ import (
 //go:embed migrations/*.sql
 var migrationFS embed.FS
 
-var migrations = mustLoadMigrations(migrationFS)
+var migrations = sqlstore.MustLoadMigrations(migrationFS)
 
 // migrationLock is the advisory lock key that serializes migrators ("vmexec" in
 // ASCII, as a number).
 const migrationLock = 0x766d65786563
 
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
+// migration is one embedded migration file.
+type migration = sqlstore.Migration
 
-func mustLoadMigrations(fsys fs.FS) []migration {
-	ms, err := loadMigrations(fsys)
-	if err != nil {
-		panic(err)
-	}
-	return ms
-}
-
-// loadMigrations reads migrations/*.sql from fsys; versions must run 1, 2, 3, ...
-// without gaps or duplicates.
-func loadMigrations(fsys fs.FS) ([]migration, error) {
-	names, err := fs.Glob(fsys, "migrations/*.sql")
-	if err != nil {
-		return nil, fmt.Errorf("list migrations: %w", err)
-	}
-	var ms []migration
-	for _, name := range names {
-		base := path.Base(name)
-		prefix, _, ok := strings.Cut(base, "_")
-		v, err := strconv.Atoi(prefix)
-		if !ok || err != nil || v <= 0 {
-			return nil, fmt.Errorf("migration %s: name must start with a positive version and '_'", base)
-		}
-		b, err := fs.ReadFile(fsys, name)
-		if err != nil {
-			return nil, fmt.Errorf("read migration %s: %w", base, err)
-		}
-		ms = append(ms, migration{version: v, name: base, sql: string(b)})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
-	for i, m := range ms {
-		if m.version != i+1 {
-			return nil, fmt.Errorf("migration %s: version %d, want %d (versions must be 1, 2, 3, ... with no gaps or duplicates)", m.name, m.version, i+1)
-		}
-	}
-	return ms, nil
-}
+// loadMigrations reads and checks migrations/*.sql (see sqlstore.LoadMigrations).
+func loadMigrations(fsys fs.FS) ([]migration, error) { return sqlstore.LoadMigrations(fsys) }
 
 // Migrations returns the names of the embedded migrations, in order.
 func Migrations() []string {
 	out := make([]string, len(migrations))
 	for i, m := range migrations {
-		out[i] = m.name
+		out[i] = m.Name
 	}
 	return out
 }
 
-// migrate applies migrations[:upTo] that the database lacks, each in its own
-// transaction with its schema_migrations row, under a session advisory lock so that
-// concurrent daemons do not race. It fails if the database records a version this
-// binary does not know.
+// migrate applies migrations[:upTo] that the database lacks (see
+// sqlstore.Migrate) under a session advisory lock, so that concurrent daemons do
+// not race. It fails if the database records a version this binary does not know.
 func migrate(ctx context.Context, pool *pgxpool.Pool, upTo int) error {
-	conn, err := pool.Acquire(ctx)
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close() // gives its connections back to pool
+	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(migrationLock)); err != nil {
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, int64(migrationLock)); err != nil {
 		return fmt.Errorf("migrate: lock: %w", err)
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrationLock))
+	defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrationLock))
 
-	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	return sqlstore.Migrate(ctx, conn, dialect, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		version    BIGINT NOT NULL PRIMARY KEY,
 		name       TEXT   NOT NULL,
 		applied_at BIGINT NOT NULL
-	)`); err != nil {
-		return fmt.Errorf("create schema_migrations: %w", err)
-	}
-	current, err := schemaVersion(ctx, conn.Conn())
-	if err != nil {
-		return err
-	}
-	if current > len(migrations) {
-		return fmt.Errorf("database schema version %d is newer than this binary's %d", current, len(migrations))
-	}
-	for _, m := range migrations[:upTo] {
-		if err := apply(ctx, conn.Conn(), m); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// schemaVersion returns the newest applied version (0 for none).
-func schemaVersion(ctx context.Context, c *pgx.Conn) (int, error) {
-	var v int
-	if err := c.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil {
-		return 0, fmt.Errorf("read schema version: %w", err)
-	}
-	return v, nil
-}
-
-// isPlaceholder reports a migration file name that only reserved its version.
-func isPlaceholder(name string) bool { return strings.HasSuffix(name, "_reserved.sql") }
-
-// apply runs m unless it is recorded already (a recorded placeholder is replaced by
-// the real migration, as in the SQLite store).
-func apply(ctx context.Context, c *pgx.Conn, m migration) error {
-	var recorded string
-	err := c.QueryRow(ctx, `SELECT name FROM schema_migrations WHERE version = $1`, m.version).Scan(&recorded)
-	switch {
-	case err == nil && (recorded == m.name || !isPlaceholder(recorded)):
-		return nil
-	case err != nil && !errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("migration %s: %w", m.name, err)
-	}
-	return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
-		// No arguments: the simple protocol, which runs a file of several statements.
-		if _, err := tx.Exec(ctx, m.sql); err != nil {
-			return fmt.Errorf("migration %s: %w", m.name, err)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)
-			ON CONFLICT (version) DO UPDATE SET name = excluded.name, applied_at = excluded.applied_at`,
-			m.version, m.name, nanos(now())); err != nil {
-			return fmt.Errorf("migration %s: record: %w", m.name, err)
-		}
-		return nil
-	})
+	)`, migrations, upTo)
 }

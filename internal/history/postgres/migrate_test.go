@@ -65,22 +65,22 @@ func TestMigrationsMatchSQLite(t *testing.T) {
 	pool := rawPool(t, srv.NewDatabase(t))
 	lite := openSQLite(t)
 	for i, m := range migrations {
-		t.Run(m.name, func(t *testing.T) {
-			b, err := os.ReadFile(filepath.Join(sqliteMigrations, m.name))
+		t.Run(m.Name, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join(sqliteMigrations, m.Name))
 			if err != nil {
 				t.Fatalf("the SQLite original: %v", err)
 			}
 			if _, err := lite.Exec(string(b)); err != nil {
-				t.Fatalf("SQLite %s: %v", m.name, err)
+				t.Fatalf("SQLite %s: %v", m.Name, err)
 			}
 			if err := migrate(ctx, pool, i+1); err != nil {
 				t.Fatalf("migrate to %d: %v", i+1, err)
 			}
 			if diff := cmp.Diff(sqliteSchema(t, lite), pgSchema(t, pool)); diff != "" {
-				t.Errorf("schema after %s (-sqlite +postgres):\n%s", m.name, diff)
+				t.Errorf("schema after %s (-sqlite +postgres):\n%s", m.Name, diff)
 			}
 			if got := appliedVersions(t, pool); len(got) != i+1 || got[i] != i+1 {
-				t.Errorf("schema_migrations holds %v after %s", got, m.name)
+				t.Errorf("schema_migrations holds %v after %s", got, m.Name)
 			}
 		})
 	}

@@ -20,10 +20,15 @@
 // server's synchronous_commit (on by default: a nil return means durable). The store
 // holds a pgxpool.Pool, so calls run in parallel; migrations take an advisory lock,
 // so daemons starting together apply each migration once.
+//
+// The statements are shared with the sqlite store (internal/history/sqlstore), run
+// on the pool through pgx's database/sql adapter; this package holds what is
+// PostgreSQL's: connecting, the migrations and their lock, and the dialect.
 package postgres
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -31,8 +36,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/history/sqlstore"
 )
 
 // defaultMaxConns is the pool's size unless the URL sets pool_max_conns.
@@ -40,6 +47,12 @@ const defaultMaxConns = 16
 
 // Store is a history.Store backed by PostgreSQL. Create it with Open.
 type Store struct {
+	// Store runs the logic shared with the sqlite store (runs, listing,
+	// conversations) on db.
+	*sqlstore.Store
+	// db is pool seen through pgx's database/sql adapter: both share the pool's
+	// connections. pool stays for Pool's users (internal/cluster).
+	db   *sql.DB
 	pool *pgxpool.Pool
 }
 
@@ -58,7 +71,21 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("open history database: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	db := stdlib.OpenDBFromPool(pool)
+	return &Store{Store: sqlstore.New(db, dialect), db: db, pool: pool}, nil
+}
+
+// dialect is PostgreSQL's for the shared store.
+var dialect = sqlstore.Dialect{
+	Postgres: true,
+	IsUnique: isUnique,
+	IDOrder:  `id COLLATE "C"`,
+	AbortRunning: `UPDATE runs SET
+		status = ?, verdict = ?, exit_code = -1, completed_at = ?,
+		duration_ms = GREATEST(0, (CAST(? AS BIGINT) - started_at) / 1000000),
+		metadata = jsonb_set(metadata::jsonb, '{abort_reason}', to_jsonb(CAST(? AS TEXT)))::text
+		WHERE status = ?`,
+	ForUpdate: ` FOR UPDATE`,
 }
 
 // connect opens a pool on url and checks that the server answers.
@@ -93,6 +120,7 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // Close closes the pool. Closing twice is harmless.
 func (s *Store) Close() error {
+	s.db.Close()
 	s.pool.Close()
 	return nil
 }
@@ -103,21 +131,8 @@ func isUnique(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-// nanos converts t to unix nanoseconds, with the zero time as 0.
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-// fromNanos is the inverse of nanos; times are returned in UTC.
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
 // now is the store's clock.
 func now() time.Time { return time.Now().UTC() }
+
+// nanos is sqlstore.Nanos, for the migrations' applied_at.
+func nanos(t time.Time) int64 { return sqlstore.Nanos(t) }

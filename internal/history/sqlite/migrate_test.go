@@ -196,8 +196,8 @@ func TestMigrationSteps(t *testing.T) {
 	var wantVersions []int
 	for i, step := range migrationSteps {
 		t.Run(step.file, func(t *testing.T) {
-			if migrations[i].name != step.file {
-				t.Fatalf("migration %d is %s, want %s", i+1, migrations[i].name, step.file)
+			if migrations[i].Name != step.file {
+				t.Fatalf("migration %d is %s, want %s", i+1, migrations[i].Name, step.file)
 			}
 			if err := migrate(context.Background(), db, i+1); err != nil {
 				t.Fatalf("migrate to %d: %v", i+1, err)
@@ -300,7 +300,7 @@ func TestLoadMigrations(t *testing.T) {
 			}
 			var got []int
 			for _, m := range ms {
-				got = append(got, m.version)
+				got = append(got, m.Version)
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("versions (-want +got):\n%s", diff)

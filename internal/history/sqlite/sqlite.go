@@ -13,6 +13,10 @@
 //
 // The schema is created and upgraded by the migrations embedded from
 // migrations/*.sql when Open is called; see migrate.go.
+//
+// The statements themselves are shared with the postgres store
+// (internal/history/sqlstore); this package holds what is SQLite's: opening the
+// file with its pragmas, the migrations, and the dialect.
 package sqlite
 
 import (
@@ -28,6 +32,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/vmexec/vmexec/internal/history"
+	"github.com/vmexec/vmexec/internal/history/sqlstore"
 )
 
 // busyTimeout is how long a statement waits for another process's lock
@@ -36,6 +41,9 @@ const busyTimeout = 5 * time.Second
 
 // Store is a history.Store backed by SQLite. Create it with Open.
 type Store struct {
+	// Store runs the logic shared with the postgres store (runs, listing,
+	// conversations) on db.
+	*sqlstore.Store
 	db *sql.DB
 }
 
@@ -63,7 +71,19 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open history database %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{Store: sqlstore.New(db, dialect), db: db}, nil
+}
+
+// dialect is SQLite's for the shared store. ForUpdate is empty: _txlock=immediate
+// makes BEGIN take the write lock.
+var dialect = sqlstore.Dialect{
+	IsUnique: isConstraint,
+	IDOrder:  "id",
+	AbortRunning: `UPDATE runs SET
+		status = ?, verdict = ?, exit_code = -1, completed_at = ?,
+		duration_ms = MAX(0, (? - started_at) / 1000000),
+		metadata = json_set(metadata, '$.abort_reason', ?)
+		WHERE status = ?`,
 }
 
 // dsn returns the driver name for path: the plain file name followed by the
@@ -107,29 +127,8 @@ func isConstraint(err error) bool {
 	return false
 }
 
-// nanos converts t to unix nanoseconds, with the zero time as 0.
-func nanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-// fromNanos is the inverse of nanos; times are returned in UTC.
-func fromNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
 // now is the store's clock.
 func now() time.Time { return time.Now().UTC() }
 
-// b2i stores a bool as 0 or 1.
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
+// nanos is sqlstore.Nanos, for the migrations' applied_at.
+func nanos(t time.Time) int64 { return sqlstore.Nanos(t) }

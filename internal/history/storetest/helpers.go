@@ -94,3 +94,15 @@ func ids(runs []history.Run) []string {
 	}
 	return out
 }
+
+// The helpers the stores' own tests share with this suite.
+var (
+	// T0 has a nanosecond part, so round trips prove nothing is rounded.
+	T0 = t0
+	// FinishedRun returns a complete run of sandbox sb, started i seconds after T0.
+	FinishedRun = finishedRun
+	// MustRecord stores complete runs, failing the test on an error.
+	MustRecord = mustRecord
+	// IDs returns the IDs of runs, in order.
+	IDs = ids
+)

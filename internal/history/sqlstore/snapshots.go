@@ -1,11 +1,10 @@
-package postgres
+package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/vmexec/vmexec/internal/history"
 )
@@ -13,8 +12,11 @@ import (
 const snapshotColumns = `id, sandbox_id, agent_id, name, description, kind, run_id,
 	path, size_bytes, pinned, created_at, state_run`
 
-// oldestFirst orders snapshots as the contract says: CreatedAt, then ID.
-const oldestFirst = ` ORDER BY created_at, id COLLATE "C"`
+// oldestFirst orders snapshots (and rollbacks, on their at column) as the contract
+// says: creation time, then ID.
+func (s *Store) oldestFirst(timeColumn string) string {
+	return ` ORDER BY ` + timeColumn + `, ` + s.d.IDOrder
+}
 
 // PutSnapshot implements history.Store.
 func (s *Store) PutSnapshot(ctx context.Context, snap history.Snapshot) error {
@@ -29,16 +31,16 @@ func (s *Store) PutSnapshot(ctx context.Context, snap history.Snapshot) error {
 	if snap.CreatedAt.IsZero() {
 		snap.CreatedAt = now()
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO snapshots (`+snapshotColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO snapshots (`+snapshotColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET
 			sandbox_id = excluded.sandbox_id, agent_id = excluded.agent_id,
 			name = excluded.name, description = excluded.description,
 			kind = excluded.kind, run_id = excluded.run_id, path = excluded.path,
 			size_bytes = excluded.size_bytes, pinned = excluded.pinned,
-			created_at = excluded.created_at, state_run = excluded.state_run`,
+			created_at = excluded.created_at, state_run = excluded.state_run`),
 		snap.ID, snap.SandboxID, snap.AgentID, snap.Name, snap.Description, snap.Kind, snap.RunID,
-		snap.Path, snap.SizeBytes, snap.Pinned, nanos(snap.CreatedAt), snap.StateRunID)
+		snap.Path, snap.SizeBytes, snap.Pinned, Nanos(snap.CreatedAt), snap.StateRunID)
 	if err != nil {
 		return fmt.Errorf("put snapshot %q: %w", snap.ID, err)
 	}
@@ -47,8 +49,8 @@ func (s *Store) PutSnapshot(ctx context.Context, snap history.Snapshot) error {
 
 // GetSnapshot implements history.Store.
 func (s *Store) GetSnapshot(ctx context.Context, id string) (history.Snapshot, error) {
-	snap, err := scanSnapshot(s.pool.QueryRow(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id = $1`, id))
-	if errors.Is(err, pgx.ErrNoRows) {
+	snap, err := scanSnapshot(s.db.QueryRowContext(ctx, s.q(`SELECT `+snapshotColumns+` FROM snapshots WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
 		return history.Snapshot{}, fmt.Errorf("get snapshot %q: %w", id, history.ErrNotFound)
 	}
 	if err != nil {
@@ -59,7 +61,7 @@ func (s *Store) GetSnapshot(ctx context.Context, id string) (history.Snapshot, e
 
 // ListSnapshots implements history.Store.
 func (s *Store) ListSnapshots(ctx context.Context, sandboxID string) ([]history.Snapshot, error) {
-	snaps, err := s.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE sandbox_id = $1`+oldestFirst, sandboxID)
+	snaps, err := s.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE sandbox_id = ?`+s.oldestFirst("created_at"), sandboxID)
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots of sandbox %q: %w", sandboxID, err)
 	}
@@ -68,15 +70,15 @@ func (s *Store) ListSnapshots(ctx context.Context, sandboxID string) ([]history.
 
 // ListAllSnapshots implements history.Store.
 func (s *Store) ListAllSnapshots(ctx context.Context) ([]history.Snapshot, error) {
-	snaps, err := s.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots`+oldestFirst)
+	snaps, err := s.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots`+s.oldestFirst("created_at"))
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots: %w", err)
 	}
 	return snaps, nil
 }
 
-func (s *Store) querySnapshots(ctx context.Context, q string, args ...any) ([]history.Snapshot, error) {
-	rows, err := s.pool.Query(ctx, q, args...)
+func (s *Store) querySnapshots(ctx context.Context, query string, args ...any) ([]history.Snapshot, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -94,38 +96,39 @@ func (s *Store) querySnapshots(ctx context.Context, q string, args ...any) ([]hi
 
 // DeleteSnapshot implements history.Store.
 func (s *Store) DeleteSnapshot(ctx context.Context, id string) error {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM snapshots WHERE id = $1`, id)
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM snapshots WHERE id = ?`), id)
 	if err != nil {
 		return fmt.Errorf("delete snapshot %q: %w", id, err)
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("delete snapshot %q: %w", id, history.ErrNotFound)
+	if err := affected(res); err != nil {
+		return fmt.Errorf("delete snapshot %q: %w", id, err)
 	}
 	return nil
 }
 
-func scanSnapshot(row pgx.Row) (history.Snapshot, error) {
+func scanSnapshot(sc scanner) (history.Snapshot, error) {
 	var (
 		snap    history.Snapshot
 		created int64
 	)
-	err := row.Scan(&snap.ID, &snap.SandboxID, &snap.AgentID, &snap.Name, &snap.Description, &snap.Kind, &snap.RunID,
+	err := sc.Scan(&snap.ID, &snap.SandboxID, &snap.AgentID, &snap.Name, &snap.Description, &snap.Kind, &snap.RunID,
 		&snap.Path, &snap.SizeBytes, &snap.Pinned, &created, &snap.StateRunID)
 	if err != nil {
 		return history.Snapshot{}, err
 	}
-	snap.CreatedAt = fromNanos(created)
+	snap.CreatedAt = FromNanos(created)
 	return snap, nil
 }
 
 // SnapshotBytes implements history.Store.
 func (s *Store) SnapshotBytes(ctx context.Context, sandboxID string) (int64, error) {
-	q, args := `SELECT COALESCE(SUM(size_bytes), 0)::bigint FROM snapshots`, []any{}
+	// PostgreSQL's SUM of a BIGINT is a NUMERIC: cast it back.
+	query, args := `SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM snapshots`, []any{}
 	if sandboxID != "" {
-		q, args = q+` WHERE sandbox_id = $1`, append(args, sandboxID)
+		query, args = query+` WHERE sandbox_id = ?`, append(args, sandboxID)
 	}
 	var n int64
-	if err := s.pool.QueryRow(ctx, q, args...).Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(ctx, s.q(query), args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("snapshot bytes of %q: %w", sandboxID, err)
 	}
 	return n, nil
@@ -144,10 +147,10 @@ func (s *Store) RecordRollback(ctx context.Context, rb history.Rollback) error {
 	if rb.At.IsZero() {
 		rb.At = now()
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO rollbacks (id, sandbox_id, agent_id, snapshot_id, reason, run_id, at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		rb.ID, rb.SandboxID, rb.AgentID, rb.SnapshotID, rb.Reason, rb.RunID, nanos(rb.At))
-	if isUnique(err) {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO rollbacks (id, sandbox_id, agent_id, snapshot_id, reason, run_id, at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		rb.ID, rb.SandboxID, rb.AgentID, rb.SnapshotID, rb.Reason, rb.RunID, Nanos(rb.At))
+	if s.isUnique(err) {
 		return fmt.Errorf("record rollback %q: %w", rb.ID, history.ErrExists)
 	}
 	if err != nil {
@@ -158,8 +161,8 @@ func (s *Store) RecordRollback(ctx context.Context, rb history.Rollback) error {
 
 // ListRollbacks implements history.Store.
 func (s *Store) ListRollbacks(ctx context.Context, sandboxID string) ([]history.Rollback, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, sandbox_id, agent_id, snapshot_id, reason, run_id, at
-		FROM rollbacks WHERE sandbox_id = $1 ORDER BY at, id COLLATE "C"`, sandboxID)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, sandbox_id, agent_id, snapshot_id, reason, run_id, at
+		FROM rollbacks WHERE sandbox_id = ?`+s.oldestFirst("at")), sandboxID)
 	if err != nil {
 		return nil, fmt.Errorf("list rollbacks of sandbox %q: %w", sandboxID, err)
 	}
@@ -173,7 +176,7 @@ func (s *Store) ListRollbacks(ctx context.Context, sandboxID string) ([]history.
 		if err := rows.Scan(&rb.ID, &rb.SandboxID, &rb.AgentID, &rb.SnapshotID, &rb.Reason, &rb.RunID, &at); err != nil {
 			return nil, fmt.Errorf("list rollbacks of sandbox %q: %w", sandboxID, err)
 		}
-		rb.At = fromNanos(at)
+		rb.At = FromNanos(at)
 		rbs = append(rbs, rb)
 	}
 	if err := rows.Err(); err != nil {

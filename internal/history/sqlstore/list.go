@@ -1,4 +1,4 @@
-package postgres
+package sqlstore
 
 import (
 	"context"
@@ -10,11 +10,11 @@ import (
 	"github.com/vmexec/vmexec/internal/history"
 )
 
-// ListRuns implements history.Store. Pages are keyset-paginated on (started_at, id),
-// so the cursor names the last run returned and the next page starts strictly after
-// it. The cursor's format is the SQLite store's.
+// ListRuns implements history.Store. Pages are keyset-paginated on
+// (started_at, id), so the cursor names the last run returned and the next
+// page starts strictly after it. The cursor's format is the same in every dialect.
 func (s *Store) ListRuns(ctx context.Context, f history.RunFilter) ([]history.Run, string, error) {
-	where, args, err := runWhere(f, true)
+	where, args, err := s.runWhere(f, true)
 	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
@@ -26,9 +26,7 @@ func (s *Store) ListRuns(ctx context.Context, f history.RunFilter) ([]history.Ru
 		limit = history.MaxListLimit
 	}
 	// One extra row says whether another page follows.
-	args = append(args, limit+1)
-	rows, err := s.pool.Query(ctx, `SELECT `+runColumns+` FROM runs`+where+newestFirst+
-		fmt.Sprintf(` LIMIT $%d`, len(args)), args...)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+runColumns+` FROM runs`+where+s.newestFirst()+` LIMIT ?`), append(args, limit+1)...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list runs: %w", err)
 	}
@@ -48,57 +46,58 @@ func (s *Store) ListRuns(ctx context.Context, f history.RunFilter) ([]history.Ru
 	if len(runs) > limit {
 		runs = runs[:limit]
 		last := runs[limit-1]
-		next = encodeCursor(nanos(last.StartedAt), last.ID)
+		next = encodeCursor(Nanos(last.StartedAt), last.ID)
 	}
 	return runs, next, nil
 }
 
 // CountRuns implements history.Store.
 func (s *Store) CountRuns(ctx context.Context, f history.RunFilter) (int, error) {
-	where, args, err := runWhere(f, false)
+	where, args, err := s.runWhere(f, false)
 	if err != nil {
 		return 0, fmt.Errorf("count runs: %w", err)
 	}
 	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM runs`+where, args...).Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM runs`+where), args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count runs: %w", err)
 	}
 	return n, nil
 }
 
-// runWhere builds the WHERE clause for f, with the cursor condition if withCursor
-// is set; its placeholders are $1..$len(args).
-func runWhere(f history.RunFilter, withCursor bool) (string, []any, error) {
+// runWhere builds the WHERE clause for f, with the cursor condition if
+// withCursor is set.
+func (s *Store) runWhere(f history.RunFilter, withCursor bool) (string, []any, error) {
 	var (
 		conds []string
 		args  []any
 	)
-	arg := func(v any) string {
-		args = append(args, v)
-		return "$" + strconv.Itoa(len(args))
-	}
 	if f.AgentID != "" {
-		conds = append(conds, "agent_id = "+arg(f.AgentID))
+		conds = append(conds, "agent_id = ?")
+		args = append(args, f.AgentID)
 	}
 	if f.SandboxID != "" {
-		conds = append(conds, "sandbox_id = "+arg(f.SandboxID))
+		conds = append(conds, "sandbox_id = ?")
+		args = append(args, f.SandboxID)
 	}
 	if f.FailuresOnly {
-		conds = append(conds, "status <> "+arg(history.StatusRunning)+" AND verdict <> "+arg(history.VerdictOK))
+		conds = append(conds, "status <> ? AND verdict <> ?")
+		args = append(args, history.StatusRunning, history.VerdictOK)
 	}
 	if !f.Since.IsZero() {
-		conds = append(conds, "started_at >= "+arg(nanos(f.Since)))
+		conds = append(conds, "started_at >= ?")
+		args = append(args, Nanos(f.Since))
 	}
 	if !f.Until.IsZero() {
-		conds = append(conds, "started_at < "+arg(nanos(f.Until)))
+		conds = append(conds, "started_at < ?")
+		args = append(args, Nanos(f.Until))
 	}
 	if withCursor && f.Cursor != "" {
 		started, id, err := decodeCursor(f.Cursor)
 		if err != nil {
 			return "", nil, err
 		}
-		st := arg(started)
-		conds = append(conds, "(started_at < "+st+" OR (started_at = "+st+` AND id COLLATE "C" < `+arg(id)+"))")
+		conds = append(conds, "(started_at < ? OR (started_at = ? AND "+s.d.IDOrder+" < ?))")
+		args = append(args, started, started, id)
 	}
 	if len(conds) == 0 {
 		return "", nil, nil

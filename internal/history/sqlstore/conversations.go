@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -12,9 +12,10 @@ import (
 )
 
 // Conversations (migration 0007) are the agent loop's store (internal/agent.Store).
-// A conversation's messages are appended, never changed; AppendMessages numbers them
-// after the last one in the same transaction, so concurrent appends to one
-// conversation cannot collide.
+// A conversation's messages are appended, never changed. AppendMessages locks the
+// conversation's row (Dialect.ForUpdate; SQLite's transactions take the write lock
+// at BEGIN), then numbers the messages after its last one in the same transaction,
+// so concurrent appends to one conversation queue instead of colliding.
 
 // CreateConversation records a new, empty conversation of agentID;
 // history.ErrExists if id is taken.
@@ -22,9 +23,9 @@ func (s *Store) CreateConversation(ctx context.Context, id, agentID string) erro
 	if id == "" || agentID == "" {
 		return fmt.Errorf("create conversation: empty id or agent: %w", history.ErrInvalid)
 	}
-	t := nanos(now())
-	_, err := s.db.ExecContext(ctx, `INSERT INTO conversations (id, agent_id, created_at, updated_at) VALUES (?, ?, ?, ?)`, id, agentID, t, t)
-	if isConstraint(err) {
+	t := Nanos(now())
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO conversations (id, agent_id, created_at, updated_at) VALUES (?, ?, ?, ?)`), id, agentID, t, t)
+	if s.isUnique(err) {
 		return fmt.Errorf("create conversation %q: %w", id, history.ErrExists)
 	}
 	if err != nil {
@@ -45,11 +46,16 @@ func (s *Store) AppendMessages(ctx context.Context, id string, msgs []api.Conver
 			tx.Rollback()
 		}
 	}()
-	var next int
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE((SELECT MAX(seq) FROM conversation_messages WHERE conversation_id = ?), 0) + 1
-		FROM conversations WHERE id = ?`, id, id).Scan(&next); errors.Is(err, sql.ErrNoRows) {
+	// Lock the conversation's row (SQLite's BEGIN IMMEDIATE already holds the write
+	// lock), then number the messages after its last one.
+	var locked string
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT id FROM conversations WHERE id = ?`+s.d.ForUpdate), id).Scan(&locked); errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("append to conversation %q: %w", id, history.ErrNotFound)
 	} else if err != nil {
+		return fmt.Errorf("append to conversation %q: %w", id, err)
+	}
+	var next int
+	if err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(MAX(seq), 0) + 1 FROM conversation_messages WHERE conversation_id = ?`), id).Scan(&next); err != nil {
 		return fmt.Errorf("append to conversation %q: %w", id, err)
 	}
 	t := now()
@@ -67,13 +73,13 @@ func (s *Store) AppendMessages(ctx context.Context, id string, msgs []api.Conver
 		if at.IsZero() {
 			at = t
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO conversation_messages
-			(conversation_id, seq, role, content, tool_calls, tool_call_id, step, run_ids, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			id, next+i, m.Role, m.Content, calls, m.ToolCallID, m.Step, runs, nanos(at)); err != nil {
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO conversation_messages
+			(conversation_id, seq, role, content, tool_calls, tool_call_id, step, run_ids, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			id, next+i, m.Role, m.Content, calls, m.ToolCallID, m.Step, runs, Nanos(at)); err != nil {
 			return fmt.Errorf("append to conversation %q: %w", id, err)
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE conversations SET updated_at = ? WHERE id = ?`, nanos(t), id); err != nil {
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE conversations SET updated_at = ? WHERE id = ?`), Nanos(t), id); err != nil {
 		return fmt.Errorf("append to conversation %q: %w", id, err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -87,7 +93,7 @@ func (s *Store) AppendMessages(ctx context.Context, id string, msgs []api.Conver
 func (s *Store) GetConversation(ctx context.Context, id string) (api.Conversation, error) {
 	c := api.Conversation{Messages: []api.ConversationMessage{}}
 	var created, updated int64
-	err := s.db.QueryRowContext(ctx, `SELECT id, agent_id, created_at, updated_at FROM conversations WHERE id = ?`, id).
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT id, agent_id, created_at, updated_at FROM conversations WHERE id = ?`), id).
 		Scan(&c.ID, &c.AgentID, &created, &updated)
 	if errors.Is(err, sql.ErrNoRows) {
 		return c, fmt.Errorf("conversation %q: %w", id, history.ErrNotFound)
@@ -95,9 +101,9 @@ func (s *Store) GetConversation(ctx context.Context, id string) (api.Conversatio
 	if err != nil {
 		return c, fmt.Errorf("conversation %q: %w", id, err)
 	}
-	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, role, content, tool_calls, tool_call_id, step, run_ids, created_at
-		FROM conversation_messages WHERE conversation_id = ? ORDER BY seq`, id)
+	c.CreatedAt, c.UpdatedAt = FromNanos(created), FromNanos(updated)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT seq, role, content, tool_calls, tool_call_id, step, run_ids, created_at
+		FROM conversation_messages WHERE conversation_id = ? ORDER BY seq`), id)
 	if err != nil {
 		return c, fmt.Errorf("conversation %q: %w", id, err)
 	}
@@ -121,7 +127,7 @@ func (s *Store) GetConversation(ctx context.Context, id string) (api.Conversatio
 				return c, fmt.Errorf("conversation %q message %d: %w", id, m.Seq, err)
 			}
 		}
-		m.CreatedAt = fromNanos(at)
+		m.CreatedAt = FromNanos(at)
 		c.Messages = append(c.Messages, m)
 	}
 	if err := rows.Err(); err != nil {

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -63,14 +63,14 @@ func (s *Store) insertRun(ctx context.Context, r history.Run) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO runs (`+runColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO runs (`+runColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		r.ID, r.AgentID, r.SandboxID, r.Language, r.Code, r.Status, r.Verdict, r.ExitCode,
-		r.Stdout, r.Stderr, b2i(r.StdoutTruncated), b2i(r.StderrTruncated), r.BlockedRule, r.BlockedReason,
-		r.PreSnapshotID, r.FailureSnapshotID, r.RestoredSnapshotID, b2i(r.RolledBack),
-		nanos(r.StartedAt), nanos(r.CompletedAt), r.DurationMS, meta, r.KeyName,
-		changes, b2i(r.ChangesTruncated), b2i(r.ChangesUndone))
-	if isConstraint(err) {
+		r.Stdout, r.Stderr, r.StdoutTruncated, r.StderrTruncated, r.BlockedRule, r.BlockedReason,
+		r.PreSnapshotID, r.FailureSnapshotID, r.RestoredSnapshotID, r.RolledBack,
+		Nanos(r.StartedAt), Nanos(r.CompletedAt), r.DurationMS, meta, r.KeyName,
+		changes, r.ChangesTruncated, r.ChangesUndone)
+	if s.isUnique(err) {
 		return history.ErrExists
 	}
 	return err
@@ -99,23 +99,23 @@ func (s *Store) FinishRun(ctx context.Context, r history.Run) error {
 	if err != nil {
 		return fmt.Errorf("finish run %q: %w", r.ID, err)
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE runs SET
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE runs SET
 		status = ?, verdict = ?, exit_code = ?,
 		stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?,
 		blocked_rule = ?, blocked_reason = ?,
-		pre_snapshot_id = COALESCE(NULLIF(?, ''), pre_snapshot_id),
-		failure_snapshot_id = COALESCE(NULLIF(?, ''), failure_snapshot_id),
-		restored_snapshot_id = COALESCE(NULLIF(?, ''), restored_snapshot_id),
+		pre_snapshot_id = COALESCE(NULLIF(CAST(? AS TEXT), ''), pre_snapshot_id),
+		failure_snapshot_id = COALESCE(NULLIF(CAST(? AS TEXT), ''), failure_snapshot_id),
+		restored_snapshot_id = COALESCE(NULLIF(CAST(? AS TEXT), ''), restored_snapshot_id),
 		rolled_back = ?, completed_at = ?, duration_ms = ?,
-		metadata = COALESCE(?, metadata),
+		metadata = COALESCE(CAST(? AS TEXT), metadata),
 		changes = ?, changes_truncated = ?, changes_undone = ?
-		WHERE id = ?`,
+		WHERE id = ?`),
 		r.Status, r.Verdict, r.ExitCode,
-		r.Stdout, r.Stderr, b2i(r.StdoutTruncated), b2i(r.StderrTruncated),
+		r.Stdout, r.Stderr, r.StdoutTruncated, r.StderrTruncated,
 		r.BlockedRule, r.BlockedReason,
 		r.PreSnapshotID, r.FailureSnapshotID, r.RestoredSnapshotID,
-		b2i(r.RolledBack), nanos(r.CompletedAt), r.DurationMS,
-		meta, changes, b2i(r.ChangesTruncated), b2i(r.ChangesUndone), r.ID)
+		r.RolledBack, Nanos(r.CompletedAt), r.DurationMS,
+		meta, changes, r.ChangesTruncated, r.ChangesUndone, r.ID)
 	if err != nil {
 		return fmt.Errorf("finish run %q: %w", r.ID, err)
 	}
@@ -129,7 +129,7 @@ func (s *Store) FinishRun(ctx context.Context, r history.Run) error {
 
 // GetRun implements history.Store.
 func (s *Store) GetRun(ctx context.Context, id string) (history.Run, error) {
-	row := s.db.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs WHERE id = ?`, id)
+	row := s.db.QueryRowContext(ctx, s.q(`SELECT `+runColumns+` FROM runs WHERE id = ?`), id)
 	r, err := scanRun(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return history.Run{}, fmt.Errorf("get run %q: %w", id, history.ErrNotFound)
@@ -142,9 +142,8 @@ func (s *Store) GetRun(ctx context.Context, id string) (history.Run, error) {
 
 // LastSuccessfulRun implements history.Store.
 func (s *Store) LastSuccessfulRun(ctx context.Context, sandboxID string) (history.Run, error) {
-	row := s.db.QueryRowContext(ctx, `SELECT `+runColumns+` FROM runs
-		WHERE sandbox_id = ? AND verdict = ? AND status != ?
-		ORDER BY started_at DESC, id DESC LIMIT 1`,
+	row := s.db.QueryRowContext(ctx, s.q(`SELECT `+runColumns+` FROM runs
+		WHERE sandbox_id = ? AND verdict = ? AND status <> ?`+s.newestFirst()+` LIMIT 1`),
 		sandboxID, history.VerdictOK, history.StatusRunning)
 	r, err := scanRun(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -158,12 +157,8 @@ func (s *Store) LastSuccessfulRun(ctx context.Context, sandboxID string) (histor
 
 // AbortRunning implements history.Store.
 func (s *Store) AbortRunning(ctx context.Context, reason string) (int, error) {
-	t := nanos(now())
-	res, err := s.db.ExecContext(ctx, `UPDATE runs SET
-		status = ?, verdict = ?, exit_code = -1, completed_at = ?,
-		duration_ms = MAX(0, (? - started_at) / 1000000),
-		metadata = json_set(metadata, '$.abort_reason', ?)
-		WHERE status = ?`,
+	t := Nanos(now())
+	res, err := s.db.ExecContext(ctx, s.q(s.d.AbortRunning),
 		history.StatusError, history.VerdictError, t, t, reason, history.StatusRunning)
 	if err != nil {
 		return 0, fmt.Errorf("abort running runs: %w", err)
@@ -180,10 +175,9 @@ func (s *Store) PruneRuns(ctx context.Context, sandboxID string, keep int) error
 	if keep < 0 {
 		return fmt.Errorf("prune runs of sandbox %q: keep %d: %w", sandboxID, keep, history.ErrInvalid)
 	}
-	_, err := s.db.ExecContext(ctx, `DELETE FROM runs
-		WHERE sandbox_id = ? AND status != ? AND id NOT IN (
-			SELECT id FROM runs WHERE sandbox_id = ?
-			ORDER BY started_at DESC, id DESC LIMIT ?)`,
+	_, err := s.db.ExecContext(ctx, s.q(`DELETE FROM runs
+		WHERE sandbox_id = ? AND status <> ? AND id NOT IN (
+			SELECT id FROM runs WHERE sandbox_id = ?`+s.newestFirst()+` LIMIT ?)`),
 		sandboxID, history.StatusRunning, sandboxID, keep)
 	if err != nil {
 		return fmt.Errorf("prune runs of sandbox %q: %w", sandboxID, err)
@@ -213,31 +207,21 @@ func checkFinal(r history.Run) error {
 	return nil
 }
 
-// scanner is a *sql.Row or *sql.Rows.
-type scanner interface {
-	Scan(dest ...any) error
-}
-
 func scanRun(sc scanner) (history.Run, error) {
 	var (
-		r                              history.Run
-		outTrunc, errTrunc, rolledBack int
-		chTrunc, chUndone              int
-		started, completed             int64
-		meta, changes                  string
+		r                  history.Run
+		started, completed int64
+		meta, changes      string
 	)
 	err := sc.Scan(&r.ID, &r.AgentID, &r.SandboxID, &r.Language, &r.Code, &r.Status, &r.Verdict, &r.ExitCode,
-		&r.Stdout, &r.Stderr, &outTrunc, &errTrunc, &r.BlockedRule, &r.BlockedReason,
-		&r.PreSnapshotID, &r.FailureSnapshotID, &r.RestoredSnapshotID, &rolledBack,
-		&started, &completed, &r.DurationMS, &meta, &r.KeyName, &changes, &chTrunc, &chUndone)
+		&r.Stdout, &r.Stderr, &r.StdoutTruncated, &r.StderrTruncated, &r.BlockedRule, &r.BlockedReason,
+		&r.PreSnapshotID, &r.FailureSnapshotID, &r.RestoredSnapshotID, &r.RolledBack,
+		&started, &completed, &r.DurationMS, &meta, &r.KeyName, &changes, &r.ChangesTruncated, &r.ChangesUndone)
 	if err != nil {
 		return history.Run{}, err
 	}
-	r.StdoutTruncated = outTrunc != 0
-	r.StderrTruncated = errTrunc != 0
-	r.RolledBack = rolledBack != 0
-	r.StartedAt = fromNanos(started)
-	r.CompletedAt = fromNanos(completed)
+	r.StartedAt = FromNanos(started)
+	r.CompletedAt = FromNanos(completed)
 	if r.Metadata, err = decodeMetadata(meta); err != nil {
 		return history.Run{}, fmt.Errorf("run %q: %w", r.ID, err)
 	}
@@ -246,11 +230,10 @@ func scanRun(sc scanner) (history.Run, error) {
 			return history.Run{}, fmt.Errorf("run %q: decode changes: %w", r.ID, err)
 		}
 	}
-	r.ChangesTruncated, r.ChangesUndone = chTrunc != 0, chUndone != 0
 	return r, nil
 }
 
-// encodeChanges stores a change set as JSON; none is ”.
+// encodeChanges stores a change set as JSON; none is "".
 func encodeChanges(cs []history.Change) (string, error) {
 	if len(cs) == 0 {
 		return "", nil

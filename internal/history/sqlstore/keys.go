@@ -1,12 +1,10 @@
-package postgres
+package sqlstore
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/vmexec/vmexec/internal/auth"
 )
@@ -24,9 +22,9 @@ func (s *Store) CreateKey(ctx context.Context, k auth.Key) error {
 	if k.Agents == nil {
 		agents = []byte("[]")
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO api_keys (id, name, hash, admin, agents, rate, max_sandboxes, max_runs, created_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, k.ID, k.Name, k.Hash, k.Admin, string(agents), k.Rate, k.MaxSandboxes, k.MaxRuns, nanos(k.CreatedAt))
-	if isUnique(err) {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_keys (id, name, hash, admin, agents, rate, max_sandboxes, max_runs, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`), k.ID, k.Name, k.Hash, k.Admin, string(agents), k.Rate, k.MaxSandboxes, k.MaxRuns, Nanos(k.CreatedAt))
+	if s.isUnique(err) {
 		return fmt.Errorf("key %s: %w", k.Name, auth.ErrExists)
 	}
 	if err != nil {
@@ -37,8 +35,8 @@ func (s *Store) CreateKey(ctx context.Context, k auth.Key) error {
 
 // ListKeys implements auth.Store.
 func (s *Store) ListKeys(ctx context.Context) ([]auth.Key, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, name, hash, admin, agents, rate, max_sandboxes, max_runs,
-		created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, id COLLATE "C"`)
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id, name, hash, admin, agents, rate, max_sandboxes, max_runs,
+		created_at, last_used_at, revoked_at FROM api_keys`+s.oldestFirst("created_at")))
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
@@ -56,7 +54,7 @@ func (s *Store) ListKeys(ctx context.Context) ([]auth.Key, error) {
 		if err := json.Unmarshal([]byte(agents), &k.Agents); err != nil {
 			return nil, fmt.Errorf("key %s: stored agent patterns: %w", k.Name, err)
 		}
-		k.CreatedAt, k.LastUsedAt, k.RevokedAt = fromNanos(created), fromNanos(used), fromNanos(revoked)
+		k.CreatedAt, k.LastUsedAt, k.RevokedAt = FromNanos(created), FromNanos(used), FromNanos(revoked)
 		out = append(out, k)
 	}
 	return out, rows.Err()
@@ -64,27 +62,34 @@ func (s *Store) ListKeys(ctx context.Context) ([]auth.Key, error) {
 
 // RevokeKey implements auth.Store.
 func (s *Store) RevokeKey(ctx context.Context, name string, at time.Time) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET revoked_at = $1 WHERE name = $2 AND revoked_at = 0`, nanos(at), name)
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at = 0`), Nanos(at), name)
 	if err != nil {
 		return fmt.Errorf("revoke key %s: %w", name, err)
 	}
-	if tag.RowsAffected() == 0 {
+	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("key %s: %w", name, auth.ErrNotFound)
 	}
 	return nil
 }
 
-// TouchKeys implements auth.Store.
-func (s *Store) TouchKeys(ctx context.Context, used map[string]time.Time) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		for id, at := range used {
-			if _, err := tx.Exec(ctx, `UPDATE api_keys SET last_used_at = GREATEST(last_used_at, $1) WHERE id = $2`, nanos(at), id); err != nil {
-				return fmt.Errorf("touch key %s: %w", id, err)
-			}
-		}
-		return nil
-	})
+// TouchKeys implements auth.Store. A key's last use only moves forward.
+func (s *Store) TouchKeys(ctx context.Context, used map[string]time.Time) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
+		return fmt.Errorf("touch keys: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	for id, at := range used {
+		t := Nanos(at)
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE api_keys SET last_used_at = ? WHERE id = ? AND last_used_at < ?`), t, id, t); err != nil {
+			return fmt.Errorf("touch keys: touch key %s: %w", id, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("touch keys: %w", err)
 	}
 	return nil
