@@ -96,7 +96,7 @@ func waitHTTP(url string, limit time.Duration) error {
 func startPostgres(tmp string) (*benchProc, string, error) {
 	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres")
 	if len(bins) == 0 {
-		return nil, "", fmt.Errorf("-cluster: PostgreSQL not installed (scripts/setup installs it)")
+		return nil, "", fmt.Errorf("-cluster: PostgreSQL not installed (scripts/setup --tests installs it)")
 	}
 	bin := filepath.Dir(bins[len(bins)-1])
 	base := filepath.Join(tmp, "pg")

@@ -178,7 +178,7 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	if clusterFlags.on {
 		weed := weedPath(dataDir)
 		if weed == "" {
-			return fmt.Errorf("-cluster: SeaweedFS (weed) not found under %s/tools: run scripts/setup", dataDir)
+			return fmt.Errorf("-cluster: SeaweedFS (weed) not found under %s/tools: run scripts/setup --tests", dataDir)
 		}
 		if err := printCluster(tmp, runsc, tpl.Dir, weed, n); err != nil {
 			return err
@@ -190,7 +190,7 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	if storeFlags.on {
 		weed := weedPath(dataDir)
 		if weed == "" {
-			return fmt.Errorf("-store: SeaweedFS (weed) not found under %s/tools: run scripts/setup", dataDir)
+			return fmt.Errorf("-store: SeaweedFS (weed) not found under %s/tools: run scripts/setup --tests", dataDir)
 		}
 		if err := printStore(tmp, runsc, filepath.Join(tmp, "vmexec-agent"), tpl, weed, storeFlags.n); err != nil {
 			return err

@@ -102,7 +102,7 @@ func newClusterLab(t *testing.T) *clusterLab {
 	testenv.Root(t)
 	pgBin := pgtest.BinDir()
 	if pgBin == "" {
-		t.Skip("PostgreSQL not installed: run scripts/setup")
+		t.Skip("PostgreSQL not installed: run scripts/setup --tests")
 	}
 	weed := testenv.Weed(t)
 	base, err := os.MkdirTemp("", "vmxc-lab-")

@@ -212,7 +212,7 @@ func (s *Store) build(ctx context.Context, r Recipe, progress io.Writer) (Templa
 	if mirror != "" {
 		args = append(args, mirror)
 	}
-	fmt.Fprintf(progress, "building template %s-%s: debootstrap %s (about a minute; 1.6 GB)\n", r.Name, r.Hash(), strings.Join(args, " "))
+	fmt.Fprintf(progress, "building template %s-%s: debootstrap %s (a few minutes; 2.2 GB)\n", r.Name, r.Hash(), strings.Join(args, " "))
 	if err := runProgress(ctx, progress, start, "debootstrap", args...); err != nil {
 		return Template{}, fmt.Errorf("debootstrap: %w", err)
 	}

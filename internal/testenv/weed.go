@@ -26,6 +26,6 @@ func Weed(t testing.TB) string {
 	if p, err := exec.LookPath("weed"); err == nil {
 		return p
 	}
-	t.Skip("SeaweedFS (weed, the S3 server of these tests) not installed: run scripts/setup (builds it once, ~5 minutes)")
+	t.Skip("SeaweedFS (weed, the S3 server of these tests) not installed: run scripts/setup --tests (builds it once, ~5 minutes)")
 	return ""
 }

@@ -60,7 +60,7 @@ func start() {
 	dir := AssetsDir()
 	for _, bin := range []string{"kube-apiserver", "etcd"} {
 		if fi, err := os.Stat(filepath.Join(dir, bin)); err != nil || fi.Mode()&0o111 == 0 {
-			skip = fmt.Sprintf("%s not found in %s: run scripts/setup (as root) to build kube-apiserver and etcd, or set KUBEBUILDER_ASSETS", bin, dir)
+			skip = fmt.Sprintf("%s not found in %s: run scripts/setup --tests (as root) to build kube-apiserver and etcd, or set KUBEBUILDER_ASSETS", bin, dir)
 			return
 		}
 	}

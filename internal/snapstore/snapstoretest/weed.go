@@ -39,7 +39,7 @@ func (s *Server) Config() snapstore.S3Config {
 }
 
 // StartServer starts a server (Start) in a temporary directory and stops it when the
-// test ends; it skips when weed is not installed (scripts/setup builds it).
+// test ends; it skips when weed is not installed (scripts/setup --tests builds it).
 func StartServer(t testing.TB) *Server {
 	t.Helper()
 	s, err := Start(testenv.Weed(t), t.TempDir())

@@ -75,7 +75,7 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := BinDir()
 	if bin == "" {
-		t.Skip("PostgreSQL not installed (no /usr/lib/postgresql/*/bin/postgres): run scripts/setup, or apt-get install postgresql-15, or set VMEXEC_PG_BIN")
+		t.Skip("PostgreSQL not installed (no /usr/lib/postgresql/*/bin/postgres): run scripts/setup --tests, or apt-get install postgresql-15, or set VMEXEC_PG_BIN")
 	}
 	cred, uid, gid, err := runAs()
 	if err != nil {
