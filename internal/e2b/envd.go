@@ -54,7 +54,7 @@ func (h *Handler) envdRoutes() {
 			h.writeRPCError(w, r, err)
 			return
 		}
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 	})
 	h.envd = m
 }
@@ -74,7 +74,7 @@ func interpreterPath(p string) bool {
 // A request with a valid API key (checked by the HTTP layer) may reach any sandbox
 // in the key's scope; one without must carry the sandbox's token.
 func (h *Handler) serveEnvd(w http.ResponseWriter, r *http.Request) {
-	fail := h.writeHTTPError
+	fail := h.writeAPIError
 	switch {
 	case streamPaths[r.URL.Path]: // a stream's errors go in its end message, after a 200
 		fail = func(w http.ResponseWriter, r *http.Request, err error) { startStream(w).end(h.streamError(r, err)) }

@@ -74,7 +74,10 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
-// writeAPIError answers a control-plane request with err.
+// writeAPIError answers a control-plane request, envd's REST routes (/files,
+// /health) or the code interpreter's routes with err: the status, with the message
+// as a JSON {"code", "message"} the SDKs read into their error (the interpreter SDK
+// uses the body as the message).
 func (h *Handler) writeAPIError(w http.ResponseWriter, r *http.Request, err error) {
 	status, _, msg := classify(h.log, r, err)
 	writeJSON(w, status, apiError{Code: status, Message: msg})
@@ -90,12 +93,4 @@ func (h *Handler) writeRPCError(w http.ResponseWriter, r *http.Request, err erro
 func (h *Handler) streamError(r *http.Request, err error) *connectError {
 	_, code, msg := classify(h.log, r, err)
 	return &connectError{Code: code, Message: msg}
-}
-
-// writeHTTPError answers envd's REST routes (/files, /health) and the code
-// interpreter's routes: the status, with the message as a JSON {"message"} the SDKs
-// read into their error (the interpreter SDK uses the body as the message).
-func (h *Handler) writeHTTPError(w http.ResponseWriter, r *http.Request, err error) {
-	status, _, msg := classify(h.log, r, err)
-	writeJSON(w, status, apiError{Code: status, Message: msg})
 }

@@ -192,7 +192,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Content-Encoding") == "gzip" {
 		zr, err := gzip.NewReader(r.Body)
 		if err != nil {
-			h.writeHTTPError(w, r, fmt.Errorf("gzip body: %v: %w", err, errBadRequest))
+			h.writeAPIError(w, r, fmt.Errorf("gzip body: %v: %w", err, errBadRequest))
 			return
 		}
 		defer zr.Close()
@@ -250,7 +250,7 @@ func (h *Handler) upload(w http.ResponseWriter, r *http.Request) {
 		err = fmt.Errorf("uploads are multipart/form-data or application/octet-stream, not %s: %w", mt, errBadRequest)
 	}
 	if err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -273,7 +273,7 @@ func (h *Handler) download(w http.ResponseWriter, r *http.Request) {
 		return nil // the status is sent: a failure now can only cut the body short
 	})
 	if err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 	}
 }
 

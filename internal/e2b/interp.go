@@ -78,7 +78,7 @@ func interpLanguage(l string) (string, error) {
 
 func (h *Handler) needInterp(w http.ResponseWriter, r *http.Request) bool {
 	if h.interp == nil {
-		h.writeHTTPError(w, r, fmt.Errorf("interpreter contexts are not available in this build: %w", errUnsupported))
+		h.writeAPIError(w, r, fmt.Errorf("interpreter contexts are not available in this build: %w", errUnsupported))
 		return false
 	}
 	return true
@@ -100,16 +100,16 @@ func (h *Handler) execute(w http.ResponseWriter, r *http.Request) {
 		EnvVars   map[string]string `json:"env_vars"`
 	}
 	if err := decodeJSON(r, &in); err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	if in.ContextID != "" && in.Language != "" {
-		h.writeHTTPError(w, r, fmt.Errorf("give context_id or language, not both: %w", errBadRequest))
+		h.writeAPIError(w, r, fmt.Errorf("give context_id or language, not both: %w", errBadRequest))
 		return
 	}
 	lang, err := interpLanguage(in.Language)
 	if err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	rec := recOf(r)
@@ -142,7 +142,7 @@ func (h *Handler) execute(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil {
 		if !out.started() {
-			h.writeHTTPError(w, r, err)
+			h.writeAPIError(w, r, err)
 			return
 		}
 		out.line(map[string]any{"type": "error", "name": "vmexecError", "value": err.Error(), "traceback": ""})
@@ -206,18 +206,18 @@ func (h *Handler) createContext(w http.ResponseWriter, r *http.Request) {
 		Cwd      string `json:"cwd"`
 	}
 	if err := decodeJSON(r, &in); err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	lang, err := interpLanguage(in.Language)
 	if err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	rec := recOf(r)
 	c, err := h.interp.CreateContext(r.Context(), rec.ID, rec.AgentID, lang, in.Cwd)
 	if err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, c)
@@ -230,7 +230,7 @@ func (h *Handler) listContexts(w http.ResponseWriter, r *http.Request) {
 	rec := recOf(r)
 	list, err := h.interp.ListContexts(r.Context(), rec.ID, rec.AgentID)
 	if err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	if list == nil {
@@ -245,7 +245,7 @@ func (h *Handler) deleteContext(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := recOf(r)
 	if err := h.interp.DeleteContext(r.Context(), rec.ID, rec.AgentID, r.PathValue("id")); err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -257,7 +257,7 @@ func (h *Handler) restartContext(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := recOf(r)
 	if _, err := h.interp.RestartContext(r.Context(), rec.ID, rec.AgentID, r.PathValue("id")); err != nil {
-		h.writeHTTPError(w, r, err)
+		h.writeAPIError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
