@@ -116,9 +116,9 @@ func runRouter(o routerOptions) error {
 	if o.postgresURL == "" {
 		return errors.New("vmexec router needs the cluster's PostgreSQL: --postgres-url, VMEXEC_POSTGRES_URL or cluster.postgres_url in --config")
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: %w", o.logLevel, err)
+	level, err := config.ParseLevel(o.logLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
