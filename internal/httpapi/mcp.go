@@ -92,10 +92,7 @@ func (s *Server) mcpClient(req *mcp.CallToolRequest) (*client.Client, error) {
 	if strings.HasPrefix(self, "https://") {
 		c.HTTPClient = s.selfTLS
 	}
-	if auth := req.Extra.Header.Get("Authorization"); auth != "" {
-		if key, ok := strings.CutPrefix(auth, "Bearer "); ok {
-			c.APIKey = key
-		}
-	}
+	// The key the request was authenticated with, parsed as authentication parsed it.
+	c.APIKey = bearer(&http.Request{Header: req.Extra.Header})
 	return c, nil
 }
