@@ -52,15 +52,7 @@ func TestClusterPostgresFencing(t *testing.T) {
 	if r, err := hist.GetRun(ctx, res.ExecutionID); err != nil || r.Verdict != history.VerdictOK || r.AgentID != "agent-a" {
 		t.Fatalf("the run in PostgreSQL: %+v, %v", r, err)
 	}
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	own, err := cluster.NewPostgres(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	own := clusterOwnership(t, ctx, url)
 	o, err := own.Get(ctx, "agent-a")
 	if err != nil || o.Node != "node-1" || o.Epoch != 1 || o.Sandbox != res.SandboxID {
 		t.Fatalf("owner after the first run: %+v, %v; want node-1 at epoch 1 with sandbox %s", o, err, res.SandboxID)
@@ -192,15 +184,7 @@ func TestClusterTwoNodes(t *testing.T) {
 	}
 	refusedBy(n2, "node-1")
 
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	own, err := cluster.NewPostgres(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	own := clusterOwnership(t, ctx, url)
 	o, err := own.Get(ctx, "agent-a")
 	if err != nil {
 		t.Fatal(err)
@@ -228,4 +212,20 @@ func TestClusterTwoNodes(t *testing.T) {
 	if err != nil || len(nodes) != 2 {
 		t.Errorf("ready nodes: %+v, %v; want node-1 and node-2", nodes, err)
 	}
+}
+
+// clusterOwnership opens the ownership and node tables of the cluster database at
+// url, as a router would, closed when t ends.
+func clusterOwnership(t *testing.T, ctx context.Context, url string) *cluster.Postgres {
+	t.Helper()
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	own, err := cluster.NewPostgres(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return own
 }

@@ -9,10 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/vmexec/vmexec/api"
-	"github.com/vmexec/vmexec/internal/cluster"
 	"github.com/vmexec/vmexec/internal/history/postgres"
 	"github.com/vmexec/vmexec/internal/history/postgres/pgtest"
 	"github.com/vmexec/vmexec/internal/snapstore"
@@ -94,15 +91,7 @@ func TestClusterTakeoverRestoresFromS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hist.Close()
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	own, err := cluster.NewPostgres(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	own := clusterOwnership(t, ctx, url)
 	// Node 1's durable state is uploaded and named in the ownership row.
 	var want string
 	deadline := time.Now().Add(time.Minute)
