@@ -161,6 +161,12 @@ func (e *entry) persist(ctx context.Context) {
 			return
 		}
 	}
+	e.writeState(ctx)
+}
+
+// writeState writes e's durable state without asking the Fencer, for a caller that
+// has just been told this node holds the agent; turn held.
+func (e *entry) writeState(ctx context.Context) {
 	st := history.SandboxState{CurrentSnapshotID: e.current, HeadRunID: e.headRun}
 	if err := e.s.hist.SetSandboxState(ctx, e.id, st); err != nil && !errors.Is(err, history.ErrNotFound) {
 		e.s.log.Error("recording sandbox state", "id", e.id, "err", err)

@@ -296,20 +296,22 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		e.lost(pre, s.runs.Err() != nil)
 	}
 	// Cluster mode: a node that lost the agent during the run must not acknowledge it.
-	fenced := false
+	checked := false // the fence was asked after the run
 	if runErr == nil {
 		fctx, cancel := context.WithTimeout(s.work, 10*time.Second)
 		def := "" // the ownership record names the agent's default sandbox only
 		if req.SandboxID == "" {
 			def = e.id
 		}
-		if runErr = s.fence(fctx, req.AgentID, def); runErr != nil {
-			fenced = true
-		}
+		runErr, checked = s.fence(fctx, req.AgentID, def), true
 		cancel()
 	}
 	s.finishRecord(e, pol, rec, out, runErr)
-	if !fenced {
+	switch {
+	case checked && runErr != nil: // refused: the state is not this node's to record
+	case checked && req.AgentID == e.agentID:
+		e.writeState(context.Background()) // held a moment ago: no second ownership query
+	default:
 		e.persist(context.Background())
 	}
 	if runErr != nil {

@@ -107,8 +107,12 @@ func (s *Service) reconcileImages(ctx context.Context, sandboxes []history.Sandb
 		}
 		recorded[sn.Path] = true
 	}
+	s.unnamedShared = map[string][]string{}
 	for name, refs := range listed {
 		for ref := range refs {
+			if shared[ref] && !recorded[ref] {
+				s.unnamedShared[name] = append(s.unnamedShared[name], ref)
+			}
 			if recorded[ref] || shared[ref] {
 				continue
 			}

@@ -261,33 +261,20 @@ exit 1`
 
 // pruneShared removes shared images other than current (the template snapshot, if
 // it exists already) that no snapshot record names: made for an older template,
-// runsc or agent. Called by Start only: ListImages removes half-written images, so
-// no snapshot may be in flight.
+// runsc or agent. Called by Start only, after recover: reconcileImages has listed
+// the images and records at start already (unnamedShared), and no snapshot is in
+// flight yet.
 func (s *Service) pruneShared(ctx context.Context, si backend.SharedImager, current string) {
-	sn, ok := si.(backend.Snapshotter)
-	if !ok {
-		return
-	}
-	imgs, err := sn.ListImages(ctx)
-	if err != nil {
-		return
-	}
-	snaps, err := s.hist.ListAllSnapshots(ctx)
-	if err != nil {
-		return
-	}
-	named := map[string]bool{current: true}
-	for _, r := range snaps {
-		named[r.Path] = true
-	}
-	for _, img := range imgs {
-		if img.Shared && !named[img.Ref] {
-			s.log.Info("removing a template snapshot no longer used", "image", img.Ref)
-			if err := si.DeleteShared(ctx, img.Ref); err != nil {
-				s.log.Warn("removing an old template snapshot", "image", img.Ref, "err", err)
-			}
+	for _, ref := range s.unnamedShared[s.def.Name()] {
+		if ref == current {
+			continue
+		}
+		s.log.Info("removing a template snapshot no longer used", "image", ref)
+		if err := si.DeleteShared(ctx, ref); err != nil {
+			s.log.Warn("removing an old template snapshot", "image", ref, "err", err)
 		}
 	}
+	s.unnamedShared = nil
 }
 
 // startFresh starts e's first sandbox: restored from the template snapshot when e

@@ -101,6 +101,9 @@ type Service struct {
 	closed     bool
 
 	tsnap templateSnap // the template snapshot (pool.go)
+	// unnamedShared is, per backend, the shared images no snapshot record named at
+	// start (reconcileImages lists them; pruneShared removes all but the current one).
+	unnamedShared map[string][]string
 
 	// runs is cancelled when Close begins: in-flight runs are interrupted and rolled
 	// back. work is cancelled when Close's budget ends: background work stops.

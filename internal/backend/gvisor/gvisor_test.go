@@ -294,21 +294,13 @@ func TestCheckpointWays(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer sb.Destroy(ctx)
-			run := func(sb backend.Sandbox, code string) string {
-				t.Helper()
-				res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
-				if err != nil || res.Verdict != agentproto.VerdictOK {
-					t.Fatalf("%q: %+v %v", code, res, err)
-				}
-				return strings.TrimSpace(string(res.Stdout))
-			}
-			run(sb, "echo saved > ~/f.txt; nohup sleep 1000 >/dev/null 2>&1 &")
+			runBash(t, sb, "echo saved > ~/f.txt; nohup sleep 1000 >/dev/null 2>&1 &")
 			img, err := b.Snapshot(ctx, sb)
 			if err != nil {
 				t.Fatal(err)
 			}
 			check := "cat ~/f.txt; for f in /proc/[0-9]*/comm; do cat $f; done | grep -cx sleep"
-			if got := run(sb, check); got != "saved\n1" {
+			if got := runBash(t, sb, check); got != "saved\n1" {
 				t.Fatalf("original after the snapshot: %q", got)
 			}
 			fork, err := b.Fork(ctx, img.Ref, backend.Spec{ID: "ckpt-" + way + "-fork", Template: tpl, MemoryBytes: 256 << 20})
@@ -316,11 +308,22 @@ func TestCheckpointWays(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer fork.Destroy(ctx)
-			if got := run(fork, check); got != "saved\n1" {
+			if got := runBash(t, fork, check); got != "saved\n1" {
 				t.Fatalf("fork: %q, want the file and the process", got)
 			}
 		})
 	}
+}
+
+// runBash runs code with bash in sb, fails the test unless the run is OK, and
+// returns its trimmed stdout.
+func runBash(t *testing.T, sb backend.Sandbox, code string) string {
+	t.Helper()
+	res, err := sb.Exec(context.Background(), &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
+	if err != nil || res.Verdict != agentproto.VerdictOK {
+		t.Fatalf("%q: %+v %v", code, res, err)
+	}
+	return strings.TrimSpace(string(res.Stdout))
 }
 
 // A restore goes into a standby container made ahead when one is ready: the restored
@@ -344,15 +347,7 @@ func TestRestoreIntoStandby(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Destroy(ctx)
-	run := func(sb backend.Sandbox, code string) string {
-		t.Helper()
-		res, err := sb.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: code, Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
-		if err != nil || res.Verdict != agentproto.VerdictOK {
-			t.Fatalf("%q: %+v %v", code, res, err)
-		}
-		return strings.TrimSpace(string(res.Stdout))
-	}
-	run(sb, "echo saved > ~/f.txt")
+	runBash(t, sb, "echo saved > ~/f.txt")
 	img, err := b.Snapshot(ctx, sb)
 	if err != nil {
 		t.Fatal(err)
@@ -397,7 +392,7 @@ func TestRestoreIntoStandby(t *testing.T) {
 		t.Fatalf("second restore is %s, want the standby %s", second.ID(), id)
 	}
 	for _, s := range []backend.Sandbox{first, second} {
-		if got := run(s, "cat ~/f.txt"); got != "saved" {
+		if got := runBash(t, s, "cat ~/f.txt"); got != "saved" {
 			t.Fatalf("%s: %q, want the image's file", s.ID(), got)
 		}
 	}
@@ -411,7 +406,7 @@ func TestRestoreIntoStandby(t *testing.T) {
 		t.Fatalf("restore after its standby broke: %v", err)
 	}
 	defer third.Destroy(ctx)
-	if got := run(third, "cat ~/f.txt"); got != "saved" {
+	if got := runBash(t, third, "cat ~/f.txt"); got != "saved" {
 		t.Fatalf("%s: %q", third.ID(), got)
 	}
 	waitStandby()

@@ -2,7 +2,6 @@ package gvisor
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -69,16 +68,9 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 		return nil, fmt.Errorf("bundle dir: %w", err)
 	}
 	undo = append(undo, func() { os.RemoveAll(dir) })
-	cfgJSON, err := json.MarshalIndent(b.ociSpec(spec), "", "  ")
+	console, err := b.writeBundle(dir, spec)
 	if err != nil {
-		return nil, fmt.Errorf("oci spec: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfgJSON, 0o600); err != nil {
-		return nil, fmt.Errorf("write oci spec: %w", err)
-	}
-	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("console log: %w", err)
+		return nil, err
 	}
 	defer console.Close()
 

@@ -143,16 +143,9 @@ func (b *Backend) createStandby(ctx context.Context, spec backend.Spec) (_ *stan
 			b.destroyStandby(sb)
 		}
 	}()
-	cfgJSON, err := json.MarshalIndent(b.ociSpec(spec), "", "  ")
+	console, err := b.writeBundle(dir, spec)
 	if err != nil {
-		return nil, fmt.Errorf("oci spec: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfgJSON, 0o600); err != nil {
-		return nil, fmt.Errorf("write oci spec: %w", err)
-	}
-	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("console log: %w", err)
+		return nil, err
 	}
 	defer console.Close()
 	inR, inW, err := os.Pipe()
@@ -175,6 +168,23 @@ func (b *Backend) createStandby(ctx context.Context, spec backend.Spec) (_ *stan
 		return nil, fmt.Errorf("runsc create %s: %w; console: %s", spec.ID, err, b.consoleTail(spec.ID))
 	}
 	return sb, nil
+}
+
+// writeBundle writes spec's OCI config into the bundle dir and opens its
+// console log for appending; the caller closes the log.
+func (b *Backend) writeBundle(dir string, spec backend.Spec) (*os.File, error) {
+	cfgJSON, err := json.MarshalIndent(b.ociSpec(spec), "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("oci spec: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfgJSON, 0o600); err != nil {
+		return nil, fmt.Errorf("write oci spec: %w", err)
+	}
+	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("console log: %w", err)
+	}
+	return console, nil
 }
 
 // destroyStandby removes a standby's container, pipes and bundle.
