@@ -237,7 +237,7 @@ func printCluster(tmp, runsc, tplDir, weed string, n int) error {
 	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "cluster (loopback)", "n", "p50", "p95", "p50/direct")
 	for _, p := range [][2]series{{straight, viaRouter}, {getStraight, getRouter}} {
 		for _, s := range p {
-			fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(10*time.Microsecond), s.pct(0.95).Round(10*time.Microsecond), float64(s.pct(0.5))/float64(p[0].pct(0.5)))
+			printRow(30, s, 10*time.Microsecond, p[0].pct(0.5))
 		}
 		fmt.Printf("%-30s %6s %10s %10s\n", "  router overhead", "", (p[1].pct(0.5) - p[0].pct(0.5)).Round(10*time.Microsecond), (p[1].pct(0.95) - p[0].pct(0.95)).Round(10*time.Microsecond))
 	}

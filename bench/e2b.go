@@ -56,7 +56,7 @@ func printE2B(tmp, runsc, tplDir string, n int, native time.Duration) error {
 	call := map[string]string{"runCode": "runCode('1+1')", "commands.run": "commands.run(python3)"}[res.Mode]
 	fmt.Printf("\n%-44s %6s %10s %10s %12s\n", "E2B SDK (@e2b/code-interpreter 2.8.0)", "n", "p50", "p95", "p50/native")
 	for _, s := range []series{ms("create + "+call+" + kill", res.Cold), ms("warm "+call, res.Warm)} {
-		fmt.Printf("%-44s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(native))
+		printRow(44, s, 100*time.Microsecond, native)
 	}
 	if res.Mode != "runCode" {
 		fmt.Println("(this daemon has no interpreter contexts: runCode was measured as commands.run)")

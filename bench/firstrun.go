@@ -78,11 +78,11 @@ func firstRuns(d *daemon, name string, pool, m int) ([]series, error) {
 		}
 		// A native spawn right before each first run: on a machine whose load moves,
 		// the ratio of the two p50s is the fairer one.
-		t0 := time.Now()
-		if err := exec.Command(nativePython(), "-c", "print(1)").Run(); err != nil {
+		t0, err := timed(func() error { return exec.Command(nativePython(), "-c", "print(1)").Run() })
+		if err != nil {
 			return nil, err
 		}
-		native.d = append(native.d, time.Since(t0))
+		native.d = append(native.d, t0)
 		agent := fmt.Sprintf("first-%d-%d", time.Now().UnixNano(), i)
 		t := time.Now()
 		r, err := c.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: "print(1)"})

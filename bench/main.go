@@ -291,8 +291,14 @@ func printSeries(native series, results []series) {
 	base := native.pct(0.5)
 	fmt.Printf("\n%-36s %6s %10s %10s %12s\n", "measurement", "n", "p50", "p95", "p50/native")
 	for _, s := range results {
-		fmt.Printf("%-36s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+		printRow(36, s, 100*time.Microsecond, base)
 	}
+}
+
+// printRow prints one table row: s's name in a column w wide, its n, p50 and p95
+// (rounded to round) and its p50's ratio to base.
+func printRow(w int, s series, round, base time.Duration) {
+	fmt.Printf("%-*s %6d %10s %10s %11.2fx\n", w, s.name, len(s.d), s.pct(0.5).Round(round), s.pct(0.95).Round(round), float64(s.pct(0.5))/float64(base))
 }
 
 // printAgent measures and prints the agent loop's section.
@@ -304,7 +310,7 @@ func printAgent(tmp, runsc, tplDir string, n int) error {
 	base := agent[1].pct(0.5) // the warm exec a step contains
 	fmt.Printf("\n%-30s %6s %10s %10s %12s\n", "agent loop", "n", "p50", "p95", "p50/exec")
 	for _, s := range agent {
-		fmt.Printf("%-30s %6d %10s %10s %11.2fx\n", s.name, len(s.d), s.pct(0.5).Round(100*time.Microsecond), s.pct(0.95).Round(100*time.Microsecond), float64(s.pct(0.5))/float64(base))
+		printRow(30, s, 100*time.Microsecond, base)
 	}
 	fmt.Printf("%-30s %6s %10s\n", "means", "", "")
 	for _, s := range agent {

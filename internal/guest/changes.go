@@ -303,7 +303,7 @@ func outermost(roots []string) []string {
 	sort.Strings(roots)
 	var out []string
 	for _, r := range roots {
-		if n := len(out); n > 0 && (r == out[n-1] || strings.HasPrefix(r, strings.TrimSuffix(out[n-1], "/")+"/")) {
+		if n := len(out); n > 0 && underAny(r, out[n-1:]) {
 			continue
 		}
 		out = append(out, r)

@@ -527,8 +527,8 @@ func (a *agent) runCell(ctx context.Context, req *agentproto.ExecRequest, emit f
 		}
 	}
 	lim := withDefaults(req.Limits)
-	if lang := lookupLanguage(spec.Language); lang != nil {
-		if _, err := a.runEnv(lang, lim, req.Env); err != nil {
+	if lookupLanguage(spec.Language) != nil {
+		if err := checkEnv(req.Env); err != nil {
 			return nil, err
 		}
 	}

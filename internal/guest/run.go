@@ -192,17 +192,8 @@ func (a *agent) runEnv(lang *language, lim agentproto.Limits, extra map[string]s
 	if lang.env != nil {
 		add(base, lang.env(a.opts.Home))
 	}
-	for k, v := range extra {
-		switch {
-		case k == "":
-			return runEnv{}, invalid("invalid environment variable name: empty")
-		case strings.ContainsAny(k, "=\x00"):
-			return runEnv{}, invalid("invalid environment variable name %q: contains '=' or NUL", k)
-		case strings.ContainsRune(v, 0):
-			return runEnv{}, invalid("invalid value of environment variable %q: contains NUL", k)
-		case k == "PATH" && strings.TrimSpace(v) == "":
-			return runEnv{}, invalid("empty PATH")
-		}
+	if err := checkEnv(extra); err != nil {
+		return runEnv{}, err
 	}
 	run := make(map[string]string, len(base)+len(extra))
 	for k, v := range base {
@@ -216,6 +207,23 @@ func (a *agent) runEnv(lang *language, lim agentproto.Limits, extra map[string]s
 		run[k] = v
 	}
 	return runEnv{compile: envList(base), run: envList(run)}, nil
+}
+
+// checkEnv refuses a request's environment variables that cannot be set.
+func checkEnv(extra map[string]string) error {
+	for k, v := range extra {
+		switch {
+		case k == "":
+			return invalid("invalid environment variable name: empty")
+		case strings.ContainsAny(k, "=\x00"):
+			return invalid("invalid environment variable name %q: contains '=' or NUL", k)
+		case strings.ContainsRune(v, 0):
+			return invalid("invalid value of environment variable %q: contains NUL", k)
+		case k == "PATH" && strings.TrimSpace(v) == "":
+			return invalid("empty PATH")
+		}
+	}
+	return nil
 }
 
 func envList(m map[string]string) []string {

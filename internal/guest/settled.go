@@ -85,7 +85,8 @@ const pfKthread = 0x00200000
 // process when it is not pid 1, as in tests), a zygote of the pool, or a child of
 // one (its spare). Zombies, exiting processes and kernel threads do not count.
 func (a *agent) onlyOwnProcesses() bool {
-	own := map[string]bool{"1": true, strconv.Itoa(os.Getpid()): true}
+	self := strconv.Itoa(os.Getpid())
+	own := map[string]bool{"1": true, self: true}
 	pool := &a.zygotes
 	pool.mu.Lock()
 	for _, z := range []*zygote{pool.idle, pool.starting} {
@@ -109,7 +110,7 @@ func (a *agent) onlyOwnProcesses() bool {
 		if flags, err := strconv.ParseUint(string(f[6]), 10, 64); err == nil && flags&pfKthread != 0 {
 			return // a kernel thread (a microVM's kernel): no user state
 		}
-		if ppid := string(f[1]); own[ppid] && ppid != "1" && ppid != strconv.Itoa(os.Getpid()) {
+		if ppid := string(f[1]); own[ppid] && ppid != "1" && ppid != self {
 			return // a zygote's child: its spare (a run has been reaped by now)
 		}
 		ok = false
