@@ -19,6 +19,11 @@
 //     room (load < capacity), the least loaded, and claims the agent for it
 //     (cluster.Ownership.Claim, an insert that only one of several racing routers
 //     wins: the others use the winner's row).
+//   - What the router reads from PostgreSQL per request is cached: the node list
+//     for NodesTTL (1s; dropped when a node does not answer, and read afresh by a
+//     takeover), an owner row for CacheTTL (2s; dropped when a node answers 409),
+//     and the agent of a sandbox, snapshot, run or conversation for good (an
+//     object's agent never changes; LookupCacheSize bounds the map).
 //   - Members says which nodes exist, where they listen and which are ready:
 //     Registry (the node registry in PostgreSQL: ready while a node's heartbeat is
 //     younger than ReadyWithin, by the database's clock), or Sourced over an
@@ -27,8 +32,9 @@
 //
 // # Takeover
 //
-// When the owner cannot be reached (the connection fails: nothing was sent, so
-// nothing ran), the router waits — up to TakeoverWait, polling once a second —
+// When the owner cannot be reached (connecting, or writing the request on a
+// kept-alive connection, fails: the owner did not get the request, so nothing
+// ran), the router waits — up to TakeoverWait, polling once a second —
 // until either the owner answers a direct probe (then the request goes to it) or
 // the owner is both not ready and unreachable. Then it takes the agent over: it
 // picks a candidate the same way as for placement, among ready nodes whose
@@ -105,6 +111,8 @@ const (
 	HeaderTakenOver    = "X-Vmexec-Taken-Over-From"
 	defaultK           = 2
 	defaultCacheTTL    = 2 * time.Second
+	defaultNodesTTL    = time.Second
+	defaultLookupCache = 1 << 16
 	defaultProbeTimout = 2 * time.Second
 )
 
@@ -134,6 +142,13 @@ type Config struct {
 	TakeoverWait time.Duration
 	// CacheTTL is how long an owner row is trusted from memory (default 2s).
 	CacheTTL time.Duration
+	// NodesTTL is how long the node list (Members) is trusted from memory (default
+	// 1s); a node that does not answer drops it sooner, and a takeover always reads
+	// it afresh.
+	NodesTTL time.Duration
+	// LookupCacheSize bounds the object → agent mappings kept from Lookup (default
+	// 65536; the least recently used go first).
+	LookupCacheSize int
 	// Transport carries requests to nodes (default: a clone of http.DefaultTransport).
 	Transport http.RoundTripper
 	Logger    *slog.Logger
@@ -150,6 +165,7 @@ type Router struct {
 	owners map[string]cachedOwner // agent → row
 	compat map[string]string      // node → its snapshot compatibility, once fetched
 	flight map[string]*takeover   // agent → takeover in progress
+	nodes  nodeCache              // the last node list (cache.go)
 }
 
 type cachedOwner struct {
@@ -171,6 +187,13 @@ func New(cfg Config) (*Router, error) {
 	if cfg.CacheTTL <= 0 {
 		cfg.CacheTTL = defaultCacheTTL
 	}
+	if cfg.NodesTTL <= 0 {
+		cfg.NodesTTL = defaultNodesTTL
+	}
+	if cfg.LookupCacheSize <= 0 {
+		cfg.LookupCacheSize = defaultLookupCache
+	}
+	cfg.Lookup = newCachedLookup(cfg.Lookup, cfg.LookupCacheSize)
 	if cfg.Transport == nil {
 		cfg.Transport = DefaultTransport()
 	}

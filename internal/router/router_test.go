@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/cluster"
@@ -521,5 +524,125 @@ func TestStaticMembers(t *testing.T) {
 	}
 	if o := c.owner("a"); o.Node != "n2" || o.Epoch != 2 {
 		t.Errorf("owner %+v", o)
+	}
+}
+
+// queryCounter counts the SQL statements run on a pool, by the table they name.
+type queryCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (q *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, table := range []string{"cluster_nodes", "cluster_owners", "sandboxes", "snapshots", "runs"} {
+		if strings.Contains(d.SQL, " "+table) {
+			q.n[table]++
+		}
+	}
+	return ctx
+}
+
+func (q *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (q *queryCounter) take() map[string]int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := q.n
+	q.n = map[string]int{}
+	return n
+}
+
+// TestQueriesPerRequest guards the router's read caches: many requests for one
+// sandbox read the node list, the sandbox's agent and the owner row once (within
+// the caches' lifetimes), not once or twice per request; a node that does not
+// answer makes the next request read the node list again; the object → agent map is
+// bounded.
+func TestQueriesPerRequest(t *testing.T) {
+	c := newCluster(t, "n1", "n2")
+	ctx := context.Background()
+	c.claim("bob", "n2")
+	if err := c.hist.PutSandbox(ctx, history.Sandbox{ID: "sb-bob", AgentID: "bob", Backend: "gvisor", CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(c.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qc := &queryCounter{n: map[string]int{}}
+	cfg.ConnConfig.Tracer = qc
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	pg, err := cluster.NewPostgres(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := New(Config{Owners: pg, Members: Registry{Reg: pg}, Lookup: PGLookup{Pool: pool},
+		CacheTTL: time.Hour, NodesTTL: time.Hour, LookupCacheSize: 2, TakeoverWait: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qc.take()
+	const reqs = 25
+	for range reqs {
+		if got := do(t, rt, "POST", "/v1/sandboxes/sb-bob/exec", `{"code":"1"}`); got.status != 200 || got.node != "n2" {
+			t.Fatalf("got %+v", got)
+		}
+	}
+	// One node-list read is Registry's two ListReady queries (every node, and the
+	// ready ones).
+	want := map[string]int{"cluster_nodes": 2, "sandboxes": 1, "cluster_owners": 1}
+	if got := qc.take(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("%d requests ran queries %v, want %v", reqs, got, want)
+	}
+
+	// A node that does not answer: the list is read again at once (and the
+	// takeover reads it afresh), even though NodesTTL has not passed.
+	c.kill("n2")
+	if got := do(t, rt, "POST", "/v1/sandboxes/sb-bob/exec", `{"code":"1"}`); got.status != 200 || got.node != "n1" || got.from != "n2" {
+		t.Fatalf("after n2 died: %+v", got)
+	}
+	if got := qc.take(); got["cluster_nodes"] < 2 || got["sandboxes"] != 0 {
+		t.Errorf("a failed proxy ran queries %v: want the node list read again, the sandbox's agent from memory", got)
+	}
+	for range reqs {
+		if got := do(t, rt, "POST", "/v1/sandboxes/sb-bob/exec", `{"code":"1"}`); got.node != "n1" {
+			t.Fatalf("got %+v", got)
+		}
+	}
+	if got := qc.take(); got["cluster_nodes"] > 2 || got["sandboxes"] != 0 || got["cluster_owners"] != 0 {
+		t.Errorf("%d requests after the takeover ran queries %v, want at most one node-list read", reqs, got)
+	}
+
+	// Unknown objects are not remembered (one may be created next); known ones are,
+	// up to LookupCacheSize.
+	for range 3 {
+		if got := do(t, rt, "GET", "/v1/runs/ex-later", ""); got.status != 404 {
+			t.Fatalf("unknown run: %+v", got)
+		}
+	}
+	if got := qc.take(); got["runs"] != 3 {
+		t.Errorf("3 requests for an unknown run read it %d times, want 3", got["runs"])
+	}
+	if err := c.hist.PutSandbox(ctx, history.Sandbox{ID: "sb-2", AgentID: "bob", Backend: "gvisor", CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.hist.PutSandbox(ctx, history.Sandbox{ID: "sb-3", AgentID: "bob", Backend: "gvisor", CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sb := range []string{"sb-2", "sb-3", "sb-bob"} {
+		if got := do(t, rt, "GET", "/v1/sandboxes/"+sb, ""); got.node != "n1" {
+			t.Fatalf("sandbox %s: %+v", sb, got)
+		}
+	}
+	if got := qc.take(); got["sandboxes"] != 3 {
+		t.Errorf("with room for 2 mappings, sb-2, sb-3 then sb-bob ran %d sandbox lookups, want 3 (sb-bob was evicted)", got["sandboxes"])
+	}
+	if n := rt.cfg.Lookup.(*cachedLookup).len(); n != 2 {
+		t.Errorf("the lookup cache holds %d mappings, want 2", n)
 	}
 }

@@ -24,7 +24,7 @@ import (
 // owner is gone.
 func (rt *Router) serve(w http.ResponseWriter, r *http.Request, body []byte, wt want) {
 	ctx := r.Context()
-	all, ready, err := rt.cfg.Members.Nodes(ctx)
+	all, ready, err := rt.members(ctx)
 	if err != nil {
 		writeError(w, rt.log, fmt.Errorf("listing the cluster's nodes: %w", err))
 		return
@@ -44,6 +44,7 @@ func (rt *Router) serve(w http.ResponseWriter, r *http.Request, body []byte, wt 
 			return
 		}
 		rt.log.Warn("owner unreachable", "agent", wt.agent, "node", n.Name, "address", n.Address, "err", dialErr)
+		rt.dropMembers()
 	}
 	rt.forget(wt.agent)
 	n, from, err = rt.recover(ctx, wt.agent)
@@ -70,6 +71,7 @@ func (rt *Router) serveAny(w http.ResponseWriter, r *http.Request, body []byte, 
 		if rt.forward(w, r, body, n, "", "") == nil {
 			return
 		}
+		rt.dropMembers()
 	}
 	writeError(w, rt.log, fmt.Errorf("%d ready nodes, none answering: %w", len(up), ErrNoNode))
 }
@@ -228,8 +230,8 @@ func nodeURL(addr string) (*url.URL, error) {
 }
 
 // forward proxies r (its body from body) to n. It returns the error of a
-// connection that failed before the request was sent (nothing ran: the caller may
-// send it elsewhere); any other failure is answered here.
+// connection that failed before the request was sent (notSent: nothing ran, the
+// caller may send it elsewhere); any other failure is answered here.
 func (rt *Router) forward(w http.ResponseWriter, r *http.Request, body []byte, n cluster.Node, agent, from string) error {
 	target, err := nodeURL(n.Address)
 	if err != nil || n.Address == "" {
@@ -257,12 +259,16 @@ func (rt *Router) forward(w http.ResponseWriter, r *http.Request, body []byte, n
 	}
 	if body != nil {
 		r.Body = io.NopCloser(bytes.NewReader(body))
+		// With GetBody the transport may resend the request on a new connection when
+		// a kept-alive one turns out closed before any byte went out (a node that
+		// just died): the new connection's dial error then decides on a takeover.
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
 	p.ServeHTTP(w, r)
 	if failed == nil {
 		return nil
 	}
-	if isDial(failed) {
+	if notSent(failed) {
 		return failed
 	}
 	if errors.Is(failed, context.Canceled) && r.Context().Err() != nil {
@@ -272,10 +278,20 @@ func (rt *Router) forward(w http.ResponseWriter, r *http.Request, body []byte, n
 	return nil
 }
 
-// isDial reports a failure to connect (nothing was sent).
-func isDial(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+// notSent reports a failure to connect, or to write the request (a kept-alive
+// connection the node closed, as it died): the node did not get the whole request,
+// so nothing ran.
+func notSent(err error) bool {
+	for {
+		var op *net.OpError
+		if !errors.As(err, &op) {
+			return false
+		}
+		if op.Op == "dial" || op.Op == "write" {
+			return true
+		}
+		err = op.Err // "readfrom" (the body's copy) wraps the write that failed
+	}
 }
 
 // DefaultTransport is the transport to nodes: connecting is bounded (a dead host
@@ -289,7 +305,7 @@ func DefaultTransport() *http.Transport {
 
 // health is GET /router/health: the router's own state, for load balancers.
 func (rt *Router) health(w http.ResponseWriter, r *http.Request) {
-	all, ready, err := rt.cfg.Members.Nodes(r.Context())
+	all, ready, err := rt.members(r.Context())
 	if err != nil {
 		writeError(w, rt.log, fmt.Errorf("listing the cluster's nodes: %w", err))
 		return

@@ -74,7 +74,7 @@ func (rt *Router) takeOver(ctx context.Context, agent string) (cluster.Node, str
 		if o, err = rt.cfg.Owners.Get(ctx, agent); err != nil {
 			return cluster.Node{}, "", fmt.Errorf("reading the owner of agent %s: %w", agent, err)
 		}
-		if all, ready, err = rt.cfg.Members.Nodes(ctx); err != nil {
+		if all, ready, err = rt.freshMembers(ctx); err != nil {
 			return cluster.Node{}, "", fmt.Errorf("listing the cluster's nodes: %w", err)
 		}
 		n, known := byName(all, o.Node)
