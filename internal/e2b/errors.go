@@ -1,17 +1,16 @@
 package e2b
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"net/http"
 
-	"github.com/vmexec/vmexec/internal/sandbox"
+	"github.com/vmexec/vmexec/internal/httperr"
 )
 
 // The one place the E2B surface turns errors into its answers. The service's error
-// classes (sandbox.ErrX) are the same ones internal/httpapi maps for /v1; here each
-// also gets the Connect code the envd SDK turns into its error classes
+// classes (sandbox.ErrX) get their statuses from internal/httperr, as on /v1; here
+// each also gets the Connect code the envd SDK turns into its error classes
 // (not_found → NotFoundError / FileNotFoundError, invalid_argument →
 // InvalidArgumentError, unauthenticated → AuthenticationError, resource_exhausted →
 // RateLimitError, deadline_exceeded → TimeoutError). Client errors carry their
@@ -26,45 +25,55 @@ var (
 )
 
 // classify returns the HTTP status and Connect code of err, and the message safe to
-// send.
+// send. The service's error classes get their status from internal/httperr (as on
+// /v1); the Connect code follows from the status.
 func classify(log *slog.Logger, r *http.Request, err error) (status int, code, msg string) {
-	status, code = http.StatusInternalServerError, codeInternal
+	apiCode := ""
 	switch {
 	case errors.Is(err, errUnauthenticated):
-		status, code = http.StatusUnauthorized, codeUnauthenticated
-	case errors.Is(err, errBadRequest), errors.Is(err, errFrame), errors.Is(err, sandbox.ErrInvalid):
-		status, code = http.StatusBadRequest, codeInvalidArgument
+		status = http.StatusUnauthorized
+	case errors.Is(err, errBadRequest), errors.Is(err, errFrame):
+		status = http.StatusBadRequest
 	case errors.Is(err, errExists):
 		status, code = http.StatusConflict, codeAlreadyExists
-	case errors.Is(err, errNoRoute), errors.Is(err, sandbox.ErrNotFound):
-		status, code = http.StatusNotFound, codeNotFound
-	case errors.Is(err, sandbox.ErrForbidden):
-		status, code = http.StatusForbidden, codePermissionDenied
-	case errors.Is(err, sandbox.ErrTooLarge):
-		status, code = http.StatusRequestEntityTooLarge, codeResourceExhausted
-	case errors.Is(err, sandbox.ErrBusy):
-		status, code = http.StatusTooManyRequests, codeResourceExhausted
-	case errors.Is(err, sandbox.ErrConflict):
-		status, code = http.StatusConflict, codeFailedPrecondition
-	case errors.Is(err, errUnsupported), errors.Is(err, sandbox.ErrUnsupported):
-		status, code = http.StatusNotImplemented, codeUnimplemented
-	case errors.Is(err, sandbox.ErrStorage):
-		status, code = http.StatusInsufficientStorage, codeResourceExhausted
-	case errors.Is(err, sandbox.ErrLimit), errors.Is(err, sandbox.ErrUnavailable), errors.Is(err, sandbox.ErrClosed):
-		status, code = http.StatusServiceUnavailable, codeUnavailable
-	case errors.Is(err, context.DeadlineExceeded):
-		status, code = http.StatusGatewayTimeout, codeDeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		status, code = 499, codeCanceled
+	case errors.Is(err, errNoRoute):
+		status = http.StatusNotFound
+	case errors.Is(err, errUnsupported):
+		status = http.StatusNotImplemented
+	default:
+		status, apiCode = httperr.Classify(err)
 	}
-	msg = err.Error()
-	if status >= 500 && code == codeInternal {
-		log.Error("e2b request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		msg = "internal error; the server log has the details"
-	} else if status >= 500 {
-		log.Warn("e2b request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	if code == "" {
+		code = connectCode(status)
 	}
-	return status, code, msg
+	return status, code, httperr.Message(log, r, err, status, apiCode)
+}
+
+// connectCode is the Connect code of an HTTP status.
+func connectCode(status int) string {
+	switch status {
+	case http.StatusBadRequest:
+		return codeInvalidArgument
+	case http.StatusUnauthorized:
+		return codeUnauthenticated
+	case http.StatusForbidden:
+		return codePermissionDenied
+	case http.StatusNotFound:
+		return codeNotFound
+	case http.StatusConflict:
+		return codeFailedPrecondition
+	case http.StatusRequestEntityTooLarge, http.StatusTooManyRequests, http.StatusInsufficientStorage:
+		return codeResourceExhausted
+	case http.StatusNotImplemented:
+		return codeUnimplemented
+	case http.StatusServiceUnavailable:
+		return codeUnavailable
+	case http.StatusGatewayTimeout:
+		return codeDeadlineExceeded
+	case httperr.StatusClientClosed:
+		return codeCanceled
+	}
+	return codeInternal
 }
 
 // apiError is the control plane's error body; the SDK reads code (the status) and

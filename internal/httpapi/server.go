@@ -5,7 +5,6 @@
 package httpapi
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 	"github.com/vmexec/vmexec/internal/agent"
 	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/e2b"
+	"github.com/vmexec/vmexec/internal/httperr"
 	"github.com/vmexec/vmexec/internal/sandbox"
 )
 
@@ -266,9 +266,12 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	writeJSON(w, status, body)
 }
 
-// errorBody classifies err: its status and the body answered with it (see writeError).
+// errorBody classifies err: its status and the body answered with it (see
+// writeError). The HTTP layer's own errors are mapped here, the service's error
+// classes by internal/httperr.
 func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
-	status, code := http.StatusInternalServerError, api.CodeInternal
+	var status int
+	var code string
 	switch {
 	case errors.Is(err, agent.ErrLLM): // the model's server failed: a bad gateway, with its message
 		status, code = http.StatusBadGateway, api.CodeUnavailable
@@ -280,7 +283,7 @@ func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 		status, code = http.StatusTooManyRequests, api.CodeQuota
 	case errors.Is(err, errBadJSON):
 		status, code = http.StatusBadRequest, api.CodeInvalidJSON
-	case errors.Is(err, errBodyTooLong), errors.Is(err, sandbox.ErrTooLarge):
+	case errors.Is(err, errBodyTooLong):
 		status, code = http.StatusRequestEntityTooLarge, api.CodeTooLarge
 	case errors.Is(err, errMediaType):
 		status, code = http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType
@@ -290,35 +293,8 @@ func errorBody(r *http.Request, log *slog.Logger, err error) (int, api.Error) {
 		status, code = http.StatusForbidden, api.CodeForbidden
 	case errors.Is(err, errNoRoute):
 		status, code = http.StatusNotFound, api.CodeNotFound
-	case errors.Is(err, sandbox.ErrInvalid):
-		status, code = http.StatusBadRequest, api.CodeBadRequest
-	case errors.Is(err, sandbox.ErrNotFound):
-		status, code = http.StatusNotFound, api.CodeNotFound
-	case errors.Is(err, sandbox.ErrForbidden):
-		status, code = http.StatusForbidden, api.CodeForbidden
-	case errors.Is(err, sandbox.ErrBusy):
-		status, code = http.StatusTooManyRequests, api.CodeBusy
-	case errors.Is(err, sandbox.ErrConflict):
-		status, code = http.StatusConflict, api.CodeConflict
-	case errors.Is(err, sandbox.ErrUnsupported):
-		status, code = http.StatusNotImplemented, api.CodeUnsupported
-	case errors.Is(err, sandbox.ErrStorage):
-		status, code = http.StatusInsufficientStorage, api.CodeLimit
-	case errors.Is(err, sandbox.ErrLimit):
-		status, code = http.StatusServiceUnavailable, api.CodeLimit
-	case errors.Is(err, sandbox.ErrUnavailable), errors.Is(err, sandbox.ErrClosed):
-		status, code = http.StatusServiceUnavailable, api.CodeUnavailable
-	case errors.Is(err, context.DeadlineExceeded):
-		status, code = http.StatusGatewayTimeout, api.CodeTimeout
-	case errors.Is(err, context.Canceled):
-		status, code = 499, api.CodeTimeout // client closed the request
+	default:
+		status, code = httperr.Classify(err)
 	}
-	msg := err.Error()
-	if status >= 500 && code == api.CodeInternal {
-		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		msg = "internal error; the server log has the details"
-	} else if status >= 500 {
-		log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	}
-	return status, api.Error{Error: msg, Code: code}
+	return status, api.Error{Error: httperr.Message(log, r, err, status, code), Code: code}
 }
