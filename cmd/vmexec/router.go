@@ -138,10 +138,7 @@ func runRouter(o routerOptions) error {
 	if err := keys.Refresh(ctx); err != nil {
 		return fmt.Errorf("loading the cluster's keys: %w", err)
 	}
-	kctx, stopKeys := context.WithCancel(context.Background())
-	keysDone := make(chan struct{})
-	go func() { defer close(keysDone); keys.Run(kctx) }()
-	defer func() { stopKeys(); <-keysDone }()
+	defer keys.Start()()
 
 	members, closeMembers, err := routerMembers(o, owners, log)
 	if err != nil {

@@ -249,10 +249,7 @@ func serve(cfg config.Config) error {
 	}
 	srv := newHTTPServer(httpapi.New(svc, httpapi.Options{Version: version, Logger: log, Addr: ln.Addr().String(),
 		AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, BodyTimeout: cfg.HTTP.ReadBodyTimeout, Agents: agents, Keys: keys, TLSCert: tlsCert, DataDir: cfg.DataDir}), cfg.HTTP)
-	kctx, stopKeys := context.WithCancel(context.Background())
-	keysDone := make(chan struct{})
-	go func() { defer close(keysDone); keys.Run(kctx) }()
-	defer func() { stopKeys(); <-keysDone }()
+	defer keys.Start()()
 	actx, stopAnnounce := context.WithCancel(context.Background())
 	announced := make(chan struct{})
 	go func() { defer close(announced); clu.announce(actx, cfg, ln.Addr().String(), svc, log) }()

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/vmexec/vmexec/internal/cluster"
 	"github.com/vmexec/vmexec/internal/config"
 	"github.com/vmexec/vmexec/internal/snapstore"
 )
@@ -59,25 +58,16 @@ func storeCheck(cfg config.Config) (check, bool) {
 
 // storeHooks ties the snapshot store to cluster mode's ownership (no-op on one host
 // or without a store): a manifest carries the agent's epoch on this node, and each
-// upload of an agent's newest state becomes the agent's durable snapshot key, with a
-// fenced Update (a node that lost the agent writes nothing), when the agent's row
-// names that sandbox (or none yet).
+// upload becomes the agent's durable snapshot key (cluster.Fence.RecordDurable).
 func (c clusterParts) storeHooks(st *snapstore.Store, log *slog.Logger) {
-	if st == nil || c.owners == nil || c.fence == nil {
+	if st == nil || c.fence == nil {
 		return
 	}
 	st.Epoch = c.fence.Epoch
 	st.Uploaded = func(m snapstore.Manifest) {
-		epoch := c.fence.Epoch(m.AgentID)
-		if m.AgentID == "" || epoch == 0 {
-			return
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if o, err := c.owners.Get(ctx, m.AgentID); err == nil && o.Sandbox != "" && o.Sandbox != m.SandboxID {
-			return // not the agent's sandbox of record
-		}
-		if _, err := c.owners.Update(ctx, cluster.Owner{Agent: m.AgentID, Node: c.fence.Node(), Epoch: epoch, DurableSnapshotKey: m.Key}); err != nil {
+		if err := c.fence.RecordDurable(ctx, m.AgentID, m.SandboxID, m.Key); err != nil {
 			log.Warn("recording the agent's durable snapshot key", "agent", m.AgentID, "key", m.Key, "err", err)
 		}
 	}

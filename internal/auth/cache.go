@@ -235,6 +235,15 @@ func (c *Cache) flushUsed(ctx context.Context) {
 	}
 }
 
+// Start runs Run in the background; stop ends it and waits for its last flush of
+// the keys' use.
+func (c *Cache) Start() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	return func() { cancel(); <-done }
+}
+
 // Run refreshes the cache every RefreshEvery until ctx ends.
 func (c *Cache) Run(ctx context.Context) {
 	t := time.NewTicker(RefreshEvery)

@@ -41,7 +41,7 @@
 //     `vmexec doctor` still warns of a skewed clock, which confuses logs and the
 //     snapshot store's times.
 //   - The durable snapshot key is written by the daemon that uploads the agent's
-//     newest state to the snapshot store (cmd/vmexec's storeHooks, on
+//     newest state to the snapshot store (Fence.RecordDurable, on
 //     internal/snapstore's Store.Uploaded), with Update, so a cut-off node cannot
 //     overwrite the new owner's key.
 //   - What is fenced: runs (POST /v1/exec and the sandbox exec route), and every

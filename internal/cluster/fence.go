@@ -91,5 +91,22 @@ func (f *Fence) forget(agent string, epoch int64) {
 	f.mu.Unlock()
 }
 
+// RecordDurable makes key (an upload of sandbox's newest state to the snapshot
+// store) agent's durable snapshot key, with a write fenced by the epoch this node
+// holds: a node that lost the agent writes nothing (an *OwnerError). It writes
+// nothing, and returns nil, when this node holds no epoch for agent or when the
+// agent's row names another sandbox of record.
+func (f *Fence) RecordDurable(ctx context.Context, agent, sandbox, key string) error {
+	epoch := f.Epoch(agent)
+	if agent == "" || epoch == 0 {
+		return nil
+	}
+	if o, err := f.own.Get(ctx, agent); err == nil && o.Sandbox != "" && o.Sandbox != sandbox {
+		return nil // not the agent's sandbox of record
+	}
+	_, err := f.own.Update(ctx, Owner{Agent: agent, Node: f.node, Epoch: epoch, DurableSnapshotKey: key})
+	return err
+}
+
 // String describes the fence for logs.
 func (f *Fence) String() string { return fmt.Sprintf("cluster fence of node %q", f.node) }

@@ -326,3 +326,43 @@ func TestNodes(t *testing.T) {
 		t.Errorf("after deregistering n2: %+v", got)
 	}
 }
+
+// TestRecordDurable guards the durable snapshot key a daemon records on each
+// upload: an upload of the agent's sandbox of record becomes the key, one of another
+// sandbox of the agent does not, an agent this node holds no epoch for is skipped,
+// and once another node took the agent over this node writes nothing (fenced).
+func TestRecordDurable(t *testing.T) {
+	srv := pgtest.Start(t)
+	ctx := context.Background()
+	ps := newCluster(t, srv, 2)
+	fence := NewFence(ps[0], "node-a")
+	if err := fence.Hold(ctx, "agent-1", "sb-1"); err != nil {
+		t.Fatal(err)
+	}
+	key := func() string {
+		o, err := ps[1].Get(ctx, "agent-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.DurableSnapshotKey
+	}
+	if err := fence.RecordDurable(ctx, "agent-1", "sb-1", "sb-1/snap-1"); err != nil || key() != "sb-1/snap-1" {
+		t.Fatalf("an upload of the agent's sandbox: %v, key %q", err, key())
+	}
+	if err := fence.RecordDurable(ctx, "agent-1", "sb-other", "sb-other/snap-9"); err != nil || key() != "sb-1/snap-1" {
+		t.Fatalf("an upload of another sandbox of the agent: %v, key %q", err, key())
+	}
+	if err := fence.RecordDurable(ctx, "agent-2", "sb-2", "sb-2/snap-1"); err != nil {
+		t.Fatalf("an agent this node does not hold: %v", err)
+	}
+	if _, err := ps[1].Get(ctx, "agent-2"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("recording for an agent this node does not hold made a row: %v", err)
+	}
+	if _, err := ps[1].Takeover(ctx, "agent-1", "node-b", 1); err != nil {
+		t.Fatal(err)
+	}
+	err := fence.RecordDurable(ctx, "agent-1", "sb-1", "sb-1/snap-2")
+	if !errors.Is(err, ErrStale) || key() != "sb-1/snap-1" {
+		t.Fatalf("a node that lost the agent: %v, key %q; want ErrStale and the key unchanged", err, key())
+	}
+}

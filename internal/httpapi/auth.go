@@ -150,19 +150,7 @@ const (
 // apiKey is the key a request presents: its bearer token, or on the E2B routes its
 // X-API-KEY.
 func apiKey(r *http.Request, pattern string) string {
-	if k := bearer(r); k != "" || !strings.Contains(pattern, e2bPattern) {
-		return k
-	}
-	return strings.TrimSpace(r.Header.Get("X-API-KEY"))
-}
-
-// bearer is the token of an "Authorization: Bearer TOKEN" header, or "".
-func bearer(r *http.Request) string {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return ""
-	}
-	return strings.TrimSpace(tok)
+	return auth.Presented(r.Header, strings.Contains(pattern, e2bPattern))
 }
 
 // authHeaders sets the headers an auth error is answered with.

@@ -12,6 +12,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/vmexec/vmexec/client"
+	"github.com/vmexec/vmexec/internal/auth"
 	"github.com/vmexec/vmexec/internal/mcpserver"
 )
 
@@ -93,6 +94,6 @@ func (s *Server) mcpClient(req *mcp.CallToolRequest) (*client.Client, error) {
 		c.HTTPClient = s.selfTLS
 	}
 	// The key the request was authenticated with, parsed as authentication parsed it.
-	c.APIKey = bearer(&http.Request{Header: req.Extra.Header})
+	c.APIKey = auth.Bearer(req.Extra.Header)
 	return c, nil
 }

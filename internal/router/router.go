@@ -71,7 +71,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -211,7 +210,7 @@ func New(cfg Config) (*Router, error) {
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, pattern := rt.mux.Handler(r)
 	if !publicPattern(pattern) && rt.cfg.Keys.Enforced() {
-		p, err := rt.cfg.Keys.Authenticate(apiKey(r))
+		p, err := rt.cfg.Keys.Authenticate(auth.Presented(r.Header, true))
 		if err != nil {
 			writeError(w, rt.log, fmt.Errorf("a valid API key is required: send Authorization: Bearer KEY: %w", ErrUnauthenticated))
 			return
@@ -219,24 +218,6 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(auth.WithPrincipal(r.Context(), p))
 	}
 	rt.mux.ServeHTTP(w, r)
-}
-
-// apiKey is the key a request presents: its bearer token, or (the E2B SDKs' way)
-// its X-API-KEY header.
-func apiKey(r *http.Request) string {
-	if k := bearer(r); k != "" {
-		return k
-	}
-	return strings.TrimSpace(r.Header.Get("X-API-KEY"))
-}
-
-// bearer is the token of an "Authorization: Bearer TOKEN" header, or "".
-func bearer(r *http.Request) string {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return ""
-	}
-	return strings.TrimSpace(tok)
 }
 
 // writeError is the one place the router's errors become statuses. Errors a node
