@@ -110,13 +110,18 @@ type Owner struct {
 type OwnerError struct {
 	Owner Owner
 	Err   error // ErrOwned or ErrStale
-	// Epoch is the epoch the caller held or expected (0 for a claim).
+	// Epoch is the epoch the caller held or expected. For a claim (ErrOwned) it is
+	// the last epoch the claiming node held before the agent was taken over from it
+	// (a node that restarted, or forgot its epoch), else 0.
 	Epoch int64
 }
 
 func (e *OwnerError) Error() string {
-	if errors.Is(e.Err, ErrStale) {
+	switch {
+	case errors.Is(e.Err, ErrStale):
 		return fmt.Sprintf("agent %q was taken over: node %q owns it now (epoch %d; this node held epoch %d)", e.Owner.Agent, e.Owner.Node, e.Owner.Epoch, e.Epoch)
+	case e.Epoch > 0:
+		return fmt.Sprintf("this node's claim (epoch %d) is stale: agent %q was taken over by node %q at epoch %d", e.Epoch, e.Owner.Agent, e.Owner.Node, e.Owner.Epoch)
 	}
 	return fmt.Sprintf("agent %q is owned by node %q (epoch %d)", e.Owner.Agent, e.Owner.Node, e.Owner.Epoch)
 }
@@ -136,7 +141,8 @@ type Ownership interface {
 	// Claim makes node the owner of agent at epoch 1 when no node owns it, in state
 	// active, and returns the row. When node already owns the agent it returns the
 	// row unchanged. When another node owns it, it returns an *OwnerError wrapping
-	// ErrOwned, and changes nothing: taking an agent from a node is Takeover's.
+	// ErrOwned (with, in Epoch, the last epoch node held if the agent was taken over
+	// from it), and changes nothing: taking an agent from a node is Takeover's.
 	Claim(ctx context.Context, agent, node string) (Owner, error)
 
 	// Takeover moves agent to node if the agent's epoch is still seen (the epoch the

@@ -147,7 +147,16 @@ func (p *Postgres) Claim(ctx context.Context, agent, node string) (Owner, error)
 	if cur.Node == node {
 		return cur, nil
 	}
-	return Owner{}, &OwnerError{Owner: cur, Err: ErrOwned}
+	// A node the agent was taken over from says so: its claim is stale.
+	var held *int64
+	if err := p.pool.QueryRow(ctx, `SELECT (held->>$2::text)::bigint FROM cluster_owners WHERE agent = $1`, agent, node).Scan(&held); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return Owner{}, fmt.Errorf("claim agent %q: %w", agent, err)
+	}
+	oe := &OwnerError{Owner: cur, Err: ErrOwned}
+	if held != nil && *held < cur.Epoch {
+		oe.Epoch = *held
+	}
+	return Owner{}, oe
 }
 
 // Takeover implements Ownership: one compare-and-set on the epoch.
@@ -156,7 +165,8 @@ func (p *Postgres) Takeover(ctx context.Context, agent, node string, seen int64)
 		return Owner{}, fmt.Errorf("take over: empty agent or node, or epoch %d: %w", seen, ErrInvalid)
 	}
 	o, err := scanOwner(p.pool.QueryRow(ctx, `UPDATE cluster_owners
-		SET node = $3, epoch = epoch + 1, state = $4, updated_at = clock_timestamp()
+		SET node = $3, epoch = epoch + 1, state = $4, updated_at = clock_timestamp(),
+			held = CASE WHEN node = $3 THEN held ELSE held || jsonb_build_object(node, epoch) END
 		WHERE agent = $1 AND epoch = $2 RETURNING `+ownerColumns, agent, seen, node, StateActive))
 	if err == nil {
 		return o, nil

@@ -232,7 +232,8 @@ func TestFencedWrites(t *testing.T) {
 
 // TestFence guards the daemon's view: a node claims on first use, another node is
 // refused naming the owner, a node cut off and taken over from is refused (stale)
-// and, restarted or not, stays refused while the other node owns the agent.
+// and, restarted or not, stays refused while the other node owns the agent, told
+// that its claim is stale.
 func TestFence(t *testing.T) {
 	srv := pgtest.Start(t)
 	ctx := context.Background()
@@ -263,12 +264,19 @@ func TestFence(t *testing.T) {
 	if !errors.As(err, &f) || !f.Fenced() {
 		t.Errorf("a refusal does not say it is one (Fenced): %T", err)
 	}
-	if err := n1.Hold(ctx, "a", "sb-1"); !errors.Is(err, ErrOwned) {
-		t.Errorf("cut-off node's next hold: %v; want ErrOwned", err)
+	// Once it forgot its epoch (the next hold, or a restart), the node is refused as
+	// any other node would be, and told that its own claim is the stale one.
+	stale := `this node's claim (epoch 1) is stale: agent "a" was taken over by node "node-2" at epoch 2`
+	if err := n1.Hold(ctx, "a", "sb-1"); !errors.Is(err, ErrOwned) || err.Error() != stale {
+		t.Errorf("cut-off node's next hold: %v; want ErrOwned saying %q", err, stale)
 	}
 	restarted := NewFence(ps[0], "node-1")
-	if err := restarted.Hold(ctx, "a", ""); !errors.Is(err, ErrOwned) {
-		t.Errorf("restarted node's hold: %v; want ErrOwned", err)
+	if err := restarted.Hold(ctx, "a", ""); !errors.Is(err, ErrOwned) || err.Error() != stale {
+		t.Errorf("restarted node's hold: %v; want ErrOwned saying %q", err, stale)
+	}
+	never := NewFence(ps[2], "node-3")
+	if err := never.Hold(ctx, "a", ""); !errors.Is(err, ErrOwned) || err.Error() != `agent "a" is owned by node "node-2" (epoch 2)` {
+		t.Errorf("a node that never held the agent: %v; want the plain refusal", err)
 	}
 	if err := n2.Hold(ctx, "a", "sb-2"); err != nil || n2.Epoch("a") != 2 {
 		t.Errorf("new owner's hold: %v, epoch %d; want nil at epoch 2", err, n2.Epoch("a"))
