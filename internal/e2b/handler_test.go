@@ -2,150 +2,20 @@ package e2b
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
-	"path"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/vmexec/vmexec/internal/agentproto"
-	"github.com/vmexec/vmexec/internal/backend"
-	"github.com/vmexec/vmexec/internal/history/sqlite"
+	"github.com/vmexec/vmexec/internal/memtest"
 	"github.com/vmexec/vmexec/internal/sandbox"
-	"github.com/vmexec/vmexec/internal/template"
 )
-
-// A minimal in-memory backend (no snapshots) for the handlers' tests. Programs are
-// lines: "echo TEXT" (stdout), "warn TEXT" (stderr), "exit N".
-type memBackend struct{}
-
-type memSandbox struct {
-	id    string
-	mu    sync.Mutex
-	files map[string][]byte
-}
-
-func (memBackend) Name() string { return "mem" }
-func (memBackend) Create(ctx context.Context, spec backend.Spec) (backend.Sandbox, error) {
-	return &memSandbox{id: spec.ID, files: map[string][]byte{}}, nil
-}
-func (memBackend) List(ctx context.Context) ([]backend.Info, error) { return nil, nil }
-func (memBackend) DestroyID(ctx context.Context, id string) error   { return nil }
-
-func (s *memSandbox) ID() string                     { return s.id }
-func (s *memSandbox) Ping(ctx context.Context) error { return nil }
-func (s *memSandbox) Info(context.Context) backend.Info {
-	return backend.Info{ID: s.id, Backend: "mem", Status: "running"}
-}
-func (s *memSandbox) Destroy(ctx context.Context) error { return nil }
-
-func (s *memSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out agentproto.OutputFunc) (*agentproto.ExecResult, error) {
-	res := &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
-	for _, line := range strings.Split(req.Code, "\n") {
-		cmd, arg, _ := strings.Cut(line, " ")
-		stream := agentproto.StreamStdout
-		switch cmd {
-		case "warn":
-			stream = agentproto.StreamStderr
-			fallthrough
-		case "echo":
-			b := []byte(arg + "\n")
-			if stream == agentproto.StreamStderr {
-				res.Stderr = append(res.Stderr, b...)
-			} else {
-				res.Stdout = append(res.Stdout, b...)
-			}
-			if out != nil {
-				out(stream, b)
-			}
-		case "exit":
-			res.ExitCode, _ = strconv.Atoi(arg)
-			if res.ExitCode != 0 {
-				res.Verdict = agentproto.VerdictNonzeroExit
-			}
-			return res, nil
-		}
-	}
-	return res, nil
-}
-
-func memPath(p string) string {
-	if !path.IsAbs(p) {
-		p = path.Join("/home/user", p)
-	}
-	return path.Clean(p)
-}
-
-func (s *memSandbox) WriteFile(ctx context.Context, p string, mode uint32, r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.files[memPath(p)] = b
-	return nil
-}
-
-func (s *memSandbox) StatFile(ctx context.Context, p string) (agentproto.FileInfo, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p = memPath(p)
-	b, ok := s.files[p]
-	if !ok {
-		return agentproto.FileInfo{}, fmt.Errorf("%s: %w", p, agentproto.ErrNotExist)
-	}
-	return agentproto.FileInfo{Name: path.Base(p), Path: p, Type: "file", Size: int64(len(b)), Mode: 0o644, MTime: time.Unix(1700000000, 0)}, nil
-}
-
-func (s *memSandbox) OpenFile(ctx context.Context, p string) (agentproto.FileInfo, io.ReadCloser, error) {
-	fi, err := s.StatFile(ctx, p)
-	if err != nil {
-		return fi, nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return fi, io.NopCloser(bytes.NewReader(s.files[fi.Path])), nil
-}
-
-func (s *memSandbox) ListFiles(ctx context.Context, p string, depth int) ([]agentproto.FileInfo, error) {
-	s.mu.Lock()
-	var names []string
-	for n := range s.files {
-		if path.Dir(n) == memPath(p) {
-			names = append(names, n)
-		}
-	}
-	s.mu.Unlock()
-	var out []agentproto.FileInfo
-	for _, n := range names {
-		fi, _ := s.StatFile(ctx, n)
-		out = append(out, fi)
-	}
-	return out, nil
-}
-
-func (s *memSandbox) MakeDir(ctx context.Context, p string) error { return nil }
-
-func (s *memSandbox) RemoveFile(ctx context.Context, p string, recursive bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.files[memPath(p)]; !ok {
-		return fmt.Errorf("%s: %w", p, agentproto.ErrNotExist)
-	}
-	delete(s.files, memPath(p))
-	return nil
-}
 
 type env struct {
 	svc  *sandbox.Service
@@ -155,31 +25,14 @@ type env struct {
 	http *http.Client
 }
 
-// newEnv serves a Handler over a service of the mem backend; dataDir "" keeps the
-// E2B state in memory.
+// newEnv serves a Handler over a service of the in-memory backend
+// (internal/memtest); dataDir "" keeps the E2B state in memory.
 func newEnv(t *testing.T, dataDir string) *env {
 	t.Helper()
-	hist, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "history.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := sandbox.DefaultConfig()
-	cfg.PoolSize = 0
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := sandbox.New(cfg, sandbox.Deps{Backends: []backend.Backend{memBackend{}}, Template: template.Template{Name: "mem", RootFS: "/nonexistent"}, History: hist, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	svc, _ := memtest.Service(t, nil)
 	e := &env{svc: svc, dir: dataDir, http: &http.Client{}}
 	e.serve(t)
-	t.Cleanup(func() {
-		e.h.Close()
-		svc.Close(context.Background())
-		hist.Close()
-	})
+	t.Cleanup(func() { e.h.Close() })
 	return e
 }
 

@@ -19,10 +19,9 @@ import (
 
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/internal/auth"
-	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/history/sqlite"
+	"github.com/vmexec/vmexec/internal/memtest"
 	"github.com/vmexec/vmexec/internal/sandbox"
-	"github.com/vmexec/vmexec/internal/template"
 )
 
 // authEnv is a Server over the mem backend with API keys in a real SQLite store.
@@ -35,28 +34,12 @@ type authEnv struct {
 
 func newAuthEnv(t *testing.T) *authEnv {
 	t.Helper()
-	hist, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "history.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := sandbox.DefaultConfig()
-	cfg.PoolSize = 0
+	svc, hist := memtest.Service(t, nil)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := sandbox.New(cfg, sandbox.Deps{Backends: []backend.Backend{memBackend{}}, Template: template.Template{Name: "mem", RootFS: "/nonexistent"}, History: hist, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	cache := auth.NewCache(hist, false, log)
 	if err := cache.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		svc.Close(context.Background())
-		hist.Close()
-	})
 	return &authEnv{srv: New(svc, Options{Logger: log, Keys: cache}), svc: svc, hist: hist, cache: cache}
 }
 

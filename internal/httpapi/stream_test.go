@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,184 +10,22 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/vmexec/vmexec/api"
 	"github.com/vmexec/vmexec/client"
-	"github.com/vmexec/vmexec/internal/agentproto"
-	"github.com/vmexec/vmexec/internal/backend"
-	"github.com/vmexec/vmexec/internal/history/sqlite"
+	"github.com/vmexec/vmexec/internal/memtest"
 	"github.com/vmexec/vmexec/internal/sandbox"
-	"github.com/vmexec/vmexec/internal/template"
 )
 
-// A minimal in-memory backend (no snapshots) for the HTTP layer's tests. Programs are
-// lines: "echo TEXT" (stdout), "warn TEXT" (stderr), "raw HEX-ESCAPED" (stdout, bytes
-// as written, \xNN escapes), "wait" (until the run is cancelled).
-type memBackend struct{}
-
-type memSandbox struct {
-	id    string
-	mu    sync.Mutex
-	files map[string][]byte
-}
-
-func (memBackend) Name() string { return "mem" }
-func (memBackend) Create(ctx context.Context, spec backend.Spec) (backend.Sandbox, error) {
-	return &memSandbox{id: spec.ID, files: map[string][]byte{}}, nil
-}
-func (memBackend) List(ctx context.Context) ([]backend.Info, error) { return nil, nil }
-func (memBackend) DestroyID(ctx context.Context, id string) error   { return nil }
-
-func (s *memSandbox) ID() string                     { return s.id }
-func (s *memSandbox) Ping(ctx context.Context) error { return nil }
-func (s *memSandbox) Info(context.Context) backend.Info {
-	return backend.Info{ID: s.id, Backend: "mem", Status: "running"}
-}
-func (s *memSandbox) Destroy(ctx context.Context) error { return nil }
-
-func (s *memSandbox) Exec(ctx context.Context, req *agentproto.ExecRequest, out agentproto.OutputFunc) (*agentproto.ExecResult, error) {
-	res := &agentproto.ExecResult{Verdict: agentproto.VerdictOK}
-	emit := func(stream string, p []byte) {
-		if stream == agentproto.StreamStderr {
-			res.Stderr = append(res.Stderr, p...)
-		} else {
-			res.Stdout = append(res.Stdout, p...)
-		}
-		if out != nil {
-			out(stream, p)
-		}
-	}
-	for _, line := range strings.Split(req.Code, "\n") {
-		cmd, arg, _ := strings.Cut(line, " ")
-		switch cmd {
-		case "echo":
-			emit(agentproto.StreamStdout, []byte(arg+"\n"))
-		case "warn":
-			emit(agentproto.StreamStderr, []byte(arg+"\n"))
-		case "raw":
-			var b []byte
-			fmt.Sscanf(`"`+arg+`"`, "%q", &b)
-			emit(agentproto.StreamStdout, b)
-		case "wait":
-			<-ctx.Done()
-			res.Verdict, res.ExitCode = agentproto.VerdictCanceled, -1
-			return res, nil
-		}
-	}
-	return res, nil
-}
-
-func memPath(p string) string {
-	if !path.IsAbs(p) {
-		p = path.Join("/home/user", p)
-	}
-	return path.Clean(p)
-}
-
-func (s *memSandbox) WriteFile(ctx context.Context, p string, mode uint32, r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if memPath(p) == "/home/user" {
-		return agentproto.ErrIsDir
-	}
-	s.files[memPath(p)] = b
-	return nil
-}
-
-func (s *memSandbox) StatFile(ctx context.Context, p string) (agentproto.FileInfo, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p = memPath(p)
-	if p == "/home/user" {
-		return agentproto.FileInfo{Name: "user", Path: p, Type: "dir", Mode: 0o755}, nil
-	}
-	b, ok := s.files[p]
-	if !ok {
-		return agentproto.FileInfo{}, fmt.Errorf("%s: %w", p, agentproto.ErrNotExist)
-	}
-	return agentproto.FileInfo{Name: path.Base(p), Path: p, Type: "file", Size: int64(len(b)), Mode: 0o644, MTime: time.Unix(1700000000, 0)}, nil
-}
-
-func (s *memSandbox) OpenFile(ctx context.Context, p string) (agentproto.FileInfo, io.ReadCloser, error) {
-	fi, err := s.StatFile(ctx, p)
-	if err == nil && fi.Type == "dir" {
-		err = fmt.Errorf("%s: %w", p, agentproto.ErrIsDir)
-	}
-	if err != nil {
-		return fi, nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return fi, io.NopCloser(bytes.NewReader(s.files[fi.Path])), nil
-}
-
-func (s *memSandbox) ListFiles(ctx context.Context, p string, depth int) ([]agentproto.FileInfo, error) {
-	if memPath(p) != "/home/user" {
-		return nil, fmt.Errorf("%s: %w", p, agentproto.ErrNotExist)
-	}
-	s.mu.Lock()
-	var names []string
-	for n := range s.files {
-		names = append(names, n)
-	}
-	s.mu.Unlock()
-	var out []agentproto.FileInfo
-	for _, n := range names {
-		fi, _ := s.StatFile(ctx, n)
-		out = append(out, fi)
-	}
-	return out, nil
-}
-
-func (s *memSandbox) MakeDir(ctx context.Context, p string) error { return nil }
-
-func (s *memSandbox) RemoveFile(ctx context.Context, p string, recursive bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.files[memPath(p)]; !ok {
-		return fmt.Errorf("%s: %w", p, agentproto.ErrNotExist)
-	}
-	delete(s.files, memPath(p))
-	return nil
-}
-
-// newTestServer serves a service over the mem backend.
+// newTestServer serves a service over the in-memory backend (internal/memtest).
 func newTestServer(t *testing.T, mod func(*sandbox.Config)) (*httptest.Server, *sandbox.Service) {
 	t.Helper()
-	dir := t.TempDir()
-	hist, err := sqlite.Open(context.Background(), filepath.Join(dir, "history.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := sandbox.DefaultConfig()
-	cfg.PoolSize = 0
-	if mod != nil {
-		mod(&cfg)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := sandbox.New(cfg, sandbox.Deps{Backends: []backend.Backend{memBackend{}}, Template: template.Template{Name: "mem", RootFS: "/nonexistent"}, History: hist, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(New(svc, Options{Logger: log}))
-	t.Cleanup(func() {
-		srv.Close()
-		svc.Close(context.Background())
-		hist.Close()
-	})
+	svc, _ := memtest.Service(t, mod)
+	srv := httptest.NewServer(New(svc, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	t.Cleanup(srv.Close)
 	return srv, svc
 }
 
