@@ -34,7 +34,6 @@ import (
 //
 // The host adds what only it knows: that the change set was empty and whole, and that
 // the state before the run was itself settled and equal to the image it holds.
-//
 var settledAreas = []string{"/tmp", "/var/tmp", "/dev/shm", "/run/lock"}
 
 // quiet reports whether nothing runs in the sandbox but the agent's own processes
