@@ -18,21 +18,31 @@ import (
 // that is still alive when the run returns is watched for bombWatchTime: if meanwhile
 // the run user reaches 75% of the run's max_procs and the group itself holds at least
 // half of it, the group is killed. A server (a few processes) is not mistaken for a
-// bomb, and a bomb that fills the limit within the run's drain grace is killed before
-// the run returns (verdict killed). The thresholds are below 100% because a bash bomb
-// at the limit ebbs and flows: its processes give up after failed fork retries.
+// bomb. Before the run returns, its group is looked at until it is steady (see
+// settleGroup): a bomb never is, so it is killed with the run (verdict killed),
+// however slowly it grows, up to bombSettleMax; so is a group whose shell already
+// reported a fork failing at the limit on stderr (see forkFailures). The thresholds are below 100% because
+// a bash bomb at the limit ebbs and flows: its processes give up after failed fork
+// retries.
 const (
 	bombWatchTime  = 30 * time.Second
 	bombWatchEvery = 200 * time.Millisecond
-	// A group left growing, or with bombSuspect or more tasks, is looked at for up
-	// to bombSettle before the run returns, so a bomb still growing is caught with
-	// the run.
-	bombSuspect = 8
-	bombSettle  = 3 * time.Second
+	// Before the run returns, its group is looked at every bombLookEvery until it is
+	// steady (see steady), for up to bombSettle, so that a bomb still growing is
+	// caught with the run; a group whose tasks want to run but got no CPU (the sandbox
+	// is starved) is looked at for up to bombSettleMax.
+	bombLookEvery = 100 * time.Millisecond
+	bombSuspect   = 8
+	bombSettle    = 3 * time.Second
+	bombSettleMax = 10 * time.Second
 	// A look can take seconds while a bomb keeps the sandbox's CPU quota busy (reading
 	// /proc competes with its forks), so a group still growing gets at least
 	// bombMinLooks looks, however long they take.
 	bombMinLooks = 4
+	// steadyCPU is the CPU time (clock ticks, 10 ms) the group's running tasks must
+	// have had between two looks that found the same tasks for the group to count as
+	// steady: a bomb's task forks (or exits) within far less.
+	steadyCPU = 5
 )
 
 type watchedGroup struct {
@@ -114,19 +124,137 @@ func (a *agent) checkBombs() {
 	}
 }
 
+// settleGroup looks at the process group pgid that a run left behind when it
+// returned, with the run user uid and its process limit, until the group is steady
+// (a server, a counter, a busy loop: see steady) or gone, and reports whether it
+// behaved as a fork bomb meanwhile:
+//
+//   - the run user reached 75% of the limit, and the group half of it, at some look
+//     (isBomb on the peaks of the looks, which a bomb that ebbs and flows at the
+//     limit reaches at some point);
+//   - the group still grew past half the limit;
+//   - the group started as many processes as the limit (distinct pids seen) and held
+//     a quarter of it at once at some look: a bomb that burned out (its processes
+//     giving up at the limit) between two looks.
+//
+// A bomb cannot look steady: its tasks run and fork, so either the set of its tasks
+// changes between two looks or they got no CPU to fork with, in which case the looks
+// go on (up to bombSettleMax) until they get some.
+func (a *agent) settleGroup(pgid int, uid uint32, limit int64) bool {
+	w := groupWatch{pgid: pgid, uid: uid, limit: limit, seen: map[int]bool{}}
+	look := w.look()
+	if w.bomb(look, look) {
+		return true
+	}
+	start := time.Now()
+	for n := 0; ; n++ {
+		time.Sleep(bombLookEvery)
+		cur := w.look()
+		if w.bomb(look, cur) || cur.byPgrp[pgid] == 0 {
+			return w.isBomb
+		}
+		steady, starved := steady(look, cur, pgid)
+		look = cur
+		since := time.Since(start)
+		switch {
+		case steady:
+		case n < bombMinLooks || since < bombSettle:
+			continue
+		case starved && since < bombSettleMax:
+			continue
+		}
+		a.log.Debug("a run's background processes are not a fork bomb", "pgid", pgid, "steady", steady,
+			"looks", n+2, "tasks", cur.byPgrp[pgid], "peak_tasks", w.peakGrp, "peak_user_tasks", w.peakUID,
+			"pids_seen", len(w.seen), "ms", since.Milliseconds())
+		return false
+	}
+}
+
+// groupWatch is what settleGroup learnt of a group.
+type groupWatch struct {
+	pgid             int
+	uid              uint32
+	limit            int64
+	peakUID, peakGrp int64
+	seen             map[int]bool // the group's pids at any look
+	isBomb           bool
+}
+
+func (w *groupWatch) look() procCounts {
+	p := scanGroup(w.pgid)
+	w.peakUID = max(w.peakUID, p.byUID[w.uid])
+	w.peakGrp = max(w.peakGrp, p.byPgrp[w.pgid])
+	for pid := range p.members {
+		w.seen[pid] = true
+	}
+	return p
+}
+
+// bomb applies settleGroup's rules to the looks so far, prev and cur the last two.
+func (w *groupWatch) bomb(prev, cur procCounts) bool {
+	peaks := procCounts{byUID: map[uint32]int64{w.uid: w.peakUID}, byPgrp: map[int]int64{w.pgid: w.peakGrp}}
+	n, m := prev.byPgrp[w.pgid], cur.byPgrp[w.pgid]
+	w.isBomb = peaks.isBomb(w.pgid, w.uid, w.limit) ||
+		m > n && m >= w.limit/2 ||
+		int64(len(w.seen)) >= w.limit && w.peakGrp >= max(w.limit/4, 2)
+	return w.isBomb
+}
+
+// steady reports whether group pgid, at two looks, is steady: small (fewer than
+// bombSuspect tasks) and no bigger than before, with every task asleep (or stopped,
+// or a zombie) at the second look; or the same tasks at both looks, which had CPU
+// time meanwhile (steadyCPU) if any of them is running. starved says that the same
+// tasks were there and some wanted to run, but they got (almost) no CPU.
+func steady(prev, cur procCounts, pgid int) (ok, starved bool) {
+	asleep := true
+	for _, m := range cur.members {
+		asleep = asleep && !m.running
+	}
+	if asleep && cur.byPgrp[pgid] < bombSuspect && cur.byPgrp[pgid] <= prev.byPgrp[pgid] {
+		return true, false
+	}
+	if len(cur.members) != len(prev.members) {
+		return false, false
+	}
+	var cpu int64
+	for pid, m := range cur.members {
+		p, ok := prev.members[pid]
+		if !ok {
+			return false, false
+		}
+		cpu += m.cpu - p.cpu
+	}
+	if asleep || cpu >= steadyCPU {
+		return true, false
+	}
+	return false, true
+}
+
 // procCounts counts tasks by real uid and by process group as RLIMIT_NPROC does:
-// threads count, and so do zombies until they are reaped.
+// threads count, and so do zombies until they are reaped. members, from scanGroup,
+// are one group's processes.
 type procCounts struct {
-	byUID  map[uint32]int64
-	byPgrp map[int]int64
+	byUID   map[uint32]int64
+	byPgrp  map[int]int64
+	members map[int]member
+}
+
+// member is a process of a watched group: whether it is running (or waiting to
+// run, or in an uninterruptible wait) and its CPU time so far in clock ticks.
+type member struct {
+	running bool
+	cpu     int64
 }
 
 func (p procCounts) isBomb(pgid int, uid uint32, limit int64) bool {
 	return p.byUID[uid] >= limit*3/4 && p.byPgrp[pgid] >= max(limit/2, 2)
 }
 
-func scanProcs() procCounts {
-	p := procCounts{byUID: map[uint32]int64{}, byPgrp: map[int]int64{}}
+func scanProcs() procCounts { return scanGroup(0) }
+
+// scanGroup is scanProcs that also lists the members of process group pgid (0: none).
+func scanGroup(pgid int) procCounts {
+	p := procCounts{byUID: map[uint32]int64{}, byPgrp: map[int]int64{}, members: map[int]member{}}
 	eachProc(func(pid string, f [][]byte) {
 		if len(f) < 18 || string(f[0]) == "X" {
 			return
@@ -144,6 +272,13 @@ func scanProcs() procCounts {
 		threads = max(threads, 1)
 		p.byUID[uid] += threads
 		p.byPgrp[pgrp] += threads
+		if pgid != 0 && pgrp == pgid {
+			n, _ := strconv.Atoi(pid)
+			utime, _ := strconv.ParseInt(string(f[11]), 10, 64)
+			stime, _ := strconv.ParseInt(string(f[12]), 10, 64)
+			st := string(f[0])
+			p.members[n] = member{running: st == "R" || st == "D", cpu: utime + stime}
+		}
 	})
 	return p
 }
@@ -188,4 +323,21 @@ func statusUID(status []byte) (uint32, bool) {
 		}
 	}
 	return 0, false
+}
+
+// forkFailures are what shells print when a fork fails at the process limit (EAGAIN).
+var forkFailures = [][]byte{
+	[]byte("fork: retry: Resource temporarily unavailable"), // bash, retrying
+	[]byte("fork: Resource temporarily unavailable"),        // bash, giving up
+	[]byte("Cannot fork"),                                   // dash
+}
+
+// hasForkFailure reports whether stderr (a tail) says a shell's fork hit the limit.
+func hasForkFailure(stderr []byte) bool {
+	for _, m := range forkFailures {
+		if bytes.Contains(stderr, m) {
+			return true
+		}
+	}
+	return false
 }

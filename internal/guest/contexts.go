@@ -43,7 +43,12 @@ import (
 // marker, random per cell, is what the driver writes to both pipes after "done": the
 // agent takes everything before it as the cell's output, so output the cell wrote
 // just before it ended is never lost or given to the next cell (output written
-// between cells, by a background thread, is dropped).
+// between cells, by a background thread, is dropped). Likewise the cell's sync marker,
+// which the driver writes to both pipes before it sends a result, numbering the
+// result with the count of sync markers written so far: the agent holds the result
+// until both streams have passed that many (dropping the markers), so output written
+// before a result is streamed before it, although the pipes and the control socket
+// are separate channels.
 //
 // # Limits
 //
@@ -91,6 +96,7 @@ type ctxMsg struct {
 	Type   string                 `json:"type"`
 	PID    int                    `json:"pid"`
 	Count  int                    `json:"count"`
+	Sync   int                    `json:"sync"` // a result's: sync markers written before it
 	Error  *agentproto.CellError  `json:"error"`
 	Result json.RawMessage        `json:"result"`
 	parsed *agentproto.CellOutput // Result, checked
@@ -420,22 +426,28 @@ func (a *agent) killInterp(it *interp) {
 }
 
 // ctxStream is one of an interpreter's output pipes: what it reads goes to the running
-// cell's sink, up to the cell's marker.
+// cell's sink, up to the cell's end marker. The cell's sync markers in between are
+// counted and dropped: the driver writes one before each result it sends (see
+// waitSynced).
 type ctxStream struct {
 	mu     sync.Mutex
 	sink   func([]byte) // nil between cells: output is dropped
 	marker []byte
-	held   []byte        // a tail that may be the start of the marker
+	sync   []byte
+	synced int           // sync markers seen in this cell
+	moved  chan struct{} // closed and replaced when synced grows or the stream ends
+	held   []byte        // a tail that may be the start of a marker
 	ended  chan struct{} // closed when the marker (or the end of the pipe) is seen
 	eof    bool
 }
 
-// begin makes the stream pass output to sink until marker; it returns the channel
-// closed when the marker is seen.
-func (s *ctxStream) begin(marker []byte, sink func([]byte)) <-chan struct{} {
+// begin makes the stream pass output to sink until marker, counting syncs; it returns
+// the channel closed when the marker is seen.
+func (s *ctxStream) begin(marker, syncMarker []byte, sink func([]byte)) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.sink, s.marker, s.held, s.ended = sink, marker, nil, make(chan struct{})
+	s.sink, s.marker, s.sync, s.held, s.ended = sink, marker, syncMarker, nil, make(chan struct{})
+	s.synced, s.moved = 0, make(chan struct{})
 	if s.eof {
 		close(s.ended)
 		s.sink = nil
@@ -450,7 +462,36 @@ func (s *ctxStream) finish() {
 	if s.sink != nil && len(s.held) > 0 {
 		s.sink(s.held)
 	}
-	s.sink, s.marker, s.held = nil, nil, nil
+	s.sink, s.marker, s.sync, s.held = nil, nil, nil, nil
+}
+
+// waitSynced waits until the stream has passed n sync markers of the running cell (all
+// it wrote before its nth result), or ended, for at most wait; it reports whether it
+// got there.
+func (s *ctxStream) waitSynced(n int, wait time.Duration) bool {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		s.mu.Lock()
+		if s.synced >= n || s.sink == nil {
+			s.mu.Unlock()
+			return true
+		}
+		moved := s.moved
+		s.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		}
+		select {
+		case <-moved:
+		case <-timer.C:
+			return false
+		}
+	}
 }
 
 func (s *ctxStream) feed(p []byte) {
@@ -461,19 +502,46 @@ func (s *ctxStream) feed(p []byte) {
 	}
 	data := append(s.held, p...)
 	s.held = nil
-	if i := bytes.Index(data, s.marker); i >= 0 {
-		if i > 0 {
-			s.sink(data[:i])
+	for {
+		i := bytes.Index(data, s.marker)
+		j, k := -1, len(s.sync)
+		if k > 0 {
+			j = bytes.Index(data, s.sync)
 		}
-		s.sink, s.marker = nil, nil
-		close(s.ended)
-		return
+		if j >= 0 && (i < 0 || j < i) {
+			if j > 0 {
+				s.sink(data[:j])
+			}
+			data = data[j+k:]
+			s.synced++
+			close(s.moved)
+			s.moved = make(chan struct{})
+			continue
+		}
+		if i >= 0 {
+			if i > 0 {
+				s.sink(data[:i])
+			}
+			s.stop()
+			return
+		}
+		break
 	}
 	k := partialSuffix(data, s.marker)
+	if len(s.sync) > 0 {
+		k = max(k, partialSuffix(data, s.sync))
+	}
 	if n := len(data) - k; n > 0 {
 		s.sink(data[:n])
 	}
 	s.held = append([]byte(nil), data[len(data)-k:]...)
+}
+
+// stop ends the cell's part of the stream: the marker or the end of the pipe.
+func (s *ctxStream) stop() {
+	s.sink, s.marker, s.sync, s.held = nil, nil, nil, nil
+	close(s.ended)
+	close(s.moved)
 }
 
 func (s *ctxStream) end() {
@@ -484,8 +552,7 @@ func (s *ctxStream) end() {
 		if len(s.held) > 0 {
 			s.sink(s.held)
 		}
-		s.sink, s.marker, s.held = nil, nil, nil
-		close(s.ended)
+		s.stop()
 	}
 }
 
@@ -551,6 +618,7 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 	var mb [12]byte
 	rand.Read(mb[:])
 	marker := []byte("\x1evmexec-cell-end-" + hex.EncodeToString(mb[:]) + "\x1e")
+	syncMarker := []byte("\x1evmexec-cell-sync-" + hex.EncodeToString(mb[:]) + "\x1e")
 	over := make(chan struct{}, 2)
 	var ended [2]<-chan struct{}
 	for i, stream := range []string{agentproto.StreamStdout, agentproto.StreamStderr} {
@@ -559,7 +627,7 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 		if i == 1 {
 			truncated = &res.StderrTruncated
 		}
-		ended[i] = it.out[i].begin(marker, func(p []byte) {
+		ended[i] = it.out[i].begin(marker, syncMarker, func(p []byte) {
 			if *truncated {
 				return
 			}
@@ -577,7 +645,7 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 		it.out[0].finish()
 		it.out[1].finish()
 	}()
-	msg, _ := json.Marshal(map[string]any{"code": req.Code, "env": req.Env, "marker": string(marker)})
+	msg, _ := json.Marshal(map[string]any{"code": req.Code, "env": req.Env, "marker": string(marker), "sync": string(syncMarker)})
 	it.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	if _, err := it.conn.Write(append(msg, '\n')); err != nil {
 		it.conn.SetWriteDeadline(time.Time{})
@@ -600,6 +668,10 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 		t := time.NewTimer(agentproto.InterruptGrace)
 		grace = t.C
 	}
+	// A result waits for the output written before it, up to ctxMarkerWait for a
+	// stream; one that does not bring its sync marker in time (the cell redirected it)
+	// is not waited for again in this cell.
+	var unsynced [2]bool
 	done := false
 	for !done {
 		select {
@@ -617,6 +689,11 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 			}
 			switch m.Type {
 			case "result":
+				for i, s := range it.out {
+					if !unsynced[i] && !s.waitSynced(m.Sync, ctxMarkerWait) {
+						unsynced[i] = true
+					}
+				}
 				if b, err := json.Marshal(m.parsed); err == nil {
 					emit(agentproto.StreamResult, b)
 				}

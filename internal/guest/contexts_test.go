@@ -207,3 +207,96 @@ func TestContextLimits(t *testing.T) {
 		t.Fatalf("after the memory bomb: %q (%s)", r.main(), describe(r.res))
 	}
 }
+
+// A cell's output written before a result comes before that result in the streamed
+// frames: the driver's pipes and its control socket are separate channels, so the
+// agent holds each result until the pipes have passed what was written before it.
+func TestCellOutputBeforeResult(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	cases := []struct {
+		lang, code string
+		results    int
+	}{
+		// stdout well past a pipe's buffer, then display() and more, then the value.
+		{lang: "python", results: 2, code: "import sys\nfor i in range(100): print('a%d' % i + 'y' * 2000)\n" +
+			"print('e' * 3000, file=sys.stderr)\ndisplay('mid')\nprint('b' + 'z' * 70000)\n42"},
+		{lang: "javascript", results: 1, code: "for (let i = 0; i < 100; i++) console.log('a' + i + 'y'.repeat(2000))\n" +
+			"console.error('e'.repeat(3000))\nconsole.log('b' + 'z'.repeat(70000))\n42"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.lang, func(t *testing.T) {
+			needTool(t, c, map[string]string{"python": "python3", "javascript": "node"}[tc.lang])
+			spec := agentproto.ContextSpec{ID: "ctx_order_" + tc.lang, Language: tc.lang}
+			for n := 0; n < 25; n++ {
+				// What each result saw streamed before it, per stream.
+				var out, errb strings.Builder
+				type seen struct{ stdout, stderr int }
+				var at []seen
+				res, err := c.Exec(context.Background(), &agentproto.ExecRequest{Language: tc.lang, Code: tc.code, Context: &spec,
+					Limits: agentproto.Limits{TimeoutMS: 30000}}, func(stream string, p []byte) {
+					switch stream {
+					case agentproto.StreamStdout:
+						out.Write(p)
+					case agentproto.StreamStderr:
+						errb.Write(p)
+					case agentproto.StreamResult:
+						at = append(at, seen{out.Len(), errb.Len()})
+					}
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Verdict != agentproto.VerdictOK || len(at) != tc.results {
+					t.Fatalf("run %d: %s, %d results, want %d", n, describe(res), len(at), tc.results)
+				}
+				stdout := out.String()
+				// Everything printed before the first result ends with the 'b' line's start.
+				first := strings.Index(stdout, "b")
+				if first < 0 || errb.Len() != 3001 {
+					t.Fatalf("run %d: stdout %d bytes, stderr %d", n, len(stdout), errb.Len())
+				}
+				if at[0].stdout < first || at[0].stderr != 3001 {
+					t.Fatalf("run %d: the first result came after %d bytes of stdout and %d of stderr, want %d and 3001", n, at[0].stdout, at[0].stderr, first)
+				}
+				if last := at[len(at)-1]; last.stdout != len(stdout) {
+					t.Fatalf("run %d: the last result came after %d of %d bytes of stdout", n, last.stdout, len(stdout))
+				}
+			}
+		})
+	}
+}
+
+// The stream drops the cell's sync markers, counting them, and stops at its end marker,
+// however the pipe splits them.
+func TestCtxStreamMarkers(t *testing.T) {
+	end, syn := "\x1evmexec-cell-end-ab\x1e", "\x1evmexec-cell-sync-ab\x1e"
+	data := "one\x1evm" + syn + "two" + syn + syn + "three\x1e" + end + "next cell"
+	for _, size := range []int{1, 2, 3, 7, len(data)} {
+		var s ctxStream
+		var got strings.Builder
+		ended := s.begin([]byte(end), []byte(syn), func(p []byte) { got.Write(p) })
+		for i := 0; i < len(data); i += size {
+			s.feed([]byte(data[i:min(i+size, len(data))]))
+			if i+size <= strings.Index(data, syn) && !s.waitSynced(0, 0) {
+				t.Fatalf("size %d: waitSynced(0) failed", size)
+			}
+		}
+		select {
+		case <-ended:
+		default:
+			t.Fatalf("size %d: the end marker was not seen", size)
+		}
+		if got.String() != "one\x1evmtwothree\x1e" {
+			t.Errorf("size %d: output %q", size, got.String())
+		}
+		if s.synced != 3 || !s.waitSynced(3, 0) {
+			t.Errorf("size %d: %d syncs", size, s.synced)
+		}
+	}
+	var s ctxStream
+	s.begin([]byte(end), []byte(syn), func([]byte) {})
+	s.feed([]byte("x" + syn))
+	if !s.waitSynced(1, time.Second) || s.waitSynced(2, 10*time.Millisecond) {
+		t.Errorf("waitSynced: want the first sync and a timeout for the second")
+	}
+}

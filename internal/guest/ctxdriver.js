@@ -1,8 +1,11 @@
 // vmexec javascript context driver: see contexts.go for the protocol and its guarantees.
 //
 // The same protocol as ctxdriver.py: newline-delimited JSON on the control socket
-// (fd 4), the cell's own output on fd 1 and 2, the cell's marker written to both after
-// "done". Cells run through node's REPL evaluator (top-level await, `let`/`const` kept
+// (fd 4), the cell's own output on fd 1 and 2, the cell's sync marker written to both
+// before a result and its marker after "done". The markers go through process.stdout
+// and process.stderr, after what the cell wrote there: node queues a write to a full
+// pipe and finishes it later, so a marker written to the fd directly could overtake
+// it. Cells run through node's REPL evaluator (top-level await, `let`/`const` kept
 // across cells, the last expression's value as the result). SIGINT interrupts a running
 // cell: a synchronous loop through vm's breakOnSigint, a pending await by abandoning
 // it; between cells it is ignored.
@@ -42,6 +45,32 @@ let interrupt = null; // rejects the running cell's await
 
 function send(obj) {
   ctrl.write(JSON.stringify(obj) + '\n');
+}
+
+// writeMarker writes marker to stdout and stderr after what is queued there, and
+// resolves when both have taken it (or failed: a cell destroyed the stream), or after
+// markerWait (a cell corked the stream).
+const markerWait = 1000;
+function writeMarker(marker) {
+  if (!marker) return Promise.resolve();
+  const one = (stream, fd) => new Promise((resolve) => {
+    const timer = setTimeout(resolve, markerWait);
+    const done = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    try {
+      if (stream.destroyed || stream.writableEnded) {
+        fs.writeSync(fd, marker);
+        done();
+      } else {
+        stream.write(marker, done);
+      }
+    } catch (e) {
+      done();
+    }
+  });
+  return Promise.all([one(process.stdout, 1), one(process.stderr, 2)]);
 }
 
 process.on('SIGINT', () => {
@@ -114,7 +143,11 @@ async function cell(req) {
   stop.catch(() => {});
   try {
     const value = await Promise.race([evaluate(req.code || '', `cell-${count}`), stop]);
-    if (value !== undefined) send({ type: 'result', result: format(value) });
+    if (value !== undefined) {
+      const result = format(value);
+      await writeMarker(req.sync);
+      send({ type: 'result', result, sync: req.sync ? 1 : 0 });
+    }
   } catch (e) {
     error = errorOf(e);
   }
@@ -125,14 +158,7 @@ async function cell(req) {
     else process.env[k] = saved[k];
   }
   send({ type: 'done', count, error });
-  const marker = req.marker || '';
-  for (const fd of [1, 2]) {
-    try {
-      fs.writeSync(fd, marker);
-    } catch (e) {
-      // a cell closed it
-    }
-  }
+  await writeMarker(req.marker);
 }
 
 let queue = Promise.resolve();

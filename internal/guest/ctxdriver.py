@@ -5,13 +5,17 @@
 # control socket (fd 4) as newline-delimited JSON:
 #
 #   driver -> agent  {"type":"ready","pid":N}                       once, after start-up
-#   agent -> driver  {"code":..., "env":{...}, "marker":"..."}      one cell
-#   driver -> agent  {"type":"result","result":{...}}*              rich results, in order
+#   agent -> driver  {"code":..., "env":{...}, "marker":"...", "sync":"..."}  one cell
+#   driver -> agent  {"type":"result","result":{...},"sync":N}*     rich results, in order
 #                    {"type":"done","count":N,"error":{...}|null}   the cell's end
 #
-# After "done" the driver writes the cell's marker to fd 1 and fd 2, so that the agent
-# knows it has all of the cell's output. SIGINT interrupts a running cell
-# (KeyboardInterrupt); between cells it is ignored.
+# Before each result the driver flushes and writes the cell's sync marker to fd 1 and
+# fd 2; the result's "sync" counts the sync markers written so far in the cell, and the
+# agent holds the result until it has read that many from both pipes, so that output
+# written before a result reaches the host before it. After "done" the driver writes
+# the cell's marker to fd 1 and fd 2, so that the agent knows it has all of the cell's
+# output. SIGINT interrupts a running cell (KeyboardInterrupt); between cells it is
+# ignored.
 
 import ast
 import base64
@@ -23,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 import types
 
@@ -48,6 +53,30 @@ _ns = _main.__dict__
 
 def _send(obj):
     _sock.sendall((json.dumps(obj, default=str) + "\n").encode())
+
+
+# The running cell's sync marker (b"" between cells) and how many were written; a
+# display() from another thread may race the cell's own results.
+_sync = b""
+_synced = 0
+_sync_lock = threading.Lock()
+
+
+def _send_result(result):
+    """Sends a result of the running cell after the output written before it."""
+    global _synced
+    with _sync_lock:
+        n = 0
+        if _sync:
+            _flush()
+            for fd in (1, 2):
+                try:
+                    os.write(fd, _sync)
+                except OSError:
+                    pass
+            _synced += 1
+            n = _synced
+        _send({"type": "result", "result": result, "sync": n})
 
 
 def _on_sigint(sig, frame):
@@ -163,7 +192,7 @@ def _format(obj, main):
 def _display(*objs, **kwargs):
     """display(obj, ...): sends each object as a result of the running cell."""
     for o in objs:
-        _send({"type": "result", "result": _format(o, False)})
+        _send_result(_format(o, False))
 
 
 if not hasattr(builtins, "display"):
@@ -183,7 +212,7 @@ def _figures(shown):
         try:
             fig = plt.figure(n)
             if id(fig) not in shown:
-                _send({"type": "result", "result": {"png": _figure_png(fig), "text": repr(fig), "is_main_result": False}})
+                _send_result({"png": _figure_png(fig), "text": repr(fig), "is_main_result": False})
         except Exception:
             pass
     try:
@@ -237,8 +266,10 @@ def _flush():
 
 
 def _cell(req):
-    global _running, _count
+    global _running, _count, _sync, _synced
     _count += 1
+    with _sync_lock:
+        _sync, _synced = req.get("sync", "").encode(), 0
     env = req.get("env") or {}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -251,7 +282,7 @@ def _cell(req):
         if has and value is not None:
             shown.add(id(value))
             _ns["_"] = value
-            _send({"type": "result", "result": _format(value, True)})
+            _send_result(_format(value, True))
     except BaseException as e:  # SystemExit and KeyboardInterrupt too: the cell ends
         _running = False
         err = _error(e)
@@ -266,6 +297,8 @@ def _cell(req):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    with _sync_lock:
+        _sync = b""
     _flush()
     _send({"type": "done", "count": _count, "error": err})
     marker = req.get("marker", "").encode()

@@ -51,6 +51,9 @@ func MaybeLaunch() {
 	if len(os.Args) == 3 && os.Args[1] == LaunchCommand {
 		launch(os.Args[2])
 	}
+	if len(os.Args) == 2 && os.Args[1] == mqueueCommand {
+		mqueueMain() // see mqueue.go
+	}
 }
 
 // launch is the launcher: apply the spec and exec, or report why not and exit.

@@ -99,6 +99,13 @@ func (c *capture) keepTail(p []byte) {
 
 // stalled reports whether an emit has been blocked for a while: the host is slow to
 // take the output.
+// tailNow is a copy of the end of the stream so far (see keepTail).
+func (c *capture) tailNow() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]byte(nil), c.tail...)
+}
+
 func (c *capture) stalled() bool {
 	t := c.sendStart.Load()
 	return t != 0 && time.Since(time.Unix(0, t)) >= stallTime

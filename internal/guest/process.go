@@ -300,7 +300,7 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 		}
 	}
 	if !killed {
-		res.contained = a.checkLeftovers(p, sp.pid)
+		res.contained = a.checkLeftovers(p, sp.pid, stderr.tailNow())
 	}
 	res.stdout, _, res.stdoutTrunc = stdout.detach()
 	res.stderr, res.stderrTail, res.stderrTrunc = stderr.detach()
@@ -314,28 +314,14 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 
 // checkLeftovers looks at what a run that exited normally left running. Background
 // processes are kept, unless they are a fork bomb (see bomb.go): killed now if it
-// already fills the process limit (the result says so), watched for a while otherwise.
-func (a *agent) checkLeftovers(p *proc, pgid int) (killed bool) {
+// already fills the process limit, or its processes ran into the limit (a shell's
+// fork failure in stderrTail), or it behaves as a bomb before the run returns (the
+// result says so); watched for a while otherwise.
+func (a *agent) checkLeftovers(p *proc, pgid int, stderrTail []byte) (killed bool) {
 	if !p.spec.Setuid || p.spec.NProc <= 0 || !groupAlive(pgid) {
 		return false
 	}
-	counts := scanProcs()
-	bomb := counts.isBomb(pgid, p.spec.UID, p.spec.NProc)
-	// A group that is still growing may be a bomb on its way to the limit: watch it
-	// for a moment before the run returns, so the run gets its verdict. A group that
-	// stays small and steady (a server) costs one look.
-	prev := counts.byPgrp[pgid]
-	for n, end := 0, time.Now().Add(bombSettle); !bomb && (n < bombMinLooks || time.Now().Before(end)); n++ {
-		time.Sleep(100 * time.Millisecond)
-		counts = scanProcs()
-		cur := counts.byPgrp[pgid]
-		// Still growing past half the limit after its run ended: a bomb.
-		bomb = counts.isBomb(pgid, p.spec.UID, p.spec.NProc) || cur > prev && cur >= p.spec.NProc/2
-		if cur <= prev && cur < bombSuspect {
-			break
-		}
-		prev = cur
-	}
+	bomb := hasForkFailure(stderrTail) || a.settleGroup(pgid, p.spec.UID, p.spec.NProc)
 	if bomb {
 		killGroup(pgid)
 		sweepGroup(pgid)

@@ -182,10 +182,14 @@ func TestForkBomb(t *testing.T) {
 	}
 
 	// The classic: the script exits at once and the bomb multiplies in the background.
-	// It is killed before the run returns (verdict killed) or soon after (verdict ok).
+	// The agent looks at the group until it is steady, which a bomb never is: it is
+	// killed before the run returns, and the run is not ok.
 	start = time.Now()
 	res = run(t, c, &agentproto.ExecRequest{Language: "bash", Limits: limits,
 		Code: "echo $$; :(){ :|:& };:"})
+	if res.Verdict == agentproto.VerdictOK {
+		t.Errorf("classic fork bomb ended ok: %s", describe(res))
+	}
 	awaitBombGone(t, "classic bomb", res, start)
 	afterBomb(t, c)
 }

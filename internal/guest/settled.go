@@ -25,8 +25,8 @@ import (
 //     without it behaves the same). A process a run left behind (a server, a `sleep &`,
 //     a python REPL holding globals) can change memory and files at any time, so while
 //     one lives, no two moments are equal;
-//   - no System V IPC object (shared memory, semaphore set, message queue) exists:
-//     they outlive their processes;
+//   - no System V IPC object (shared memory, semaphore set, message queue) and no
+//     POSIX message queue exists: they outlive their processes (see mqueue.go);
 //   - the writable areas the run's change set did not scan are empty. The run user
 //     can write only to its home and the world-writable directories (settledAreas,
 //     those of the template); the change set covers the home, /tmp and the working
@@ -34,19 +34,15 @@ import (
 //
 // The host adds what only it knows: that the change set was empty and whole, and that
 // the state before the run was itself settled and equal to the image it holds.
-//
-// Not covered: POSIX message queues (no mqueue mount to list them; a queue outlives its
-// creator, as SysV ones do). The template has no mqueue mount and the run user cannot
-// mount one, so a run can reach them only through mq_open, which gVisor implements
-// internally; a message left in such a queue by a run the host then called settled is
-// lost by a rollback to the image before it.
 var settledAreas = []string{"/tmp", "/var/tmp", "/dev/shm", "/run/lock"}
 
 // quiet reports whether nothing runs in the sandbox but the agent's own processes
-// and no System V IPC object exists. It is checked before the change set is read: once
+// and no IPC object (System V, or a POSIX message queue) exists. It is checked before the change set is read: once
 // nothing else runs, nothing else can write, so the change set read after it misses
 // nothing.
-func (a *agent) quiet() bool { return a.onlyOwnProcesses() && !ipcObjects() }
+func (a *agent) quiet() bool {
+	return a.onlyOwnProcesses() && !ipcObjects() && !a.posixQueues()
+}
 
 // emptyAreas reports whether the writable areas outside roots (the change set's) are
 // empty, but for the agent's own run base.

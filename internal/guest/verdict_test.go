@@ -72,3 +72,57 @@ func TestWithDefaults(t *testing.T) {
 		t.Errorf("got %+v, want %+v", got, want)
 	}
 }
+
+// A group is steady when its tasks sleep, or stay the same while they get CPU; a group
+// whose tasks change, or want to run but get no CPU, is not (a bomb on its way).
+func TestSteadyGroup(t *testing.T) {
+	look := func(members map[int]member) procCounts {
+		return procCounts{byPgrp: map[int]int64{7: int64(len(members))}, members: members}
+	}
+	sleeping := look(map[int]member{7: {cpu: 3}, 8: {cpu: 1}})
+	busy := look(map[int]member{7: {running: true, cpu: 3}, 8: {cpu: 1}})
+	busier := look(map[int]member{7: {running: true, cpu: 3 + steadyCPU}, 8: {cpu: 1}})
+	forked := look(map[int]member{9: {running: true}, 10: {running: true}})
+	cases := []struct {
+		name            string
+		prev, cur       procCounts
+		steady, starved bool
+	}{
+		{"asleep", busy, sleeping, true, false},
+		{"busy with CPU", busy, busier, true, false},
+		{"running without CPU", busy, busy, false, true},
+		{"new tasks", busy, forked, false, false},
+		{"new tasks, running without CPU", forked, forked, false, true},
+	}
+	for _, c := range cases {
+		if ok, starved := steady(c.prev, c.cur, 7); ok != c.steady || starved != c.starved {
+			t.Errorf("%s: steady=%v starved=%v, want %v %v", c.name, ok, starved, c.steady, c.starved)
+		}
+	}
+	// Peaks count: a group that reached the thresholds at one look and burned out
+	// before the next is a bomb; so is one that started as many processes as the limit.
+	w := groupWatch{pgid: 7, uid: 1000, limit: 40, seen: map[int]bool{}, peakUID: 35, peakGrp: 25}
+	if !w.bomb(sleeping, sleeping) {
+		t.Errorf("peaks at the thresholds: not a bomb")
+	}
+	w = groupWatch{pgid: 7, uid: 1000, limit: 40, seen: map[int]bool{}, peakUID: 12, peakGrp: 12}
+	for pid := 0; pid < 40; pid++ {
+		w.seen[pid] = true
+	}
+	if !w.bomb(sleeping, sleeping) {
+		t.Errorf("40 processes started, 12 at once: not a bomb")
+	}
+	w.peakGrp, w.peakUID = 3, 3
+	if w.bomb(sleeping, sleeping) {
+		t.Errorf("40 processes one after another (3 at once): a bomb")
+	}
+}
+
+func TestForkFailureMarkers(t *testing.T) {
+	if !hasForkFailure([]byte("x\n/tmp/.vmexec/run-2/main.sh: fork: retry: Resource temporarily unavailable\n")) {
+		t.Errorf("bash's retry message not seen")
+	}
+	if hasForkFailure([]byte("Resource temporarily unavailable\n")) {
+		t.Errorf("a bare EAGAIN taken for a shell's fork failure")
+	}
+}

@@ -1,0 +1,47 @@
+package guest
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The agent sees POSIX message queues (through the helper's mqueue mount) come and go.
+func TestPosixQueues(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a mount namespace)")
+	}
+	a := &agent{opts: Options{}.withDefaults(), log: slog.Default(), reaper: newReaper(false, slog.Default())}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.reaper.run(ctx)
+	if a.posixQueues() {
+		if mqView.dir == nil {
+			t.Fatal("the helper could not open the mqueue filesystem")
+		}
+		t.Skip("this host has POSIX message queues already")
+	}
+	name, err := unix.BytePtrFromString("vmexec-guest-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, _, e := unix.Syscall6(unix.SYS_MQ_OPEN, uintptr(unsafe.Pointer(name)), unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC, 0o600, 0, 0, 0)
+	if e != 0 {
+		t.Fatalf("mq_open: %v", e)
+	}
+	unlink := func() { unix.Syscall(unix.SYS_MQ_UNLINK, uintptr(unsafe.Pointer(name)), 0, 0) }
+	defer unlink()
+	syscall.Close(int(fd)) // the queue outlives its descriptor
+	if !a.posixQueues() {
+		t.Fatal("a queue exists, but posixQueues says none")
+	}
+	unlink()
+	if a.posixQueues() {
+		t.Fatal("the queue is gone, but posixQueues still sees one")
+	}
+}
