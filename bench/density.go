@@ -21,8 +21,10 @@ import (
 // the latency of one run in each (print(1), a transaction like any: its pre-run
 // snapshot is the template snapshot), the host memory per sandbox (the PSS of every
 // runsc process of the daemon, from /proc/*/smaps_rollup, divided by the sandboxes
-// running, the pool's included) and the daemon's own, and the daemon's health
-// latency (GET /health every 20 ms) while it starts them and while it holds them.
+// running, the pool's included) and the daemon's own, the host CPU and wake-ups
+// (context switches) per idle sandbox, by kind of process, and the daemon's, over
+// idleWindow with nothing polling it, and the daemon's health latency (GET /health
+// every 20 ms) while it starts them, runs in them and holds them.
 //
 // Then suspension: a second daemon with a short idle timeout runs one run in each of
 // a few sandboxes, waits until the reaper has suspended them all, reports the host
@@ -52,7 +54,7 @@ func printDensity(tmp, runsc, tplDir string, n int) error {
 			per = append(per, fmt.Sprintf("%s %.1f", k.name, k.mib/float64(r.live)))
 		}
 		fmt.Printf("%-36s %s MiB\n", "  of which, per sandbox", strings.Join(per, ", "))
-		fmt.Printf("%-36s %.0f%% of a core, all of them together\n", "host CPU while they idle", 100*r.idleCPU)
+		r.idle.print(r.live)
 		fmt.Printf("%-36s %s\n", "runs' background snapshots done", r.settle.Round(100*time.Millisecond).String()+" after the last run")
 		fmt.Printf("%-36s %6s %10s %10s %10s\n", "", "n", "p50", "p95", "p99")
 		for _, s := range r.series {
@@ -70,7 +72,7 @@ type densityResult struct {
 	settle         time.Duration // from the last run to the last background snapshot
 	pss, daemonPSS float64       // MiB
 	kinds          []pssKind
-	idleCPU        float64 // cores the runsc processes used while idle
+	idle           idleUsage
 	series         []series
 }
 
@@ -157,10 +159,11 @@ func holdIdle(tmp, runsc, tplDir string, n int, tsnap bool) (densityResult, erro
 	}
 	r.settle = time.Since(settle)
 	time.Sleep(2 * time.Second)
+	// Idle CPU first, with nothing polling the daemon; then the health latency while
+	// it holds them.
+	r.idle = measureIdle(d, idleWindow)
 	holdHealth := pollHealth(d.url, "health while holding")
-	cpu0, t0 := runscCPU(d.dataDir), time.Now()
-	time.Sleep(10 * time.Second)
-	r.idleCPU = (runscCPU(d.dataDir) - cpu0).Seconds() / time.Since(t0).Seconds()
+	time.Sleep(holdWindow)
 	holding := holdHealth()
 	r.kinds = runscPSSKinds(d.dataDir)
 	for _, k := range r.kinds {
@@ -170,6 +173,52 @@ func holdIdle(tmp, runsc, tplDir string, n int, tsnap bool) (densityResult, erro
 	r.daemonPSS = procPSS(d.cmd.Process.Pid)
 	r.series = []series{runs, starting, running, holding}
 	return r, nil
+}
+
+// idleWindow is how long density mode watches the idle sandboxes' CPU use (nothing
+// polls the daemon meanwhile), and holdWindow how long it then polls its health.
+const (
+	idleWindow = 20 * time.Second
+	holdWindow = 10 * time.Second
+)
+
+// idleUsage is what a daemon's sandboxes (by kind of process, see runscUsage) and the
+// daemon itself used over a while when nothing ran.
+type idleUsage struct {
+	took   time.Duration
+	kinds  map[string]procUsage
+	daemon procUsage
+}
+
+// measureIdle watches d's sandboxes and d for window.
+func measureIdle(d *daemon, window time.Duration) idleUsage {
+	k0, d0, t0 := runscUsage(d.dataDir), usageOf(d.cmd.Process.Pid), time.Now()
+	time.Sleep(window)
+	k1, d1 := runscUsage(d.dataDir), usageOf(d.cmd.Process.Pid)
+	u := idleUsage{took: time.Since(t0), kinds: map[string]procUsage{}, daemon: d1.sub(d0)}
+	for kind, v := range k1 {
+		u.kinds[kind] = v.sub(k0[kind])
+	}
+	return u
+}
+
+// print prints u for live sandboxes: CPU in milliseconds per second (1000: a core).
+func (u idleUsage) print(live int) {
+	var all procUsage
+	for _, v := range u.kinds {
+		all = all.add(v)
+	}
+	sec := u.took.Seconds()
+	perSec := func(d time.Duration) float64 { return float64(d.Milliseconds()) / sec }
+	fmt.Printf("%-36s %.0f%% of a core, all of them together (over %s): %.2f ms/s per sandbox (%.2f%% of a core), %.1f wake-ups/s; the daemon %.1f ms/s, %.0f wake-ups/s\n",
+		"host CPU while they idle", perSec(all.cpu)/10, u.took.Round(time.Second), perSec(all.cpu)/float64(live), perSec(all.cpu)/float64(live)/10,
+		float64(all.wakes)/sec/float64(live), perSec(u.daemon.cpu), float64(u.daemon.wakes)/sec)
+	var per []string
+	for _, kind := range usageKinds {
+		v := u.kinds[kind]
+		per = append(per, fmt.Sprintf("%s %.2f ms/s %.1f wake-ups/s", kind, perSec(v.cpu)/float64(live), float64(v.wakes)/sec/float64(live)))
+	}
+	fmt.Printf("%-36s %s\n", "  of which, per sandbox", strings.Join(per, "; "))
 }
 
 // printSuspended measures suspended sandboxes: their host memory and their resume.
@@ -294,32 +343,128 @@ func runscPSS(dataDir string) (mib float64, procs int) {
 	return mib, procs
 }
 
-// runscCPU is the CPU time (user and system) the runsc processes of a daemon have
-// used so far.
-func runscCPU(dataDir string) time.Duration {
-	var ticks int64
+// usageKinds are the kinds of process runscUsage tells apart.
+var usageKinds = []string{"sentry", "guest stubs", "gofer", "runsc run/restore"}
+
+// procUsage is what a set of processes used: CPU time (user and system) and context
+// switches of all their threads, voluntary or not, which count their wake-ups.
+type procUsage struct {
+	cpu   time.Duration
+	wakes int64
+	procs int
+}
+
+func (u procUsage) add(v procUsage) procUsage {
+	return procUsage{cpu: u.cpu + v.cpu, wakes: u.wakes + v.wakes, procs: u.procs + v.procs}
+}
+
+func (u procUsage) sub(v procUsage) procUsage {
+	return procUsage{cpu: u.cpu - v.cpu, wakes: u.wakes - v.wakes, procs: u.procs}
+}
+
+// runscUsage is what the runsc processes of a daemon (those whose command line names a
+// path under dataDir: its runsc root is there) and their descendants have used so far,
+// by kind (usageKinds). The descendants of the sentry are the platform's stub processes,
+// in which the guest's own code runs.
+func runscUsage(dataDir string) map[string]procUsage {
+	type info struct {
+		ppid int
+		kind string
+	}
+	procs := map[int]info{}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(b), "runsc") || !strings.Contains(string(b), dataDir+"/") {
-			continue
-		}
-		st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		s := string(st)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) > 12 {
-			u, _ := strconv.ParseInt(f[11], 10, 64)
-			k, _ := strconv.ParseInt(f[12], 10, 64)
-			ticks += u + k
+		f := procStatFields(pid)
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		kind := ""
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil {
+			cl := string(b)
+			if strings.Contains(cl, "runsc") && strings.Contains(cl, dataDir+"/") {
+				switch {
+				case strings.HasPrefix(cl, "runsc-sandbox"):
+					kind = "sentry"
+				case strings.HasPrefix(cl, "runsc-gofer"):
+					kind = "gofer"
+				default:
+					kind = "runsc run/restore"
+				}
+			}
+		}
+		procs[pid] = info{ppid: ppid, kind: kind}
+	}
+	// kindOf is a process's kind, or that of its nearest runsc ancestor: a stub if that
+	// is the sentry, "" if it has none.
+	var kindOf func(pid, depth int) string
+	kindOf = func(pid, depth int) string {
+		p, ok := procs[pid]
+		switch {
+		case !ok || depth > 8:
+			return ""
+		case p.kind != "":
+			return p.kind
+		}
+		switch k := kindOf(p.ppid, depth+1); k {
+		case "sentry", "guest stubs":
+			return "guest stubs"
+		default:
+			return ""
 		}
 	}
-	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+	out := map[string]procUsage{}
+	for pid := range procs {
+		kind := kindOf(pid, 0)
+		if kind == "" {
+			continue
+		}
+		out[kind] = out[kind].add(usageOf(pid))
+	}
+	return out
+}
+
+// usageOf is what one process has used so far (zero if it is gone).
+func usageOf(pid int) procUsage {
+	f := procStatFields(pid)
+	if len(f) < 13 {
+		return procUsage{}
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	use := procUsage{cpu: time.Duration(u+k) * time.Second / 100, procs: 1} // USER_HZ
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				use.wakes += n
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				use.wakes += n
+			}
+		}
+	}
+	return use
+}
+
+// procStatFields are the fields of /proc/PID/stat after the command name, from the
+// state on (f[1] is the parent, f[11] and f[12] utime and stime); nil if it is gone.
+func procStatFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 }
 
 // pssKind is the PSS of one kind of runsc process.

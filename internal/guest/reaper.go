@@ -8,7 +8,6 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
-	"time"
 )
 
 // procExit is how a started process ended: its wait status, or Err if it could not be
@@ -22,8 +21,7 @@ type procExit struct {
 //
 // It is the only code in the agent that waits for children: the agent never uses
 // exec.Cmd.Wait, because a wait4(-1) reaper and Cmd.Wait race for the same statuses.
-// On every SIGCHLD (and on a slow tick, in case a signal is ever lost) it waits, without
-// blocking, for every child that has exited:
+// On every SIGCHLD it waits, without blocking, for every child that has exited:
 //
 //   - In reap-all mode (the agent is PID 1, so every orphan in the sandbox becomes its
 //     child) it loops on wait4(-1, WNOHANG). The statuses of processes started through
@@ -32,6 +30,15 @@ type procExit struct {
 //   - Otherwise it waits only for the pids it started, with wait4(pid, WNOHANG), so it can
 //     live in a process that has other children it must not steal (tests, a debugging run
 //     outside a sandbox). A parent reaping only its own children needs nothing more.
+//
+// SIGCHLD alone is enough, and the reaper has no timer: an idle sandbox then costs no
+// wake-ups (a one-second tick here was most of an idle sandbox's CPU). The kernel (Linux,
+// and gVisor alike) sends SIGCHLD for every child that exits, and again to the new
+// parent of a zombie that is reparented (an orphan that died before its parent); an
+// orphan's termination signal is reset to SIGCHLD. Signals that arrive together
+// coalesce (the channel holds one), which loses nothing: each one received is followed
+// by a loop that collects every child exited by then, and one arriving during that loop
+// waits in the channel for the next.
 //
 // start holds the reaper's lock across the fork and the registration of the new pid.
 // The reaper delivers statuses under the same lock, so a child that exits at once, even
@@ -57,15 +64,12 @@ func (r *reaper) run(ctx context.Context) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGCHLD)
 	defer signal.Stop(sig)
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
 	for {
-		r.reap()
+		r.reap() // the first one: what exited before Notify
 		select {
 		case <-ctx.Done():
 			return
 		case <-sig:
-		case <-tick.C:
 		}
 	}
 }
