@@ -477,6 +477,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 	child := pipes.child()
 	rights := unix.UnixRights(int(child[0].Fd()), int(child[1].Fd()), int(child[2].Fd()))
 	z.conn.SetWriteDeadline(time.Now().Add(zygoteReplyWait))
+	p.trace.mark("zygote: asking")
 	_, _, err = z.conn.WriteMsgUnix([]byte(req), rights, nil)
 	pipes.closeChild() // in flight or delivered: the zygote has its own references
 	if err != nil {
@@ -488,6 +489,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 	msg, err := z.recv(wait)
 	var pid int
 	if err == nil {
+		p.trace.mark("zygote: pid")
 		pid, err = z.parsePid(msg, !a.opts.ReapAll)
 	}
 	if err != nil {
@@ -507,6 +509,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 		a.abortZygote(z)
 		return nil, fmt.Errorf("%w: run %d did not start: %v", errZygote, pid, err)
 	}
+	p.trace.mark("zygote: go")
 
 	exit := make(chan procExit, 1)
 	z.runDone = make(chan struct{})

@@ -70,6 +70,9 @@ type Config struct {
 	// Observe, when set, is told how long each phase of a snapshot or a start took
 	// (bench's phase breakdown); op is "snapshot", "create" or "restore".
 	Observe func(op, phase string, d time.Duration)
+	// GuestEnv is added to the guest agent's environment (its VMEXEC_GUEST_* switches,
+	// for bench's side-by-side measurements); it is part of the shared images' inputs.
+	GuestEnv []string
 	// Logger receives diagnostics; default slog.Default().
 	Logger *slog.Logger
 }
