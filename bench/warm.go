@@ -15,7 +15,10 @@ import (
 	"github.com/vmexec/vmexec/internal/template"
 )
 
-var warmOnly = flag.Bool("warm-only", false, "measure only the phases of a warm run and of a restored sandbox's first run (warm.go), against the native spawn")
+var (
+	warmOnly = flag.Bool("warm-only", false, "measure only the phases of a warm run and of a restored sandbox's first run (warm.go), against the native spawn")
+	warmEach = flag.Bool("warm-each", false, "warm.go: also measure the guest with each of its speed-ups turned off alone")
+)
 
 // warmVariant is one configuration of the guest's run path, measured side by side.
 type warmVariant struct {
@@ -55,15 +58,19 @@ func (w *warmSide) add(name string, d time.Duration) {
 	w.phases[name] = append(w.phases[name], d)
 }
 
-// record adds one traced run: host is the backend call's time as the host saw it.
-func (w *warmSide) record(host time.Duration, res *agentproto.ExecResult) {
+// record adds one traced run: host is the backend call's time as the host saw it,
+// from t0 (the call) to its return.
+func (w *warmSide) record(t0 time.Time, host time.Duration, res *agentproto.ExecResult) {
 	w.add("host: Exec call", host)
+	gstart := time.UnixMicro(res.TraceStartUS)
+	w.add("  host → guest: request to the run's start", gstart.Sub(t0))
 	var last int64
 	for _, p := range res.Trace {
 		w.add("  guest: "+p.Name, time.Duration(p.US-last)*time.Microsecond)
 		last = p.US
 	}
 	guest := time.Duration(last) * time.Microsecond
+	w.add("  guest → host: the result's way back", t0.Add(host).Sub(gstart.Add(guest)))
 	w.add("  guest: total", guest)
 	w.add("  host: outside the guest", host-guest)
 }
@@ -75,23 +82,29 @@ func (w *warmSide) record(host time.Duration, res *agentproto.ExecResult) {
 func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Duration) error {
 	ctx := context.Background()
 	type side struct {
-		v          warmVariant
-		b          *gvisor.Backend
-		sb         backend.Sandbox
-		img        backend.Image
-		warm, frst warmSide
+		v                warmVariant
+		b                *gvisor.Backend
+		sb               backend.Sandbox
+		img              backend.Image
+		warm, frst, scnd warmSide
+	}
+	variants := warmVariants
+	if *warmEach {
+		for _, f := range []string{"exit", "hint", "freeze"} {
+			variants = append(variants, warmVariant{"no " + f, []string{"VMEXEC_GUEST_FAST=" + f}})
+		}
 	}
 	var sides []*side
-	exec := func(sb backend.Sandbox) (time.Duration, *agentproto.ExecResult, error) {
+	exec := func(sb backend.Sandbox) (time.Time, time.Duration, *agentproto.ExecResult, error) {
 		t := time.Now()
 		res, err := sb.Exec(ctx, warmReq(), nil)
 		d := time.Since(t)
 		if err == nil && (res.Verdict != agentproto.VerdictOK || strings.TrimSpace(string(res.Stdout)) != "1") {
 			err = fmt.Errorf("unexpected result %+v", res)
 		}
-		return d, res, err
+		return t, d, res, err
 	}
-	for i, v := range warmVariants {
+	for i, v := range variants {
 		dir, err := os.MkdirTemp(tmp, "warm-")
 		if err != nil {
 			return err
@@ -107,7 +120,7 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 		}
 		defer sb.Destroy(ctx)
 		for j := 0; j < 3; j++ { // the zygote starts after the first python run
-			if _, _, err := exec(sb); err != nil {
+			if _, _, _, err := exec(sb); err != nil {
 				return err
 			}
 			time.Sleep(300 * time.Millisecond)
@@ -121,16 +134,16 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 	for i := 0; i < n; i++ {
 		for _, s := range sides {
 			time.Sleep(300 * time.Millisecond) // an agent between turns
-			d, res, err := exec(s.sb)
+			t, d, res, err := exec(s.sb)
 			if err != nil {
 				return fmt.Errorf("warm run (%s): %w", s.v.name, err)
 			}
-			s.warm.record(d, res)
+			s.warm.record(t, d, res)
 		}
 	}
 	for i := 0; i < max(n/3, 3); i++ {
 		for _, s := range sides {
-			sb, err := s.b.Fork(ctx, s.img.Ref, backend.Spec{ID: fmt.Sprintf("warm-%s-r%d", s.v.name, i), Template: tpl, MemoryBytes: 512 << 20})
+			sb, err := s.b.Fork(ctx, s.img.Ref, backend.Spec{ID: fmt.Sprintf("warm-%s-r%d", strings.ReplaceAll(s.v.name, " ", "-"), i), Template: tpl, MemoryBytes: 512 << 20})
 			if err != nil {
 				return err
 			}
@@ -141,10 +154,15 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 			_, err = sb.Exec(ctx, w, nil)
 			if err == nil {
 				time.Sleep(time.Second)
+				var t time.Time
 				var d time.Duration
 				var res *agentproto.ExecResult
-				if d, res, err = exec(sb); err == nil {
-					s.frst.record(d, res)
+				if t, d, res, err = exec(sb); err == nil {
+					s.frst.record(t, d, res)
+					time.Sleep(300 * time.Millisecond)
+					if t, d, res, err = exec(sb); err == nil {
+						s.scnd.record(t, d, res)
+					}
 				}
 			}
 			sb.Destroy(ctx)
@@ -157,10 +175,11 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 	for _, k := range []struct {
 		title string
 		get   func(*side) *warmSide
-	}{{"warm run, 300ms between", func(s *side) *warmSide { return &s.warm }}, {"restored, after a warm-up run", func(s *side) *warmSide { return &s.frst }}} {
+	}{{"warm run, 300ms between", func(s *side) *warmSide { return &s.warm }}, {"restored, after a warm-up run", func(s *side) *warmSide { return &s.frst }},
+		{"restored: the run after that", func(s *side) *warmSide { return &s.scnd }}} {
 		fmt.Printf("%-34s", k.title)
 		for _, s := range sides {
-			fmt.Printf(" %10s %7s", s.v.name, "×nat")
+			fmt.Printf(" %10s %6s", s.v.name, "×nat")
 		}
 		fmt.Println()
 		var order []string

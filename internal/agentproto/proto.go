@@ -419,6 +419,10 @@ type ExecResult struct {
 	// Trace is the run's phases when the request asked for them: the moments the guest
 	// agent reached each, in order, from the start of its handling of the request.
 	Trace []TracePoint `json:"trace,omitempty"`
+	// TraceStartUS is when the guest began handling the traced request (Unix time,
+	// microseconds; gVisor's clock is the host's), to place the trace on the host's
+	// time line.
+	TraceStartUS int64 `json:"trace_start_us,omitempty"`
 }
 
 // TracePoint is one phase of a traced run: its name and when the guest reached it,

@@ -56,6 +56,9 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func
 			res.DurationMS = time.Since(start).Milliseconds()
 			tr.mark("end")
 			res.Trace = tr.points()
+			if tr != nil {
+				res.TraceStartUS = start.UnixMicro()
+			}
 		}
 	}()
 

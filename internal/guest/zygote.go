@@ -150,6 +150,9 @@ type zygote struct {
 	gone     chan struct{} // closed when the zygote has exited (see watch)
 	runDone  chan struct{} // closed when the current run's exit status arrived (or never will)
 	runClean bool          // the last run ended with a proper exit message
+	// hintDue: the zygote waits for "spare" before it forks the next spare (see
+	// sendHint). Set before runDone closes; then read and cleared under the pool's lock.
+	hintDue bool
 }
 
 // zygotePool holds the zygote. Its zero value is an empty pool.
@@ -206,7 +209,30 @@ func (pool *zygotePool) take(key zygoteKey) *zygote {
 		return nil
 	}
 	pool.idle = nil
+	z.sendHint() // a run not served by serveExec: its zygote still waits
 	return z
+}
+
+// zygoteHint tells the idle zygote, once a run's result is sent, that it may fork the
+// next spare now (the "hint" speed-up in fast.go).
+func (a *agent) zygoteHint() {
+	pool := &a.zygotes
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	if z := pool.idle; z != nil {
+		z.sendHint()
+	}
+}
+
+// sendHint sends "spare" if the zygote waits for it; the pool's lock held. The zygote
+// waits zygoteHintWait at most, and a spare ignores a hint that comes late.
+func (z *zygote) sendHint() {
+	if !z.hintDue {
+		return
+	}
+	z.hintDue = false
+	z.conn.SetWriteDeadline(time.Now().Add(zygoteReplyWait))
+	z.conn.Write([]byte("spare")) // a zygote gone or stuck: the next run finds out
 }
 
 // afterPython returns the run's zygote z (nil if the run did not use one) to the pool and
@@ -401,7 +427,7 @@ func (a *agent) startZygote(key zygoteKey, p *proc) (_ *zygote, err error) {
 	}
 
 	spec := p.spec
-	spec.Argv = append(append([]string(nil), p.spec.Argv[:len(p.spec.Argv)-1]...), file)
+	spec.Argv = append(append(append([]string(nil), p.spec.Argv[:len(p.spec.Argv)-1]...), file), zygoteArgs()...)
 	spec.Dir = "/"
 	pid, exit, err := a.launch(spec, p.env, [3]*os.File{devNull, devNull, errW}, []*os.File{theirs}, deadline)
 	errW.Close()
@@ -521,6 +547,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 			a.reaper.forget(pid, adopted)
 		}
 		z.runClean = clean
+		z.hintDue = clean && fast("hint")
 		close(z.runDone) // before the exit is seen, so that the zygote is reusable at once
 		if pending {
 			a.log.Warn("python zygote ended during a run; waiting for the run itself", "pid", pid, "zygote", z.pid)
