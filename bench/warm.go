@@ -82,11 +82,11 @@ func (w *warmSide) record(t0 time.Time, host time.Duration, res *agentproto.Exec
 func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Duration) error {
 	ctx := context.Background()
 	type side struct {
-		v                warmVariant
-		b                *gvisor.Backend
-		sb               backend.Sandbox
-		img              backend.Image
-		warm, frst, scnd warmSide
+		v                      warmVariant
+		b                      *gvisor.Backend
+		sb                     backend.Sandbox
+		img                    backend.Image
+		warm, frst, scnd, busy warmSide
 	}
 	variants := warmVariants
 	if *warmEach {
@@ -169,6 +169,12 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 			if err != nil {
 				return fmt.Errorf("first run (%s): %w", s.v.name, err)
 			}
+			// The same first run while a pool refill (a restore and its warm-up run)
+			// starts next to it, as the daemon did when it refilled at once
+			// (VMEXEC_POOL_REFILL_DELAY=0).
+			if err := warmBusyFirst(ctx, s.b, s.img, tpl, fmt.Sprintf("%d-%d", i, len(sides)), &s.busy); err != nil {
+				return fmt.Errorf("first run next to a refill (%s): %w", s.v.name, err)
+			}
 		}
 	}
 	fmt.Printf("\nwarm print(1) phases (gvisor backend, no daemon; p50, native spawn %s)\n", native.Round(100*time.Microsecond))
@@ -176,7 +182,8 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 		title string
 		get   func(*side) *warmSide
 	}{{"warm run, 300ms between", func(s *side) *warmSide { return &s.warm }}, {"restored, after a warm-up run", func(s *side) *warmSide { return &s.frst }},
-		{"restored: the run after that", func(s *side) *warmSide { return &s.scnd }}} {
+		{"restored: the run after that", func(s *side) *warmSide { return &s.scnd }},
+		{"restored, a refill restoring next to it", func(s *side) *warmSide { return &s.busy }}} {
 		fmt.Printf("%-34s", k.title)
 		for _, s := range sides {
 			fmt.Printf(" %10s %6s", s.v.name, "×nat")
@@ -207,4 +214,45 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 		}
 	}
 	return nil
+}
+
+// warmBusyFirst times a restored sandbox's first run (after its warm-up run) while
+// another restore of the image, with its warm-up run, starts at the same moment.
+func warmBusyFirst(ctx context.Context, b *gvisor.Backend, img backend.Image, tpl template.Template, tag string, w *warmSide) error {
+	spec := func(s string) backend.Spec {
+		return backend.Spec{ID: "warm-busy-" + s + "-" + tag, Template: tpl, MemoryBytes: 512 << 20}
+	}
+	sb, err := b.Fork(ctx, img.Ref, spec("a"))
+	if err != nil {
+		return err
+	}
+	defer sb.Destroy(ctx)
+	up := warmReq()
+	up.Code = "pass"
+	if _, err := sb.Exec(ctx, up, nil); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	refill := make(chan error, 1)
+	go func() {
+		other, err := b.Fork(ctx, img.Ref, spec("b"))
+		if err == nil {
+			_, err = other.Exec(ctx, up, nil)
+			other.Destroy(ctx)
+		}
+		refill <- err
+	}()
+	t := time.Now()
+	res, err := sb.Exec(ctx, warmReq(), nil)
+	d := time.Since(t)
+	if err == nil && (res.Verdict != agentproto.VerdictOK || strings.TrimSpace(string(res.Stdout)) != "1") {
+		err = fmt.Errorf("unexpected result %+v", res)
+	}
+	if rerr := <-refill; err == nil {
+		err = rerr
+	}
+	if err == nil {
+		w.record(t, d, res)
+	}
+	return err
 }

@@ -46,6 +46,7 @@ import (
 //	zygote → agent  "pid <n>", "go", then "exit <wait status>"
 //	              | "error <why>" (nothing ran)
 //	              | "stale" | "gone" (nothing ran; the zygote exits, or has died)
+//	agent → zygote  "spare"                              after a run's result is sent
 //
 // A fork costs ~7 ms inside gVisor, so the zygote keeps a forked spare waiting on the
 // socket, forked while no run is waiting. The spare takes the request (its check that the
@@ -53,14 +54,21 @@ import (
 // puts itself in its own process group (the zygote does too), reports its pid, becomes
 // the run and says "go" just before the script runs (after checking once more that the
 // zygote lives: a run whose exit nobody would report must not start); the zygote waits
-// for it, forks the next spare and reports the run's raw wait status, which the agent
-// hands to waitProc as if it had reaped the run itself: timeouts, output limits, group
+// for it, reports the run's raw wait status and forks the next spare (with the "hint"
+// speed-up of fast.go, once the agent says "spare": its result is sent, or after
+// zygoteHintWait; a spare ignores a late "spare"). The agent hands the status to
+// waitProc as if it had reaped the run itself: timeouts, output limits, group
 // kills, leftovers and verdicts work exactly as for a directly started program. The run
 // dups the fds onto 0-2, rebuilds sys.stdin/stdout/stderr as python3 -u does, sets
 // sys.argv, sys.orig_argv, sys.path[0] and a fresh __main__, and runs the script at the
 // top level of zygote.py; uncaught exceptions are printed like PyErr_Print
-// (sys.excepthook, zygote frames removed), and the interpreter's normal exit does the
-// rest (SystemExit, threads, atexit, exit status).
+// (sys.excepthook, zygote frames removed), and the exit does the rest (SystemExit,
+// threads, atexit, exit status): the interpreter's own, or with the "exit" speed-up of
+// fast.go zygote.py's _exit, which does what Py_FinalizeEx does that a program can
+// see (threads joined, atexit handlers, stdio flushed — status 120 if that fails —,
+// garbage collected, the run's own modules cleared newest first) and then os._exit,
+// without tearing down what the run inherited from the zygote: that touches, and in
+// gVisor copies, most of the zygote's pages, and was half of a print(1)'s run.
 //
 // # Staleness
 //
@@ -92,7 +100,11 @@ import (
 // frame of zygote.py (traceback.print_stack, sys._getframe(1), warnings' stacklevel); the
 // uid runs more processes against max_procs while the zygote exists (the zygote during a
 // forked run; the zygote and its spare between runs): a start that fails at the process
-// limit stops the zygote and is tried again (startDirect).
+// limit stops the zygote and is tried again (startDirect). With the "exit" speed-up, an
+// object the run left only in a module that start-up imported (say, an open file stored
+// in sys or os) is not finalized at exit: its __del__ does not run and, if it is a file,
+// its buffer is not flushed (python promises neither for objects alive at exit);
+// with "freeze", gc.get_freeze_count() is not 0 in a forked run.
 // Options.DisableZygote turns the fast path off.
 
 //go:embed zygote.py
@@ -101,10 +113,11 @@ var zygoteSource []byte
 const (
 	zygoteCtrlFD    = 4 // the zygote's end of its control socket
 	zygoteFile      = "python-zygote.py"
-	zygoteStartWait = 10 * time.Second // launcher + interpreter start-up
-	zygoteReplyWait = 2 * time.Second  // a reply to a run request (one fork)
-	zygoteRetry     = 30 * time.Second // after a zygote failed to start
-	zygoteStopWait  = time.Second      // for a zygote to exit when told to
+	zygoteStartWait = 10 * time.Second       // launcher + interpreter start-up
+	zygoteReplyWait = 2 * time.Second        // a reply to a run request (one fork)
+	zygoteRetry     = 30 * time.Second       // after a zygote failed to start
+	zygoteStopWait  = time.Second            // for a zygote to exit when told to
+	zygoteHintWait  = 100 * time.Millisecond // zygote.py's _HINT_WAIT: at most this for "spare"
 )
 
 // errZygote marks zygote failures; they are never a run's result. errZygoteRefused is a

@@ -437,8 +437,9 @@ def _clear(d):
 
 def _exit(status):
     """Ends a forked run as Py_FinalizeEx ends python3 as far as the program can tell:
-    joins its threads, runs its atexit handlers, flushes stdio, finalizes the run's own
-    modules (newest first) and the objects only they held; then leaves with os._exit,
+    joins its threads, runs its atexit handlers, flushes stdio, collects the garbage,
+    finalizes the run's own modules (newest first) and the objects only they held,
+    flushes stdio again; then leaves with os._exit,
     without tearing down what the run inherited from the zygote (which would touch, and
     so copy, most of the zygote's pages)."""
     threading = sys.modules.get("threading")
@@ -450,6 +451,7 @@ def _exit(status):
     import atexit
     atexit._run_exitfuncs()
     ok = _flush_std()
+    gc.collect()  # as finalize_modules does first: garbage already unreachable
     mods = [m for n, m in reversed(list(sys.modules.items())) if _ZYGOTE_MODULES.get(n) is not m]
     for m in mods:
         d = getattr(m, "__dict__", None)
