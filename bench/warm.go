@@ -177,6 +177,22 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 			}
 		}
 	}
+	// Through the daemon: a new agent's first run from a pool of 2 whose refill waits
+	// (the default) or starts at once, next to the run (as before).
+	var pool []series
+	for _, mode := range []struct{ name, delay string }{{"refill after 250ms", ""}, {"refill at once (old)", "0"}} {
+		env := []string{"VMEXEC_POOL_REFILL_DELAY=" + mode.delay}
+		d, err := startDaemonEnv(tmp, runsc, tpl.Dir, env, "--pool-size", "2")
+		if err != nil {
+			return err
+		}
+		more, err := firstRuns(d, "first run, pool=2, "+mode.name, 2, max(n/3, 3))
+		d.stop()
+		if err != nil {
+			return err
+		}
+		pool = append(pool, more...)
+	}
 	fmt.Printf("\nwarm print(1) phases (gvisor backend, no daemon; p50, native spawn %s)\n", native.Round(100*time.Microsecond))
 	for _, k := range []struct {
 		title string
@@ -212,6 +228,10 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 			}
 			fmt.Println()
 		}
+	}
+	fmt.Printf("\n%-36s %6s %10s %10s %12s\n", "first run through the daemon", "n", "p50", "p95", "p50/native")
+	for _, s := range pool {
+		printRow(36, s, 100*time.Microsecond, native)
 	}
 	return nil
 }
