@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmexec/vmexec/api"
+	"github.com/vmexec/vmexec/client"
 	"github.com/vmexec/vmexec/internal/agentproto"
 	"github.com/vmexec/vmexec/internal/backend"
 	"github.com/vmexec/vmexec/internal/backend/gvisor"
@@ -179,14 +181,23 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 	}
 	// Through the daemon: a new agent's first run from a pool of 2 whose refill waits
 	// (the default) or starts at once, next to the run (as before).
+	// And a warm run through the daemon (HTTP, records, the skipped pre-run snapshot),
+	// with the guest's speed-ups on and off.
 	var pool []series
-	for _, mode := range []struct{ name, delay string }{{"refill after 250ms", ""}, {"refill at once (old)", "0"}} {
-		env := []string{"VMEXEC_POOL_REFILL_DELAY=" + mode.delay}
+	for _, mode := range []struct{ name, delay, guest string }{
+		{"new", "", ""}, {"new guest, refill at once", "0", ""}, {"old (guest and refill)", "0", "off"},
+	} {
+		env := []string{"VMEXEC_POOL_REFILL_DELAY=" + mode.delay, "VMEXEC_GUEST_FAST=" + mode.guest}
 		d, err := startDaemonEnv(tmp, runsc, tpl.Dir, env, "--pool-size", "2")
 		if err != nil {
 			return err
 		}
 		more, err := firstRuns(d, "first run, pool=2, "+mode.name, 2, max(n/3, 3))
+		if err == nil && mode.delay == "0" {
+			var s series
+			s, err = daemonWarm(d, "warm run, 300ms between, "+mode.name, n)
+			more = append(more, s)
+		}
 		d.stop()
 		if err != nil {
 			return err
@@ -229,9 +240,9 @@ func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Dura
 			fmt.Println()
 		}
 	}
-	fmt.Printf("\n%-36s %6s %10s %10s %12s\n", "first run through the daemon", "n", "p50", "p95", "p50/native")
+	fmt.Printf("\n%-46s %6s %10s %10s %12s\n", "through the daemon", "n", "p50", "p95", "p50/native")
 	for _, s := range pool {
-		printRow(36, s, 100*time.Microsecond, native)
+		printRow(46, s, 100*time.Microsecond, native)
 	}
 	return nil
 }
@@ -275,4 +286,25 @@ func warmBusyFirst(ctx context.Context, b *gvisor.Backend, img backend.Image, tp
 		w.record(t, d, res)
 	}
 	return err
+}
+
+// daemonWarm times n warm print(1) runs of one agent through d's API, 300 ms apart.
+func daemonWarm(d *daemon, name string, n int) (series, error) {
+	c := client.New(d.url)
+	ctx := context.Background()
+	agent := fmt.Sprintf("warm-%d", time.Now().UnixNano())
+	run := func(int) error {
+		r, err := c.Exec(ctx, api.ExecRequest{AgentID: agent, Language: "python", Code: "print(1)"})
+		if err == nil && strings.TrimSpace(r.Stdout) != "1" {
+			err = fmt.Errorf("unexpected result %+v", r)
+		}
+		return err
+	}
+	for i := 0; i < 3; i++ {
+		if err := run(i); err != nil {
+			return series{name: name}, err
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return measureWith(name, n, func(int) { time.Sleep(300 * time.Millisecond) }, run)
 }
