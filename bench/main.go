@@ -223,6 +223,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	if opts.txnOnly {
 		return printTxnSections(tmp, runsc, tpl, n, native.pct(0.5))
 	}
+	if *warmOnly {
+		return printWarm(tmp, runsc, tpl, n, native.pct(0.5)) // warm.go
+	}
 	doRoot := filepath.Join(tmp, "runsc-do")
 	rdo, err := measure("runsc do per run", n/2, func(int) error {
 		out, err := exec.Command(runsc, "--root", doRoot, "--network=none", "do", "python3", "-c", "print(1)").CombinedOutput()
@@ -266,6 +269,9 @@ func run(n int, dataDir string, withMicroVM, withAgent, agentOnly, changesOnly b
 	printSeries(native, results)
 	if err := printTxnSections(tmp, runsc, tpl, n, native.pct(0.5)); err != nil {
 		return err
+	}
+	if err := printWarm(tmp, runsc, tpl, n, native.pct(0.5)); err != nil {
+		return fmt.Errorf("warm: %w", err)
 	}
 	if err := printChanges(tmp, runsc, tpl.Dir, n); err != nil {
 		return err

@@ -340,6 +340,8 @@ type ExecRequest struct {
 	// Context makes the exec a cell of that interpreter context (see contexts.go):
 	// Language must be the context's, Stdin and Changes are not used.
 	Context *ContextSpec `json:"context,omitempty"`
+	// Trace asks the guest for the run's phases in ExecResult.Trace (for bench).
+	Trace bool `json:"trace,omitempty"`
 }
 
 // ChangeScan asks the guest to compare the metadata (type, size, mode, mtime, ctime,
@@ -414,6 +416,20 @@ type ExecResult struct {
 	// settled.go): with an empty, whole change set, the run left the sandbox's state
 	// as it found it.
 	Settled bool `json:"settled,omitempty"`
+	// Trace is the run's phases when the request asked for them: the moments the guest
+	// agent reached each, in order, from the start of its handling of the request.
+	Trace []TracePoint `json:"trace,omitempty"`
+	// TraceStartUS is when the guest began handling the traced request (Unix time,
+	// microseconds; gVisor's clock is the host's), to place the trace on the host's
+	// time line.
+	TraceStartUS int64 `json:"trace_start_us,omitempty"`
+}
+
+// TracePoint is one phase of a traced run: its name and when the guest reached it,
+// in microseconds since the guest began handling the request.
+type TracePoint struct {
+	Name string `json:"name"`
+	US   int64  `json:"us"`
 }
 
 // Conn frames envelopes over a reader and a writer. Reads and writes are each safe

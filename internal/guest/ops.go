@@ -283,6 +283,7 @@ func (a *agent) serveExec(o *op, e *agentproto.Envelope) {
 	a.log.Info("run", "id", o.id, "language", req.Language, "verdict", res.Verdict,
 		"exit_code", res.ExitCode, "signal", res.Signal, "duration_ms", res.DurationMS, "error", res.Error)
 	a.reply(o, &agentproto.Envelope{Type: agentproto.TypeResult, Result: res})
+	a.zygoteHint() // the result is out: the zygote may fork its next spare
 }
 
 // queuedResult is the result of a run cancelled before it started.

@@ -53,6 +53,8 @@ type proc struct {
 	// the python zygote (see zygote.go), and what stat said of it; empty for anything else.
 	interpreter     string
 	interpreterInfo os.FileInfo
+	// trace records the run's phases (nil: not traced).
+	trace *runTrace
 }
 
 // procResult is how a proc ended.
@@ -107,7 +109,9 @@ func (a *agent) startProc(p *proc, deadline time.Time) (*started, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: pipes: %v", errStart, err)
 	}
+	p.trace.mark("launching")
 	pid, exitCh, err := a.launch(p.spec, p.env, pipes.child(), nil, deadline)
+	p.trace.mark("launched")
 	// The child has its copies; the agent keeps only its own ends.
 	pipes.closeChild()
 	if err != nil {
@@ -234,6 +238,13 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 	if p.emit != nil {
 		emitOut = func(b []byte) { p.emit(agentproto.StreamStdout, b) }
 		emitErr = func(b []byte) { p.emit(agentproto.StreamStderr, b) }
+		if tr := p.trace; tr != nil {
+			var once sync.Once
+			emitOut = func(b []byte) {
+				once.Do(func() { tr.mark("first stdout") })
+				p.emit(agentproto.StreamStdout, b)
+			}
+		}
 	}
 	stdout := newCapture(p.outMax, over, emitOut)
 	stderr := newCapture(p.outMax, over, emitErr)
@@ -243,6 +254,9 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 	}
 	go stdout.pump(sp.stdout)
 	go stderr.pump(sp.stderr)
+	if tr := p.trace; tr != nil {
+		go func() { <-stdout.done; tr.mark("stdout closed") }()
+	}
 	go func() {
 		if len(p.stdin) > 0 {
 			sp.stdin.Write(p.stdin) // fails harmlessly if the program exits without reading
@@ -255,8 +269,10 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	killed := false
+	p.trace.mark("waiting")
 	select {
 	case res.exit = <-sp.exit:
+		p.trace.mark("exit status")
 	case <-timer.C:
 		res.timedOut, killed = true, true
 	case <-overCh:
@@ -299,8 +315,10 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 			}
 		}
 	}
+	p.trace.mark("output drained")
 	if !killed {
 		res.contained = a.checkLeftovers(p, sp.pid, stderr.tailNow())
+		p.trace.mark("leftovers checked")
 	}
 	res.stdout, _, res.stdoutTrunc = stdout.detach()
 	res.stderr, res.stderrTail, res.stderrTrunc = stderr.detach()

@@ -46,6 +46,7 @@ type agent struct {
 // process group.
 func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func(stream string, p []byte), handle *runHandle) (res *agentproto.ExecResult, err error) {
 	start := time.Now()
+	tr := newRunTrace(req.Trace, start)
 	defer func() {
 		if p := recover(); p != nil {
 			a.log.Error("exec panicked", "panic", p)
@@ -53,6 +54,11 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func
 		}
 		if res != nil {
 			res.DurationMS = time.Since(start).Milliseconds()
+			tr.mark("end")
+			res.Trace = tr.points()
+			if tr != nil {
+				res.TraceStartUS = start.UnixMicro()
+			}
 		}
 	}()
 
@@ -74,20 +80,27 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func
 	if err != nil {
 		return startFailure(fmt.Errorf("%s toolchain not available: %w", lang.name, err)), nil
 	}
+	tr.mark("request checked")
 	runDir, err := a.makeRunDir(lang.file, req.Code)
 	if err != nil {
 		return startFailure(err), nil
 	}
+	tr.mark("run dir made")
 	changes := a.trackChanges(req, workDir) // see changes.go
+	tr.mark("change baseline")
 	defer func() {
 		quiet := changes != nil && a.quiet() // first: once nothing else runs, nothing else writes
+		tr.mark("quiet checked")
 		changes.finish(res)
+		tr.mark("change set read")
 		a.markSettled(changes, quiet, res)
+		tr.mark("settled checked")
 	}()
 	defer func() {
 		if err := os.RemoveAll(runDir); err != nil {
 			a.log.Warn("cannot remove run dir", "dir", runDir, "err", err)
 		}
+		tr.mark("run dir removed")
 	}()
 
 	base := launchSpec{
@@ -117,7 +130,7 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func
 	}
 	spec := base
 	spec.Argv, spec.Dir = lang.run(runDir, lim.MemoryBytes), workDir
-	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes, memory: lim.MemoryBytes, emit: emit, handle: handle}
+	p := &proc{spec: spec, env: env.run, stdin: req.Stdin, outMax: lim.MaxOutputBytes, memory: lim.MemoryBytes, emit: emit, handle: handle, trace: tr}
 	if lang.name == "python" && !strings.ContainsRune(req.Code, 0) { // python3 reads NULs its own way
 		p.interpreter, p.interpreterInfo = tool, toolInfo
 	}
@@ -125,6 +138,7 @@ func (a *agent) exec(ctx context.Context, req *agentproto.ExecRequest, emit func
 	if err != nil {
 		return startFailure(err), nil
 	}
+	tr.mark("run ended")
 	if pr.memoryLimit {
 		emit(agentproto.StreamStderr, []byte(memoryNote(pr)))
 	}

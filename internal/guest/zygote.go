@@ -46,6 +46,7 @@ import (
 //	zygote → agent  "pid <n>", "go", then "exit <wait status>"
 //	              | "error <why>" (nothing ran)
 //	              | "stale" | "gone" (nothing ran; the zygote exits, or has died)
+//	agent → zygote  "spare"                              after a run's result is sent
 //
 // A fork costs ~7 ms inside gVisor, so the zygote keeps a forked spare waiting on the
 // socket, forked while no run is waiting. The spare takes the request (its check that the
@@ -53,14 +54,21 @@ import (
 // puts itself in its own process group (the zygote does too), reports its pid, becomes
 // the run and says "go" just before the script runs (after checking once more that the
 // zygote lives: a run whose exit nobody would report must not start); the zygote waits
-// for it, forks the next spare and reports the run's raw wait status, which the agent
-// hands to waitProc as if it had reaped the run itself: timeouts, output limits, group
+// for it, reports the run's raw wait status and forks the next spare (with the "hint"
+// speed-up of fast.go, once the agent says "spare": its result is sent, or after
+// zygoteHintWait; a spare ignores a late "spare"). The agent hands the status to
+// waitProc as if it had reaped the run itself: timeouts, output limits, group
 // kills, leftovers and verdicts work exactly as for a directly started program. The run
 // dups the fds onto 0-2, rebuilds sys.stdin/stdout/stderr as python3 -u does, sets
 // sys.argv, sys.orig_argv, sys.path[0] and a fresh __main__, and runs the script at the
 // top level of zygote.py; uncaught exceptions are printed like PyErr_Print
-// (sys.excepthook, zygote frames removed), and the interpreter's normal exit does the
-// rest (SystemExit, threads, atexit, exit status).
+// (sys.excepthook, zygote frames removed), and the exit does the rest (SystemExit,
+// threads, atexit, exit status): the interpreter's own, or with the "exit" speed-up of
+// fast.go zygote.py's _exit, which does what Py_FinalizeEx does that a program can
+// see (threads joined, atexit handlers, stdio flushed — status 120 if that fails —,
+// garbage collected, the run's own modules cleared newest first) and then os._exit,
+// without tearing down what the run inherited from the zygote: that touches, and in
+// gVisor copies, most of the zygote's pages, and was half of a print(1)'s run.
 //
 // # Staleness
 //
@@ -92,7 +100,11 @@ import (
 // frame of zygote.py (traceback.print_stack, sys._getframe(1), warnings' stacklevel); the
 // uid runs more processes against max_procs while the zygote exists (the zygote during a
 // forked run; the zygote and its spare between runs): a start that fails at the process
-// limit stops the zygote and is tried again (startDirect).
+// limit stops the zygote and is tried again (startDirect). With the "exit" speed-up, an
+// object the run left only in a module that start-up imported (say, an open file stored
+// in sys or os) is not finalized at exit: its __del__ does not run and, if it is a file,
+// its buffer is not flushed (python promises neither for objects alive at exit);
+// with "freeze", gc.get_freeze_count() is not 0 in a forked run.
 // Options.DisableZygote turns the fast path off.
 
 //go:embed zygote.py
@@ -101,10 +113,11 @@ var zygoteSource []byte
 const (
 	zygoteCtrlFD    = 4 // the zygote's end of its control socket
 	zygoteFile      = "python-zygote.py"
-	zygoteStartWait = 10 * time.Second // launcher + interpreter start-up
-	zygoteReplyWait = 2 * time.Second  // a reply to a run request (one fork)
-	zygoteRetry     = 30 * time.Second // after a zygote failed to start
-	zygoteStopWait  = time.Second      // for a zygote to exit when told to
+	zygoteStartWait = 10 * time.Second       // launcher + interpreter start-up
+	zygoteReplyWait = 2 * time.Second        // a reply to a run request (one fork)
+	zygoteRetry     = 30 * time.Second       // after a zygote failed to start
+	zygoteStopWait  = time.Second            // for a zygote to exit when told to
+	zygoteHintWait  = 100 * time.Millisecond // zygote.py's _HINT_WAIT: at most this for "spare"
 )
 
 // errZygote marks zygote failures; they are never a run's result. errZygoteRefused is a
@@ -150,6 +163,9 @@ type zygote struct {
 	gone     chan struct{} // closed when the zygote has exited (see watch)
 	runDone  chan struct{} // closed when the current run's exit status arrived (or never will)
 	runClean bool          // the last run ended with a proper exit message
+	// hintDue: the zygote waits for "spare" before it forks the next spare (see
+	// sendHint). Set before runDone closes; then read and cleared under the pool's lock.
+	hintDue bool
 }
 
 // zygotePool holds the zygote. Its zero value is an empty pool.
@@ -206,7 +222,30 @@ func (pool *zygotePool) take(key zygoteKey) *zygote {
 		return nil
 	}
 	pool.idle = nil
+	z.sendHint() // a run not served by serveExec: its zygote still waits
 	return z
+}
+
+// zygoteHint tells the idle zygote, once a run's result is sent, that it may fork the
+// next spare now (the "hint" speed-up in fast.go).
+func (a *agent) zygoteHint() {
+	pool := &a.zygotes
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	if z := pool.idle; z != nil {
+		z.sendHint()
+	}
+}
+
+// sendHint sends "spare" if the zygote waits for it; the pool's lock held. The zygote
+// waits zygoteHintWait at most, and a spare ignores a hint that comes late.
+func (z *zygote) sendHint() {
+	if !z.hintDue {
+		return
+	}
+	z.hintDue = false
+	z.conn.SetWriteDeadline(time.Now().Add(zygoteReplyWait))
+	z.conn.Write([]byte("spare")) // a zygote gone or stuck: the next run finds out
 }
 
 // afterPython returns the run's zygote z (nil if the run did not use one) to the pool and
@@ -401,7 +440,7 @@ func (a *agent) startZygote(key zygoteKey, p *proc) (_ *zygote, err error) {
 	}
 
 	spec := p.spec
-	spec.Argv = append(append([]string(nil), p.spec.Argv[:len(p.spec.Argv)-1]...), file)
+	spec.Argv = append(append(append([]string(nil), p.spec.Argv[:len(p.spec.Argv)-1]...), file), zygoteArgs()...)
 	spec.Dir = "/"
 	pid, exit, err := a.launch(spec, p.env, [3]*os.File{devNull, devNull, errW}, []*os.File{theirs}, deadline)
 	errW.Close()
@@ -477,6 +516,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 	child := pipes.child()
 	rights := unix.UnixRights(int(child[0].Fd()), int(child[1].Fd()), int(child[2].Fd()))
 	z.conn.SetWriteDeadline(time.Now().Add(zygoteReplyWait))
+	p.trace.mark("zygote: asking")
 	_, _, err = z.conn.WriteMsgUnix([]byte(req), rights, nil)
 	pipes.closeChild() // in flight or delivered: the zygote has its own references
 	if err != nil {
@@ -488,6 +528,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 	msg, err := z.recv(wait)
 	var pid int
 	if err == nil {
+		p.trace.mark("zygote: pid")
 		pid, err = z.parsePid(msg, !a.opts.ReapAll)
 	}
 	if err != nil {
@@ -507,6 +548,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 		a.abortZygote(z)
 		return nil, fmt.Errorf("%w: run %d did not start: %v", errZygote, pid, err)
 	}
+	p.trace.mark("zygote: go")
 
 	exit := make(chan procExit, 1)
 	z.runDone = make(chan struct{})
@@ -518,6 +560,7 @@ func (a *agent) startForked(z *zygote, p *proc, deadline time.Time) (*started, e
 			a.reaper.forget(pid, adopted)
 		}
 		z.runClean = clean
+		z.hintDue = clean && fast("hint")
 		close(z.runDone) // before the exit is seen, so that the zygote is reusable at once
 		if pending {
 			a.log.Warn("python zygote ended during a run; waiting for the run itself", "pid", pid, "zygote", z.pid)

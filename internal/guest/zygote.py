@@ -19,6 +19,8 @@ import io
 _G = globals()
 _STDIO = [(s.encoding, s.errors) for s in (sys.__stdin__, sys.__stdout__, sys.__stderr__)]
 _CTRL = 4  # zygoteCtrlFD
+_FAST = frozenset(sys.argv[1:])  # the speed-ups on (fast.go): freeze, exit, hint
+_HINT_WAIT = 0.1  # zygoteHintWait: at most this long for "spare" after a run's exit
 
 # The interpreter put this file's directory first on sys.path; each run gets its own.
 if not sys.flags.safe_path:
@@ -26,6 +28,10 @@ if not sys.flags.safe_path:
 sys.path_importer_cache.pop(__file__, None)
 
 import _socket  # noqa: E402  (after the path fix-up)
+_GC_LOADED = "gc" in sys.modules
+import gc  # noqa: E402  (built in; dropped from sys.modules again in a run, like _socket)
+
+_ZYGOTE_MODULES = dict(sys.modules)  # a run's own modules are the others
 
 
 def _watched():
@@ -109,6 +115,8 @@ def _serve():
     idle_deaths = 0
     try:
         while idle_deaths < 3:
+            if "freeze" in _FAST:
+                gc.freeze()  # the spare's collections and exit leave these pages alone
             try:
                 spare, err = os.fork(), None
             except OSError as e:
@@ -136,6 +144,8 @@ def _serve():
             if what == b"r":
                 sock.send(b"exit %d" % status)
                 idle_deaths = 0
+                if "hint" in _FAST and not _await_hint(sock):
+                    return None
             elif what == b"s" or _hung_up(sock):
                 return None
             else:
@@ -143,6 +153,33 @@ def _serve():
     except OSError:
         pass
     return None
+
+
+def _await_hint(sock):
+    """Waits until the agent has sent the run's result and says so ("spare"), at most
+    _HINT_WAIT, so that the next fork does not slow the result down. False if the agent
+    hung up."""
+    sock.settimeout(_HINT_WAIT)
+    try:
+        msg, fds, _ = _recv(sock)
+    except TimeoutError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(None)
+    if not msg and not fds:
+        return False
+    if msg == b"spare":
+        return True
+    # A run before the hint (the agent does not send one): refused, nothing ran.
+    for fd in fds:
+        os.close(fd)
+    try:
+        sock.send(b"error no spare yet")
+    except OSError:
+        return False
+    return True
 
 
 def _hung_up(sock):
@@ -186,6 +223,8 @@ def _spare(sock, taken, paths, base, zygote):
             os._exit(0)
         if not msg and not fds:
             os._exit(0)
+        if msg == b"spare" and not fds:
+            continue  # a hint that came after the zygote stopped waiting for it
         parts = msg.split(b"\0")
         reply = None
         if os.getppid() != zygote:
@@ -252,6 +291,8 @@ def _become(sock, taken, fds, zygote, args):
             finder.invalidate_caches()
     cache[script] = None
     sys.modules.pop("_socket", None)
+    if not _GC_LOADED:
+        sys.modules.pop("gc", None)
     main = type(sys)("__main__")
     d = main.__dict__
     d["__annotations__"] = {}
@@ -347,15 +388,93 @@ def _uncaught(e, main):
     return False
 
 
+def _exit_status(e):
+    """The exit status of an uncaught SystemExit, printing a code that is not an int, as
+    _Py_HandleSystemExit does."""
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF if -(1 << 63) <= code < (1 << 63) else 0xFF  # exit((int)long)
+    f = getattr(sys, "stderr", None)
+    try:
+        if f is None:
+            os.write(2, str(code).encode("utf-8", "backslashreplace"))
+        else:
+            f.write(str(code))
+    except Exception:
+        pass
+    _stderr("\n")
+    return 1
+
+
+def _flush_std():
+    """flush_std_files: False if a flush failed (the exit status becomes 120)."""
+    ok = True
+    for name in ("stdout", "stderr"):
+        f = getattr(sys, name, None)
+        if f is None or getattr(f, "closed", False):
+            continue
+        try:
+            f.flush()
+        except Exception as e:
+            ok = False
+            if name == "stdout":
+                _stderr("Exception ignored in: %r\n" % (f,))
+                sys.__excepthook__(type(e), e, e.__traceback__)
+    return ok
+
+
+def _clear(d):
+    """_PyModule_ClearDict: names with one leading underscore first, then the rest."""
+    for first in (True, False):
+        for k in list(d):
+            if k == "__builtins__" or not isinstance(k, str):
+                continue
+            if not first or (k[:1] == "_" and k[1:2] != "_"):
+                d[k] = None
+
+
+def _exit(status):
+    """Ends a forked run as Py_FinalizeEx ends python3 as far as the program can tell:
+    joins its threads, runs its atexit handlers, flushes stdio, collects the garbage,
+    finalizes the run's own modules (newest first) and the objects only they held,
+    flushes stdio again; then leaves with os._exit,
+    without tearing down what the run inherited from the zygote (which would touch, and
+    so copy, most of the zygote's pages)."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException:
+            pass
+    import atexit
+    atexit._run_exitfuncs()
+    ok = _flush_std()
+    gc.collect()  # as finalize_modules does first: garbage already unreachable
+    mods = [m for n, m in reversed(list(sys.modules.items())) if _ZYGOTE_MODULES.get(n) is not m]
+    for m in mods:
+        d = getattr(m, "__dict__", None)
+        if type(d) is dict:
+            _clear(d)
+    mods = m = d = None
+    gc.collect()
+    ok = _flush_std() and ok
+    os._exit(status if ok else 120)
+
+
 _run = _serve()
 if _run is None:
     raise SystemExit(0)
 _main = _become(*_run)
 _run = None
+_status = 0
 try:
     exec(_load(_main.__file__), _main.__dict__)
-except SystemExit:
-    raise
+except SystemExit as _e:
+    if "exit" not in _FAST:
+        raise
+    _status = _exit_status(_e)
 except BaseException as _e:
     _run = _e  # handled below, outside the except clause: PyErr_Print handles nothing
 else:
@@ -363,4 +482,9 @@ else:
 if _run is not None:
     if _uncaught(_run, _main):
         raise _run
-    raise SystemExit(1)
+    if "exit" not in _FAST:
+        raise SystemExit(1)
+    _status, _run = 1, None
+if "exit" in _FAST:
+    _main = None
+    _exit(_status)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -292,6 +293,38 @@ func (s *Service) startFresh(ctx context.Context, e *entry) (sb backend.Sandbox,
 	}
 	sb, err = s.backendOf(e).Create(ctx, s.specFor(e))
 	return sb, "", err
+}
+
+// poolRefillDelay is how long the refill of a pool sandbox just handed out waits.
+// The refill (a restore and its warm-up run) takes the host's CPU for a while, and a
+// new agent's first run, which comes right after the hand-out, took about twice as long
+// next to it; a first run is over well within the delay, and the pool is one sandbox
+// short meanwhile. VMEXEC_POOL_REFILL_DELAY (a duration; 0: at once, as before) sets it.
+var poolRefillDelay = refillDelay(os.Getenv("VMEXEC_POOL_REFILL_DELAY"))
+
+func refillDelay(v string) time.Duration {
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
+		return d
+	}
+	return 250 * time.Millisecond
+}
+
+// refillPool is fillPool after poolRefillDelay, in the background (ended early by
+// Close).
+func (s *Service) refillPool() {
+	if poolRefillDelay == 0 {
+		s.fillPool()
+		return
+	}
+	s.goBackground(func() {
+		t := time.NewTimer(poolRefillDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			s.fillPool()
+		case <-s.work.Done():
+		}
+	})
 }
 
 // startPooled starts a pool sandbox with backend id: like startFresh, once the

@@ -432,7 +432,11 @@ func (s *Service) newEntry(ctx context.Context, r newEntryReq) (*entry, error) {
 	}
 	s.mu.Unlock()
 	defer e.unlock()
-	s.fillPool()
+	if p.sb != nil {
+		s.refillPool() // after the first run, which the refill would slow down (pool.go)
+	} else {
+		s.fillPool()
+	}
 
 	sb, base := p.sb, p.base
 	var err error

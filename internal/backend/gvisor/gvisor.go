@@ -70,6 +70,10 @@ type Config struct {
 	// Observe, when set, is told how long each phase of a snapshot or a start took
 	// (bench's phase breakdown); op is "snapshot", "create" or "restore".
 	Observe func(op, phase string, d time.Duration)
+	// GuestEnv is added to the guest agent's environment (its VMEXEC_GUEST_* switches,
+	// for bench's side-by-side measurements); it is part of the shared images' inputs.
+	// Nil takes $VMEXEC_GUEST_FAST from the daemon's environment, if set.
+	GuestEnv []string
 	// Logger receives diagnostics; default slog.Default().
 	Logger *slog.Logger
 }
@@ -114,6 +118,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.Checkpoint == "" {
 		cfg.Checkpoint = cmp.Or(os.Getenv("VMEXEC_GVISOR_CHECKPOINT"), CheckpointControl)
+	}
+	if v := os.Getenv("VMEXEC_GUEST_FAST"); v != "" && cfg.GuestEnv == nil {
+		cfg.GuestEnv = []string{"VMEXEC_GUEST_FAST=" + v} // the guest's speed-ups turned off (bench)
 	}
 	if os.Getenv("VMEXEC_GVISOR_STANDBY") == "off" {
 		cfg.NoStandby = true

@@ -109,7 +109,7 @@ func (b *Backend) ociSpec(spec backend.Spec) ociSpec {
 		OCIVersion: "1.0.2",
 		Process: ociProcess{
 			Args:         []string{AgentPathInSandbox},
-			Env:          []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "VMEXEC_SANDBOX_ID=" + spec.ID},
+			Env:          append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "VMEXEC_SANDBOX_ID=" + spec.ID}, b.cfg.GuestEnv...),
 			Cwd:          "/",
 			Capabilities: ociCapabilities{Bounding: agentCaps, Effective: agentCaps, Permitted: agentCaps},
 			Rlimits:      []ociRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},

@@ -44,6 +44,9 @@ func (b *Backend) inputsDigest(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("runsc --version: %w", err)
 	}
 	fmt.Fprintf(h, "runsc %s\x00args %s\x00cpus %v\x00", ver, strings.Join(b.globalArgs()[2:], " "), b.cfg.CPUs)
+	if len(b.cfg.GuestEnv) > 0 {
+		fmt.Fprintf(h, "guest env %q\x00", b.cfg.GuestEnv)
+	}
 	f, err := os.Open(b.cfg.AgentPath)
 	if err != nil {
 		return "", fmt.Errorf("guest agent: %w", err)
