@@ -241,7 +241,9 @@ func printRollback(tmp, runsc string, tpl template.Template, n int) error {
 			}
 		}
 	}
-	sort.SliceStable(names, func(i, j int) bool { return strings.HasPrefix(names[i], "total") && !strings.HasPrefix(names[j], "total") })
+	sort.SliceStable(names, func(i, j int) bool {
+		return strings.HasPrefix(names[i], "total") && !strings.HasPrefix(names[j], "total")
+	})
 	for _, p := range names {
 		fmt.Printf("%-44s", "restore: "+p)
 		for _, w := range rollbackWays {
