@@ -44,6 +44,7 @@ func TestStandbysCountInTheBounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Close(context.Background()); hist.Close() })
+	svc.templateRef(ctx, true) // its warm-up sandbox counts in the bound while it is made
 
 	a := execOK(t, svc, api.ExecRequest{AgentID: "a", Language: "bash", Code: "echo one > ~/f.txt"})
 	sn, err := svc.CreateSnapshot(ctx, a.SandboxID, api.CreateSnapshotRequest{})
