@@ -71,10 +71,6 @@ type Config struct {
 	// `runsc restore` process, as before. Empty takes $VMEXEC_GVISOR_RESTORE, else
 	// RestoreControl.
 	Restore string
-	// RestoreBackground lets a restore through the control server return before
-	// the image's memory is all loaded (runsc restore --background); the rest loads
-	// while the sandbox runs. So does $VMEXEC_GVISOR_RESTORE_BACKGROUND=on.
-	RestoreBackground bool
 	// NoStandby turns off the standby containers restores go into (standby.go); so
 	// does $VMEXEC_GVISOR_STANDBY=off.
 	NoStandby bool
@@ -142,9 +138,6 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.Restore != RestoreControl && cfg.Restore != RestoreRunsc {
 		return nil, fmt.Errorf("gvisor restore %q: want %q or %q", cfg.Restore, RestoreControl, RestoreRunsc)
-	}
-	if os.Getenv("VMEXEC_GVISOR_RESTORE_BACKGROUND") == "on" {
-		cfg.RestoreBackground = true
 	}
 	if cfg.Standbys == 0 {
 		cfg.Standbys = DefaultStandbys

@@ -158,7 +158,7 @@ func (b *Backend) restoreDirect(ctx context.Context, st *standby, imageDir strin
 		return nil, fmt.Errorf("restore into standby %s: %w", id, err)
 	}
 	t = b.observe("restore", "network args (control)", t)
-	opts := restoreOpts{HavePagesFile: havePages, Background: b.cfg.RestoreBackground}
+	opts := restoreOpts{HavePagesFile: havePages} // not Background: the RPC returns with the memory loaded
 	if err := b.controlCall(ctx, id, ctlRestore, opts, files, nil); err != nil {
 		return nil, fmt.Errorf("restore into standby %s: %w; console: %s", id, err, b.consoleTail(id))
 	}
