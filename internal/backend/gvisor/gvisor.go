@@ -104,8 +104,9 @@ type Backend struct {
 	log      *slog.Logger
 	shared   sharedInputs // see template_snapshot.go
 	standbys standbys     // see standby.go
-	// restored holds the ids of the live sandboxes restored through the control
-	// server: runsc's root still calls them "created" (restore.go).
+	// restored maps the ids of the sandboxes restored through the control server
+	// to them (*Sandbox), until destroyed: runsc's root still calls them "created"
+	// (restore.go).
 	restored sync.Map
 }
 
@@ -242,8 +243,8 @@ func (b *Backend) List(ctx context.Context) ([]backend.Info, error) {
 	var infos []backend.Info
 	for _, e := range ents {
 		seen[e.ID] = true
-		if _, ok := b.restored.Load(e.ID); ok && e.Status == "created" {
-			e.Status = "running"
+		if v, ok := b.restored.Load(e.ID); ok && e.Status == "created" {
+			e.Status = v.(*Sandbox).Info(ctx).Status // running, or dead
 		}
 		infos = append(infos, backend.Info{ID: e.ID, Backend: Name, Status: e.Status, CreatedAt: e.Created, PID: e.Pid})
 	}

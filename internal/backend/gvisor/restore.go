@@ -165,7 +165,7 @@ func (b *Backend) restoreDirect(ctx context.Context, st *standby, imageDir strin
 	t = b.observe("restore", "restore call (control)", t)
 	// From here the sandbox runs: it is supervised by a Wait call of our own, as
 	// `runsc restore` would supervise it.
-	b.restored.Store(id, true)
+	b.restored.Store(id, sb)
 	if sb.watch, err = b.watchContainer(id, sb); err != nil {
 		return nil, fmt.Errorf("restore into standby %s: %w", id, err)
 	}
