@@ -495,6 +495,9 @@ func printTxnSections(tmp, runsc string, tpl template.Template, n int, native ti
 		if err := printPhases(tmp, runsc, tpl, n); err != nil {
 			return fmt.Errorf("phases: %w", err)
 		}
+		if err := printRollback(tmp, runsc, tpl, n); err != nil { // rollback.go
+			return err
+		}
 	}
 	if opts.txn {
 		return printTxn(tmp, runsc, tpl.Dir, n, native, opts.compare)

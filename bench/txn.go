@@ -25,7 +25,8 @@ var txnConfigs = []txnConfig{
 	{"before", []string{"VMEXEC_GVISOR_CHECKPOINT=runsc", "VMEXEC_SKIP_UNCHANGED_SNAPSHOTS=off", "VMEXEC_GVISOR_STANDBY=off"}},
 	{"+control-server ckpt", []string{"VMEXEC_SKIP_UNCHANGED_SNAPSHOTS=off", "VMEXEC_GVISOR_STANDBY=off"}},
 	{"+unchanged keep image", []string{"VMEXEC_GVISOR_STANDBY=off"}},
-	{"+restore standby (now)", nil},
+	{"+restore standby", []string{"VMEXEC_GVISOR_RESTORE=runsc", "VMEXEC_GVISOR_STANDBYS=1", "VMEXEC_GVISOR_STANDBY_WAIT=off"}},
+	{"+control restore (now)", nil}, // rollback.go: restore call, two standbys, wait for one
 }
 
 // throughput runs agents agents in parallel, each sending perAgent runs of code back to
@@ -208,6 +209,13 @@ var txnMeasures = []txnMeasure{
 	}},
 	{"failed run + rollback (changed nothing)", func(b *txnBench, _ int) ([]time.Duration, error) {
 		return afterThinking(1, nil, failing(b, "pass"))
+	}},
+	{"rollback (API), back to back", func(b *txnBench, _ int) ([]time.Duration, error) {
+		time.Sleep(500 * time.Millisecond) // the burst starts with the standbys made
+		return backToBack(3, func(int) error {
+			_, err := b.c.Rollback(b.ctx, b.sandbox, api.RollbackRequest{SnapshotID: b.snap})
+			return err
+		})
 	}},
 	{"rollback (API), after a file write", func(b *txnBench, _ int) ([]time.Duration, error) {
 		return afterThinking(1, writeFile(b, "t-write"), func(int) error {

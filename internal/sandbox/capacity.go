@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/vmexec/vmexec/internal/backend"
 )
 
 // Capacity: how many sandboxes live at once and how much memory they are given.
@@ -12,11 +14,12 @@ import (
 // admitted first; the pool fills only with room to spare; at a bound the least
 // recently used idle sandbox is suspended rather than a request refused.
 
-// usage counts the live sandboxes (pooled, filling and starting ones included) and
-// the memory they were given; s.mu held.
+// usage counts the live sandboxes (pooled, filling and starting ones included, and
+// the backends' standbys) and the memory they were given; s.mu held.
 func (s *Service) usage() (n int, memMB int64) {
-	n = len(s.pool) + s.filling + s.startingN
-	memMB = int64(len(s.pool)+s.filling)*s.cfg.Defaults.MemoryMB + s.startingMB
+	n, memMB = s.standbyUsage()
+	n += len(s.pool) + s.filling + s.startingN
+	memMB += int64(len(s.pool)+s.filling)*s.cfg.Defaults.MemoryMB + s.startingMB
 	for _, e := range s.sandboxes {
 		if e.live.Load() {
 			n++
@@ -27,8 +30,8 @@ func (s *Service) usage() (n int, memMB int64) {
 }
 
 // admit reserves room for one more sandbox of memMB: under MaxSandboxes and within
-// the memory budget (the host's memory by default). At the bound it makes room: a
-// pool sandbox is destroyed first, else the least recently used idle sandbox (not
+// the memory budget (the host's memory by default). At the bound it makes room: the
+// backends' standbys are dropped first, then a pool sandbox is destroyed, else the least recently used idle sandbox (not
 // except) is suspended. It refuses with ErrLimit when nothing can give way. The
 // caller calls release once its sandbox is live (or failed to start).
 func (s *Service) admit(ctx context.Context, memMB int64, except *entry) (release func(), err error) {
@@ -58,6 +61,11 @@ func (s *Service) admit(ctx context.Context, memMB int64, except *entry) (releas
 		if s.memBudgetMB > 0 && memMB > s.memBudgetMB {
 			s.mu.Unlock()
 			return nil, fmt.Errorf("a sandbox of %d MiB does not fit the server's memory budget of %d MiB: %w", memMB, s.memBudgetMB, ErrLimit)
+		}
+		if k, _ := s.standbyUsage(); k > 0 {
+			s.mu.Unlock()
+			s.dropStandbys(ctx)
+			continue
 		}
 		if len(s.pool) > 0 {
 			p := s.pool[len(s.pool)-1]
@@ -160,4 +168,46 @@ func (s *Service) fillOne() {
 	}
 	s.pool = append(s.pool, p)
 	s.mu.Unlock()
+}
+
+// Standbys (backend.StandbyHolder): sandboxes a backend makes ahead of the restores
+// they will receive. They hold processes and memory like any sandbox, so they count
+// in usage, one is made only with room to spare (as a pool sandbox), and they are
+// the first to give way at the bound.
+
+// standbyUsage is how many standbys the backends hold and the memory they were
+// given, in MiB.
+func (s *Service) standbyUsage() (n int, memMB int64) {
+	for _, be := range s.backends {
+		if h, ok := be.(backend.StandbyHolder); ok {
+			k, bytes := h.Standbys()
+			n += k
+			memMB += (bytes + 1<<20 - 1) >> 20
+		}
+	}
+	return n, memMB
+}
+
+// standbyRoom is the backends' check before they make a standby of memBytes: there
+// is room under MaxSandboxes and the memory budget without anything giving way.
+func (s *Service) standbyRoom(memBytes int64) bool {
+	memMB := (memBytes + 1<<20 - 1) >> 20
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	n, used := s.usage()
+	return n+1 <= s.cfg.MaxSandboxes && (s.memBudgetMB <= 0 || used+memMB <= s.memBudgetMB)
+}
+
+// dropStandbys has every backend drop its standbys, to make room; s.mu not held.
+func (s *Service) dropStandbys(ctx context.Context) {
+	for _, be := range s.backends {
+		if h, ok := be.(backend.StandbyHolder); ok {
+			if n := h.DropStandbys(ctx); n > 0 {
+				s.log.Info("dropped standbys to make room", "backend", be.Name(), "standbys", n)
+			}
+		}
+	}
 }

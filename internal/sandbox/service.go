@@ -147,6 +147,9 @@ func New(cfg Config, d Deps) (*Service, error) {
 	}
 	for _, b := range d.Backends {
 		s.backends[b.Name()] = b
+		if h, ok := b.(backend.StandbyHolder); ok {
+			h.SetStandbyRoom(s.standbyRoom) // capacity.go
+		}
 	}
 	s.initStore(d.Store)
 	var err error

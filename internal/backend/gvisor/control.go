@@ -68,18 +68,9 @@ func (c Config) controlSocket(id string) string {
 // ctx bounds the call (closing the connection ends the wait, not the work the server
 // started).
 func (b *Backend) controlCall(ctx context.Context, id, method string, arg any, files []*os.File, result any) error {
-	path := b.cfg.controlSocket(id)
-	if len(path) >= 108 { // sun_path: reach it through /proc, as runsc does
-		f, err := os.OpenFile(path, unix.O_PATH, 0)
-		if err != nil {
-			return fmt.Errorf("control socket: %w", err)
-		}
-		defer f.Close()
-		path = fmt.Sprintf("/proc/self/fd/%d", f.Fd())
-	}
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	conn, err := b.controlConn(id)
 	if err != nil {
-		return fmt.Errorf("control socket: %w", err)
+		return err
 	}
 	defer conn.Close()
 	deadline := time.Now().Add(controlTimeout)
@@ -128,6 +119,24 @@ func (b *Backend) controlCall(ctx context.Context, id, method string, arg any, f
 		}
 	}
 	return nil
+}
+
+// controlConn connects to the control server of the sandbox id.
+func (b *Backend) controlConn(id string) (*net.UnixConn, error) {
+	path := b.cfg.controlSocket(id)
+	if len(path) >= 108 { // sun_path: reach it through /proc, as runsc does
+		f, err := os.OpenFile(path, unix.O_PATH, 0)
+		if err != nil {
+			return nil, fmt.Errorf("control socket: %w", err)
+		}
+		defer f.Close()
+		path = fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	}
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return conn, nil
 }
 
 // checkpointDirect is `runsc checkpoint --leave-running --image-path dir id` without

@@ -30,7 +30,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vmexec/vmexec/internal/backend"
@@ -64,9 +66,21 @@ type Config struct {
 	// checkpoint`, as before, kept to measure one against the other. Empty takes
 	// $VMEXEC_GVISOR_CHECKPOINT, else CheckpointControl.
 	Checkpoint string
+	// Restore is how a restore into a standby is made: RestoreControl (the default)
+	// with calls to the standby's control server (restore.go); RestoreRunsc with a
+	// `runsc restore` process, as before. Empty takes $VMEXEC_GVISOR_RESTORE, else
+	// RestoreControl.
+	Restore string
 	// NoStandby turns off the standby containers restores go into (standby.go); so
 	// does $VMEXEC_GVISOR_STANDBY=off.
 	NoStandby bool
+	// NoStandbyWait makes a restore that finds no standby ready restore afresh
+	// rather than wait for one being made, as before (standby.go); so does
+	// $VMEXEC_GVISOR_STANDBY_WAIT=off.
+	NoStandbyWait bool
+	// Standbys is how many standbys of one sandbox shape are kept ready; 0 means
+	// $VMEXEC_GVISOR_STANDBYS, else DefaultStandbys.
+	Standbys int
 	// Observe, when set, is told how long each phase of a snapshot or a start took
 	// (bench's phase breakdown); op is "snapshot", "create" or "restore".
 	Observe func(op, phase string, d time.Duration)
@@ -94,11 +108,16 @@ type Backend struct {
 	log      *slog.Logger
 	shared   sharedInputs // see template_snapshot.go
 	standbys standbys     // see standby.go
+	// restored maps the ids of the sandboxes restored through the control server
+	// to them (*Sandbox), until destroyed: runsc's root still calls them "created"
+	// (restore.go).
+	restored sync.Map
 }
 
 var (
-	_ backend.Backend     = (*Backend)(nil)
-	_ backend.Snapshotter = (*Backend)(nil)
+	_ backend.Backend       = (*Backend)(nil)
+	_ backend.Snapshotter   = (*Backend)(nil)
+	_ backend.StandbyHolder = (*Backend)(nil)
 )
 
 // New checks the configuration and the host and returns a Backend. It fails with
@@ -121,6 +140,25 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if v := os.Getenv("VMEXEC_GUEST_FAST"); v != "" && cfg.GuestEnv == nil {
 		cfg.GuestEnv = []string{"VMEXEC_GUEST_FAST=" + v} // the guest's speed-ups turned off (bench)
+	}
+	if cfg.Restore == "" {
+		cfg.Restore = cmp.Or(os.Getenv("VMEXEC_GVISOR_RESTORE"), RestoreControl)
+	}
+	if cfg.Restore != RestoreControl && cfg.Restore != RestoreRunsc {
+		return nil, fmt.Errorf("gvisor restore %q: want %q or %q", cfg.Restore, RestoreControl, RestoreRunsc)
+	}
+	if cfg.Standbys == 0 {
+		cfg.Standbys = DefaultStandbys
+		if v := os.Getenv("VMEXEC_GVISOR_STANDBYS"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("VMEXEC_GVISOR_STANDBYS=%q: want a count of at least 1", v)
+			}
+			cfg.Standbys = n
+		}
+	}
+	if os.Getenv("VMEXEC_GVISOR_STANDBY_WAIT") == "off" {
+		cfg.NoStandbyWait = true
 	}
 	if os.Getenv("VMEXEC_GVISOR_STANDBY") == "off" {
 		cfg.NoStandby = true
@@ -212,6 +250,9 @@ func (b *Backend) List(ctx context.Context) ([]backend.Info, error) {
 	var infos []backend.Info
 	for _, e := range ents {
 		seen[e.ID] = true
+		if v, ok := b.restored.Load(e.ID); ok && e.Status == "created" {
+			e.Status = v.(*Sandbox).Info(ctx).Status // running, or dead
+		}
 		infos = append(infos, backend.Info{ID: e.ID, Backend: Name, Status: e.Status, CreatedAt: e.Created, PID: e.Pid})
 	}
 	dirs, _ := os.ReadDir(b.cfg.bundles())

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -326,16 +327,23 @@ func runBash(t *testing.T, sb backend.Sandbox, code string) string {
 	return strings.TrimSpace(string(res.Stdout))
 }
 
-// A restore goes into a standby container made ahead when one is ready: the restored
-// sandbox has the image's state and works like any other; a standby that broke
-// meanwhile (removed from outside) does not make the restore fail; Close leaves no
-// standby behind.
+// A restore goes into a standby container made ahead when one is ready, by either
+// way (the control server, or `runsc restore`): the restored sandbox has the image's
+// state (a file and a process), works like any other and is listed as running; a
+// sandbox whose agent dies is seen dead; standbys that broke meanwhile (removed
+// from outside) do not make the restore fail; Close leaves no standby behind.
 func TestRestoreIntoStandby(t *testing.T) {
 	testenv.Root(t)
 	tpl := testenv.Template(t)
 	runsc := testenv.Runsc(t)
+	for _, way := range []string{gvisor.RestoreControl, gvisor.RestoreRunsc} {
+		t.Run(way, func(t *testing.T) { testRestoreIntoStandby(t, runsc, tpl, way) })
+	}
+}
+
+func testRestoreIntoStandby(t *testing.T, runsc string, tpl template.Template, way string) {
 	state := t.TempDir()
-	b, err := gvisor.New(gvisor.Config{Runsc: runsc, StateDir: state, AgentPath: testenv.Agent(t)})
+	b, err := gvisor.New(gvisor.Config{Runsc: runsc, StateDir: state, AgentPath: testenv.Agent(t), Restore: way})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,73 +355,120 @@ func TestRestoreIntoStandby(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Destroy(ctx)
-	runBash(t, sb, "echo saved > ~/f.txt")
+	runBash(t, sb, "echo saved > ~/f.txt; nohup sleep 1000 >/dev/null 2>&1 &")
 	img, err := b.Snapshot(ctx, sb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	standbys := func() []string {
+	list := func() map[string]string {
 		t.Helper()
 		infos, err := b.List(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var ids []string
+		status := map[string]string{}
 		for _, i := range infos {
-			if strings.HasPrefix(i.ID, "standby-") && i.Status == "created" {
-				ids = append(ids, i.ID)
+			status[i.ID] = i.Status
+		}
+		return status
+	}
+	standbys := func() []string {
+		t.Helper()
+		var ids []string
+		for id, st := range list() {
+			if strings.HasPrefix(id, "standby-") && st == "created" {
+				ids = append(ids, id)
 			}
 		}
+		slices.Sort(ids)
 		return ids
 	}
-	waitStandby := func() string {
+	// waitStandbys waits until every standby the backend counts is made.
+	waitStandbys := func() []string {
 		t.Helper()
 		deadline := time.Now().Add(time.Minute)
-		for len(standbys()) == 0 {
+		for {
+			n, mem := b.Standbys()
+			ids := standbys()
+			if n > 0 && len(ids) == n {
+				if mem != int64(n)*(256<<20) {
+					t.Fatalf("standbys hold %d bytes of memory limits, want %d × 256 MiB", mem, n)
+				}
+				return ids
+			}
 			if time.Now().After(deadline) {
-				t.Fatal("no standby made after a restore")
+				t.Fatalf("standbys after a restore: %d counted, %v made", n, ids)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		return standbys()[0]
 	}
+	check := "cat ~/f.txt; for f in /proc/[0-9]*/comm; do cat $f; done | grep -cx sleep"
 	first, err := b.Fork(ctx, img.Ref, spec("standby-f1")) // no standby yet: afresh
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer first.Destroy(ctx)
-	id := waitStandby()
+	ids := waitStandbys()
 	second, err := b.Fork(ctx, img.Ref, spec("standby-f2"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer second.Destroy(ctx)
-	if second.ID() != id {
-		t.Fatalf("second restore is %s, want the standby %s", second.ID(), id)
+	if !slices.Contains(ids, second.ID()) {
+		t.Fatalf("second restore is %s, want one of the standbys %v", second.ID(), ids)
 	}
 	for _, s := range []backend.Sandbox{first, second} {
-		if got := runBash(t, s, "cat ~/f.txt"); got != "saved" {
-			t.Fatalf("%s: %q, want the image's file", s.ID(), got)
+		if got := runBash(t, s, check); got != "saved\n1" {
+			t.Fatalf("%s: %q, want the image's file and process", s.ID(), got)
 		}
 	}
-	// A standby removed from outside: the restore still succeeds, afresh.
-	broken := waitStandby()
-	if out, err := exec.Command(runsc, "--root", filepath.Join(state, "runsc"), "delete", "--force", broken).CombinedOutput(); err != nil {
-		t.Fatalf("runsc delete: %v: %s", err, out)
+	if st := list()[second.ID()]; st != "running" {
+		t.Fatalf("the restored standby %s is listed %q, want running", second.ID(), st)
+	}
+	if st := second.Info(ctx); st.Status != "running" || st.PID <= 0 {
+		t.Fatalf("the restored standby's info: %+v", st)
+	}
+	// Its agent killed (from outside: PID 1 ignores a SIGKILL from inside): the
+	// sandbox is seen dead, as any other.
+	if out, err := exec.Command(runsc, "--root", filepath.Join(state, "runsc"), "kill", second.ID(), "KILL").CombinedOutput(); err != nil {
+		t.Fatalf("runsc kill: %v: %s", err, out)
+	}
+	_, err = second.Exec(ctx, &agentproto.ExecRequest{Language: "bash", Code: "echo alive", Limits: agentproto.Limits{TimeoutMS: 20000}}, nil)
+	if !errors.Is(err, backend.ErrSandboxDead) {
+		t.Fatalf("exec that kills the agent: %v, want a dead sandbox", err)
+	}
+	if st := second.Info(ctx).Status; st != "dead" {
+		t.Fatalf("after its agent died: %q, want dead", st)
+	}
+	if err := second.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Standbys removed from outside: the restore still succeeds, afresh.
+	for _, broken := range waitStandbys() {
+		if out, err := exec.Command(runsc, "--root", filepath.Join(state, "runsc"), "delete", "--force", broken).CombinedOutput(); err != nil {
+			t.Fatalf("runsc delete: %v: %s", err, out)
+		}
 	}
 	third, err := b.Fork(ctx, img.Ref, spec("standby-f3"))
 	if err != nil {
 		t.Fatalf("restore after its standby broke: %v", err)
 	}
 	defer third.Destroy(ctx)
-	if got := runBash(t, third, "cat ~/f.txt"); got != "saved" {
+	if got := runBash(t, third, check); got != "saved\n1" {
 		t.Fatalf("%s: %q", third.ID(), got)
 	}
-	waitStandby()
+	for deadline := time.Now().Add(time.Minute); len(standbys()) == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no standby made after the restore that found its standby broken")
+		}
+	}
 	if err := b.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if left := standbys(); len(left) > 0 {
 		t.Fatalf("standbys left after Close: %v", left)
+	}
+	if n, mem := b.Standbys(); n != 0 || mem != 0 {
+		t.Fatalf("after Close the backend counts %d standbys (%d bytes)", n, mem)
 	}
 }

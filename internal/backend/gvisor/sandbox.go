@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +16,9 @@ import (
 	"github.com/vmexec/vmexec/internal/backend"
 )
 
-// Sandbox is one runsc container and the `runsc run` (or `runsc restore`) process
-// supervising it.
+// Sandbox is one runsc container and what supervises it: the `runsc run` (or `runsc
+// restore`) process, or, for a restore through the control server (restore.go), the
+// daemon's own Wait call.
 type Sandbox struct {
 	backend.GuestFiles // Ping and the file methods, through do
 
@@ -24,7 +26,9 @@ type Sandbox struct {
 	id      string
 	created time.Time
 
-	cmd     *exec.Cmd
+	cmd     *exec.Cmd     // nil when restored through the control server
+	pid     int           // the supervising process's, else the sandbox process's
+	watch   *net.UnixConn // the Wait call's connection when cmd is nil
 	client  *agentproto.Client
 	pipes   []*os.File // host ends: stdin writer, stdout reader
 	exited  chan struct{}
@@ -107,7 +111,7 @@ func (b *Backend) start(ctx context.Context, spec backend.Spec, imageDir string)
 	inR.Close()
 	outW.Close()
 	t = b.observe(op, "bundle and spawn", t)
-	sb := &Sandbox{b: b, id: spec.ID, created: time.Now(), cmd: cmd, pipes: []*os.File{inW, outR}, exited: make(chan struct{})}
+	sb := &Sandbox{b: b, id: spec.ID, created: time.Now(), cmd: cmd, pid: cmd.Process.Pid, pipes: []*os.File{inW, outR}, exited: make(chan struct{})}
 	go func() {
 		sb.waitErr = cmd.Wait()
 		close(sb.exited)
@@ -175,7 +179,7 @@ func (sb *Sandbox) Info(ctx context.Context) backend.Info {
 		status = "dead"
 	default:
 	}
-	return backend.Info{ID: sb.id, Backend: Name, Status: status, CreatedAt: sb.created, PID: sb.cmd.Process.Pid}
+	return backend.Info{ID: sb.id, Backend: Name, Status: status, CreatedAt: sb.created, PID: sb.pid}
 }
 
 // Exec implements backend.Sandbox.
@@ -240,7 +244,11 @@ func (sb *Sandbox) kill() {
 	select {
 	case <-sb.exited:
 	case <-time.After(3 * time.Second):
-		syscall.Kill(-sb.cmd.Process.Pid, syscall.SIGKILL)
+		// Its process group: runsc's, or the sandbox process's own session.
+		syscall.Kill(-sb.pid, syscall.SIGKILL)
+		if sb.watch != nil {
+			sb.watch.Close()
+		}
 		<-sb.exited
 	}
 }
@@ -249,6 +257,7 @@ func (sb *Sandbox) kill() {
 func (sb *Sandbox) Destroy(ctx context.Context) error {
 	sb.destroyOnce.Do(func() {
 		sb.kill()
+		sb.b.restored.Delete(sb.id)
 		if err := os.RemoveAll(sb.b.cfg.bundle(sb.id)); err != nil {
 			sb.destroyErr = fmt.Errorf("remove bundle: %w", err)
 		}

@@ -70,9 +70,11 @@ func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (back
 		return nil, err
 	}
 	defer b.refillStandby(spec)
-	if st := b.takeStandby(spec); st != nil { // standby.go
+	t := time.Now()
+	if st := b.takeStandby(ctx, spec); st != nil { // standby.go
 		sb, err := b.restoreInto(ctx, st, dir)
 		if err == nil {
+			b.observe("restore", "total (standby, "+b.cfg.Restore+")", t)
 			return sb, nil
 		}
 		b.log.Warn("restore into a standby failed; restoring afresh", "err", err)
@@ -81,6 +83,7 @@ func (b *Backend) Fork(ctx context.Context, ref string, spec backend.Spec) (back
 	if err != nil {
 		return nil, fmt.Errorf("fork: %w", err)
 	}
+	b.observe("restore", "total (afresh)", t)
 	return sb, nil
 }
 

@@ -21,13 +21,19 @@ import (
 // the sandbox — the cgroup, the gofer and sandbox processes, the sentry's kernel up to
 // its control server: about half of the restore's time — and then loads the image
 // into it. The first half does not depend on the image. So the backend keeps, per
-// sandbox shape (template, memory limit, process limit), one standby: a container
-// made with `runsc create` whose agent's pipes the backend holds, never started.
-// Fork of a spec of that shape takes it and runs `runsc restore` into it (runsc
-// restores into a created container when one with the id exists): that process only
-// loads the image, and supervises the sandbox as `runsc run` does. A new standby is
-// made in the background once the restore that took one is done, off the rollback's
-// path (and off its CPU).
+// sandbox shape (template, memory limit, process limit), Config.Standbys standbys:
+// containers made with `runsc create` whose agent's pipes the backend holds, never
+// started. Fork of a spec of that shape takes one and restores into it (restore.go:
+// through the container's control server, or with `runsc restore`, which restores
+// into a created container when one with the id exists): that only loads the image.
+// When none is ready but one is being made, Fork waits for it rather than restore
+// afresh, which would make a container itself. New standbys are made in the
+// background once the restore that took one is done, off the rollback's path (and
+// off its CPU); the second standby serves a rollback that follows at once.
+//
+// Standbys are sandboxes of the host like any other: the service counts them in its
+// bounds, asks before one is made (SetStandbyRoom) and drops them first when a
+// start needs the room (backend.StandbyHolder).
 //
 // A Fork that takes a standby returns a sandbox whose ID is the standby's (a fresh,
 // unique "standby-…" id), not spec.ID; callers use the returned sandbox's ID (the
@@ -56,57 +62,112 @@ func keyOf(spec backend.Spec) standbyKey {
 type standby struct {
 	spec  backend.Spec
 	pipes []*os.File // host ends: the agent's stdin writer, stdout reader
+	pid   int        // the sandbox process's (runsc create --pid-file)
 }
 
 // standbys is the backend's set of standbys; its zero value is empty.
 type standbys struct {
 	mu      sync.Mutex
-	ready   map[standbyKey]*standby
-	filling map[standbyKey]bool
+	ready   map[standbyKey][]*standby
+	filling map[standbyKey]int
+	memory  int64         // the memory limits of the ready and filling ones
+	n       int           // how many are ready or filling
+	changed chan struct{} // closed (and replaced) when a fill ends
+	gen     int           // DropStandbys's count: a fill of an older one is dropped
+	room    func(memoryBytes int64) bool
 	closed  bool
 	wg      sync.WaitGroup
 }
 
-// takeStandby returns the standby of spec's shape, if one is ready.
-func (b *Backend) takeStandby(spec backend.Spec) *standby {
+// DefaultStandbys is Config.Standbys when it is 0: two per shape, so that a rollback
+// right after another finds one ready while the one it used is being replaced.
+const DefaultStandbys = 2
+
+// standbyWait bounds how long a Fork waits for a standby being made rather than
+// restoring afresh (which makes a container itself, so takes longer still).
+const standbyWait = 5 * time.Second
+
+// takeStandby returns a standby of spec's shape: a ready one, else the next one
+// being made once it is (a fresh restore would make a container too, and take
+// longer); nil when none is ready or coming, or ctx ends first.
+func (b *Backend) takeStandby(ctx context.Context, spec backend.Spec) *standby {
 	if b.cfg.NoStandby {
 		return nil
 	}
 	k := keyOf(spec)
 	s := &b.standbys
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sb := s.ready[k]
-	delete(s.ready, k)
-	return sb
+	timeout := time.NewTimer(standbyWait)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		if q := s.ready[k]; len(q) > 0 {
+			sb := q[len(q)-1]
+			s.ready[k] = q[:len(q)-1]
+			s.n--
+			s.memory -= sb.spec.MemoryBytes
+			s.mu.Unlock()
+			return sb
+		}
+		if s.closed || s.filling[k] == 0 || b.cfg.NoStandbyWait {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil
+		case <-timeout.C:
+			return nil
+		}
+	}
 }
 
-// refillStandby starts making the standby of spec's shape in the background unless
-// one is ready or being made. Fork calls it once its restore is done, so that the
-// two do not compete for the CPU.
+// refillStandby starts making standbys of spec's shape in the background, up to
+// Config.Standbys ready or being made, as far as the service's room check allows.
+// Fork calls it once its restore is done, so that the two do not compete for the
+// CPU.
 func (b *Backend) refillStandby(spec backend.Spec) {
 	if b.cfg.NoStandby {
 		return
 	}
 	k := keyOf(spec)
 	s := &b.standbys
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || s.ready[k] != nil {
-		return
-	}
-	if !s.filling[k] {
-		if s.filling == nil {
-			s.filling = map[standbyKey]bool{}
+	for {
+		s.mu.Lock()
+		if s.closed || len(s.ready[k])+s.filling[k] >= b.cfg.Standbys {
+			s.mu.Unlock()
+			return
 		}
-		s.filling[k] = true
+		room := s.room
+		s.mu.Unlock()
+		if room != nil && !room(spec.MemoryBytes) { // without s.mu: room locks the service
+			return
+		}
+		s.mu.Lock()
+		if s.closed || len(s.ready[k])+s.filling[k] >= b.cfg.Standbys {
+			s.mu.Unlock()
+			return
+		}
+		if s.filling == nil {
+			s.filling = map[standbyKey]int{}
+		}
+		s.filling[k]++
+		s.n++
+		s.memory += spec.MemoryBytes
 		s.wg.Add(1)
-		go b.fillStandby(k, spec)
+		go b.fillStandby(k, spec, s.gen)
+		s.mu.Unlock()
 	}
 }
 
-// fillStandby makes the standby of shape k, like spec but with an id of its own.
-func (b *Backend) fillStandby(k standbyKey, spec backend.Spec) {
+// fillStandby makes a standby of shape k, like spec but with an id of its own; gen
+// is DropStandbys's count when it started.
+func (b *Backend) fillStandby(k standbyKey, spec backend.Spec, gen int) {
 	defer b.standbys.wg.Done()
 	spec.ID = "standby-" + backend.NewImageRef()
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.StartTimeout)
@@ -114,13 +175,20 @@ func (b *Backend) fillStandby(k standbyKey, spec backend.Spec) {
 	sb, err := b.createStandby(ctx, spec)
 	s := &b.standbys
 	s.mu.Lock()
-	delete(s.filling, k)
-	keep := err == nil && !s.closed && s.ready[k] == nil
+	s.filling[k]--
+	keep := err == nil && !s.closed && s.gen == gen
 	if keep {
 		if s.ready == nil {
-			s.ready = map[standbyKey]*standby{}
+			s.ready = map[standbyKey][]*standby{}
 		}
-		s.ready[k] = sb
+		s.ready[k] = append(s.ready[k], sb)
+	} else {
+		s.n--
+		s.memory -= spec.MemoryBytes
+	}
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
 	}
 	s.mu.Unlock()
 	switch {
@@ -128,6 +196,75 @@ func (b *Backend) fillStandby(k standbyKey, spec backend.Spec) {
 		b.log.Warn("standby for restores", "err", err)
 	case !keep:
 		b.destroyStandby(sb)
+	}
+}
+
+// Standbys implements backend.StandbyHolder.
+func (b *Backend) Standbys() (n int, memoryBytes int64) {
+	s := &b.standbys
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n, s.memory
+}
+
+// SetStandbyRoom implements backend.StandbyHolder.
+func (b *Backend) SetStandbyRoom(room func(memoryBytes int64) bool) {
+	s := &b.standbys
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.room = room
+}
+
+// DropStandbys implements backend.StandbyHolder: the ready standbys are destroyed,
+// and those being made destroy themselves once made; it returns when they have
+// (or ctx ends, or after standbyWait).
+func (b *Backend) DropStandbys(ctx context.Context) int {
+	s := &b.standbys
+	s.mu.Lock()
+	s.gen++
+	var drop []*standby
+	for k, q := range s.ready {
+		drop = append(drop, q...)
+		delete(s.ready, k)
+	}
+	dropped := len(drop)
+	for _, n := range s.filling {
+		dropped += n
+	}
+	for _, sb := range drop {
+		s.n--
+		s.memory -= sb.spec.MemoryBytes
+	}
+	s.mu.Unlock()
+	for _, sb := range drop {
+		b.destroyStandby(sb)
+	}
+	// The ones being made count until they are made (and destroyed): wait for
+	// them, so that a caller making room sees it made.
+	timeout := time.NewTimer(standbyWait)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		filling := 0
+		for _, n := range s.filling {
+			filling += n
+		}
+		if filling == 0 {
+			s.mu.Unlock()
+			return dropped
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return dropped
+		case <-timeout.C:
+			return dropped
+		}
 	}
 }
 
@@ -160,12 +297,16 @@ func (b *Backend) createStandby(ctx context.Context, spec backend.Spec) (_ *stan
 	}
 	defer outW.Close()
 	sb.pipes = []*os.File{inW, outR}
-	cmd := exec.CommandContext(ctx, b.cfg.Runsc, append(b.globalArgs(), "create", "--bundle", dir, spec.ID)...)
+	pidFile := filepath.Join(dir, "sandbox.pid")
+	cmd := exec.CommandContext(ctx, b.cfg.Runsc, append(b.globalArgs(), "create", "--bundle", dir, "--pid-file", pidFile, spec.ID)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, console
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("runsc create %s: %w; console: %s", spec.ID, err, b.consoleTail(spec.ID))
+	}
+	if sb.pid, err = readPIDFile(pidFile); err != nil {
+		return nil, err
 	}
 	return sb, nil
 }
@@ -199,10 +340,14 @@ func (b *Backend) destroyStandby(sb *standby) {
 	}
 }
 
-// restoreInto restores the image in imageDir into the standby st: `runsc restore`
+// restoreInto restores the image in imageDir into the standby st: through its
+// control server (Config.Restore, restore.go), or with `runsc restore`, which
 // finds the created container and only loads the image; it then supervises the
 // sandbox. On any error the standby is destroyed.
 func (b *Backend) restoreInto(ctx context.Context, st *standby, imageDir string) (_ *Sandbox, err error) {
+	if b.cfg.Restore == RestoreControl {
+		return b.restoreDirect(ctx, st, imageDir) // restore.go: no runsc process
+	}
 	t := time.Now()
 	id := st.spec.ID
 	dir := b.cfg.bundle(id)
@@ -221,7 +366,7 @@ func (b *Backend) restoreInto(ctx context.Context, st *standby, imageDir string)
 		return nil, fmt.Errorf("start runsc restore: %w", err)
 	}
 	inW, outR := st.pipes[0], st.pipes[1]
-	sb := &Sandbox{b: b, id: id, created: time.Now(), cmd: cmd, pipes: st.pipes, exited: make(chan struct{})}
+	sb := &Sandbox{b: b, id: id, created: time.Now(), cmd: cmd, pid: cmd.Process.Pid, pipes: st.pipes, exited: make(chan struct{})}
 	go func() {
 		sb.waitErr = cmd.Wait()
 		close(sb.exited)
@@ -257,12 +402,8 @@ func (b *Backend) Close(ctx context.Context) error {
 	s := &b.standbys
 	s.mu.Lock()
 	s.closed = true
-	ready := s.ready
-	s.ready = nil
 	s.mu.Unlock()
-	for _, sb := range ready {
-		b.destroyStandby(sb)
-	}
+	b.DropStandbys(ctx)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }() // a fill in flight destroys its own (closed)
 	select {
