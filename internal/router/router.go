@@ -32,9 +32,10 @@
 //
 // # Takeover
 //
-// When the owner cannot be reached (connecting, or writing the request on a
-// kept-alive connection, fails: the owner did not get the request, so nothing
-// ran), the router waits — up to TakeoverWait, polling once a second —
+// When the owner cannot be reached (connecting fails, or writing the request on a
+// kept-alive connection fails before any byte of it went out: the owner did not
+// get the request, so nothing ran; a request that went out in part is answered
+// 502, never resent), the router waits — up to TakeoverWait, polling once a second —
 // until either the owner answers a direct probe (then the request goes to it) or
 // the owner is both not ready and unreachable. Then it takes the agent over: it
 // picks a candidate the same way as for placement, among ready nodes whose

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -82,6 +83,8 @@ type cluster_ struct {
 	pg     *cluster.Postgres
 	nodes  map[string]*fakeNode
 	router *Router
+	// routers are those made for this cluster, whose connections down closes.
+	routers []*Router
 }
 
 // newCluster starts nodes (registered and ready) on a fresh database and a router.
@@ -125,13 +128,28 @@ func (c *cluster_) newRouter(keys *auth.Cache) *Router {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	c.routers = append(c.routers, rt)
 	return rt
 }
 
 // kill stops node name answering and makes its heartbeat stale.
 func (c *cluster_) kill(name string) {
-	c.nodes[name].hs.Close()
+	c.down(name)
 	c.stale(name)
+}
+
+// down stops node name answering, as a node that died: its listener is gone, and
+// so are the routers' kept-alive connections to it. (A router that wrote into one
+// the node had just closed could not tell whether the node read it, and answers
+// 502 rather than resend it; that is TestPartlyWrittenIsNotResent's case, not the
+// takeover's.)
+func (c *cluster_) down(name string) {
+	c.nodes[name].hs.Close()
+	for _, rt := range c.routers {
+		if t, ok := rt.cfg.Transport.(*http.Transport); ok {
+			t.CloseIdleConnections()
+		}
+	}
 }
 
 func (c *cluster_) stale(name string) {
@@ -328,7 +346,7 @@ func TestTakeoverDecision(t *testing.T) {
 		t.Fatalf("a live owner lost its agent: %+v", got)
 	}
 
-	c.nodes["n1"].hs.Close() // unreachable, still heartbeating
+	c.down("n1") // unreachable, still heartbeating
 	if got := do(t, c.router, "POST", "/v1/exec", `{"agent_id":"a"}`); got.status != 503 || !strings.Contains(got.body, "heartbeated") {
 		t.Fatalf("owner still heartbeating: got %+v", got)
 	}
@@ -379,7 +397,7 @@ func TestTakeoverDecision(t *testing.T) {
 func TestDeregisteredOwner(t *testing.T) {
 	c := newCluster(t, "n1", "n2")
 	c.claim("a", "n1")
-	c.nodes["n1"].hs.Close()
+	c.down("n1")
 	if err := c.pg.Deregister(context.Background(), "n1"); err != nil {
 		t.Fatal(err)
 	}
@@ -517,7 +535,8 @@ func TestStaticMembers(t *testing.T) {
 	if got := do(t, rt, "POST", "/v1/exec", `{"agent_id":"a"}`); got.node != "n1" {
 		t.Fatalf("got %+v, want n1", got)
 	}
-	c.nodes["n1"].hs.Close()
+	c.routers = append(c.routers, rt)
+	c.down("n1")
 	got := do(t, rt, "POST", "/v1/exec", `{"agent_id":"a"}`)
 	if got.status != 200 || got.node != "n2" || got.from != "n1" {
 		t.Fatalf("after n1 went away: %+v", got)
@@ -586,6 +605,7 @@ func TestQueriesPerRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.routers = append(c.routers, rt)
 	qc.take()
 	const reqs = 25
 	for range reqs {
@@ -644,5 +664,52 @@ func TestQueriesPerRequest(t *testing.T) {
 	}
 	if n := rt.cfg.Lookup.(*cachedLookup).len(); n != 2 {
 		t.Errorf("the lookup cache holds %d mappings, want 2", n)
+	}
+}
+
+// TestPartlyWrittenIsNotResent guards the router's one resend: a request is sent
+// again (to the owner once it answers, or to a node that took the agent over) only
+// when none of it reached the node. A node that reads a request's head and then
+// resets the connection while the body is still being written (alive: it answers
+// the router's probe) got the request in part and may have acted on it: the router
+// answers 502 and never sends it a second time.
+func TestPartlyWrittenIsNotResent(t *testing.T) {
+	c := newCluster(t, "n1")
+	n := &fakeNode{name: "n2", compat: "gvisor/v1/systrap", stream: make(chan string)}
+	var execs atomic.Int64
+	n.hs = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/exec") {
+			n.ServeHTTP(w, r)
+			return
+		}
+		execs.Add(1)
+		io.CopyN(io.Discard, r.Body, 1<<10) // a little of the body, then a reset
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		conn.(*net.TCPConn).SetLinger(0)
+		conn.Close()
+	}))
+	t.Cleanup(n.hs.Close)
+	c.nodes["n2"] = n
+	if err := c.pg.Register(context.Background(), cluster.Node{Name: "n2", Address: n.hs.Listener.Addr().String(), Capacity: 10}); err != nil {
+		t.Fatal(err)
+	}
+	c.claim("bob", "n2")
+	body := `{"agent_id":"bob","code":"` + strings.Repeat("x", 4<<20-64) + `"}`
+	for i := range 5 {
+		execs.Store(0)
+		got := do(t, c.router, "POST", "/v1/exec", body)
+		if got.status != http.StatusBadGateway || !strings.Contains(got.body, "it may have run") {
+			t.Errorf("attempt %d: status %d (%.200s), want 502 saying the request may have run", i, got.status, got.body)
+		}
+		if n := execs.Load(); n != 1 {
+			t.Fatalf("attempt %d: the node got the request %d times, want once", i, n)
+		}
+	}
+	if o := c.owner("bob"); o.Node != "n2" || o.Epoch != 1 {
+		t.Errorf("a node that answers lost its agent: %+v", o)
 	}
 }

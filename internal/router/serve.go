@@ -10,10 +10,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmexec/vmexec/internal/auth"
@@ -230,8 +233,8 @@ func nodeURL(addr string) (*url.URL, error) {
 }
 
 // forward proxies r (its body from body) to n. It returns the error of a
-// connection that failed before the request was sent (notSent: nothing ran, the
-// caller may send it elsewhere); any other failure is answered here.
+// connection that failed before any of the request was sent (notSent: nothing ran,
+// the caller may send it elsewhere); any other failure is answered here.
 func (rt *Router) forward(w http.ResponseWriter, r *http.Request, body []byte, n cluster.Node, agent, from string) error {
 	target, err := nodeURL(n.Address)
 	if err != nil || n.Address == "" {
@@ -257,6 +260,8 @@ func (rt *Router) forward(w http.ResponseWriter, r *http.Request, body []byte, n
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) { failed = err },
 	}
+	var wrote sentBytes
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), wrote.trace()))
 	if body != nil {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		// With GetBody the transport may resend the request on a new connection when
@@ -268,7 +273,7 @@ func (rt *Router) forward(w http.ResponseWriter, r *http.Request, body []byte, n
 	if failed == nil {
 		return nil
 	}
-	if notSent(failed) {
+	if notSent(failed, wrote.none()) {
 		return failed
 	}
 	if errors.Is(failed, context.Canceled) && r.Context().Err() != nil {
@@ -278,27 +283,74 @@ func (rt *Router) forward(w http.ResponseWriter, r *http.Request, body []byte, n
 	return nil
 }
 
-// notSent reports a failure to connect, or to write the request (a kept-alive
-// connection the node closed, as it died): the node did not get the whole request,
-// so nothing ran.
-func notSent(err error) bool {
+// notSent reports a failure to connect, or to write the request when none of it
+// went out (nothingWritten: a kept-alive connection the node closed as it died):
+// the node got nothing, so nothing ran. A write that failed after some bytes went
+// out is not one: the node may have read the request's head and started on it.
+func notSent(err error, nothingWritten bool) bool {
 	for {
 		var op *net.OpError
 		if !errors.As(err, &op) {
 			return false
 		}
-		if op.Op == "dial" || op.Op == "write" {
+		if op.Op == "dial" || op.Op == "write" && nothingWritten {
 			return true
 		}
 		err = op.Err // "readfrom" (the body's copy) wraps the write that failed
 	}
 }
 
+// sentBytes tells whether any byte of a request went out on the last connection
+// the transport gave it (a countingConn, made by DefaultTransport's dialer). With
+// another transport's connections it cannot tell, and says some did.
+type sentBytes struct {
+	mu    sync.Mutex
+	conn  *countingConn
+	start int64
+}
+
+func (s *sentBytes) trace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.conn, _ = info.Conn.(*countingConn)
+		if s.conn != nil {
+			s.start = s.conn.written.Load()
+		}
+	}}
+}
+
+// none reports that the request's last connection took none of its bytes.
+func (s *sentBytes) none() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil && s.conn.written.Load() == s.start
+}
+
+// countingConn is a connection to a node that counts the bytes written to it.
+type countingConn struct {
+	net.Conn
+	written atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
 // DefaultTransport is the transport to nodes: connecting is bounded (a dead host
 // is noticed in seconds), a response is not (runs and streams take their time).
 func DefaultTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	d := &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &countingConn{Conn: c}, nil // forward tells a request that went out in part (notSent)
+	}
 	t.MaxIdleConnsPerHost = 64
 	return t
 }
