@@ -65,6 +65,9 @@ func (s *Service) admit(ctx context.Context, memMB int64, except *entry) (releas
 		if k, _ := s.standbyUsage(); k > 0 {
 			s.mu.Unlock()
 			s.dropStandbys(ctx)
+			if err := ctx.Err(); err != nil { // standbys being made still count: do not ask again and again
+				return nil, fmt.Errorf("making room for a sandbox (standbys giving way): %w", err)
+			}
 			continue
 		}
 		if len(s.pool) > 0 {
