@@ -269,6 +269,7 @@ func (b *Backend) DestroyID(ctx context.Context, id string) error {
 	if _, err := b.runsc(ctx, "delete", "--force", id); err != nil && !isNotExist(err) {
 		return err
 	}
+	b.restored.Delete(id) // the container is gone: List must not find it by its old id
 	if err := os.RemoveAll(b.cfg.bundle(id)); err != nil {
 		return fmt.Errorf("remove bundle: %w", err)
 	}
