@@ -20,16 +20,25 @@ type nodeCache struct {
 	at    time.Time  // zero: empty or dropped
 	all   []cluster.Node
 	ready map[string]bool
+	err   error     // the last read's failure, at errAt
+	errAt time.Time // (requests that waited for that read share its answer)
 }
 
 // members returns the cluster's nodes, from the cache when younger than NodesTTL.
-// Callers must not modify what it returns (it is shared).
+// A request that waited for a read that failed gets that read's error rather than
+// read again: with the registry down, queued requests would otherwise each wait
+// for all the reads before theirs. Callers must not modify what it returns (it is
+// shared).
 func (rt *Router) members(ctx context.Context) ([]cluster.Node, map[string]bool, error) {
 	c := &rt.nodes
+	asked := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.at.IsZero() && time.Since(c.at) < rt.cfg.NodesTTL {
 		return c.all, c.ready, nil
+	}
+	if c.err != nil && !c.errAt.Before(asked) {
+		return nil, nil, c.err
 	}
 	return rt.readMembersLocked(ctx)
 }
@@ -46,10 +55,10 @@ func (rt *Router) readMembersLocked(ctx context.Context) ([]cluster.Node, map[st
 	c := &rt.nodes
 	all, ready, err := rt.cfg.Members.Nodes(ctx)
 	if err != nil {
-		c.at = time.Time{}
+		c.at, c.err, c.errAt = time.Time{}, err, time.Now()
 		return nil, nil, err
 	}
-	c.all, c.ready, c.at = all, ready, time.Now()
+	c.all, c.ready, c.at, c.err = all, ready, time.Now(), nil
 	return all, ready, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -711,5 +712,48 @@ func TestPartlyWrittenIsNotResent(t *testing.T) {
 	}
 	if o := c.owner("bob"); o.Node != "n2" || o.Epoch != 1 {
 		t.Errorf("a node that answers lost its agent: %+v", o)
+	}
+}
+
+// downMembers is a node registry that is down: each read takes a while, then fails.
+type downMembers struct{ reads atomic.Int64 }
+
+func (m *downMembers) Nodes(ctx context.Context) ([]cluster.Node, map[string]bool, error) {
+	m.reads.Add(1)
+	time.Sleep(300 * time.Millisecond)
+	return nil, nil, errors.New("registry down")
+}
+
+// TestMembersOutage guards the node list's cache with the registry down: requests
+// that queued behind a read that failed get its error, rather than each reading in
+// turn (the last one waiting for all the reads before it).
+func TestMembersOutage(t *testing.T) {
+	c := newCluster(t, "n1")
+	m := &downMembers{}
+	rt, err := New(Config{Owners: c.pg, Members: m, Lookup: PGLookup{Pool: c.hist.Pool()},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const reqs = 8
+	start := time.Now()
+	var wg sync.WaitGroup
+	statuses := make([]int, reqs)
+	for i := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i] = do(t, rt, "POST", "/v1/exec", `{"agent_id":"a"}`).status
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	for i, s := range statuses {
+		if s < 500 {
+			t.Errorf("request %d: status %d with the registry down, want a server error", i, s)
+		}
+	}
+	if n := m.reads.Load(); n > 2 || took > 2*time.Second {
+		t.Errorf("%d requests read the registry %d times and took %s, want at most 2 reads (those that queued share one)", reqs, n, took)
 	}
 }
