@@ -12,8 +12,9 @@ type StandbyHolder interface {
 	// memory limits in bytes.
 	Standbys() (n int, memoryBytes int64)
 	// SetStandbyRoom installs the check the backend makes before it makes a
-	// standby of memoryBytes: none is made while room returns false. room must not
-	// call back into the backend.
+	// standby of memoryBytes: none is made while room returns false. The standby
+	// asked about is already counted in Standbys when room is called (so the room
+	// it takes is taken at once), and room must not call back into the backend.
 	SetStandbyRoom(room func(memoryBytes int64) bool)
 	// DropStandbys destroys the standbys held (and those being made, once made),
 	// and reports how many it dropped.

@@ -191,17 +191,18 @@ func (s *Service) standbyUsage() (n int, memMB int64) {
 	return n, memMB
 }
 
-// standbyRoom is the backends' check before they make a standby of memBytes: there
-// is room under MaxSandboxes and the memory budget without anything giving way.
+// standbyRoom is the backends' check before they make a standby: with it counted
+// (backend.StandbyHolder counts the standby asked about in Standbys, so usage has
+// it), the sandboxes are within MaxSandboxes and the memory budget without
+// anything giving way.
 func (s *Service) standbyRoom(memBytes int64) bool {
-	memMB := (memBytes + 1<<20 - 1) >> 20
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
 	n, used := s.usage()
-	return n+1 <= s.cfg.MaxSandboxes && (s.memBudgetMB <= 0 || used+memMB <= s.memBudgetMB)
+	return n <= s.cfg.MaxSandboxes && (s.memBudgetMB <= 0 || used <= s.memBudgetMB)
 }
 
 // dropStandbys has every backend drop its standbys, to make room; s.mu not held.

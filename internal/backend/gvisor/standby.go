@@ -143,25 +143,39 @@ func (b *Backend) refillStandby(spec backend.Spec) {
 			s.mu.Unlock()
 			return
 		}
-		room := s.room
-		s.mu.Unlock()
-		if room != nil && !room(spec.MemoryBytes) { // without s.mu: room locks the service
-			return
-		}
-		s.mu.Lock()
-		if s.closed || len(s.ready[k])+s.filling[k] >= b.cfg.Standbys {
-			s.mu.Unlock()
-			return
-		}
+		// Counted before the service is asked (its room check sees it in Standbys),
+		// so that neither another refill nor a start admitted meanwhile takes the
+		// same room.
 		if s.filling == nil {
 			s.filling = map[standbyKey]int{}
 		}
 		s.filling[k]++
 		s.n++
 		s.memory += spec.MemoryBytes
-		s.wg.Add(1)
-		go b.fillStandby(k, spec, s.gen)
+		room, gen := s.room, s.gen
 		s.mu.Unlock()
+		ok := room == nil || room(spec.MemoryBytes) // without s.mu: room locks the service
+		s.mu.Lock()
+		if !ok || s.closed || s.gen != gen {
+			s.filling[k]--
+			s.n--
+			s.memory -= spec.MemoryBytes
+			s.signalLocked()
+			s.mu.Unlock()
+			return
+		}
+		s.wg.Add(1)
+		go b.fillStandby(k, spec, gen)
+		s.mu.Unlock()
+	}
+}
+
+// signalLocked wakes those waiting for a fill to end (takeStandby, DropStandbys);
+// s.mu held.
+func (s *standbys) signalLocked() {
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
 	}
 }
 
@@ -186,10 +200,7 @@ func (b *Backend) fillStandby(k standbyKey, spec backend.Spec, gen int) {
 		s.n--
 		s.memory -= spec.MemoryBytes
 	}
-	if s.changed != nil {
-		close(s.changed)
-		s.changed = nil
-	}
+	s.signalLocked()
 	s.mu.Unlock()
 	switch {
 	case err != nil:
