@@ -149,7 +149,9 @@ type Config struct {
 	// LookupCacheSize bounds the object → agent mappings kept from Lookup (default
 	// 65536; the least recently used go first).
 	LookupCacheSize int
-	// Transport carries requests to nodes (default: a clone of http.DefaultTransport).
+	// Transport carries requests to nodes (default: DefaultTransport). Over
+	// another transport's connections the router cannot tell that none of a
+	// request went out, so it resends one only when connecting failed.
 	Transport http.RoundTripper
 	Logger    *slog.Logger
 }
