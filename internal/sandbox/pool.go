@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -303,10 +304,15 @@ func (s *Service) startFresh(ctx context.Context, e *entry) (sb backend.Sandbox,
 var poolRefillDelay = refillDelay(os.Getenv("VMEXEC_POOL_REFILL_DELAY"))
 
 func refillDelay(v string) time.Duration {
+	const def = 250 * time.Millisecond
+	if v == "" {
+		return def
+	}
 	if d, err := time.ParseDuration(v); err == nil && d >= 0 {
 		return d
 	}
-	return 250 * time.Millisecond
+	slog.Warn("VMEXEC_POOL_REFILL_DELAY is not a duration of 0 or more; using the default", "value", v, "default", def)
+	return def
 }
 
 // refillPool is fillPool after poolRefillDelay, in the background (ended early by
