@@ -154,6 +154,7 @@ func TestManifestsWireTogether(t *testing.T) {
 	check(dpod.Spec.NodeSelector["vmexec.dev/runsc"] == "true", "daemon's nodeSelector lacks vmexec.dev/runsc: \"true\"")
 	check(dc.SecurityContext != nil && ptr.Deref(dc.SecurityContext.Privileged, false), "daemon is not privileged (runsc needs it)")
 	check(!dpod.Spec.HostNetwork, "daemon on hostNetwork (decided against: see daemon.yaml)")
+	check(ptr.Deref(dpod.Spec.ShareProcessNamespace, false), "daemon pod does not share its process namespace: nothing would reap runsc's orphaned sandbox processes (see daemon.yaml)")
 	data := volume(dpod.Spec, mountOf(dc, "/var/lib/vmexec"))
 	check(data != nil && data.HostPath != nil && data.HostPath.Path == "/var/lib/vmexec" && argValue(dc.Args, "--data-dir") == "/var/lib/vmexec",
 		"daemon's data dir is not the node's /var/lib/vmexec")
