@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,6 +36,9 @@ const mqueueCommand = "__vmexec_mqueue"
 
 // mqueueFD is the helper's socket to the agent.
 const mqueueFD = 3
+
+// mqueueWait bounds the wait for the helper's answer (a variable for its test).
+var mqueueWait = 5 * time.Second
 
 // mqueueHelperID is the uid and gid outside its user namespace of a helper started in
 // one: nobody, which owns nothing the helper could touch.
@@ -116,17 +120,37 @@ func (a *agent) mqueueHelper(flags uintptr) (*os.File, error) {
 		return nil, fmt.Errorf("start helper (clone flags %#x): %w", flags, err)
 	}
 	theirs.Close()
+	// A helper that neither answers nor exits (a mount that hangs) must not hold the
+	// settled check, and every run after it, forever: it gets mqueueWait, then SIGKILL.
+	tv := unix.NsecToTimeval(mqueueWait.Nanoseconds())
+	if err := unix.SetsockoptTimeval(int(ours.Fd()), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		a.awaitExit(exit, pid)
+		return nil, fmt.Errorf("helper socket timeout: %w", err)
+	}
 	buf := make([]byte, 512)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, rerr := unix.Recvmsg(int(ours.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if rerr != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 	a.awaitExit(exit, pid)
 	if rerr != nil {
-		return nil, fmt.Errorf("helper: %w", rerr)
+		return nil, fmt.Errorf("helper (clone flags %#x): %w", flags, rerr)
 	}
 	if oobn > 0 {
-		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
-			if rights, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(rights) == 1 {
-				return os.NewFile(uintptr(rights[0]), "mqueue"), nil
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			var fds []int
+			for i := range msgs {
+				if rights, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+					fds = append(fds, rights...)
+				}
+			}
+			if len(fds) == 1 {
+				return os.NewFile(uintptr(fds[0]), "mqueue"), nil
+			}
+			for _, fd := range fds { // not what the helper sends: none is kept
+				syscall.Close(fd)
 			}
 		}
 	}

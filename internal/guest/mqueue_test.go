@@ -4,8 +4,10 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -44,4 +46,36 @@ func TestPosixQueues(t *testing.T) {
 	if a.posixQueues() {
 		t.Fatal("the queue is gone, but posixQueues still sees one")
 	}
+}
+
+// A helper that hangs instead of answering is killed after mqueueWait: the settled
+// check (and every run waiting on it) does not wait for it forever.
+func TestMqueueHelperHangs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a mount namespace)")
+	}
+	hang := filepath.Join(t.TempDir(), "hang")
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(w time.Duration) { mqueueWait = w }(mqueueWait)
+	mqueueWait = 300 * time.Millisecond
+	opts := Options{}.withDefaults()
+	opts.Launcher = hang
+	a := &agent{opts: opts, log: slog.Default(), reaper: newReaper(false, slog.Default())}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.reaper.run(ctx)
+	start := time.Now()
+	f, err := a.openMqueue()
+	if err == nil {
+		f.Close()
+		t.Fatal("a helper that never answers gave a directory")
+	}
+	// Two attempts (with and without a user namespace), each killed after mqueueWait;
+	// a helper not killed would hold its attempt for exitWait (5 s) more.
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("openMqueue took %v: the hung helper was not killed", d)
+	}
+	t.Logf("%v: %v", time.Since(start).Round(time.Millisecond), err)
 }
