@@ -29,7 +29,7 @@ import (
 //
 // The queues are the IPC namespace's, shared by every agent in the process, hence one
 // view per process. If the helper fails (a kernel that refuses both namespaces), the
-// agent cannot tell, and no run is settled.
+// agent cannot tell, and no run is settled; it tries again mqueueRetry later.
 
 // mqueueCommand is the hidden first argument of the helper: "<agent> __vmexec_mqueue".
 const mqueueCommand = "__vmexec_mqueue"
@@ -44,24 +44,30 @@ var mqueueWait = 5 * time.Second
 // one: nobody, which owns nothing the helper could touch.
 const mqueueHelperID = 65534
 
+// mqueueRetry is how long after a failed helper the next settled check tries again:
+// a failure that passes (a fork refused for want of memory, a helper that timed out)
+// must not leave the agent, and every snapshot of it, unable to settle a run.
+const mqueueRetry = 30 * time.Second
+
 var mqView struct {
-	once sync.Once
-	mu   sync.Mutex
-	dir  *os.File // the mqueue filesystem's root; nil when it could not be opened
+	mu       sync.Mutex
+	dir      *os.File  // the mqueue filesystem's root; nil until it could be opened
+	failedAt time.Time // the last helper's failure
 }
 
 // posixQueues reports whether any POSIX message queue exists (or it cannot tell).
 func (a *agent) posixQueues() bool {
-	mqView.once.Do(func() {
-		f, err := a.openMqueue()
-		if err != nil {
-			a.log.Warn("cannot list POSIX message queues: no run is settled", "err", err)
-			return
-		}
-		mqView.dir = f
-	})
 	mqView.mu.Lock()
 	defer mqView.mu.Unlock()
+	if mqView.dir == nil && (mqView.failedAt.IsZero() || time.Since(mqView.failedAt) >= mqueueRetry) {
+		f, err := a.openMqueue()
+		if err != nil {
+			mqView.failedAt = time.Now()
+			a.log.Warn("cannot list POSIX message queues: no run is settled until it can", "err", err,
+				"retry_in", mqueueRetry)
+		}
+		mqView.dir = f
+	}
 	if mqView.dir == nil {
 		return true
 	}

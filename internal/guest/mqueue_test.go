@@ -79,3 +79,42 @@ func TestMqueueHelperHangs(t *testing.T) {
 	}
 	t.Logf("%v: %v", time.Since(start).Round(time.Millisecond), err)
 }
+
+// A helper that failed is tried again mqueueRetry later, not never: a passing failure
+// does not leave the agent (and its snapshots) unable to settle any run.
+func TestMqueueRetry(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a mount namespace)")
+	}
+	reset := func() {
+		mqView.mu.Lock()
+		defer mqView.mu.Unlock()
+		if mqView.dir != nil {
+			mqView.dir.Close()
+		}
+		mqView.dir, mqView.failedAt = nil, time.Time{}
+	}
+	reset()
+	defer reset()
+	opts := Options{}.withDefaults()
+	broken := opts
+	broken.Launcher = "/bin/false"
+	a := &agent{opts: broken, log: slog.Default(), reaper: newReaper(false, slog.Default())}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.reaper.run(ctx)
+	if !a.posixQueues() || mqView.dir != nil || mqView.failedAt.IsZero() {
+		t.Fatal("a failed helper: posixQueues must say it cannot tell, and remember the failure")
+	}
+	a.opts = opts
+	if !a.posixQueues() || mqView.dir != nil {
+		t.Fatal("the helper was tried again at once")
+	}
+	mqView.failedAt = time.Now().Add(-mqueueRetry)
+	if a.posixQueues() {
+		t.Skip("this host has POSIX message queues already")
+	}
+	if mqView.dir == nil {
+		t.Fatal("the helper was not tried again after mqueueRetry")
+	}
+}
