@@ -325,18 +325,30 @@ func statusUID(status []byte) (uint32, bool) {
 	return 0, false
 }
 
-// forkFailures are what shells print when a fork fails at the process limit (EAGAIN).
+// forkFailures end the lines shells print when a fork fails at the process limit
+// (EAGAIN), after the shell's name or the script's and line: "main.sh: line 1: fork:
+// retry: Resource temporarily unavailable", "sh: 1: Cannot fork".
 var forkFailures = [][]byte{
-	[]byte("fork: retry: Resource temporarily unavailable"), // bash, retrying
-	[]byte("fork: Resource temporarily unavailable"),        // bash, giving up
-	[]byte("Cannot fork"),                                   // dash
+	[]byte(": fork: retry: Resource temporarily unavailable"), // bash, retrying
+	[]byte(": fork: Resource temporarily unavailable"),        // bash, giving up
+	[]byte(": Cannot fork"),                                   // dash
 }
 
-// hasForkFailure reports whether stderr (a tail) says a shell's fork hit the limit.
+// hasForkFailure reports whether stderr (a tail) has a line in which a shell says its
+// fork hit the limit. Whole lines only: a run that merely mentions such a failure (a
+// log it prints) must not have its background processes killed as a bomb.
 func hasForkFailure(stderr []byte) bool {
-	for _, m := range forkFailures {
-		if bytes.Contains(stderr, m) {
-			return true
+	for len(stderr) > 0 {
+		line := stderr
+		if i := bytes.IndexByte(stderr, '\n'); i >= 0 {
+			line, stderr = stderr[:i], stderr[i+1:]
+		} else {
+			stderr = nil
+		}
+		for _, m := range forkFailures {
+			if bytes.HasSuffix(line, m) {
+				return true
+			}
 		}
 	}
 	return false

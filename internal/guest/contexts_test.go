@@ -300,3 +300,26 @@ func TestCtxStreamMarkers(t *testing.T) {
 		t.Errorf("waitSynced: want the first sync and a timeout for the second")
 	}
 }
+
+// A javascript cell that replaces process.stdout.write (to silence or capture output)
+// does not hold up the driver's markers: its cells and the ones after it end at once,
+// not after the marker waits, and output flows again once the cell puts it back.
+func TestCellMarkersWithPatchedWrite(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "node")
+	spec := agentproto.ContextSpec{ID: "ctx_patched_write", Language: "javascript"}
+	for _, tc := range []struct{ code, main, stdout, stderr string }{
+		{"const orig = process.stdout.write; process.stdout.write = function () { return true }; 1", "1", "", ""},
+		{"console.log('dropped'); console.error('err'); 2", "2", "", "err\n"},
+		{"process.stdout.write = orig; console.log('back'); 3", "3", "back\n", ""},
+	} {
+		start := time.Now()
+		r := cell(t, c, spec, tc.code, 20000)
+		if d := time.Since(start); d >= ctxMarkerWait {
+			t.Errorf("%q took %v: a marker was waited for", tc.code, d)
+		}
+		if r.res.Verdict != agentproto.VerdictOK || r.main() != tc.main || string(r.res.Stdout) != tc.stdout || string(r.res.Stderr) != tc.stderr {
+			t.Errorf("%q: main %q, %s", tc.code, r.main(), describe(r.res))
+		}
+	}
+}

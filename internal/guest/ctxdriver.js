@@ -51,6 +51,12 @@ function send(obj) {
 // resolves when both have taken it (or failed: a cell destroyed the stream), or after
 // markerWait (a cell corked the stream).
 const markerWait = 1000;
+// The streams' own write methods, kept from start-up: a cell that replaces
+// process.stdout.write (to silence or capture output) must not hold up every marker.
+const streamWrite = new Map([
+  [process.stdout, process.stdout.write],
+  [process.stderr, process.stderr.write],
+]);
 function writeMarker(marker) {
   if (!marker) return Promise.resolve();
   const one = (stream, fd) => new Promise((resolve) => {
@@ -64,7 +70,7 @@ function writeMarker(marker) {
         fs.writeSync(fd, marker);
         done();
       } else {
-        stream.write(marker, done);
+        streamWrite.get(stream).call(stream, marker, done);
       }
     } catch (e) {
       done();

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +29,7 @@ import (
 //
 // The queues are the IPC namespace's, shared by every agent in the process, hence one
 // view per process. If the helper fails (a kernel that refuses both namespaces), the
-// agent cannot tell, and no run is settled.
+// agent cannot tell, and no run is settled; it tries again mqueueRetry later.
 
 // mqueueCommand is the hidden first argument of the helper: "<agent> __vmexec_mqueue".
 const mqueueCommand = "__vmexec_mqueue"
@@ -36,28 +37,37 @@ const mqueueCommand = "__vmexec_mqueue"
 // mqueueFD is the helper's socket to the agent.
 const mqueueFD = 3
 
+// mqueueWait bounds the wait for the helper's answer (a variable for its test).
+var mqueueWait = 5 * time.Second
+
 // mqueueHelperID is the uid and gid outside its user namespace of a helper started in
 // one: nobody, which owns nothing the helper could touch.
 const mqueueHelperID = 65534
 
+// mqueueRetry is how long after a failed helper the next settled check tries again:
+// a failure that passes (a fork refused for want of memory, a helper that timed out)
+// must not leave the agent, and every snapshot of it, unable to settle a run.
+const mqueueRetry = 30 * time.Second
+
 var mqView struct {
-	once sync.Once
-	mu   sync.Mutex
-	dir  *os.File // the mqueue filesystem's root; nil when it could not be opened
+	mu       sync.Mutex
+	dir      *os.File  // the mqueue filesystem's root; nil until it could be opened
+	failedAt time.Time // the last helper's failure
 }
 
 // posixQueues reports whether any POSIX message queue exists (or it cannot tell).
 func (a *agent) posixQueues() bool {
-	mqView.once.Do(func() {
-		f, err := a.openMqueue()
-		if err != nil {
-			a.log.Warn("cannot list POSIX message queues: no run is settled", "err", err)
-			return
-		}
-		mqView.dir = f
-	})
 	mqView.mu.Lock()
 	defer mqView.mu.Unlock()
+	if mqView.dir == nil && (mqView.failedAt.IsZero() || time.Since(mqView.failedAt) >= mqueueRetry) {
+		f, err := a.openMqueue()
+		if err != nil {
+			mqView.failedAt = time.Now()
+			a.log.Warn("cannot list POSIX message queues: no run is settled until it can", "err", err,
+				"retry_in", mqueueRetry)
+		}
+		mqView.dir = f
+	}
 	if mqView.dir == nil {
 		return true
 	}
@@ -116,17 +126,37 @@ func (a *agent) mqueueHelper(flags uintptr) (*os.File, error) {
 		return nil, fmt.Errorf("start helper (clone flags %#x): %w", flags, err)
 	}
 	theirs.Close()
+	// A helper that neither answers nor exits (a mount that hangs) must not hold the
+	// settled check, and every run after it, forever: it gets mqueueWait, then SIGKILL.
+	tv := unix.NsecToTimeval(mqueueWait.Nanoseconds())
+	if err := unix.SetsockoptTimeval(int(ours.Fd()), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		a.awaitExit(exit, pid)
+		return nil, fmt.Errorf("helper socket timeout: %w", err)
+	}
 	buf := make([]byte, 512)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, rerr := unix.Recvmsg(int(ours.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if rerr != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 	a.awaitExit(exit, pid)
 	if rerr != nil {
-		return nil, fmt.Errorf("helper: %w", rerr)
+		return nil, fmt.Errorf("helper (clone flags %#x): %w", flags, rerr)
 	}
 	if oobn > 0 {
-		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
-			if rights, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(rights) == 1 {
-				return os.NewFile(uintptr(rights[0]), "mqueue"), nil
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			var fds []int
+			for i := range msgs {
+				if rights, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+					fds = append(fds, rights...)
+				}
+			}
+			if len(fds) == 1 {
+				return os.NewFile(uintptr(fds[0]), "mqueue"), nil
+			}
+			for _, fd := range fds { // not what the helper sends: none is kept
+				syscall.Close(fd)
 			}
 		}
 	}

@@ -97,8 +97,6 @@ func (c *capture) keepTail(p []byte) {
 	c.tail = append(c.tail, p...)
 }
 
-// stalled reports whether an emit has been blocked for a while: the host is slow to
-// take the output.
 // tailNow is a copy of the end of the stream so far (see keepTail).
 func (c *capture) tailNow() []byte {
 	c.mu.Lock()
@@ -106,6 +104,8 @@ func (c *capture) tailNow() []byte {
 	return append([]byte(nil), c.tail...)
 }
 
+// stalled reports whether an emit has been blocked for a while: the host is slow to
+// take the output.
 func (c *capture) stalled() bool {
 	t := c.sendStart.Load()
 	return t != 0 && time.Since(time.Unix(0, t)) >= stallTime

@@ -122,7 +122,16 @@ func TestForkFailureMarkers(t *testing.T) {
 	if !hasForkFailure([]byte("x\n/tmp/.vmexec/run-2/main.sh: fork: retry: Resource temporarily unavailable\n")) {
 		t.Errorf("bash's retry message not seen")
 	}
+	if !hasForkFailure([]byte("a\nmain.sh: line 1: fork: retry: Resource temporarily unavailable\nbash: fork: Interrupted system call\n")) {
+		t.Errorf("bash's retry message with a line number not seen")
+	}
+	if !hasForkFailure([]byte("sh: 1: Cannot fork")) {
+		t.Errorf("dash's message (no newline yet) not seen")
+	}
 	if hasForkFailure([]byte("Resource temporarily unavailable\n")) {
 		t.Errorf("a bare EAGAIN taken for a shell's fork failure")
+	}
+	if hasForkFailure([]byte("grep: Cannot fork (from an old log)\nfork: retry: Resource temporarily unavailable, said the log\n")) {
+		t.Errorf("output that mentions a fork failure taken for one")
 	}
 }

@@ -451,7 +451,12 @@ def _exit(status):
     import atexit
     atexit._run_exitfuncs()
     ok = _flush_std()
-    gc.collect()  # as finalize_modules does first: garbage already unreachable
+    # As finalize_modules_delete_special does first: an uncaught exception's traceback
+    # (sys.last_*, set by _uncaught) holds the frames it went through, and the objects
+    # in them (an unflushed file) are finalized once it goes.
+    for name in ("last_exc", "last_type", "last_value", "last_traceback"):
+        sys.__dict__.pop(name, None)
+    gc.collect()  # as finalize_modules does next: garbage already unreachable
     mods = [m for n, m in reversed(list(sys.modules.items())) if _ZYGOTE_MODULES.get(n) is not m]
     for m in mods:
         d = getattr(m, "__dict__", None)
