@@ -136,7 +136,8 @@ type ExecResult struct {
 	Durable bool `json:"durable,omitempty"`
 
 	// The run's transaction: the snapshot taken before it, the one keeping the
-	// state it left when it failed, and the one the sandbox was rolled back to.
+	// state it left when it failed (the pre-run one itself when the failed run
+	// provably changed nothing), and the one the sandbox was rolled back to.
 	PreSnapshotID      string `json:"pre_snapshot_id,omitempty"`
 	FailureSnapshotID  string `json:"failure_snapshot_id,omitempty"`
 	RestoredSnapshotID string `json:"restored_snapshot_id,omitempty"`

@@ -42,9 +42,14 @@ func TestUnchangedRunsKeepTheirSnapshot(t *testing.T) {
 	if got := snaps(); got != n {
 		t.Fatalf("%d snapshots after three runs that changed nothing, want %d (no new checkpoint)", got, n)
 	}
-	// A failed run that changed nothing is rolled back with nothing to restore.
-	if r := durable("python", "import sys; sys.exit(3)"); !r.RolledBack || r.RestoredSnapshotID != r.PreSnapshotID {
-		t.Fatalf("failed run: %s rolled_back=%v pre=%s restored=%s", describe(r), r.RolledBack, r.PreSnapshotID, r.RestoredSnapshotID)
+	// A failed run that changed nothing is rolled back with nothing to restore, and
+	// its failed state (snapshot_on_failure, on by default) is the pre-run image: no
+	// checkpoint is taken for it.
+	if r := durable("python", "import sys; sys.exit(3)"); !r.RolledBack || r.RestoredSnapshotID != r.PreSnapshotID || r.FailureSnapshotID != r.PreSnapshotID {
+		t.Fatalf("failed run: %s rolled_back=%v pre=%s restored=%s failure=%s", describe(r), r.RolledBack, r.PreSnapshotID, r.RestoredSnapshotID, r.FailureSnapshotID)
+	}
+	if got := snaps(); got != n {
+		t.Fatalf("%d snapshots after a failed run that changed nothing, want %d (no failure checkpoint)", got, n)
 	}
 	wantOK(t, durable("python", "print(4)"), "4")
 

@@ -414,14 +414,18 @@ func (s *Service) redactOutput(out *api.ExecResult) {
 // afterFailure applies the failure half of the transaction policy.
 func (s *Service) afterFailure(ctx context.Context, e *entry, pol txPolicy, pre history.Snapshot, out *api.ExecResult) {
 	if pol.snapshotOnFailure && e.sb != nil && s.snapperOf(e) != nil {
-		if sn, err := e.snapshot(ctx, history.SnapshotFailure, out.ExecutionID, apiNoMeta); err != nil {
+		if e.unchangedSince(pre) {
+			// The run changed nothing (settle.go): the failed state is pre's image,
+			// so pre keeps it, without a checkpoint that would copy it.
+			out.FailureSnapshotID = pre.ID
+		} else if sn, err := e.snapshot(ctx, history.SnapshotFailure, out.ExecutionID, apiNoMeta); err != nil {
 			out.Warnings = append(out.Warnings, "could not keep the failed state: "+err.Error())
 		} else {
 			out.FailureSnapshotID = sn.ID
 		}
 	}
 	if !(pol.autoRollback || e.sb == nil) {
-		if out.FailureSnapshotID == "" {
+		if out.FailureSnapshotID == "" || out.FailureSnapshotID == pre.ID {
 			e.keepPre(pre) // the failed state is pre's, if the run changed nothing
 		}
 		return

@@ -16,8 +16,9 @@ import (
 // of that image at the price of a checkpoint (tens of milliseconds of CPU). So when
 // the state before the run was equal to an image, and the run provably left it as it
 // found it, that image stays the state's snapshot: the next run's pre-run snapshot,
-// the durable state, the rollback target, the image a crash resumes from; and an
-// automatic rollback after such a run that failed has nothing to restore.
+// the durable state, the rollback target, the image a crash resumes from; and such a
+// run that failed has nothing to restore for an automatic rollback, nor a state to
+// checkpoint for snapshot_on_failure: its failure_snapshot_id is the pre-run one.
 //
 // "Provably" is the guest's Settled (agentproto.ExecResult) plus an empty, whole
 // change set: after the run nothing runs in the sandbox but the agent's own
@@ -73,12 +74,19 @@ func (st *settleState) restored(id string) {
 // forget drops snapshot id, deleted; turn held.
 func (st *settleState) forget(id string) { delete(st.quietImgs, id) }
 
+// unchangedSince reports whether the live state is provably the one pre holds: the
+// latest run left the state as it found it, and pre was taken while the sandbox was
+// quiet (see above); turn held.
+func (e *entry) unchangedSince(pre history.Snapshot) bool {
+	return skipUnchanged && pre.ID != "" && e.sb != nil && e.settle.unchanged && e.settle.quietImgs[pre.ID]
+}
+
 // keepPre makes pre, the run's pre-run snapshot, the snapshot of the live state again
 // when the run left the state as pre holds it (see above); turn held. It reports
 // whether it did. The run's effects are none, so the newest run whose effects the
 // state holds stays pre's.
 func (e *entry) keepPre(pre history.Snapshot) bool {
-	if !skipUnchanged || pre.ID == "" || e.sb == nil || !e.settle.unchanged || !e.settle.quietImgs[pre.ID] {
+	if !e.unchangedSince(pre) {
 		return false
 	}
 	e.cleanSnap, e.current, e.headRun = pre.ID, pre.ID, pre.StateRunID
