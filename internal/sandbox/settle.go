@@ -81,6 +81,6 @@ func (e *entry) keepPre(pre history.Snapshot) bool {
 	if !skipUnchanged || pre.ID == "" || e.sb == nil || !e.settle.unchanged || !e.settle.quietImgs[pre.ID] {
 		return false
 	}
-	e.cleanSnap, e.current, e.headRun = pre.ID, pre.ID, pre.StateRunID
+	e.cleanSnap, e.current, e.headRun, e.cleanRec = pre.ID, pre.ID, pre.StateRunID, pre
 	return true
 }
