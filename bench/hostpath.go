@@ -195,7 +195,8 @@ func printWarmDaemon(tmp, runsc string, tpl template.Template, n int) error {
 	span.d, back.d, outside.d = nil, nil, nil
 	python := nativePython()
 	native, direct := series{name: "native python3 spawn"}, series{name: "gvisor backend, no daemon"}
-	last := make([]time.Time, 2+len(sides)) // when each side's previous run ended
+	health := series{name: "GET /health (new daemon)"}
+	last := make([]time.Time, 3+len(sides)) // when each side's previous run ended
 	for i := 0; i < n; i++ {
 		// Each in turn, 300 ms after its own previous run (an agent between turns), in
 		// an order that rotates so no side always follows the same one.
@@ -218,6 +219,11 @@ func printWarmDaemon(tmp, runsc string, tpl template.Template, n int) error {
 				return err
 			})
 		}
+		turns = append(turns, func() error { // the HTTP round trip alone, for scale
+			d, err := timed(func() error { _, err := sides[0].c.Health(ctx); return err })
+			health.d = append(health.d, d)
+			return err
+		})
 		for j := range turns {
 			k := (i + j) % len(turns)
 			time.Sleep(time.Until(last[k].Add(300 * time.Millisecond)))
@@ -238,6 +244,7 @@ func printWarmDaemon(tmp, runsc string, tpl template.Template, n int) error {
 	for _, s := range sides {
 		printRow(34, s.s, 100*time.Microsecond, base)
 	}
+	printRow(34, health, 100*time.Microsecond, base)
 	fmt.Printf("\nthe daemon's steps (p50 of each; internal/sandbox/steps.go)\n%-22s", "step")
 	for _, s := range sides {
 		fmt.Printf(" %10s", s.name)
