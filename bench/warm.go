@@ -82,6 +82,9 @@ func (w *warmSide) record(t0 time.Time, host time.Duration, res *agentproto.Exec
 // warm-up run (what a pool sandbox of the template snapshot gives a new agent), once
 // per warmVariant, in turns, with the guest's phases (ExecRequest.Trace).
 func printWarm(tmp, runsc string, tpl template.Template, n int, native time.Duration) error {
+	if *warmDaemon {
+		return printWarmDaemon(tmp, runsc, tpl, n) // hostpath.go
+	}
 	ctx := context.Background()
 	type side struct {
 		v                      warmVariant

@@ -55,14 +55,15 @@ type entry struct {
 	live atomic.Bool
 
 	// Guarded by the turn.
-	sb        backend.Sandbox // nil when dead, suspended, or not yet started
-	gen       int             // incarnation: the backend id is id-gen
-	suspended bool            // sb is nil because it was suspended: resume from current
-	cleanSnap string          // a snapshot equal to the live state, if known
-	settle    settleState     // whether runs and images are quiet (settle.go)
-	current   string          // the snapshot to resume from (durable)
-	headRun   string          // the newest acknowledged run in the live state (durable)
-	pol       txPolicy        // the policy of its latest request, for retention
+	sb        backend.Sandbox  // nil when dead, suspended, or not yet started
+	gen       int              // incarnation: the backend id is id-gen
+	suspended bool             // sb is nil because it was suspended: resume from current
+	cleanSnap string           // a snapshot equal to the live state, if known
+	cleanRec  history.Snapshot // cleanSnap's record, when it is known (see cleanRecord)
+	settle    settleState      // whether runs and images are quiet (settle.go)
+	current   string           // the snapshot to resume from (durable)
+	headRun   string           // the newest acknowledged run in the live state (durable)
+	pol       txPolicy         // the policy of its latest request, for retention
 	lastUsed  time.Time
 	runs      int
 	deleted   bool
@@ -234,6 +235,20 @@ func (e *entry) forgetSnapshot(ctx context.Context, id string) {
 	}
 }
 
+// cleanRecord returns the record of cleanSnap, the snapshot equal to the live state,
+// when e holds it: the record read or written when cleanSnap was set, so that a run
+// after a run that changed nothing need not read it again. It is valid exactly as
+// long as cleanSnap names it: a snapshot is deleted only after forgetSnapshot
+// dropped it from cleanSnap, or not at all while it is cleanSnap (retention and the
+// budgets keep it), and its fields that a run uses (id, state run, image) never
+// change; turn held.
+func (e *entry) cleanRecord() (history.Snapshot, bool) {
+	if !daemonFast || e.cleanSnap == "" || e.cleanRec.ID != e.cleanSnap {
+		return history.Snapshot{}, false
+	}
+	return e.cleanRec, true
+}
+
 // note adds a message for the next run's result; turn held.
 func (e *entry) note(msg string) { e.notes = append(e.notes, msg) }
 
@@ -278,7 +293,7 @@ func (e *entry) snapshot(ctx context.Context, kind, runID string, meta api.Creat
 		return history.Snapshot{}, fmt.Errorf("record snapshot: %w", err)
 	}
 	parent := e.current
-	e.cleanSnap, e.current = rec.ID, rec.ID
+	e.cleanSnap, e.current, e.cleanRec = rec.ID, rec.ID, rec
 	e.settle.taken(rec.ID)
 	e.persist(ctx)
 	s.retain(e, e.pol, rec.ID)
@@ -349,6 +364,7 @@ func (e *entry) restore(ctx context.Context, snap history.Snapshot) error {
 	e.setSandbox(sb)
 	e.settle.restored(snap.ID)
 	e.suspended, e.cleanSnap, e.current, e.headRun = false, snap.ID, snap.ID, snap.StateRunID
+	e.cleanRec = snap
 	e.persist(ctx)
 	if old != nil {
 		if !s.goBackground(func() { old.Destroy(context.Background()) }) {

@@ -65,7 +65,13 @@ func (s *Service) Exec(ctx context.Context, req api.ExecRequest) (*api.ExecResul
 // runs, redacted and cut as stream.go describes; out is not called after ExecStream
 // returns. If ctx ends during the run (the caller went away), the run is stopped and
 // ends with verdict canceled: it is rolled back like any failure and recorded.
-func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out OutputFunc) (*api.ExecResult, error) {
+func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out OutputFunc) (res *api.ExecResult, err error) {
+	ctx, st := s.withSteps(ctx)
+	defer func() {
+		if res != nil {
+			st.done(s.log, res.ExecutionID)
+		}
+	}()
 	lim, err := s.validate(&req)
 	if err != nil {
 		return nil, err
@@ -75,10 +81,13 @@ func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out Outpu
 			return nil, err
 		}
 	}
+	st.mark("validate")
 	set := s.settingsFor(ctx, req.AgentID)
+	st.mark("settings")
 	if d := s.checkPolicy(req, set); d.Blocked {
 		return s.blocked(ctx, req, d), nil
 	}
+	st.mark("policy")
 	if err := s.fence(ctx, req.AgentID, req.SandboxID); err != nil { // cluster mode: another node's agent
 		return nil, err
 	}
@@ -89,9 +98,13 @@ func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out Outpu
 	if err := s.acquire(ctx, e); err != nil {
 		return nil, err
 	}
-	defer e.unlock()
+	st.mark("acquire")
+	defer func() {
+		e.unlock()
+		st.mark("unlock")
+	}()
 	pol := s.policyFor(set, req.History)
-	res, err := s.execLocked(ctx, e, req, lim, pol, newStreamer(s.redactor, out))
+	res, err = s.execLocked(ctx, e, req, lim, pol, newStreamer(s.redactor, out))
 	if err == nil && e.sb != nil && s.snapperOf(e) != nil {
 		switch {
 		case req.Durable && e.cleanSnap != "":
@@ -99,8 +112,10 @@ func (s *Service) ExecStream(ctx context.Context, req api.ExecRequest, out Outpu
 		case req.Durable:
 			s.commitLocked(ctx, e, res)
 		case res.PreSnapshotID != "" && e.cleanSnap == "":
+			st.note("snapshot_after", true)
 			s.snapshotAfter(e)
 		}
+		st.mark("after")
 	} else if err == nil && req.Durable {
 		res.Warnings = append(res.Warnings, "durable: the state could not be saved (the sandbox's backend cannot snapshot, or the sandbox is gone)")
 	}
@@ -247,10 +262,12 @@ func (s *Service) entryFor(ctx context.Context, req api.ExecRequest, lim api.Lim
 func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest, lim api.Limits, pol txPolicy, st *streamer) (*api.ExecResult, error) {
 	e.busy.Store(true)
 	defer e.busy.Store(false)
+	sw := stepsOf(ctx)
 	fresh, err := e.resume(ctx)
 	if err != nil {
 		return nil, err
 	}
+	sw.mark("resume")
 	out := &api.ExecResult{ExecutionID: randID("ex-", 8), SandboxID: e.id, AgentID: req.AgentID, Language: req.Language, SandboxRecreated: fresh}
 	e.takeNotes(out)
 	var pre history.Snapshot
@@ -264,6 +281,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		}
 		out.PreSnapshotID = pre.ID
 	}
+	sw.mark("pre_snapshot")
 	out.StartedAt = time.Now().UTC()
 	// Exit code -1 until the run reports one: a row a crash cuts off never says 0.
 	rec := history.Run{ID: out.ExecutionID, AgentID: req.AgentID, SandboxID: e.id, Language: req.Language, Code: req.Code,
@@ -271,6 +289,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	if err := s.hist.BeginRun(ctx, rec); err != nil {
 		return nil, fmt.Errorf("record run: %w", err)
 	}
+	sw.mark("begin_run")
 	e.beginRun(pol)
 	// A shutdown interrupts the run: Close cancels s.runs.
 	rctx, cancel := context.WithCancel(ctx)
@@ -286,6 +305,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		e.keepPre(pre) // a run that changed nothing: pre is still the state's image
 	}
 	s.redactOutput(out)
+	sw.mark("redact")
 	if !out.Success() && !errors.Is(runErr, ErrInvalid) { // a refused request changed nothing
 		// Its own context: a caller that went away still gets its sandbox rolled back.
 		fctx, cancel := context.WithTimeout(s.work, 2*time.Minute)
@@ -306,7 +326,9 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 		runErr, checked = s.fence(fctx, req.AgentID, def), true
 		cancel()
 	}
+	sw.mark("fence")
 	s.finishRecord(e, pol, rec, out, runErr)
+	sw.mark("finish_run")
 	switch {
 	case checked && runErr != nil: // refused: the state is not this node's to record
 	case checked && req.AgentID == e.agentID:
@@ -314,6 +336,7 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 	default:
 		e.persist(context.Background())
 	}
+	sw.mark("state")
 	if runErr != nil {
 		return nil, runErr
 	}
@@ -323,6 +346,9 @@ func (s *Service) execLocked(ctx context.Context, e *entry, req api.ExecRequest,
 // preSnapshot returns a snapshot of e's current state, taking one unless the state
 // is known to equal an existing snapshot.
 func (s *Service) preSnapshot(ctx context.Context, e *entry, runID string) (history.Snapshot, error) {
+	if sn, ok := e.cleanRecord(); ok {
+		return sn, nil
+	}
 	if e.cleanSnap != "" {
 		if sn, err := s.hist.GetSnapshot(ctx, e.cleanSnap); err == nil {
 			return sn, nil
@@ -353,7 +379,18 @@ func (s *Service) runLocked(ctx context.Context, e *entry, req api.ExecRequest, 
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(lim.TimeoutMS)*time.Millisecond+15*time.Second)
 	defer cancel()
 	e.settle.running()
+	sw := stepsOf(ctx)
+	preq.Trace = sw != nil
+	sw.mark("prepare")
+	t0 := time.Now()
 	res, err := e.sb.Exec(rctx, preq, output)
+	sw.mark("guest")
+	if sw != nil && err == nil && len(res.Trace) > 0 {
+		sw.note("guest_span", time.Duration(res.Trace[len(res.Trace)-1].US)*time.Microsecond)
+		sw.note("to_guest", time.UnixMicro(res.TraceStartUS).Sub(t0))
+		sw.note("from_guest", time.Since(time.UnixMicro(res.TraceStartUS+res.Trace[len(res.Trace)-1].US)))
+		sw.note("outside_span", time.Since(t0)-time.Duration(res.Trace[len(res.Trace)-1].US)*time.Microsecond)
+	}
 	st.close()
 	out.CompletedAt = time.Now().UTC()
 	e.used()

@@ -89,6 +89,6 @@ func (e *entry) keepPre(pre history.Snapshot) bool {
 	if !e.unchangedSince(pre) {
 		return false
 	}
-	e.cleanSnap, e.current, e.headRun = pre.ID, pre.ID, pre.StateRunID
+	e.cleanSnap, e.current, e.headRun, e.cleanRec = pre.ID, pre.ID, pre.StateRunID, pre
 	return true
 }
