@@ -206,6 +206,9 @@ def _refuse(sock, reply, wait):
         os.close(fd)
     if not msg and not fds:
         return False
+    if msg == b"spare" and not fds:
+        return True  # a hint (see _await_hint), not a request: answering it would
+        # hand the agent's next request this reply
     try:
         sock.send(reply)
     except OSError:
