@@ -70,7 +70,7 @@ const (
 	ctxCtrlFD     = 4
 	ctxStartWait  = 30 * time.Second // launcher, interpreter and driver start-up
 	ctxStopWait   = time.Second      // for an interpreter to exit when its socket closes
-	ctxMarkerWait = 2 * time.Second  // for the cell's markers after "done"
+	ctxMarkerWait = 2 * time.Second  // in all, per stream and cell, for its sync and end markers
 	ctxMaxLine    = agentproto.MaxResultBytes + 64<<10
 )
 
@@ -668,10 +668,11 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 		t := time.NewTimer(agentproto.InterruptGrace)
 		grace = t.C
 	}
-	// A result waits for the output written before it, up to ctxMarkerWait for a
-	// stream; one that does not bring its sync marker in time (the cell redirected it)
-	// is not waited for again in this cell.
-	var unsynced [2]bool
+	// A result waits for the output written before it, and the cell's end for the rest
+	// of it; a stream's waits in a cell (for its sync markers and its end marker) take
+	// at most ctxMarkerWait in all. One that does not bring its sync marker in time (the
+	// cell redirected it) has used it up: it is not waited for again in this cell.
+	budget := [2]time.Duration{ctxMarkerWait, ctxMarkerWait}
 	done := false
 	for !done {
 		select {
@@ -690,8 +691,14 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 			switch m.Type {
 			case "result":
 				for i, s := range it.out {
-					if !unsynced[i] && !s.waitSynced(m.Sync, ctxMarkerWait) {
-						unsynced[i] = true
+					if budget[i] <= 0 {
+						continue
+					}
+					t0 := time.Now()
+					if s.waitSynced(m.Sync, budget[i]) {
+						budget[i] -= time.Since(t0)
+					} else {
+						budget[i] = 0
 					}
 				}
 				if b, err := json.Marshal(m.parsed); err == nil {
@@ -718,14 +725,25 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 		}
 	}
 	mem.stop()
-	// Everything the cell wrote comes before its markers.
-	wait := time.NewTimer(ctxMarkerWait)
-	defer wait.Stop()
-	for _, ch := range ended {
+	// Everything the cell wrote comes before its markers: each stream's is waited for
+	// with what is left of its budget (both at once).
+	now := time.Now()
+	for i, ch := range ended {
+		select {
+		case <-ch:
+			continue
+		default:
+		}
+		left := time.Until(now.Add(budget[i]))
+		if left <= 0 {
+			continue
+		}
+		wait := time.NewTimer(left)
 		select {
 		case <-ch:
 		case <-wait.C:
 		}
+		wait.Stop()
 	}
 	switch {
 	case interrupted != "":

@@ -323,3 +323,27 @@ func TestCellMarkersWithPatchedWrite(t *testing.T) {
 		}
 	}
 }
+
+// A python cell that points fd 1 elsewhere (os.dup2) waits for its stdout markers at
+// most ctxMarkerWait in all, not that for the sync marker and that again for the end
+// marker; so does each cell after it while fd 1 stays redirected, and output flows
+// again once it is put back.
+func TestCellMarkerWaitsShareOneBudget(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "python3")
+	spec := agentproto.ContextSpec{ID: "ctx_dup2", Language: "python"}
+	for _, tc := range []struct{ code, main, stdout string }{
+		{"import os, tempfile\nsaved = os.dup(1)\nf = tempfile.TemporaryFile()\nos.dup2(f.fileno(), 1)\nprint('hidden', flush=True)\n1", "1", ""},
+		{"print('hidden too', flush=True)\n2", "2", ""},
+		{"os.dup2(saved, 1)\nprint('back', flush=True)\n3", "3", "back\n"},
+	} {
+		start := time.Now()
+		r := cell(t, c, spec, tc.code, 20000)
+		if d := time.Since(start); d >= ctxMarkerWait+time.Second {
+			t.Errorf("%q took %v: its stdout markers were waited for more than %v in all", tc.code, d, ctxMarkerWait)
+		}
+		if r.res.Verdict != agentproto.VerdictOK || r.main() != tc.main || !strings.HasSuffix(string(r.res.Stdout), tc.stdout) {
+			t.Errorf("%q: main %q, %s", tc.code, r.main(), describe(r.res))
+		}
+	}
+}
