@@ -140,18 +140,27 @@ func (a *agent) checkBombs() {
 // A bomb cannot look steady: its tasks run and fork, so either the set of its tasks
 // changes between two looks or they got no CPU to fork with, in which case the looks
 // go on (up to bombSettleMax) until they get some.
-func (a *agent) settleGroup(pgid int, uid uint32, limit int64) bool {
+//
+// It stops looking when ctx ends (the run is cancelled), and then returns ctx's error
+// with what the looks so far found (not a bomb, unless one already said so).
+func (a *agent) settleGroup(ctx context.Context, pgid int, uid uint32, limit int64) (bool, error) {
 	w := groupWatch{pgid: pgid, uid: uid, limit: limit, seen: map[int]bool{}}
 	look := w.look()
 	if w.bomb(look, look) {
-		return true
+		return true, nil
 	}
 	start := time.Now()
+	tick := time.NewTimer(bombLookEvery)
+	defer tick.Stop()
 	for n := 0; ; n++ {
-		time.Sleep(bombLookEvery)
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
 		cur := w.look()
 		if w.bomb(look, cur) || cur.byPgrp[pgid] == 0 {
-			return w.isBomb
+			return w.isBomb, nil
 		}
 		steady, starved := steady(look, cur, pgid)
 		look = cur
@@ -159,14 +168,16 @@ func (a *agent) settleGroup(pgid int, uid uint32, limit int64) bool {
 		switch {
 		case steady:
 		case n < bombMinLooks || since < bombSettle:
+			tick.Reset(bombLookEvery)
 			continue
 		case starved && since < bombSettleMax:
+			tick.Reset(bombLookEvery)
 			continue
 		}
 		a.log.Debug("a run's background processes are not a fork bomb", "pgid", pgid, "steady", steady,
 			"looks", n+2, "tasks", cur.byPgrp[pgid], "peak_tasks", w.peakGrp, "peak_user_tasks", w.peakUID,
 			"pids_seen", len(w.seen), "ms", since.Milliseconds())
-		return false
+		return false, nil
 	}
 }
 

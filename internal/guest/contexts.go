@@ -70,7 +70,7 @@ const (
 	ctxCtrlFD     = 4
 	ctxStartWait  = 30 * time.Second // launcher, interpreter and driver start-up
 	ctxStopWait   = time.Second      // for an interpreter to exit when its socket closes
-	ctxMarkerWait = 2 * time.Second  // for the cell's markers after "done"
+	ctxMarkerWait = 2 * time.Second  // in all, per stream and cell, for its sync and end markers
 	ctxMaxLine    = agentproto.MaxResultBytes + 64<<10
 )
 
@@ -428,7 +428,7 @@ func (a *agent) killInterp(it *interp) {
 // ctxStream is one of an interpreter's output pipes: what it reads goes to the running
 // cell's sink, up to the cell's end marker. The cell's sync markers in between are
 // counted and dropped: the driver writes one before each result it sends (see
-// waitSynced).
+// waitSynced). Another cell's markers, which came too late for it, are dropped too.
 type ctxStream struct {
 	mu     sync.Mutex
 	sink   func([]byte) // nil between cells: output is dropped
@@ -508,6 +508,14 @@ func (s *ctxStream) feed(p []byte) {
 		if k > 0 {
 			j = bytes.Index(data, s.sync)
 		}
+		// Another cell's marker (late: its waits gave up on it) is dropped.
+		if l, n := findMarker(data); l >= 0 && (i < 0 || l < i) && (j < 0 || l < j) {
+			if l > 0 {
+				s.sink(data[:l])
+			}
+			data = data[l+n:]
+			continue
+		}
 		if j >= 0 && (i < 0 || j < i) {
 			if j > 0 {
 				s.sink(data[:j])
@@ -527,7 +535,7 @@ func (s *ctxStream) feed(p []byte) {
 		}
 		break
 	}
-	k := partialSuffix(data, s.marker)
+	k := max(partialSuffix(data, s.marker), partialMarker(data))
 	if len(s.sync) > 0 {
 		k = max(k, partialSuffix(data, s.sync))
 	}
@@ -562,6 +570,73 @@ func partialSuffix(data, marker []byte) int {
 	for k := min(len(marker)-1, len(data)); k > 0; k-- {
 		if bytes.HasPrefix(marker, data[len(data)-k:]) {
 			return k
+		}
+	}
+	return 0
+}
+
+// A cell's markers are one of markerKinds, markerHex lowercase hex digits (the cell's
+// own) and '\x1e'.
+var markerKinds = [][]byte{[]byte("\x1evmexec-cell-end-"), []byte("\x1evmexec-cell-sync-")}
+
+const (
+	markerHex = 24
+	markerMax = len("\x1evmexec-cell-sync-") + markerHex + 1 // the longest marker
+)
+
+// markerAt is the length of the marker data starts with (0 for none), and whether data
+// is instead a proper prefix of one.
+func markerAt(data []byte) (n int, partial bool) {
+	for _, kind := range markerKinds {
+		if len(data) < len(kind) {
+			if bytes.HasPrefix(kind, data) {
+				return 0, true
+			}
+			continue
+		}
+		if !bytes.HasPrefix(data, kind) {
+			continue
+		}
+		for i := len(kind); ; i++ {
+			switch {
+			case i == len(data):
+				return 0, true
+			case i == len(kind)+markerHex:
+				if data[i] == '\x1e' {
+					return i + 1, false
+				}
+				return 0, false
+			case !('0' <= data[i] && data[i] <= '9' || 'a' <= data[i] && data[i] <= 'f'):
+				return 0, false
+			}
+		}
+	}
+	return 0, false
+}
+
+// findMarker finds the first marker of any cell in data: its index (-1 for none) and
+// length.
+func findMarker(data []byte) (at, n int) {
+	for off := 0; ; {
+		i := bytes.IndexByte(data[off:], '\x1e')
+		if i < 0 {
+			return -1, 0
+		}
+		if n, _ := markerAt(data[off+i:]); n > 0 {
+			return off + i, n
+		}
+		off += i + 1
+	}
+}
+
+// partialMarker is the length of the longest tail of data that is a proper prefix of a
+// cell's marker.
+func partialMarker(data []byte) int {
+	for i := max(0, len(data)-markerMax+1); i < len(data); i++ {
+		if data[i] == '\x1e' {
+			if _, partial := markerAt(data[i:]); partial {
+				return len(data) - i
+			}
 		}
 	}
 	return 0
@@ -668,10 +743,11 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 		t := time.NewTimer(agentproto.InterruptGrace)
 		grace = t.C
 	}
-	// A result waits for the output written before it, up to ctxMarkerWait for a
-	// stream; one that does not bring its sync marker in time (the cell redirected it)
-	// is not waited for again in this cell.
-	var unsynced [2]bool
+	// A result waits for the output written before it, and the cell's end for the rest
+	// of it; a stream's waits in a cell (for its sync markers and its end marker) take
+	// at most ctxMarkerWait in all. One that does not bring its sync marker in time (the
+	// cell redirected it) has used it up: it is not waited for again in this cell.
+	budget := [2]time.Duration{ctxMarkerWait, ctxMarkerWait}
 	done := false
 	for !done {
 		select {
@@ -690,8 +766,14 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 			switch m.Type {
 			case "result":
 				for i, s := range it.out {
-					if !unsynced[i] && !s.waitSynced(m.Sync, ctxMarkerWait) {
-						unsynced[i] = true
+					if budget[i] <= 0 {
+						continue
+					}
+					t0 := time.Now()
+					if s.waitSynced(m.Sync, budget[i]) {
+						budget[i] -= time.Since(t0)
+					} else {
+						budget[i] = 0
 					}
 				}
 				if b, err := json.Marshal(m.parsed); err == nil {
@@ -718,14 +800,25 @@ func (a *agent) cellIn(ctx context.Context, it *interp, req *agentproto.ExecRequ
 		}
 	}
 	mem.stop()
-	// Everything the cell wrote comes before its markers.
-	wait := time.NewTimer(ctxMarkerWait)
-	defer wait.Stop()
-	for _, ch := range ended {
+	// Everything the cell wrote comes before its markers: each stream's is waited for
+	// with what is left of its budget (both at once).
+	now := time.Now()
+	for i, ch := range ended {
+		select {
+		case <-ch:
+			continue
+		default:
+		}
+		left := time.Until(now.Add(budget[i]))
+		if left <= 0 {
+			continue
+		}
+		wait := time.NewTimer(left)
 		select {
 		case <-ch:
 		case <-wait.C:
 		}
+		wait.Stop()
 	}
 	switch {
 	case interrupted != "":

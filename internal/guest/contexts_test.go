@@ -301,6 +301,36 @@ func TestCtxStreamMarkers(t *testing.T) {
 	}
 }
 
+// Markers of an earlier cell that come late (after that cell's waits gave up on them)
+// are not passed on as output, however the pipe splits them; text that merely looks
+// like one is.
+func TestCtxStreamDropsStaleMarkers(t *testing.T) {
+	hexa, hexb := strings.Repeat("ab", 12), strings.Repeat("0f", 12)
+	end, syn := "\x1evmexec-cell-end-"+hexa+"\x1e", "\x1evmexec-cell-sync-"+hexa+"\x1e"
+	oldEnd, oldSyn := "\x1evmexec-cell-end-"+hexb+"\x1e", "\x1evmexec-cell-sync-"+hexb+"\x1e"
+	notOne := "\x1evmexec-cell-end-" + hexb[:23] + "g\x1e" + "\x1evmexec-cell-sync-" + hexb[:12] + "\x1e"
+	data := oldSyn + oldEnd + "one" + oldSyn + syn + "two" + notOne + oldEnd + "\x1e" + end + "next"
+	for _, size := range []int{1, 2, 5, 17, 42, len(data)} {
+		var s ctxStream
+		var got strings.Builder
+		ended := s.begin([]byte(end), []byte(syn), func(p []byte) { got.Write(p) })
+		for i := 0; i < len(data); i += size {
+			s.feed([]byte(data[i:min(i+size, len(data))]))
+		}
+		select {
+		case <-ended:
+		default:
+			t.Fatalf("size %d: the end marker was not seen", size)
+		}
+		if want := "onetwo" + notOne + "\x1e"; got.String() != want {
+			t.Errorf("size %d: output %q, want %q", size, got.String(), want)
+		}
+		if s.synced != 1 {
+			t.Errorf("size %d: %d syncs, want 1", size, s.synced)
+		}
+	}
+}
+
 // A javascript cell that replaces process.stdout.write (to silence or capture output)
 // does not hold up the driver's markers: its cells and the ones after it end at once,
 // not after the marker waits, and output flows again once the cell puts it back.
@@ -319,6 +349,32 @@ func TestCellMarkersWithPatchedWrite(t *testing.T) {
 			t.Errorf("%q took %v: a marker was waited for", tc.code, d)
 		}
 		if r.res.Verdict != agentproto.VerdictOK || r.main() != tc.main || string(r.res.Stdout) != tc.stdout || string(r.res.Stderr) != tc.stderr {
+			t.Errorf("%q: main %q, %s", tc.code, r.main(), describe(r.res))
+		}
+	}
+}
+
+// A python cell that points fd 1 elsewhere (os.dup2) waits for its stdout markers at
+// most ctxMarkerWait in all, not that for the sync marker and that again for the end
+// marker; so does each cell after it while fd 1 stays redirected, and output flows
+// again once it is put back.
+func TestCellMarkerWaitsShareOneBudget(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	needTool(t, c, "python3")
+	spec := agentproto.ContextSpec{ID: "ctx_dup2", Language: "python"}
+	for _, tc := range []struct{ code, main, stdout string }{
+		{"import os, tempfile\nsaved = os.dup(1)\nf = tempfile.TemporaryFile()\nos.dup2(f.fileno(), 1)\nprint('hidden', flush=True)\n1", "1", ""},
+		{"print('hidden too', flush=True)\n2", "2", ""},
+		{"os.dup2(saved, 1)\nprint('back', flush=True)\n3", "3", "back\n"},
+		// The earlier cells' markers, in the file, are not output when it is printed.
+		{"f.seek(0)\nsys = __import__('sys')\nsys.stdout.write(f.read().decode())\n4", "4", "hidden\nhidden too\n"},
+	} {
+		start := time.Now()
+		r := cell(t, c, spec, tc.code, 20000)
+		if d := time.Since(start); d >= ctxMarkerWait+time.Second {
+			t.Errorf("%q took %v: its stdout markers were waited for more than %v in all", tc.code, d, ctxMarkerWait)
+		}
+		if r.res.Verdict != agentproto.VerdictOK || r.main() != tc.main || string(r.res.Stdout) != tc.stdout {
 			t.Errorf("%q: main %q, %s", tc.code, r.main(), describe(r.res))
 		}
 	}

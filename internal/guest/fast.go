@@ -11,8 +11,10 @@ import (
 // all are on:
 //
 //   - freeze: the zygote moves its start-up objects to the garbage collector's
-//     permanent generation (gc.freeze) before each fork, so that a run's collections,
-//     and its exit, do not touch (and so copy) the zygote's pages;
+//     permanent generation (gc.freeze) before its first fork, so that a run's
+//     collections, and its exit, do not touch (and so copy) the zygote's pages; before
+//     each later fork it collects its young generations (not freezing what it made
+//     since, which would keep its cyclic garbage forever);
 //   - exit: a forked run ends as the interpreter's exit does as far as a program can
 //     tell (threads joined, atexit handlers, the run's own modules and objects
 //     finalized, stdio flushed, the exit status), then leaves with os._exit, without

@@ -317,7 +317,11 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 	}
 	p.trace.mark("output drained")
 	if !killed {
-		res.contained = a.checkLeftovers(p, sp.pid, stderr.tailNow())
+		var err error
+		res.contained, err = a.checkLeftovers(ctx, p, sp.pid, stderr.tailNow())
+		if err != nil {
+			res.cancelled, res.hostCancel = true, errors.Is(context.Cause(ctx), errHostCancel)
+		}
 		p.trace.mark("leftovers checked")
 	}
 	res.stdout, _, res.stdoutTrunc = stdout.detach()
@@ -334,20 +338,31 @@ func (a *agent) waitProc(ctx context.Context, p *proc, sp *started, deadline tim
 // processes are kept, unless they are a fork bomb (see bomb.go): killed now if it
 // already fills the process limit, or its processes ran into the limit (a shell's
 // fork failure in stderrTail), or it behaves as a bomb before the run returns (the
-// result says so); watched for a while otherwise.
-func (a *agent) checkLeftovers(p *proc, pgid int, stderrTail []byte) (killed bool) {
+// result says so); watched for a while otherwise. A run cancelled (ctx ended) while
+// its group is looked at has the group killed, as one cancelled while it runs, and
+// gets ctx's error.
+func (a *agent) checkLeftovers(ctx context.Context, p *proc, pgid int, stderrTail []byte) (killed bool, err error) {
 	if !p.spec.Setuid || p.spec.NProc <= 0 || !groupAlive(pgid) {
-		return false
+		return false, nil
 	}
-	bomb := hasForkFailure(stderrTail) || a.settleGroup(pgid, p.spec.UID, p.spec.NProc)
-	if bomb {
+	bomb := hasForkFailure(stderrTail)
+	if !bomb {
+		bomb, err = a.settleGroup(ctx, pgid, p.spec.UID, p.spec.NProc)
+	}
+	switch {
+	case bomb:
 		killGroup(pgid)
 		sweepGroup(pgid)
 		a.log.Warn("killed a fork bomb left by a run", "pgid", pgid)
-		return true
+		return true, nil
+	case err != nil:
+		killGroup(pgid)
+		sweepGroup(pgid)
+		a.log.Debug("killed the process group of a run cancelled while its leftovers were looked at", "pgid", pgid)
+		return false, fmt.Errorf("looking at the run's leftover processes: %w", err)
 	}
 	a.bombs.add(pgid, p.spec.UID, p.spec.NProc)
-	return false
+	return false, nil
 }
 
 // awaitExit waits for a killed (or failed) child's status, bounded by exitWait.

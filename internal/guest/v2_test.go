@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand"
 	"os"
@@ -104,6 +105,47 @@ func TestCancelRun(t *testing.T) {
 			t.Errorf("python run %d: %v, %v; want canceled", i, res, err)
 		}
 	}
+}
+
+// A run cancelled while the agent looks at the background processes it left (whether
+// they are a fork bomb) stops the look at once and ends canceled, its group killed, as
+// a run cancelled while it runs.
+func TestCancelDuringLeftoverLook(t *testing.T) {
+	c := startAgent(t, testOptions(t, sandboxUser()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var pid int
+	cancelledAt := make(chan time.Time, 1)
+	var once sync.Once
+	// Never steady: one task always running, the other's tasks changing.
+	res, err := c.Exec(ctx, &agentproto.ExecRequest{Language: "bash",
+		Code:   "(while :; do :; done) & echo $$ $!; (while :; do sleep 0.05; done) &",
+		Limits: agentproto.Limits{TimeoutMS: 60000}}, func(stream string, p []byte) {
+		once.Do(func() {
+			var pgid int
+			fmt.Sscan(string(p), &pgid, &pid)
+			t.Cleanup(func() { syscall.Kill(-pgid, syscall.SIGKILL) }) // without the fix the group stays
+			time.AfterFunc(500*time.Millisecond, func() { cancelledAt <- time.Now(); cancel() })
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-cancelledAt:
+		if d := time.Since(at); d > time.Second {
+			t.Errorf("the run returned %v after the cancel", d)
+		}
+	default:
+		t.Fatalf("the run returned before the cancel: %s", describe(res))
+	}
+	if res.Verdict != agentproto.VerdictCanceled {
+		t.Errorf("got %s, want canceled", describe(res))
+	}
+	if pid == 0 {
+		t.Fatalf("no pid in %q", res.Stdout)
+	}
+	waitFor(t, "the run's background loop to die", func() bool { return !aliveNotZombie(pid) })
 }
 
 // A signal reaches the run's process group; the program handles it as it likes.

@@ -116,7 +116,7 @@ def _serve():
     try:
         while idle_deaths < 3:
             if "freeze" in _FAST:
-                gc.freeze()  # the spare's collections and exit leave these pages alone
+                _before_fork()
             try:
                 spare, err = os.fork(), None
             except OSError as e:
@@ -153,6 +153,23 @@ def _serve():
     except OSError:
         pass
     return None
+
+
+_frozen = False
+
+
+def _before_fork():
+    """The first time, moves the zygote's start-up objects to the GC's permanent
+    generation (gc.freeze), so that the spares' collections and exits leave their pages
+    alone; later, collects the young generations instead. A freeze before each fork
+    would also freeze the cyclic garbage the zygote made since the last one, never to be
+    collected (a slow leak); what the zygote keeps after start-up is little."""
+    global _frozen
+    if _frozen:
+        gc.collect(1)
+    else:
+        gc.freeze()
+        _frozen = True
 
 
 def _await_hint(sock):
