@@ -174,29 +174,10 @@ def _before_fork():
 
 def _await_hint(sock):
     """Waits until the agent has sent the run's result and says so ("spare"), at most
-    _HINT_WAIT, so that the next fork does not slow the result down. False if the agent
-    hung up."""
-    sock.settimeout(_HINT_WAIT)
-    try:
-        msg, fds, _ = _recv(sock)
-    except TimeoutError:
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.settimeout(None)
-    if not msg and not fds:
-        return False
-    if msg == b"spare":
-        return True
-    # A run before the hint (the agent does not send one): refused, nothing ran.
-    for fd in fds:
-        os.close(fd)
-    try:
-        sock.send(b"error no spare yet")
-    except OSError:
-        return False
-    return True
+    _HINT_WAIT, so that the next fork does not slow the result down. A run asked for
+    before the hint (the agent does not send one) is refused, nothing ran. False if the
+    agent hung up."""
+    return _refuse(sock, b"error no spare yet", _HINT_WAIT)
 
 
 def _hung_up(sock):
@@ -209,7 +190,8 @@ def _hung_up(sock):
 
 
 def _refuse(sock, reply, wait):
-    """Answers one request (if one comes within wait) with reply; False if the agent hung up."""
+    """Answers one request (if one comes within wait) with reply, or takes the agent's
+    "spare" hint, which needs no answer; False if the agent hung up."""
     sock.settimeout(wait)
     try:
         msg, fds, _ = _recv(sock)
@@ -224,8 +206,8 @@ def _refuse(sock, reply, wait):
     if not msg and not fds:
         return False
     if msg == b"spare" and not fds:
-        return True  # a hint (see _await_hint), not a request: answering it would
-        # hand the agent's next request this reply
+        return True  # a hint, not a request: answering it would hand the agent's
+        # next request this reply
     try:
         sock.send(reply)
     except OSError:
