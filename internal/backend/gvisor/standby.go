@@ -79,6 +79,24 @@ type standbys struct {
 	wg      sync.WaitGroup
 }
 
+// awaitChange waits, with s.mu held, which it releases, until a fill ends; false
+// when ctx or timeout ends first.
+func (s *standbys) awaitChange(ctx context.Context, timeout *time.Timer) bool {
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	ch := s.changed
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-timeout.C:
+		return false
+	}
+}
+
 // DefaultStandbys is Config.Standbys when it is 0: two per shape, so that a rollback
 // right after another finds one ready while the one it used is being replaced.
 const DefaultStandbys = 2
@@ -112,16 +130,7 @@ func (b *Backend) takeStandby(ctx context.Context, spec backend.Spec) *standby {
 			s.mu.Unlock()
 			return nil
 		}
-		if s.changed == nil {
-			s.changed = make(chan struct{})
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil
-		case <-timeout.C:
+		if !s.awaitChange(ctx, timeout) {
 			return nil
 		}
 	}
@@ -264,16 +273,7 @@ func (b *Backend) DropStandbys(ctx context.Context) int {
 			s.mu.Unlock()
 			return dropped
 		}
-		if s.changed == nil {
-			s.changed = make(chan struct{})
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return dropped
-		case <-timeout.C:
+		if !s.awaitChange(ctx, timeout) {
 			return dropped
 		}
 	}
