@@ -143,14 +143,7 @@ var tookRE = regexp.MustCompile(`(image|took|bytes)=(\S+)`)
 func (l *daemonLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(l.buf[:i])
-		l.buf = l.buf[i+1:]
+	eachLine(&l.buf, p, func(line string) {
 		switch {
 		case strings.Contains(line, "making the template snapshot"):
 			l.making = true
@@ -170,8 +163,23 @@ func (l *daemonLog) Write(p []byte) (int, error) {
 		if !strings.Contains(line, "level=") || strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
 			fmt.Fprintln(os.Stderr, line)
 		}
-	}
+	})
 	return len(p), nil
+}
+
+// eachLine appends p to *buf and calls each with every whole line in it (without its
+// newline), keeping the unfinished rest in *buf: a log writer's line splitting.
+func eachLine(buf *[]byte, p []byte, each func(line string)) {
+	*buf = append(*buf, p...)
+	for {
+		i := bytes.IndexByte(*buf, '\n')
+		if i < 0 {
+			return
+		}
+		line := string((*buf)[:i])
+		*buf = (*buf)[i+1:]
+		each(line)
+	}
 }
 
 // waitTemplate waits (at most max) for the template snapshot to settle, if the daemon

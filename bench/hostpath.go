@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -36,27 +35,20 @@ type stepLog struct {
 func (l *stepLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(l.buf[:i])
-		l.buf = l.buf[i+1:]
+	eachLine(&l.buf, p, func(line string) {
 		if strings.Contains(line, `msg=request`) && strings.Contains(line, "path=/v1/exec ") {
 			if i := strings.Index(line, " duration="); i >= 0 {
 				if d, err := time.ParseDuration(strings.Fields(line[i+len(" duration="):])[0]); err == nil {
 					l.add("http: ServeHTTP", d)
 				}
 			}
-			continue
+			return
 		}
 		if !strings.Contains(line, `msg="exec steps"`) {
 			if strings.Contains(line, "level=ERROR") || strings.Contains(line, "level=WARN") {
 				fmt.Fprintln(os.Stderr, "daemon:", line)
 			}
-			continue
+			return
 		}
 		for _, f := range strings.Fields(line) {
 			k, v, ok := strings.Cut(f, "=")
@@ -69,7 +61,7 @@ func (l *stepLog) Write(p []byte) (int, error) {
 			}
 			l.add(k, d)
 		}
-	}
+	})
 	return len(p), nil
 }
 
